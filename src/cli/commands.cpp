@@ -1,0 +1,58 @@
+#include "cli/commands.h"
+
+#include <cstdio>
+
+#include "kumiko/core/error.h"
+
+#ifdef KUMIKO_WITH_CUDA
+namespace kumiko::cuda {
+int device_count();
+}
+#endif
+
+namespace kumiko::cli {
+
+const Command* Registry::parsed(const CLI::App& app) const {
+  for (const auto& c : commands_)
+    if (c.app->parsed()) return &c;
+  return nullptr;
+}
+
+int Registry::run_selected(const CLI::App& app) const {
+  const Command* c = parsed(app);
+  KUMIKO_CHECK(c != nullptr, "no subcommand selected");
+  return c->run();
+}
+
+int report_parse_error(const CLI::App& app, const Registry& registry, const CLI::ParseError& e) {
+  if (e.get_exit_code() == 0) return app.exit(e);  // --help and friends
+  std::string message;
+  if (const Command* c = registry.parsed(app); c && c->describe_error) message = c->describe_error(e);
+  if (message.empty()) message = e.what();
+  std::fprintf(stderr, "kumiko: error: %s\n", message.c_str());
+  return 2;
+}
+
+void add_version_command(CLI::App& app, Registry& registry) {
+  CLI::App* sub = app.add_subcommand("version", "Print the version and the compiled-in backends");
+  registry.add({sub, [] {
+                  std::printf("kumiko 0.1.0\n");
+#ifdef KUMIKO_WITH_CUDA
+                  std::printf("cuda: compiled in, %d device(s) visible\n", kumiko::cuda::device_count());
+#else
+                  std::printf("cuda: not compiled in\n");
+#endif
+                  return 0;
+                },
+                {}});
+}
+
+void add_all_commands(CLI::App& app, Registry& registry) {
+  add_prepare_command(app, registry);
+  add_config_command(app, registry);
+  add_train_command(app, registry);
+  add_sample_command(app, registry);
+  add_version_command(app, registry);
+}
+
+}  // namespace kumiko::cli
