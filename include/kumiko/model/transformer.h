@@ -1,0 +1,79 @@
+#pragma once
+// The decoder-only transformer, GPT-2 or Llama family ([model] arch), with an
+// explicit forward and backward per layer (no autograd engine).
+//
+// Templated on the element type: float for training, double for the
+// finite-difference gradient checks of the same code path.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kumiko/config/config.h"
+#include "kumiko/core/tensor.h"
+#include "kumiko/model/parameters.h"
+
+namespace kumiko::model {
+
+// Model hyper-parameters resolved from ModelConfig (defaults filled in).
+struct Dims {
+  bool llama = false;    // false: gpt2
+  int64_t L = 0;         // layers
+  int64_t Hq = 0;        // query heads
+  int64_t Hkv = 0;       // key/value heads
+  int64_t D = 0;         // head dim
+  int64_t C = 0;         // model width
+  int64_t F = 0;         // MLP hidden width
+  int64_t V = 0;         // vocabulary
+  int64_t max_T = 0;     // learned positions (gpt2)
+  bool tied = true;      // head shares the token embedding
+  double eps = 1e-5;
+  double rope_theta = 10000.0;
+  double init_std = 0.02;
+
+  static Dims from(const config::ModelConfig& m);
+  int64_t qkv_width() const { return (Hq + 2 * Hkv) * D; }
+};
+
+// The logical parameter list of a model (names, shapes, init, decay).
+std::vector<ParameterSpec> parameter_specs(const Dims& d);
+
+// FLOPs per trained token (forward + backward), PaLM appendix B:
+// 6 * N_matmul + 12 * L * Hq * D * T (attention scores and values).
+double train_flops_per_token(const Dims& d, int64_t T);
+
+template <typename T>
+class Transformer {
+ public:
+  // Activations are allocated for up to `batch` sequences of up to `seq_len` tokens.
+  Transformer(const Dims& dims, int64_t batch, int64_t seq_len);
+  ~Transformer();
+
+  const Dims& dims() const { return dims_; }
+  ParameterStore<T>& params() { return params_; }
+  const ParameterStore<T>& params() const { return params_; }
+
+  // Forward and backward on one micro-batch of B sequences of length Tn (B <= batch,
+  // Tn <= seq_len); inputs, targets: [B, Tn]. Gradients are ACCUMULATED into
+  // params().grad with the loss scaled by `loss_scale` (e.g. 1 / global tokens).
+  // Returns the mean cross-entropy of this micro-batch (unscaled).
+  double forward_backward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
+                          T loss_scale);
+  // Mean cross-entropy without touching gradients.
+  double loss(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn);
+  // Logits of the last position of each sequence: out [B, V].
+  void last_logits(const int32_t* inputs, int64_t B, int64_t Tn, T* out);
+
+ private:
+  struct Activations;
+  void forward(const int32_t* inputs, int64_t B, int64_t Tn);
+  void backward(const int32_t* inputs, int64_t B, int64_t Tn);
+
+  Dims dims_;
+  int64_t batch_;
+  int64_t seq_len_;
+  ParameterStore<T> params_;
+  std::unique_ptr<Activations> act_;
+};
+
+}  // namespace kumiko::model

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: installs dependencies, builds (Release, CUDA included when
+# nvcc is present) and runs the whole ctest suite.
+# Usage: scripts/test.sh [ctest arguments, e.g. -L unit or -R loader]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install_deps.sh
+scripts/build.sh
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+cd build
+ctest --output-on-failure --timeout 900 "$@"

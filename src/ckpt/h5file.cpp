@@ -1,0 +1,315 @@
+#include "kumiko/ckpt/h5file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+
+#include <hdf5.h>
+
+#include "kumiko/core/error.h"
+
+namespace kumiko::ckpt {
+namespace {
+
+// HDF5 prints its own error stack to stderr by default; kumiko reports errors itself.
+void silence_hdf5() {
+  static const bool once = [] {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    return true;
+  }();
+  (void)once;
+}
+
+// The innermost HDF5 error message, for exception texts.
+std::string hdf5_message() {
+  std::string message;
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_DOWNWARD,
+      [](unsigned n, const H5E_error2_t* err, void* data) -> herr_t {
+        auto* out = static_cast<std::string*>(data);
+        if (n == 0 && err->desc) *out = err->desc;
+        return 0;
+      },
+      &message);
+  return message.empty() ? "HDF5 error" : message;
+}
+
+// Owns one HDF5 identifier and closes it with the matching function.
+class Handle {
+ public:
+  Handle() = default;
+  Handle(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  Handle(Handle&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = H5I_INVALID_HID; }
+  Handle& operator=(Handle&& o) noexcept {
+    std::swap(id_, o.id_);
+    std::swap(close_, o.close_);
+    return *this;
+  }
+  ~Handle() {
+    if (id_ >= 0 && close_) close_(id_);
+  }
+  hid_t get() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+
+ private:
+  hid_t id_ = H5I_INVALID_HID;
+  herr_t (*close_)(hid_t) = nullptr;
+};
+
+std::vector<hsize_t> dims_of(const Shape& shape) {
+  return std::vector<hsize_t>(shape.begin(), shape.end());
+}
+
+// Chunks of at most ~1M elements along the first dimension.
+std::vector<hsize_t> chunk_of(const Shape& shape) {
+  std::vector<hsize_t> chunk = dims_of(shape);
+  if (chunk.empty()) return chunk;
+  hsize_t row = 1;
+  for (size_t i = 1; i < chunk.size(); ++i) row *= std::max<hsize_t>(chunk[i], 1);
+  chunk[0] = std::clamp<hsize_t>((1u << 20) / std::max<hsize_t>(row, 1), 1, std::max<hsize_t>(chunk[0], 1));
+  for (auto& c : chunk) c = std::max<hsize_t>(c, 1);
+  return chunk;
+}
+
+void ensure_groups(hid_t file, const std::string& name) {
+  for (size_t pos = name.find('/', 1); pos != std::string::npos; pos = name.find('/', pos + 1)) {
+    const std::string group = name.substr(0, pos);
+    if (group.empty()) continue;
+    if (H5Lexists(file, group.c_str(), H5P_DEFAULT) > 0) continue;
+    Handle g(H5Gcreate2(file, group.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+    KUMIKO_CHECK(g.valid(), "cannot create group ", group, ": ", hdf5_message());
+  }
+}
+
+}  // namespace
+
+struct H5Writer::Impl {
+  Handle file;
+};
+
+H5Writer::H5Writer(std::string path) : path_(std::move(path)), impl_(std::make_unique<Impl>()) {
+  silence_hdf5();
+  temp_path_ = path_ + ".tmp-" + std::to_string(::getpid());
+  const auto parent = std::filesystem::path(path_).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
+  impl_->file = Handle(H5Fcreate(temp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+  KUMIKO_USER_CHECK(impl_->file.valid(), temp_path_, ": cannot create HDF5 file: ", hdf5_message());
+}
+
+H5Writer::~H5Writer() {
+  if (impl_ && impl_->file.valid()) {
+    impl_->file = Handle();
+    std::remove(temp_path_.c_str());
+  }
+}
+
+namespace {
+void write_numeric(hid_t file, const std::string& name, const Shape& shape, hid_t type,
+                   const void* data) {
+  ensure_groups(file, name);
+  const auto dims = dims_of(shape);
+  Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
+  Handle plist(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  if (numel_of(shape) > 0 && !dims.empty()) {
+    const auto chunk = chunk_of(shape);
+    H5Pset_chunk(plist.get(), static_cast<int>(chunk.size()), chunk.data());
+    H5Pset_fletcher32(plist.get());
+  }
+  Handle set(H5Dcreate2(file, name.c_str(), type, space.get(), H5P_DEFAULT, plist.get(), H5P_DEFAULT),
+             H5Dclose);
+  KUMIKO_CHECK(set.valid(), "cannot create dataset ", name, ": ", hdf5_message());
+  if (numel_of(shape) > 0)
+    KUMIKO_CHECK(H5Dwrite(set.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
+                 "cannot write dataset ", name, ": ", hdf5_message());
+}
+}  // namespace
+
+void H5Writer::write_f32(const std::string& name, const Shape& shape, const float* data) {
+  write_numeric(impl_->file.get(), name, shape, H5T_NATIVE_FLOAT, data);
+}
+void H5Writer::write_f64(const std::string& name, const Shape& shape, const double* data) {
+  write_numeric(impl_->file.get(), name, shape, H5T_NATIVE_DOUBLE, data);
+}
+void H5Writer::write_i32(const std::string& name, const Shape& shape, const int32_t* data) {
+  write_numeric(impl_->file.get(), name, shape, H5T_NATIVE_INT32, data);
+}
+void H5Writer::write_i64(const std::string& name, const Shape& shape, const int64_t* data) {
+  write_numeric(impl_->file.get(), name, shape, H5T_NATIVE_INT64, data);
+}
+
+void H5Writer::write_string(const std::string& name, const std::string& text) {
+  ensure_groups(impl_->file.get(), name);
+  Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(type.get(), std::max<size_t>(text.size(), 1));
+  H5Tset_cset(type.get(), H5T_CSET_UTF8);
+  Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle set(H5Dcreate2(impl_->file.get(), name.c_str(), type.get(), space.get(), H5P_DEFAULT,
+                        H5P_DEFAULT, H5P_DEFAULT),
+             H5Dclose);
+  KUMIKO_CHECK(set.valid(), "cannot create dataset ", name, ": ", hdf5_message());
+  const std::string padded = text.empty() ? std::string(1, '\0') : text;
+  KUMIKO_CHECK(H5Dwrite(set.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, padded.data()) >= 0,
+               "cannot write dataset ", name);
+}
+
+void H5Writer::set_attr(const std::string& key, const std::string& value) {
+  Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(type.get(), std::max<size_t>(value.size(), 1));
+  H5Tset_cset(type.get(), H5T_CSET_UTF8);
+  Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle attr(H5Acreate2(impl_->file.get(), key.c_str(), type.get(), space.get(), H5P_DEFAULT,
+                         H5P_DEFAULT),
+              H5Aclose);
+  KUMIKO_CHECK(attr.valid(), "cannot create attribute ", key);
+  const std::string padded = value.empty() ? std::string(1, '\0') : value;
+  H5Awrite(attr.get(), type.get(), padded.data());
+}
+
+void H5Writer::set_attr(const std::string& key, int64_t value) {
+  Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle attr(H5Acreate2(impl_->file.get(), key.c_str(), H5T_NATIVE_INT64, space.get(), H5P_DEFAULT,
+                         H5P_DEFAULT),
+              H5Aclose);
+  KUMIKO_CHECK(attr.valid(), "cannot create attribute ", key);
+  H5Awrite(attr.get(), H5T_NATIVE_INT64, &value);
+}
+
+void H5Writer::commit() {
+  KUMIKO_CHECK(impl_->file.valid(), "H5Writer::commit called twice");
+  KUMIKO_CHECK(H5Fflush(impl_->file.get(), H5F_SCOPE_GLOBAL) >= 0, "flush failed: ", hdf5_message());
+  impl_->file = Handle();  // close
+  const int fd = ::open(temp_path_.c_str(), O_RDONLY);
+  KUMIKO_CHECK(fd >= 0, "cannot reopen ", temp_path_, " for fsync");
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  KUMIKO_CHECK(rc == 0, "fsync failed on ", temp_path_);
+  std::filesystem::rename(temp_path_, path_);
+  const auto parent = std::filesystem::path(path_).parent_path();
+  const int dir = ::open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dir >= 0) {
+    ::fsync(dir);
+    ::close(dir);
+  }
+}
+
+struct H5Reader::Impl {
+  Handle file;
+};
+
+H5Reader::H5Reader(std::string path) : path_(std::move(path)), impl_(std::make_unique<Impl>()) {
+  silence_hdf5();
+  KUMIKO_USER_CHECK(std::filesystem::exists(path_), path_, ": no such file");
+  KUMIKO_USER_CHECK(H5Fis_hdf5(path_.c_str()) > 0, path_,
+                    ": not a readable HDF5 file (truncated or corrupt?)");
+  impl_->file = Handle(H5Fopen(path_.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  KUMIKO_USER_CHECK(impl_->file.valid(), path_, ": cannot open HDF5 file: ", hdf5_message());
+}
+
+H5Reader::~H5Reader() = default;
+
+bool H5Reader::has(const std::string& name) const {
+  // Check each path component so that a missing group is not an error.
+  for (size_t pos = name.find('/', 1);; pos = name.find('/', pos + 1)) {
+    const std::string prefix = name.substr(0, pos);
+    if (H5Lexists(impl_->file.get(), prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+    if (pos == std::string::npos) return true;
+  }
+}
+
+Shape H5Reader::shape(const std::string& name) const {
+  KUMIKO_USER_CHECK(has(name), path_, ": missing dataset '", name, "'");
+  Handle set(H5Dopen2(impl_->file.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
+  KUMIKO_USER_CHECK(set.valid(), path_, ": cannot open dataset '", name, "': ", hdf5_message());
+  Handle space(H5Dget_space(set.get()), H5Sclose);
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  std::vector<hsize_t> dims(std::max(rank, 0));
+  H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  return Shape(dims.begin(), dims.end());
+}
+
+std::vector<std::string> H5Reader::list(const std::string& group) const {
+  std::vector<std::string> names;
+  if (!has(group)) return names;
+  Handle g(H5Gopen2(impl_->file.get(), group.c_str(), H5P_DEFAULT), H5Gclose);
+  KUMIKO_USER_CHECK(g.valid(), path_, ": '", group, "' is not a group");
+  H5Literate(
+      g.get(), H5_INDEX_NAME, H5_ITER_INC, nullptr,
+      [](hid_t, const char* name, const H5L_info_t*, void* data) -> herr_t {
+        static_cast<std::vector<std::string>*>(data)->emplace_back(name);
+        return 0;
+      },
+      &names);
+  return names;
+}
+
+namespace {
+void read_numeric(const H5Reader& r, hid_t file, const std::string& name, const Shape& expected,
+                  hid_t type, void* out) {
+  const Shape actual = r.shape(name);
+  KUMIKO_USER_CHECK(actual == expected, r.path(), ": tensor '", name, "' has shape ",
+                    shape_str(actual), ", expected ", shape_str(expected));
+  Handle set(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
+  if (numel_of(expected) == 0) return;
+  KUMIKO_USER_CHECK(H5Dread(set.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) >= 0, r.path(),
+                    ": cannot read tensor '", name, "' (checksum mismatch or corrupt data): ",
+                    hdf5_message());
+}
+}  // namespace
+
+void H5Reader::read_f32(const std::string& name, const Shape& expected, float* out) const {
+  read_numeric(*this, impl_->file.get(), name, expected, H5T_NATIVE_FLOAT, out);
+}
+void H5Reader::read_f64(const std::string& name, const Shape& expected, double* out) const {
+  read_numeric(*this, impl_->file.get(), name, expected, H5T_NATIVE_DOUBLE, out);
+}
+void H5Reader::read_i32(const std::string& name, const Shape& expected, int32_t* out) const {
+  read_numeric(*this, impl_->file.get(), name, expected, H5T_NATIVE_INT32, out);
+}
+void H5Reader::read_i64(const std::string& name, const Shape& expected, int64_t* out) const {
+  read_numeric(*this, impl_->file.get(), name, expected, H5T_NATIVE_INT64, out);
+}
+
+std::string H5Reader::read_string(const std::string& name) const {
+  KUMIKO_USER_CHECK(has(name), path_, ": missing dataset '", name, "'");
+  Handle set(H5Dopen2(impl_->file.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
+  Handle type(H5Dget_type(set.get()), H5Tclose);
+  KUMIKO_USER_CHECK(H5Tget_class(type.get()) == H5T_STRING, path_, ": '", name,
+                    "' is not a string");
+  KUMIKO_USER_CHECK(!H5Tis_variable_str(type.get()), path_, ": '", name,
+                    "' is a variable-length string; expected fixed-length");
+  std::string text(H5Tget_size(type.get()), '\0');
+  KUMIKO_USER_CHECK(H5Dread(set.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()) >= 0,
+                    path_, ": cannot read '", name, "'");
+  while (!text.empty() && text.back() == '\0') text.pop_back();
+  return text;
+}
+
+bool H5Reader::has_attr(const std::string& key) const {
+  return H5Aexists(impl_->file.get(), key.c_str()) > 0;
+}
+
+std::string H5Reader::attr_string(const std::string& key) const {
+  KUMIKO_USER_CHECK(has_attr(key), path_, ": missing attribute '", key, "'");
+  Handle attr(H5Aopen(impl_->file.get(), key.c_str(), H5P_DEFAULT), H5Aclose);
+  Handle type(H5Aget_type(attr.get()), H5Tclose);
+  KUMIKO_USER_CHECK(H5Tget_class(type.get()) == H5T_STRING && !H5Tis_variable_str(type.get()),
+                    path_, ": attribute '", key, "' is not a fixed-length string");
+  std::string text(H5Tget_size(type.get()), '\0');
+  H5Aread(attr.get(), type.get(), text.data());
+  while (!text.empty() && text.back() == '\0') text.pop_back();
+  return text;
+}
+
+int64_t H5Reader::attr_int(const std::string& key) const {
+  KUMIKO_USER_CHECK(has_attr(key), path_, ": missing attribute '", key, "'");
+  Handle attr(H5Aopen(impl_->file.get(), key.c_str(), H5P_DEFAULT), H5Aclose);
+  int64_t value = 0;
+  KUMIKO_USER_CHECK(H5Aread(attr.get(), H5T_NATIVE_INT64, &value) >= 0, path_,
+                    ": attribute '", key, "' is not an integer");
+  return value;
+}
+
+}  // namespace kumiko::ckpt

@@ -1,0 +1,68 @@
+#include "kumiko/model/parameters.h"
+
+#include <vector>
+
+#include "kumiko/core/rng.h"
+
+namespace kumiko::model {
+
+template <typename T>
+int ParameterStore<T>::declare(ParameterSpec spec) {
+  KUMIKO_CHECK(values_.empty(), "declare() after allocate()");
+  KUMIKO_CHECK(!by_name_.count(spec.name), "duplicate parameter ", spec.name);
+  const int index = static_cast<int>(specs_.size());
+  by_name_[spec.name] = index;
+  specs_.push_back(std::move(spec));
+  return index;
+}
+
+template <typename T>
+void ParameterStore<T>::allocate() {
+  int64_t total = 0;
+  offsets_.clear();
+  for (const auto& s : specs_) {
+    offsets_.push_back(total);
+    // Keep every tensor 64-byte aligned (16 floats / 8 doubles).
+    const int64_t align = 64 / static_cast<int64_t>(sizeof(T));
+    total += (numel_of(s.shape) + align - 1) / align * align;
+  }
+  values_ = Tensor<T>({total});
+  grads_ = Tensor<T>({total});
+  values_.zero();
+  grads_.zero();
+}
+
+template <typename T>
+void ParameterStore<T>::initialize(uint64_t seed) {
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    const auto& s = specs_[i];
+    T* dst = value(static_cast<int>(i));
+    const int64_t n = numel(static_cast<int>(i));
+    switch (s.init) {
+      case Init::zeros:
+        std::fill(dst, dst + n, T(0));
+        break;
+      case Init::ones:
+        std::fill(dst, dst + n, T(1));
+        break;
+      case Init::normal: {
+        std::vector<float> tmp(n);
+        rng::fill_normal(tmp.data(), n, seed, s.name, 0.0f, s.std);
+        std::copy(tmp.begin(), tmp.end(), dst);
+        break;
+      }
+    }
+  }
+}
+
+template <typename T>
+int ParameterStore<T>::index(const std::string& name) const {
+  auto it = by_name_.find(name);
+  KUMIKO_CHECK(it != by_name_.end(), "no parameter named ", name);
+  return it->second;
+}
+
+template class ParameterStore<float>;
+template class ParameterStore<double>;
+
+}  // namespace kumiko::model

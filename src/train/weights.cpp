@@ -1,0 +1,69 @@
+#include "kumiko/train/weights.h"
+
+#include <set>
+
+#include "kumiko/ckpt/h5file.h"
+#include "kumiko/core/error.h"
+
+namespace kumiko::train {
+
+namespace {
+constexpr const char* kFormat = "kumiko-weights";
+constexpr int64_t kFormatVersion = 1;
+}  // namespace
+
+void write_weights(const std::string& path, const model::ParameterStore<float>& params,
+                   const WeightsInfo& info) {
+  ckpt::H5Writer w(path);
+  w.set_attr("format", kFormat);
+  w.set_attr("format_version", kFormatVersion);
+  w.set_attr("step", info.step);
+  w.set_attr("tokenizer_sha256", info.tokenizer_sha256);
+  w.set_attr("tokenizer_path", info.tokenizer_path);
+  w.write_string("/config", info.config_ini);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& spec = params.spec(static_cast<int>(i));
+    w.write_f32("/model/" + spec.name, spec.shape, params.value(static_cast<int>(i)));
+  }
+  w.commit();
+}
+
+namespace {
+WeightsInfo read_info(const ckpt::H5Reader& r) {
+  KUMIKO_USER_CHECK(r.has_attr("format") && r.attr_string("format") == kFormat, r.path(),
+                    ": not a kumiko weights file (attribute format != '", kFormat, "')");
+  const int64_t version = r.attr_int("format_version");
+  KUMIKO_USER_CHECK(version == kFormatVersion, r.path(), ": weights format_version ", version,
+                    " is not supported (expected ", kFormatVersion, ")");
+  WeightsInfo info;
+  info.step = r.attr_int("step");
+  info.tokenizer_sha256 = r.attr_string("tokenizer_sha256");
+  info.tokenizer_path = r.attr_string("tokenizer_path");
+  info.config_ini = r.read_string("/config");
+  return info;
+}
+}  // namespace
+
+WeightsInfo read_weights_info(const std::string& path) {
+  ckpt::H5Reader r(path);
+  return read_info(r);
+}
+
+WeightsInfo read_weights(const std::string& path, model::ParameterStore<float>& params) {
+  ckpt::H5Reader r(path);
+  WeightsInfo info = read_info(r);
+  std::set<std::string> expected;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& spec = params.spec(static_cast<int>(i));
+    expected.insert(spec.name);
+    KUMIKO_USER_CHECK(r.has("/model/" + spec.name), path, ": missing tensor 'model/", spec.name,
+                      "' (expected shape ", shape_str(spec.shape), ")");
+    r.read_f32("/model/" + spec.name, spec.shape, params.value(static_cast<int>(i)));
+  }
+  for (const auto& name : r.list("/model"))
+    KUMIKO_USER_CHECK(expected.count(name), path, ": unexpected tensor 'model/", name,
+                      "' (the configured model has no such parameter)");
+  return info;
+}
+
+}  // namespace kumiko::train
