@@ -287,6 +287,28 @@ std::string H5Reader::read_string(const std::string& name) const {
   return text;
 }
 
+bool H5Reader::is_group(const std::string& name) const {
+  if (name == "/") return true;
+  if (!has(name)) return false;
+  H5O_info_t info;
+  if (H5Oget_info_by_name(impl_->file.get(), name.c_str(), &info, H5P_DEFAULT) < 0) return false;
+  return info.type == H5O_TYPE_GROUP;
+}
+
+std::vector<char> H5Reader::read_raw(const std::string& name) const {
+  Handle set(H5Dopen2(impl_->file.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
+  KUMIKO_USER_CHECK(set.valid(), path_, ": cannot open dataset '", name, "': ", hdf5_message());
+  Handle type(H5Dget_type(set.get()), H5Tclose);
+  Handle native(H5Tget_native_type(type.get(), H5T_DIR_ASCEND), H5Tclose);
+  Handle space(H5Dget_space(set.get()), H5Sclose);
+  const hssize_t n = H5Sget_simple_extent_npoints(space.get());
+  std::vector<char> bytes(static_cast<size_t>(std::max<hssize_t>(n, 1)) * H5Tget_size(native.get()));
+  if (n > 0)
+    KUMIKO_USER_CHECK(H5Dread(set.get(), native.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes.data()) >= 0,
+                      path_, ": dataset '", name, "' failed its checksum or cannot be read: ", hdf5_message());
+  return bytes;
+}
+
 bool H5Reader::has_attr(const std::string& key) const {
   return H5Aexists(impl_->file.get(), key.c_str()) > 0;
 }

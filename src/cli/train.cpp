@@ -17,8 +17,8 @@ void add_train_command(CLI::App& app, Registry& registry) {
                   config::validate(*config);
                   log::init({0, 1, config->log.level, config->log.all_ranks});
                   train::Trainer trainer(*config);
-                  trainer.run();
-                  return 0;
+                  const auto summary = trainer.run();
+                  return summary.preempted ? train::kExitPreempted : train::kExitOk;
                 },
                 [config](const CLI::ParseError& e) { return config::describe_parse_error(e, *config); }});
 }

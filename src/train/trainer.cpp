@@ -3,16 +3,19 @@
 #include <omp.h>
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
+#include "kumiko/ckpt/store.h"
 #include "kumiko/core/error.h"
 #include "kumiko/core/log.h"
 #include "kumiko/core/rng.h"
 #include "kumiko/data/loader.h"
 #include "kumiko/model/transformer.h"
+#include "kumiko/train/checkpoint.h"
 #include "kumiko/train/optimizer.h"
 #include "kumiko/train/schedule.h"
 #include "kumiko/train/weights.h"
@@ -26,16 +29,37 @@ void set_threads(int threads) {
 
 namespace {
 
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// Set by SIGTERM / SIGUSR1; the step loop checks it at each step boundary.
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+class SignalGuard {
+ public:
+  SignalGuard() {
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, &old_term_);
+    sigaction(SIGUSR1, &sa, &old_usr1_);
+  }
+  ~SignalGuard() {
+    sigaction(SIGTERM, &old_term_, nullptr);
+    sigaction(SIGUSR1, &old_usr1_, nullptr);
+  }
+
+ private:
+  struct sigaction old_term_ {}, old_usr1_ {};
+};
+
 std::string format_duration(double seconds) {
   const int64_t s = static_cast<int64_t>(seconds + 0.5);
-  char buf[32];
-  if (s >= 3600)
-    std::snprintf(buf, sizeof buf, "%ldh%02ldm", static_cast<long>(s / 3600), static_cast<long>(s / 60 % 60));
-  else if (s >= 60)
-    std::snprintf(buf, sizeof buf, "%ldm%02lds", static_cast<long>(s / 60), static_cast<long>(s % 60));
-  else
-    std::snprintf(buf, sizeof buf, "%lds", static_cast<long>(s));
-  return buf;
+  if (s >= 3600) return fmt::format("{}h{:02}m", s / 3600, s / 60 % 60);
+  if (s >= 60) return fmt::format("{}m{:02}s", s / 60, s % 60);
+  return fmt::format("{}s", s);
 }
 
 // Random tokens for benchmarks ([data] synthetic): a pure function of (seed, step, index).
@@ -44,7 +68,7 @@ void synthetic_batch(uint64_t seed, int64_t step, int64_t first, int64_t count, 
   const uint64_t key = rng::stream_key(seed, "data.synthetic");
   for (int64_t s = 0; s < count; ++s)
     for (int64_t t = 0; t <= T; ++t) {
-      const uint64_t counter = (static_cast<uint64_t>(first + s) * (T + 1) + t);
+      const uint64_t counter = static_cast<uint64_t>((first + s) * (T + 1) + t);
       const auto block = rng::philox(key, static_cast<uint64_t>(step), counter);
       const int32_t tok = static_cast<int32_t>(block[0] % static_cast<uint32_t>(V));
       if (t < T) inputs[s * T + t] = tok;
@@ -58,8 +82,11 @@ struct Trainer::State {
   std::unique_ptr<data::Loader> loader;
   std::unique_ptr<model::Transformer<float>> model;
   std::unique_ptr<AdamW<float>> optimizer;
+  std::unique_ptr<ckpt::Store> store;
   std::ofstream metrics;
   std::vector<int32_t> inputs, targets;  // [micro_batch, T]
+  CheckpointMeta meta;
+  TrainState train;
 };
 
 Trainer::Trainer(config::Config config) : config_(std::move(config)), state_(std::make_unique<State>()) {}
@@ -68,23 +95,25 @@ Trainer::~Trainer() = default;
 RunSummary Trainer::run() {
   const auto& cfg = config_;
   auto log = log::get("train");
+  auto ckpt_log = log::get("ckpt");
   set_threads(cfg.backend.threads);
   KUMIKO_USER_CHECK(cfg.backend.device == "cpu", "backend.device: '", cfg.backend.device,
                     "' is not available in this build yet (expected cpu)");
   KUMIKO_USER_CHECK(cfg.parallel.dp * cfg.parallel.tp * cfg.parallel.pp == 1,
                     "parallel.dp/tp/pp: multi-process layouts are not available yet (expected 1)");
+  SignalGuard signals;
 
   auto& s = *state_;
   const int64_t T = cfg.data.seq_len, MB = cfg.train.micro_batch, GB = cfg.train.global_batch;
-  std::string tokenizer_sha, tokenizer_path;
   if (!cfg.data.synthetic) {
     s.loader = std::make_unique<data::Loader>(cfg.data.dir, T, cfg.train.seed);
     KUMIKO_USER_CHECK(s.loader->vocab_size() <= cfg.model.vocab_size, "model.vocab_size = ",
                       cfg.model.vocab_size, " is smaller than the vocabulary of ",
                       s.loader->tokenizer_path(), " (", s.loader->vocab_size(), ")");
-    tokenizer_sha = s.loader->tokenizer_sha256();
-    tokenizer_path = s.loader->tokenizer_path();
+    s.meta.tokenizer_sha256 = s.loader->tokenizer_sha256();
+    s.meta.tokenizer_path = s.loader->tokenizer_path();
   }
+  s.meta.config_ini = config::to_ini(cfg);
 
   const model::Dims dims = model::Dims::from(cfg.model);
   s.model = std::make_unique<model::Transformer<float>>(dims, MB, T);
@@ -92,34 +121,81 @@ RunSummary Trainer::run() {
   params.initialize(cfg.train.seed);
   s.optimizer = std::make_unique<AdamW<float>>(
       params, AdamWSettings{cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});
+  s.train.seed = cfg.train.seed;
 
-  const std::filesystem::path run_dir(cfg.log.run_dir);
-  std::filesystem::create_directories(run_dir);
-  {
-    std::ofstream(run_dir / "config.ini") << config::to_ini(cfg);
+  const fs::path run_dir(cfg.log.run_dir);
+  fs::create_directories(run_dir);
+  s.store = std::make_unique<ckpt::Store>(cfg.checkpoint.dir.empty() ? (run_dir / "checkpoints").string()
+                                                                       : cfg.checkpoint.dir);
+  if (const int n = s.store->remove_partials(); n > 0)
+    ckpt_log->warn("removed {} partial checkpoint file(s) left by an interrupted save in {}", n,
+                   s.store->dir());
+
+  // Resume.
+  RunSummary summary;
+  const std::string& resume = cfg.checkpoint.resume;
+  std::string resume_path;
+  if (resume == "auto") {
+    std::vector<std::string> candidates;
+    if (auto latest = s.store->latest()) candidates.push_back(*latest);
+    for (const auto& f : s.store->list())
+      if (candidates.empty() || !fs::exists(candidates[0]) || !fs::equivalent(f, candidates[0]))
+        candidates.push_back(f);
+    for (const auto& c : candidates) {
+      const auto problems = fs::exists(c) ? ckpt::verify_file(c) : std::vector<std::string>{c + ": missing"};
+      if (problems.empty()) {
+        resume_path = c;
+        break;
+      }
+      ckpt_log->error("checkpoint {} does not verify ({}); trying the one before", c, problems.front());
+    }
+    if (resume_path.empty()) ckpt_log->info("resume=auto: no checkpoint in {}, starting fresh", s.store->dir());
+  } else if (!resume.empty()) {
+    KUMIKO_USER_CHECK(fs::exists(resume), "checkpoint.resume: ", resume, ": no such checkpoint file");
+    const auto problems = ckpt::verify_file(resume);
+    KUMIKO_USER_CHECK(problems.empty(), "checkpoint.resume: ", resume, " does not verify: ", problems.front());
+    resume_path = resume;
   }
-  WeightsInfo info{config::to_ini(cfg), tokenizer_sha, tokenizer_path, 0};
-  write_weights((run_dir / "weights_init.h5").string(), params, info);
+  if (!resume_path.empty()) {
+    s.train = load_checkpoint(resume_path, cfg, s.meta.tokenizer_sha256, params, *s.optimizer);
+    summary.first_step = s.train.step;
+    ckpt_log->info("resumed from {} at step {} ({} tokens seen)", resume_path, s.train.step,
+                   s.train.tokens_seen);
+  } else {
+    write_weights((run_dir / "weights_init.h5").string(), params,
+                  {s.meta.config_ini, s.meta.tokenizer_sha256, s.meta.tokenizer_path, 0});
+  }
+  std::ofstream(run_dir / "config.ini") << s.meta.config_ini;
   s.metrics.open(run_dir / "metrics.jsonl", std::ios::app);
   KUMIKO_USER_CHECK(s.metrics.good(), (run_dir / "metrics.jsonl").string(), ": cannot open for writing");
 
   const double flops_per_token = model::train_flops_per_token(dims, T);
-  int64_t n_params = 0;
-  for (size_t i = 0; i < params.size(); ++i) n_params += params.numel(static_cast<int>(i));
   log->info("model {}: {} layers, d_model {}, {} heads ({} kv), vocab {}, {:.2f}M parameters; "
             "{} threads; {:.1f} MFLOP per token",
-            cfg.model.arch, dims.L, dims.C, dims.Hq, dims.Hkv, dims.V, n_params / 1e6,
+            cfg.model.arch, dims.L, dims.C, dims.Hq, dims.Hkv, dims.V, params.total_numel() / 1e6,
             omp_get_max_threads(), flops_per_token / 1e6);
+
+  auto save = [&](const char* why) {
+    const auto t0 = Clock::now();
+    const std::string path = s.store->path_for(s.train.step);
+    const int64_t bytes = save_checkpoint(path, params, *s.optimizer, s.train, s.meta);
+    s.store->set_latest(path);
+    for (const auto& removed : s.store->apply_retention(cfg.checkpoint.keep_last))
+      ckpt_log->info("retention: removed {}", removed);
+    const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    ckpt_log->info("saved {} ({}) at step {}: {:.1f} MB in {:.2f}s ({:.0f} MB/s)", path, why, s.train.step,
+                   bytes / 1e6, dt, bytes / 1e6 / std::max(dt, 1e-9));
+    summary.last_checkpoint = path;
+  };
 
   s.inputs.resize(MB * T);
   s.targets.resize(MB * T);
   const int64_t end = cfg.train.stop_at > 0 ? std::min(cfg.train.stop_at, cfg.train.steps) : cfg.train.steps;
   const int64_t micro_steps = GB / MB;
-  const float loss_scale = 1.0f / static_cast<float>(micro_steps);
-  RunSummary summary;
-  using clock = std::chrono::steady_clock;
-  const auto start_time = clock::now();
+  const float loss_scale = 1.0f / static_cast<float>(GB * T);
+  const auto start_time = Clock::now();
   double train_seconds = 0;
+  int64_t steps_here = 0;
 
   auto evaluate = [&](int64_t step) {
     if (!s.loader || cfg.train.eval_batches <= 0) return;
@@ -131,13 +207,14 @@ RunSummary Trainer::run() {
     const double val = total / cfg.train.eval_batches;
     summary.last_val_loss = val;
     log->info("eval step {} | val_loss {:.4f} | val_ppl {:.2f}", step, val, std::exp(val));
-    s.metrics << "{\"step\":" << step << ",\"val_loss\":" << val << ",\"val_ppl\":" << std::exp(val)
-              << "}\n";
+    s.metrics << fmt::format("{{\"step\":{},\"val_loss\":{:.8g},\"val_ppl\":{:.8g}}}\n", step, val, std::exp(val));
     s.metrics.flush();
   };
 
-  for (int64_t step = 0; step < end; ++step) {
-    const auto t0 = clock::now();
+  while (s.train.step < end) {
+    if (g_stop_signal) break;
+    const int64_t step = s.train.step;
+    const auto t0 = Clock::now();
     params.zero_grads();
     double loss = 0;
     for (int64_t micro = 0; micro < micro_steps; ++micro) {
@@ -145,45 +222,62 @@ RunSummary Trainer::run() {
         s.loader->fill(data::Split::train, step, GB, micro * MB, MB, s.inputs.data(), s.targets.data());
       else
         synthetic_batch(cfg.train.seed, step, micro * MB, MB, T, dims.V, s.inputs.data(), s.targets.data());
-      loss += s.model->forward_backward(s.inputs.data(), s.targets.data(), MB, T, loss_scale / (MB * T)) /
-              micro_steps;
+      loss += s.model->forward_backward(s.inputs.data(), s.targets.data(), MB, T, loss_scale) / micro_steps;
     }
     const double norm = grad_norm(params);
-    const double clip = cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip
-                            ? cfg.train.grad_clip / (norm + 1e-6)
-                            : 1.0;
+    KUMIKO_USER_CHECK(std::isfinite(loss) && std::isfinite(norm), "training diverged at step ", step + 1,
+                      ": loss ", loss, ", gradient norm ", norm,
+                      " (lower train.lr or raise train.warmup_steps)");
+    const double clip =
+        cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip ? cfg.train.grad_clip / (norm + 1e-6) : 1.0;
     const double lr = learning_rate(cfg.train, step);
     s.optimizer->step(params, lr, clip);
-    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    s.train.step = step + 1;
+    s.train.loader_step = step + 1;
+    s.train.tokens_seen += GB * T;
+    s.train.optimizer_steps = s.optimizer->steps_taken();
+    ++steps_here;
+    const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     train_seconds += dt;
     summary.losses.push_back(loss);
-    summary.steps_taken = step + 1;
+    summary.steps_taken = s.train.step;
 
     const double tokens_per_s = static_cast<double>(GB * T) / dt;
     const double mfu = cfg.backend.peak_gflops > 0
                            ? tokens_per_s * flops_per_token / (cfg.backend.peak_gflops * 1e9)
                            : 0.0;
-    s.metrics << "{\"step\":" << step + 1 << ",\"loss\":" << loss << ",\"lr\":" << lr
-              << ",\"grad_norm\":" << norm << ",\"tokens_per_s\":" << tokens_per_s
-              << ",\"mfu\":" << mfu << ",\"step_s\":" << dt << "}\n";
-    const bool last = step + 1 == end;
-    if (cfg.log.every_steps > 0 && ((step + 1) % cfg.log.every_steps == 0 || last)) {
-      const double eta = train_seconds / (step + 1) * static_cast<double>(end - step - 1);
+    s.metrics << fmt::format(
+        "{{\"step\":{},\"loss\":{:.8g},\"lr\":{:.8g},\"grad_norm\":{:.8g},\"tokens_per_s\":{:.1f},"
+        "\"mfu\":{:.6f},\"step_s\":{:.6f}}}\n",
+        s.train.step, loss, lr, norm, tokens_per_s, mfu, dt);
+    const bool last = s.train.step == end;
+    if (cfg.log.every_steps > 0 && (s.train.step % cfg.log.every_steps == 0 || last)) {
+      const double eta = train_seconds / steps_here * static_cast<double>(end - s.train.step);
       log->info("step {:>5}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {:.0f} tok/s | mfu {} | eta {}",
-                step + 1, end, loss, lr, norm, tokens_per_s,
+                s.train.step, cfg.train.steps, loss, lr, norm, tokens_per_s,
                 cfg.backend.peak_gflops > 0 ? fmt::format("{:.1f}%", 100 * mfu) : std::string("n/a"),
                 format_duration(eta));
     }
-    if (!std::isfinite(loss)) throw Error(fmt::format("loss is not finite at step {}", step + 1));
-    if ((cfg.train.eval_every > 0 && (step + 1) % cfg.train.eval_every == 0) || last) evaluate(step + 1);
+    if ((cfg.train.eval_every > 0 && s.train.step % cfg.train.eval_every == 0) || last) evaluate(s.train.step);
+    if (cfg.checkpoint.every_steps > 0 && s.train.step % cfg.checkpoint.every_steps == 0 && !last)
+      save("periodic");
   }
   s.metrics.flush();
 
-  info.step = summary.steps_taken;
-  write_weights((run_dir / "weights_final.h5").string(), params, info);
-  log->info("done: {} steps in {}, weights in {}", summary.steps_taken,
-            format_duration(std::chrono::duration<double>(clock::now() - start_time).count()),
-            (run_dir / "weights_final.h5").string());
+  if (g_stop_signal && s.train.step < end) {
+    log->warn("received {} at step {}: saving a checkpoint and exiting with code {}",
+              g_stop_signal == SIGTERM ? "SIGTERM" : "SIGUSR1", s.train.step, kExitPreempted);
+    save("preemption");
+    summary.preempted = true;
+    return summary;
+  }
+  save("final");
+  if (s.train.step == cfg.train.steps)
+    write_weights((run_dir / "weights_final.h5").string(), params,
+                  {s.meta.config_ini, s.meta.tokenizer_sha256, s.meta.tokenizer_path, s.train.step});
+  log->info("done: step {} of {} in {}, checkpoint {}", s.train.step, cfg.train.steps,
+            format_duration(std::chrono::duration<double>(Clock::now() - start_time).count()),
+            summary.last_checkpoint);
   return summary;
 }
 

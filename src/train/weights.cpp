@@ -30,10 +30,12 @@ void write_weights(const std::string& path, const model::ParameterStore<float>& 
 
 namespace {
 WeightsInfo read_info(const ckpt::H5Reader& r) {
-  KUMIKO_USER_CHECK(r.has_attr("format") && r.attr_string("format") == kFormat, r.path(),
-                    ": not a kumiko weights file (attribute format != '", kFormat, "')");
+  // A training checkpoint holds the same /model and /config, so it serves as weights too.
+  const std::string format = r.has_attr("format") ? r.attr_string("format") : "";
+  KUMIKO_USER_CHECK(format == kFormat || format == "kumiko-checkpoint", r.path(),
+                    ": not a kumiko weights or checkpoint file (attribute format = '", format, "')");
   const int64_t version = r.attr_int("format_version");
-  KUMIKO_USER_CHECK(version == kFormatVersion, r.path(), ": weights format_version ", version,
+  KUMIKO_USER_CHECK(version == kFormatVersion, r.path(), ": format_version ", version,
                     " is not supported (expected ", kFormatVersion, ")");
   WeightsInfo info;
   info.step = r.attr_int("step");

@@ -65,6 +65,9 @@ class H5Reader {
   std::string attr_string(const std::string& key) const;
   int64_t attr_int(const std::string& key) const;
   bool has_attr(const std::string& key) const;
+  bool is_group(const std::string& name) const;
+  // Reads a whole dataset of any type as raw bytes (verifying its checksum).
+  std::vector<char> read_raw(const std::string& name) const;
   const std::string& path() const { return path_; }
 
  private:

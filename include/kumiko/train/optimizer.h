@@ -22,6 +22,8 @@ class AdamW {
   int64_t steps_taken() const { return step_; }
   Tensor<T>& m() { return m_; }
   Tensor<T>& v() { return v_; }
+  const Tensor<T>& m() const { return m_; }
+  const Tensor<T>& v() const { return v_; }
   void set_steps_taken(int64_t s) { step_ = s; }
 
  private:

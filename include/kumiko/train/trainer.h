@@ -4,16 +4,26 @@
 // lines and run_dir/metrics.jsonl.
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "kumiko/config/config.h"
 
 namespace kumiko::train {
 
+// Exit codes of `kumiko train` (docs/operations.md).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitInternal = 1;   // a bug or a system failure
+inline constexpr int kExitUser = 2;       // bad config, data or checkpoint
+inline constexpr int kExitPreempted = 75; // SIGTERM/SIGUSR1: checkpoint saved, resume later
+
 struct RunSummary {
-  std::vector<double> losses;  // training loss of every step taken
+  std::vector<double> losses;  // training loss of every step taken by this process
   double last_val_loss = -1;   // -1 when no evaluation ran
-  int64_t steps_taken = 0;
+  int64_t first_step = 0;      // 0, or the step a checkpoint resumed from
+  int64_t steps_taken = 0;     // last completed step
+  bool preempted = false;      // stopped by a signal after saving a checkpoint
+  std::string last_checkpoint; // path of the newest checkpoint written, if any
 };
 
 class Trainer {

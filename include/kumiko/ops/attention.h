@@ -1,0 +1,20 @@
+#pragma once
+// Causal multi-head attention with grouped-query heads: query head h uses kv head
+// h / (Hq / Hkv); scale 1/sqrt(D). Flash formulation (online softmax over key tiles,
+// no [T, T] matrix). qkv packed [B, T, (Hq + 2*Hkv) * D] (q heads, k heads, v heads).
+#include <cstdint>
+
+namespace kumiko::cpu {
+
+// out [B, T, Hq*D] (overwritten); lse [B, Hq, T]: log-sum-exp of each scaled score row.
+template <typename T>
+void attention_forward(T* out, T* lse, const T* qkv, int64_t B, int64_t T_, int64_t Hq,
+                       int64_t Hkv, int64_t D);
+
+// dqkv [B, T, (Hq + 2*Hkv) * D] += gradient w.r.t. qkv. Recomputes the probabilities
+// from lse (flash-attention-2 backward, D_i = rowsum(dout * out)).
+template <typename T>
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse,
+                        int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D);
+
+}  // namespace kumiko::cpu

@@ -1,0 +1,17 @@
+#pragma once
+// Fully connected layer with PyTorch's weight layout W[out, in].
+#include <cstdint>
+
+namespace kumiko::cpu {
+
+// y[N, out] = x[N, in] · W[out, in]^T (+ b[out]); b may be nullptr. y is overwritten.
+template <typename T>
+void linear_forward(T* y, const T* x, const T* w, const T* b, int64_t N, int64_t in, int64_t out);
+
+// Accumulates: dx[N, in] += dy·W (dx may be nullptr), dw[out, in] += dy^T·x,
+// db[out] += sum_n dy[n] (db may be nullptr).
+template <typename T>
+void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t N,
+                     int64_t in, int64_t out);
+
+}  // namespace kumiko::cpu

@@ -1,0 +1,14 @@
+#pragma once
+// SwiGLU gate: out = silu(gate) * up, silu(g) = g * sigmoid(g). Arrays of n elements.
+#include <cstdint>
+
+namespace kumiko::cpu {
+
+template <typename T>
+void swiglu_forward(T* out, const T* gate, const T* up, int64_t n);
+
+// dgate += dout * up * silu'(gate);  dup += dout * silu(gate).
+template <typename T>
+void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n);
+
+}  // namespace kumiko::cpu

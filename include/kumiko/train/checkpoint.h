@@ -1,0 +1,44 @@
+#pragma once
+// Training checkpoints (docs/checkpoint-format.md): logical tensors of the model
+// and of AdamW's moments, the training state and the effective configuration, in
+// one HDF5 file committed atomically through ckpt::Store.
+#include <cstdint>
+#include <string>
+
+#include "kumiko/config/config.h"
+#include "kumiko/model/parameters.h"
+#include "kumiko/train/optimizer.h"
+
+namespace kumiko::train {
+
+struct TrainState {
+  int64_t step = 0;             // optimizer steps completed
+  int64_t tokens_seen = 0;      // training tokens consumed
+  int64_t optimizer_steps = 0;  // AdamW's bias-correction counter
+  int64_t loader_step = 0;      // the data loader's position: next step to draw
+  uint64_t seed = 0;            // seed of init, data order and synthetic tokens
+  int64_t skipped_steps = 0;    // steps skipped for non-finite gradients
+};
+
+struct CheckpointMeta {
+  std::string config_ini;  // effective INI text
+  std::string tokenizer_sha256;
+  std::string tokenizer_path;
+};
+
+// Writes and commits a checkpoint (temp file, fsync, rename). Returns bytes written.
+int64_t save_checkpoint(const std::string& path, const model::ParameterStore<float>& params,
+                        const AdamW<float>& optimizer, const TrainState& state,
+                        const CheckpointMeta& meta);
+
+// Loads a checkpoint into params and optimizer after checking that its model
+// configuration and tokenizer match `config` / `tokenizer_sha256` (a UserError
+// lists every differing key: "model.d_model: checkpoint 128, config 256").
+TrainState load_checkpoint(const std::string& path, const config::Config& config,
+                           const std::string& tokenizer_sha256,
+                           model::ParameterStore<float>& params, AdamW<float>& optimizer);
+
+// The [model] keys on which `a` and `b` differ, as "key: checkpoint X, config Y; ...".
+std::string model_config_diff(const std::string& checkpoint_ini, const std::string& config_ini);
+
+}  // namespace kumiko::train

@@ -1,0 +1,74 @@
+// Fused softmax + cross-entropy, one row per task: max, sum of exp (vectorised
+// detail::exp_approx), then (for the backward) the gradient written in place of the
+// row. Probabilities are never stored, so dlogits may alias logits.
+#include "kumiko/ops/cross_entropy.h"
+
+#include <cmath>
+#include <limits>
+
+#include "kernels/cpu/common.h"
+#include "kumiko/core/error.h"
+
+namespace kumiko::cpu {
+
+namespace {
+
+void check_targets(const int32_t* targets, int64_t N, int64_t V) {
+  for (int64_t n = 0; n < N; ++n) {
+    KUMIKO_USER_CHECK(targets[n] >= 0 && targets[n] < V, "cross_entropy: target ", targets[n],
+                      " at row ", n, " is outside the vocabulary [0, ", V, ")");
+  }
+}
+
+// log(sum(exp(row))) computed stably.
+template <typename T>
+T row_logsumexp(const T* row, int64_t V) {
+  T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t v = 0; v < V; ++v) mx = std::max(mx, row[v]);
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t v = 0; v < V; ++v) sum += detail::exp_approx(row[v] - mx);
+  return mx + std::log(sum);
+}
+
+}  // namespace
+
+template <typename T>
+void cross_entropy_forward(T* losses, const T* logits, const int32_t* targets, int64_t N,
+                           int64_t V) {
+  check_targets(targets, N, V);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* row = logits + n * V;  // [V]
+    losses[n] = row_logsumexp(row, V) - row[targets[n]];
+  }
+}
+
+template <typename T>
+void cross_entropy_forward_backward(T* losses, T* dlogits, const T* logits, const int32_t* targets,
+                                    int64_t N, int64_t V, T dloss_scale) {
+  check_targets(targets, N, V);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* row = logits + n * V;  // [V]
+    T* drow = dlogits + n * V;      // [V], may be the same memory as row
+    const T lse = row_logsumexp(row, V);
+    const int64_t target = targets[n];
+    losses[n] = lse - row[target];
+    // Same index read then written: safe when drow aliases row.
+#pragma omp simd
+    for (int64_t v = 0; v < V; ++v) drow[v] = detail::exp_approx(row[v] - lse) * dloss_scale;
+    drow[target] -= dloss_scale;
+  }
+}
+
+template void cross_entropy_forward<float>(float*, const float*, const int32_t*, int64_t, int64_t);
+template void cross_entropy_forward<double>(double*, const double*, const int32_t*, int64_t,
+                                            int64_t);
+template void cross_entropy_forward_backward<float>(float*, float*, const float*, const int32_t*,
+                                                    int64_t, int64_t, float);
+template void cross_entropy_forward_backward<double>(double*, double*, const double*,
+                                                     const int32_t*, int64_t, int64_t, double);
+
+}  // namespace kumiko::cpu

@@ -1,0 +1,147 @@
+#include "kumiko/train/checkpoint.h"
+
+#include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "kumiko/ckpt/h5file.h"
+#include "kumiko/core/error.h"
+
+namespace kumiko::train {
+namespace {
+
+constexpr const char* kFormat = "kumiko-checkpoint";
+constexpr int64_t kFormatVersion = 1;
+
+// section.key -> value for one INI text (comments and blank lines ignored).
+std::map<std::string, std::string> ini_values(const std::string& text) {
+  std::map<std::string, std::string> out;
+  std::istringstream in(text);
+  std::string line, section;
+  auto trim = [](std::string s) {
+    const auto b = s.find_first_not_of(" \t\r");
+    const auto e = s.find_last_not_of(" \t\r");
+    return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+  };
+  while (std::getline(in, line)) {
+    line = trim(line);
+    if (line.empty() || line[0] == '#' || line[0] == ';') continue;
+    if (line.front() == '[' && line.back() == ']') {
+      section = trim(line.substr(1, line.size() - 2));
+      continue;
+    }
+    const auto eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    std::string value = trim(line.substr(eq + 1));
+    if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
+    out[section + "." + trim(line.substr(0, eq))] = value;
+  }
+  return out;
+}
+
+void write_scalar(ckpt::H5Writer& w, const std::string& name, int64_t v) { w.write_i64(name, {1}, &v); }
+int64_t read_scalar(const ckpt::H5Reader& r, const std::string& name) {
+  int64_t v = 0;
+  r.read_i64(name, {1}, &v);
+  return v;
+}
+
+}  // namespace
+
+std::string model_config_diff(const std::string& checkpoint_ini, const std::string& config_ini) {
+  const auto a = ini_values(checkpoint_ini), b = ini_values(config_ini);
+  std::set<std::string> keys;
+  for (const auto& [k, v] : a)
+    if (k.rfind("model.", 0) == 0) keys.insert(k);
+  for (const auto& [k, v] : b)
+    if (k.rfind("model.", 0) == 0) keys.insert(k);
+  std::string diff;
+  for (const auto& k : keys) {
+    const auto ia = a.find(k), ib = b.find(k);
+    const std::string va = ia == a.end() ? "(absent)" : ia->second;
+    const std::string vb = ib == b.end() ? "(absent)" : ib->second;
+    if (va == vb) continue;
+    // Numbers written differently ("1e-05" vs "0.00001") are the same value.
+    try {
+      size_t pa = 0, pb = 0;
+      if (std::stod(va, &pa) == std::stod(vb, &pb) && pa == va.size() && pb == vb.size()) continue;
+    } catch (const std::exception&) {
+    }
+    if (!diff.empty()) diff += "; ";
+    diff += k + ": checkpoint " + va + ", config " + vb;
+  }
+  return diff;
+}
+
+int64_t save_checkpoint(const std::string& path, const model::ParameterStore<float>& params,
+                        const AdamW<float>& optimizer, const TrainState& state,
+                        const CheckpointMeta& meta) {
+  ckpt::H5Writer w(path);
+  w.set_attr("format", kFormat);
+  w.set_attr("format_version", kFormatVersion);
+  w.set_attr("step", state.step);
+  w.set_attr("tokenizer_sha256", meta.tokenizer_sha256);
+  w.set_attr("tokenizer_path", meta.tokenizer_path);
+  w.write_string("/config", meta.config_ini);
+  const float* base = params.flat_values().data();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int idx = static_cast<int>(i);
+    const auto& spec = params.spec(idx);
+    const int64_t offset = params.value(idx) - base;
+    w.write_f32("/model/" + spec.name, spec.shape, params.value(idx));
+    w.write_f32("/optim/m/" + spec.name, spec.shape, optimizer.m().data() + offset);
+    w.write_f32("/optim/v/" + spec.name, spec.shape, optimizer.v().data() + offset);
+  }
+  write_scalar(w, "/state/step", state.step);
+  write_scalar(w, "/state/tokens_seen", state.tokens_seen);
+  write_scalar(w, "/state/optimizer_steps", state.optimizer_steps);
+  write_scalar(w, "/state/loader_step", state.loader_step);
+  write_scalar(w, "/state/seed", static_cast<int64_t>(state.seed));
+  write_scalar(w, "/state/skipped_steps", state.skipped_steps);
+  w.commit();
+  return static_cast<int64_t>(std::filesystem::file_size(path));
+}
+
+TrainState load_checkpoint(const std::string& path, const config::Config& config,
+                           const std::string& tokenizer_sha256,
+                           model::ParameterStore<float>& params, AdamW<float>& optimizer) {
+  ckpt::H5Reader r(path);
+  KUMIKO_USER_CHECK(r.has_attr("format") && r.attr_string("format") == kFormat, path,
+                    ": not a kumiko checkpoint (attribute format != '", kFormat, "')");
+  const int64_t version = r.attr_int("format_version");
+  KUMIKO_USER_CHECK(version == kFormatVersion, path, ": checkpoint format_version ", version,
+                    " is not supported (expected ", kFormatVersion, ")");
+  const std::string stored = r.read_string("/config");
+  const std::string diff = model_config_diff(stored, config::to_ini(config));
+  KUMIKO_USER_CHECK(diff.empty(), path, ": checkpoint does not match the configured model: ", diff);
+  const std::string stored_sha = r.attr_string("tokenizer_sha256");
+  KUMIKO_USER_CHECK(stored_sha == tokenizer_sha256, path, ": tokenizer differs: checkpoint ",
+                    stored_sha.empty() ? "(none, synthetic data)" : stored_sha, ", data.dir ",
+                    tokenizer_sha256.empty() ? "(none, synthetic data)" : tokenizer_sha256);
+
+  const float* base = params.flat_values().data();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int idx = static_cast<int>(i);
+    const auto& spec = params.spec(idx);
+    const int64_t offset = params.value(idx) - base;
+    for (const char* group : {"/model/", "/optim/m/", "/optim/v/"})
+      KUMIKO_USER_CHECK(r.has(group + spec.name), path, ": missing tensor '", group + spec.name, "'");
+    r.read_f32("/model/" + spec.name, spec.shape, params.value(idx));
+    r.read_f32("/optim/m/" + spec.name, spec.shape, optimizer.m().data() + offset);
+    r.read_f32("/optim/v/" + spec.name, spec.shape, optimizer.v().data() + offset);
+  }
+  TrainState s;
+  s.step = read_scalar(r, "/state/step");
+  s.tokens_seen = read_scalar(r, "/state/tokens_seen");
+  s.optimizer_steps = read_scalar(r, "/state/optimizer_steps");
+  s.loader_step = read_scalar(r, "/state/loader_step");
+  s.seed = static_cast<uint64_t>(read_scalar(r, "/state/seed"));
+  s.skipped_steps = read_scalar(r, "/state/skipped_steps");
+  KUMIKO_USER_CHECK(s.seed == config.train.seed, path, ": train.seed: checkpoint ", s.seed, ", config ",
+                    config.train.seed, " (the data order would change)");
+  optimizer.set_steps_taken(s.optimizer_steps);
+  return s;
+}
+
+}  // namespace kumiko::train

@@ -1,0 +1,179 @@
+// gelu, swiglu, cross-entropy, embedding, positions, elementwise, adamw: fast float
+// kernels vs the double reference, plus determinism.
+#include "kernels/cpu/reference/activations.h"
+#include "kernels/cpu/reference/misc.h"
+#include "kumiko/core/error.h"
+#include "kumiko/ops/adamw.h"
+#include "kumiko/ops/cross_entropy.h"
+#include "kumiko/ops/elementwise.h"
+#include "kumiko/ops/embedding.h"
+#include "kumiko/ops/gelu.h"
+#include "kumiko/ops/swiglu.h"
+#include "tests/kernels/cpu/test_util.h"
+
+namespace kumiko::cpu {
+namespace {
+
+using test::cast_vec;
+using test::expect_close;
+using test::random_vec;
+
+TEST(Gelu, MatchesReference) {
+  const int64_t n = 1001;
+  auto x = random_vec(static_cast<size_t>(n), 100, 3.0);
+  x[0] = -30.f;  // saturated tails
+  x[1] = 30.f;
+  const auto dout = random_vec(static_cast<size_t>(n), 101);
+  auto out = test::poisoned<float>(static_cast<size_t>(n));
+  gelu_forward<float>(out.data(), x.data(), n);
+  std::vector<double> outr(static_cast<size_t>(n));
+  reference::gelu_forward<double>(outr.data(), cast_vec<double>(x).data(), n);
+  expect_close(out, outr, 1e-5, "gelu out");
+  auto dx = random_vec(static_cast<size_t>(n), 102);
+  auto dxr = cast_vec<double>(dx);
+  gelu_backward<float>(dx.data(), dout.data(), x.data(), n);
+  reference::gelu_backward<double>(dxr.data(), cast_vec<double>(dout).data(),
+                                   cast_vec<double>(x).data(), n);
+  expect_close(dx, dxr, 1e-5, "gelu dx");
+}
+
+TEST(SwiGlu, MatchesReference) {
+  const int64_t n = 1001;
+  auto gate = random_vec(static_cast<size_t>(n), 110, 3.0);
+  gate[0] = -50.f;
+  gate[1] = 50.f;
+  const auto up = random_vec(static_cast<size_t>(n), 111), dout = random_vec(static_cast<size_t>(n), 112);
+  auto out = test::poisoned<float>(static_cast<size_t>(n));
+  swiglu_forward<float>(out.data(), gate.data(), up.data(), n);
+  std::vector<double> outr(static_cast<size_t>(n));
+  const auto gd = cast_vec<double>(gate), ud = cast_vec<double>(up);
+  reference::swiglu_forward<double>(outr.data(), gd.data(), ud.data(), n);
+  expect_close(out, outr, 1e-5, "swiglu out");
+  auto dg = random_vec(static_cast<size_t>(n), 113), du = random_vec(static_cast<size_t>(n), 114);
+  auto dgr = cast_vec<double>(dg), dur = cast_vec<double>(du);
+  swiglu_backward<float>(dg.data(), du.data(), dout.data(), gate.data(), up.data(), n);
+  reference::swiglu_backward<double>(dgr.data(), dur.data(), cast_vec<double>(dout).data(),
+                                     gd.data(), ud.data(), n);
+  expect_close(dg, dgr, 1e-5, "swiglu dgate");
+  expect_close(du, dur, 1e-5, "swiglu dup");
+}
+
+TEST(CrossEntropy, MatchesReferenceAndAliases) {
+  const int64_t N = 7, V = 101;
+  const auto logits = random_vec(static_cast<size_t>(N * V), 120, 4.0);
+  const auto targets = test::random_ids(static_cast<size_t>(N), int32_t(V), 121);
+  std::vector<double> lr(static_cast<size_t>(N)), dr(static_cast<size_t>(N * V));
+  reference::cross_entropy<double>(lr.data(), dr.data(), cast_vec<double>(logits).data(),
+                                   targets.data(), N, V, 0.25);
+  auto losses = test::poisoned<float>(static_cast<size_t>(N));
+  cross_entropy_forward<float>(losses.data(), logits.data(), targets.data(), N, V);
+  expect_close(losses, lr, 1e-5, "ce forward losses");
+  auto dlogits = test::poisoned<float>(static_cast<size_t>(N * V));
+  losses = test::poisoned<float>(static_cast<size_t>(N));
+  cross_entropy_forward_backward<float>(losses.data(), dlogits.data(), logits.data(),
+                                        targets.data(), N, V, 0.25f);
+  expect_close(losses, lr, 1e-5, "ce losses");
+  expect_close(dlogits, dr, 1e-5, "ce dlogits");
+  auto inplace = logits;  // dlogits aliasing logits
+  losses = test::poisoned<float>(static_cast<size_t>(N));
+  cross_entropy_forward_backward<float>(losses.data(), inplace.data(), inplace.data(),
+                                        targets.data(), N, V, 0.25f);
+  expect_close(losses, lr, 1e-5, "ce losses (aliased)");
+  expect_close(inplace, dr, 1e-5, "ce dlogits (aliased)");
+}
+
+TEST(CrossEntropy, RejectsTargetOutsideVocabulary) {
+  const auto logits = random_vec(12, 130);
+  std::vector<int32_t> targets = {1, 4};  // V = 4
+  std::vector<float> losses(2);
+  EXPECT_THROW(cross_entropy_forward<float>(losses.data(), logits.data(), targets.data(), 2, 4),
+               kumiko::UserError);
+}
+
+TEST(Embedding, ForwardBackwardPositionsMatchReference) {
+  const int64_t V = 11, C = 33, B = 3, T = 7, N = B * T;
+  const auto table = random_vec(static_cast<size_t>(V * C), 140), pos = random_vec(static_cast<size_t>(T * C), 141);
+  const auto ids = test::random_ids(static_cast<size_t>(N), int32_t(V), 142);  // repeats ids
+  const auto dout = random_vec(static_cast<size_t>(N * C), 143);
+  auto out = test::poisoned<float>(static_cast<size_t>(N * C));
+  embedding_forward<float>(out.data(), ids.data(), table.data(), N, C);
+  std::vector<double> outr(static_cast<size_t>(N * C));
+  reference::embedding_forward<double>(outr.data(), ids.data(), cast_vec<double>(table).data(), N,
+                                       C);
+  add_positions_forward<float>(out.data(), pos.data(), B, T, C);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) outr[static_cast<size_t>(n * C + c)] += pos[static_cast<size_t>((n % T) * C + c)];
+  expect_close(out, outr, 1e-6, "embedding + positions");
+
+  auto dtable = random_vec(static_cast<size_t>(V * C), 144), dpos = random_vec(static_cast<size_t>(T * C), 145);
+  auto dtr = cast_vec<double>(dtable), dpr = cast_vec<double>(dpos);
+  embedding_backward<float>(dtable.data(), dout.data(), ids.data(), N, C);
+  add_positions_backward<float>(dpos.data(), dout.data(), B, T, C);
+  reference::embedding_backward<double>(dtr.data(), cast_vec<double>(dout).data(), ids.data(), N,
+                                        C);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) dpr[static_cast<size_t>((n % T) * C + c)] += dout[static_cast<size_t>(n * C + c)];
+  expect_close(dtable, dtr, 1e-5, "dtable");
+  expect_close(dpos, dpr, 1e-5, "dpos");
+}
+
+TEST(Elementwise, AddScaleSumSquares) {
+  const int64_t n = 100003;
+  const auto a = random_vec(static_cast<size_t>(n), 150), b = random_vec(static_cast<size_t>(n), 151);
+  auto out = test::poisoned<float>(static_cast<size_t>(n));
+  add<float>(out.data(), a.data(), b.data(), n);
+  std::vector<double> ref(static_cast<size_t>(n));
+  for (size_t i = 0; i < ref.size(); ++i) ref[i] = double(a[i]) + double(b[i]);
+  expect_close(out, ref, 1e-6, "add");
+  add_inplace<float>(out.data(), a.data(), n);
+  scale_inplace<float>(out.data(), 0.5f, n);
+  for (size_t i = 0; i < ref.size(); ++i) ref[i] = (ref[i] + a[i]) * 0.5;
+  expect_close(out, ref, 1e-6, "add_inplace + scale_inplace");
+  double ss = 0;
+  for (float x : a) ss += double(x) * double(x);
+  EXPECT_NEAR(sum_squares<float>(a.data(), n), ss, 1e-10 * ss);
+  double s1 = 0, s2 = 0;
+  test::with_threads(1, [&] { s1 = sum_squares<float>(a.data(), n); });
+  test::with_threads(2, [&] { s2 = sum_squares<float>(a.data(), n); });
+  EXPECT_EQ(s1, s2);  // fixed chunks: independent of the thread count
+}
+
+TEST(AdamW, MatchesReferenceOverSteps) {
+  const int64_t n = 1003;
+  auto p = random_vec(static_cast<size_t>(n), 160), m = random_vec(static_cast<size_t>(n), 161, 0.1);
+  auto v = random_vec(static_cast<size_t>(n), 162, 0.1);
+  for (auto& x : v) x = x * x;
+  auto pr = cast_vec<double>(p), mr = cast_vec<double>(m), vr = cast_vec<double>(v);
+  for (int64_t step = 1; step <= 3; ++step) {
+    const auto g = random_vec(static_cast<size_t>(n), 163 + uint32_t(step));
+    adamw_update<float>(p.data(), g.data(), m.data(), v.data(), n, 1e-2, 0.9, 0.95, 1e-8, 0.1, 0.5,
+                        step);
+    reference::adamw_update<double>(pr.data(), cast_vec<double>(g).data(), mr.data(), vr.data(), n,
+                                    1e-2, 0.9, 0.95, 1e-8, 0.1, 0.5, step);
+  }
+  expect_close(p, pr, 1e-5, "adamw param");
+  expect_close(m, mr, 1e-5, "adamw m");
+  expect_close(v, vr, 1e-5, "adamw v");
+}
+
+TEST(Pointwise, DeterministicAcrossCallsAndThreads) {
+  const int64_t N = 37, V = 513, C = 40;
+  const auto logits = random_vec(static_cast<size_t>(N * V), 170);
+  const auto targets = test::random_ids(static_cast<size_t>(N), int32_t(V), 171);
+  const auto ids = test::random_ids(static_cast<size_t>(N), 5, 172);
+  const auto dout = random_vec(static_cast<size_t>(N * C), 173);
+  test::check_determinism([&] {
+    std::vector<float> losses(static_cast<size_t>(N)), d(static_cast<size_t>(N * V)), dtable(static_cast<size_t>(5 * C), 0.f),
+        g(static_cast<size_t>(N * C)), dpos(static_cast<size_t>(C), 0.f);
+    cross_entropy_forward_backward<float>(losses.data(), d.data(), logits.data(), targets.data(),
+                                          N, V, 1.0f / float(N));
+    embedding_backward<float>(dtable.data(), dout.data(), ids.data(), N, C);
+    add_positions_backward<float>(dpos.data(), dout.data(), N, 1, C);
+    gelu_forward<float>(g.data(), dout.data(), N * C);
+    for (auto* vec : {&d, &dtable, &g, &dpos}) losses.insert(losses.end(), vec->begin(), vec->end());
+    return losses;
+  }, "pointwise");
+}
+
+}  // namespace
+}  // namespace kumiko::cpu

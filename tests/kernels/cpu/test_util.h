@@ -1,0 +1,100 @@
+#pragma once
+// Helpers for the CPU kernel tests: seeded random data, NaN poisoning, tolerant
+// comparison against a double reference, and thread-count control.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace kumiko::test {
+
+template <typename T = float>
+std::vector<T> random_vec(size_t n, uint32_t seed, double stddev = 1.0, double mean = 0.0) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> dist(mean, stddev);
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(dist(gen));
+  return v;
+}
+
+inline std::vector<int32_t> random_ids(size_t n, int32_t hi, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<int32_t> dist(0, hi - 1);
+  std::vector<int32_t> v(n);
+  for (auto& x : v) x = dist(gen);
+  return v;
+}
+
+template <typename T>
+std::vector<T> poisoned(size_t n) {
+  return std::vector<T>(n, std::numeric_limits<T>::quiet_NaN());
+}
+
+template <typename To, typename From>
+std::vector<To> cast_vec(const std::vector<From>& v) {
+  return std::vector<To>(v.begin(), v.end());
+}
+
+// Every element within rtol of the reference, relative to |ref| + rms(ref) (so that
+// entries near zero are judged on the scale of the whole array). NaN fails.
+template <typename A, typename R>
+void expect_close(const std::vector<A>& got, const std::vector<R>& ref, double rtol,
+                  const std::string& what) {
+  ASSERT_EQ(got.size(), ref.size()) << what;
+  double ss = 0;
+  for (auto r : ref) ss += double(r) * double(r);
+  const double rms = ref.empty() ? 0.0 : std::sqrt(ss / double(ref.size()));
+  size_t bad = 0;
+  double worst = 0;
+  size_t worst_i = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::abs(double(got[i]) - double(ref[i])) / (std::abs(double(ref[i])) + rms);
+    if (!(err <= rtol)) {
+      ++bad;
+      if (!(err <= worst)) {
+        worst = err;
+        worst_i = i;
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size() << " elements off; worst at "
+                     << worst_i << ": got " << got[worst_i] << " want " << ref[worst_i]
+                     << " (rel " << worst << ")";
+}
+
+template <typename T>
+void expect_bitwise_equal(const std::vector<T>& a, const std::vector<T>& b,
+                          const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  size_t bad = 0;
+  for (size_t i = 0; i < a.size(); ++i) bad += std::memcmp(&a[i], &b[i], sizeof(T)) != 0;
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " elements differ between identical calls";
+}
+
+// Runs fn with n OpenMP threads, restoring the previous setting.
+template <typename F>
+void with_threads(int n, F&& fn) {
+  const int before = omp_get_max_threads();
+  omp_set_num_threads(n);
+  fn();
+  omp_set_num_threads(before);
+}
+
+// fn() -> outputs: two calls with 2 threads must agree bitwise, 1 thread within 1e-6.
+template <typename F>
+void check_determinism(F&& fn, const std::string& what) {
+  std::vector<float> a, b, c;
+  with_threads(2, [&] { a = fn(); });
+  with_threads(2, [&] { b = fn(); });
+  with_threads(1, [&] { c = fn(); });
+  expect_bitwise_equal(a, b, what);
+  expect_close(c, a, 1e-6, what + " (1 vs 2 threads)");
+}
+
+}  // namespace kumiko::test
