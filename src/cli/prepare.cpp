@@ -26,7 +26,8 @@ void add_prepare_command(CLI::App& app, Registry& registry) {
       ->capture_default_str();
   sub->add_option("--shard-tokens", options->shard_tokens, "Tokens per shard file")
       ->capture_default_str();
-  sub->add_option("--threads", options->threads, "Threads for training and encoding (0 = all cores)")
+  sub->add_option("--threads", options->threads,
+                  "Threads for training and encoding (0 = all cores)")
       ->capture_default_str();
   registry.add({sub,
                 [options] {
@@ -37,10 +38,10 @@ void add_prepare_command(CLI::App& app, Registry& registry) {
                       "  val:   %lld tokens in %lld shard(s)\n"
                       "  %lld input bytes -> %lld shard bytes in %.1f s\n",
                       options->out.c_str(), s.vocab_size, s.tokenizer_sha256.c_str(),
-                      static_cast<long long>(s.train_tokens), static_cast<long long>(s.train_shards),
-                      static_cast<long long>(s.val_tokens), static_cast<long long>(s.val_shards),
-                      static_cast<long long>(s.input_bytes), static_cast<long long>(s.bytes_written),
-                      s.seconds);
+                      static_cast<long long>(s.train_tokens),
+                      static_cast<long long>(s.train_shards), static_cast<long long>(s.val_tokens),
+                      static_cast<long long>(s.val_shards), static_cast<long long>(s.input_bytes),
+                      static_cast<long long>(s.bytes_written), s.seconds);
                   return 0;
                 },
                 {}});

@@ -1,0 +1,142 @@
+#pragma once
+// kumiko's configuration: one INI file with one section per subsystem, where every
+// key is also a command-line option (`--train.lr=1e-3`) and the command line wins.
+// docs/config.md lists every key; configs/*.ini are ready-made files.
+//
+// Use from a subcommand:
+//   Config config;
+//   add_options(*sub, config);            // --config FILE and --section.key options
+//   ... app.parse(argc, argv) ...          // parse errors: describe_parse_error(e, config)
+//   validate(config);                      // cross-field checks, throws kumiko::UserError
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+namespace kumiko::config {
+
+struct ModelConfig {
+  std::string arch = "gpt2";  // gpt2|llama
+  int n_layers = 4;
+  int n_heads = 4;
+  int n_kv_heads = 0;  // 0 = n_heads (llama grouped-query attention when smaller)
+  int d_model = 128;
+  int d_ff = 0;  // 0 = 4*d_model
+  int vocab_size = 4096;
+  int max_seq_len = 256;
+  bool tie_embeddings = true;
+  double norm_eps = 1e-5;
+  double rope_theta = 10000.0;  // llama only
+  double init_std = 0.02;
+
+  int kv_heads() const { return n_kv_heads == 0 ? n_heads : n_kv_heads; }
+  int ff_dim() const { return d_ff == 0 ? 4 * d_model : d_ff; }
+  int head_dim() const { return n_heads > 0 ? d_model / n_heads : 0; }
+};
+
+struct DataConfig {
+  std::string dir = "runs/data/shakespeare";
+  int seq_len = 128;
+  bool synthetic = false;  // random tokens, for benchmarks
+};
+
+struct TrainConfig {
+  int64_t steps = 1000;
+  int global_batch = 8;  // sequences per optimizer step, all ranks together
+  int micro_batch = 8;   // sequences per forward/backward on one data-parallel rank
+  double lr = 1e-3;
+  double min_lr = 1e-4;
+  int64_t warmup_steps = 100;
+  std::string decay = "cosine";  // cosine|linear|constant
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;  // 0 = no clipping
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  uint64_t seed = 1234;
+  int64_t eval_every = 100;  // 0 = never
+  int eval_batches = 8;
+  int64_t stop_at = 0;  // 0 = run to steps; else stop (as if preempted) after this step
+};
+
+struct ParallelConfig {
+  int dp = 1;
+  int tp = 1;
+  int pp = 1;
+  int zero = 0;  // 0 = replicated optimizer state, 1 = ZeRO-1 (sharded over dp)
+};
+
+struct BackendConfig {
+  std::string device = "cpu";        // cpu|cuda
+  std::string dtype = "fp32";        // fp32|bf16
+  int threads = 0;                   // 0 = all cores
+  double peak_gflops = 0;            // measured GEMM peak per process for MFU; 0 = not reported
+  std::string matmul = "kumiko";     // kumiko|cublas (cublas: cuda only, reference path)
+  std::string attention = "kumiko";  // kumiko|cudnn (cudnn: cuda only, reference path)
+};
+
+struct CheckpointConfig {
+  std::string dir;          // "" = <log.run_dir>/checkpoints
+  int64_t every_steps = 0;  // 0 = only at the end / on stop
+  int keep_last = 3;        // 0 = keep all
+  std::string resume;       // "" | auto | PATH
+};
+
+struct LogConfig {
+  std::string run_dir = "runs/default";
+  int64_t every_steps = 1;
+  int64_t sample_every = 0;    // 0 = never
+  std::string level = "info";  // trace|debug|info|warn|error|off
+  bool all_ranks = false;
+};
+
+struct Config {
+  ModelConfig model;
+  DataConfig data;
+  TrainConfig train;
+  ParallelConfig parallel;
+  BackendConfig backend;
+  CheckpointConfig checkpoint;
+  LogConfig log;
+  std::string source_file;             // the INI given with --config, "" if none
+  std::vector<std::string> file_keys;  // "section.key" whose value came from source_file
+};
+
+// Adds `--config FILE` and one option per key (`--section.key`) to a subcommand (or a
+// top-level app), and installs the INI reader. The file is applied once the app's
+// arguments are parsed (this uses the app's parse_complete_callback: do not replace it);
+// keys given on the command line keep their command-line value. `config` must outlive
+// the parse.
+void add_options(CLI::App& app, Config& config);
+
+// After a successful parse: range and cross-field validation; throws kumiko::UserError
+// (one line naming section.key, expected and actual, and the INI file when the value
+// came from it).
+void validate(const Config& config);
+
+// Rewrites a CLI11 parse error into kumiko's one-line message naming the file and
+// section.key (with a "did you mean" suggestion for unknown options).
+std::string describe_parse_error(const CLI::ParseError& e, const Config& config);
+
+// The effective configuration as INI text (every key, every section), readable back
+// by add_options.
+std::string to_ini(const Config& config);
+
+// Every "section.key" name, in order (docs test uses it).
+std::vector<std::string> all_keys();
+
+// load_file / from_text (no command line): kumiko/config/load.h
+
+// Number of trainable parameters the model described by `model` has (embeddings,
+// attention, MLP, norms, untied head). An estimate for summaries and MFU: the model
+// layer is the authority.
+int64_t estimate_params(const ModelConfig& model);
+
+// One line: arch, size, parameters, tokens per step, layout (for `kumiko config`).
+std::string summary(const Config& config);
+
+// The valid name nearest to `name` by edit distance, or "" when none is close.
+std::string nearest_name(const std::string& name, const std::vector<std::string>& candidates);
+
+}  // namespace kumiko::config
