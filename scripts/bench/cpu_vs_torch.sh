@@ -86,7 +86,7 @@ run_kumiko() {  # name L H C T B V steps run_index
     --model.arch=gpt2 --model.tie_embeddings=true \
     --model.n_layers="$2" --model.n_heads="$3" --model.d_model="$4" --model.d_ff="$(($4 * 4))" \
     --model.vocab_size="$7" --model.max_seq_len="$5" --data.seq_len="$5" \
-    --train.global_batch="$6" --train.micro_batch="$6" --train.steps="$8" \
+    --train.global_batch="$6" --train.micro_batch="$6" --train.steps="$8" --train.warmup_steps=1 \
     --backend.threads="$THREADS" --train.eval_every=0 --log.run_dir="$dir") \
     >"$dir/stdout.log" 2>&1 ||
     { tail -n 20 "$dir/stdout.log" >&2; die "kumiko run failed ($1); log above"; }

@@ -75,6 +75,8 @@ void for_each_field(C& c, F&& f) {
   f("checkpoint.every_steps", k.every_steps, "steps between checkpoints (0 = end only)", nullptr);
   f("checkpoint.keep_last", k.keep_last, "checkpoints kept (0 = all)", nullptr);
   f("checkpoint.resume", k.resume, "empty, auto (latest in dir) or a checkpoint path", nullptr);
+  f("checkpoint.write_delay_ms", k.write_delay_ms, "testing only: pause after each tensor saved",
+    nullptr);
 
   auto& l = c.log;
   f("log.run_dir", l.run_dir, "run folder (metrics.jsonl, checkpoints)", nullptr);

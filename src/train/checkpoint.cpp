@@ -1,6 +1,8 @@
 #include "kumiko/train/checkpoint.h"
 
+#include <chrono>
 #include <filesystem>
+#include <thread>
 #include <map>
 #include <set>
 #include <sstream>
@@ -76,7 +78,7 @@ std::string model_config_diff(const std::string& checkpoint_ini, const std::stri
 
 int64_t save_checkpoint(const std::string& path, const model::ParameterStore<float>& params,
                         const AdamW<float>& optimizer, const TrainState& state,
-                        const CheckpointMeta& meta) {
+                        const CheckpointMeta& meta, int write_delay_ms) {
   ckpt::H5Writer w(path);
   w.set_attr("format", kFormat);
   w.set_attr("format_version", kFormatVersion);
@@ -92,6 +94,7 @@ int64_t save_checkpoint(const std::string& path, const model::ParameterStore<flo
     w.write_f32("/model/" + spec.name, spec.shape, params.value(idx));
     w.write_f32("/optim/m/" + spec.name, spec.shape, optimizer.m().data() + offset);
     w.write_f32("/optim/v/" + spec.name, spec.shape, optimizer.v().data() + offset);
+    if (write_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(write_delay_ms));
   }
   write_scalar(w, "/state/step", state.step);
   write_scalar(w, "/state/tokens_seen", state.tokens_seen);

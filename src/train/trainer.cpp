@@ -178,7 +178,8 @@ RunSummary Trainer::run() {
   auto save = [&](const char* why) {
     const auto t0 = Clock::now();
     const std::string path = s.store->path_for(s.train.step);
-    const int64_t bytes = save_checkpoint(path, params, *s.optimizer, s.train, s.meta);
+    const int64_t bytes = save_checkpoint(path, params, *s.optimizer, s.train, s.meta,
+                                          cfg.checkpoint.write_delay_ms);
     s.store->set_latest(path);
     for (const auto& removed : s.store->apply_retention(cfg.checkpoint.keep_last))
       ckpt_log->info("retention: removed {}", removed);

@@ -81,6 +81,7 @@ struct CheckpointConfig {
   int64_t every_steps = 0;  // 0 = only at the end / on stop
   int keep_last = 3;        // 0 = keep all
   std::string resume;       // "" | auto | PATH
+  int write_delay_ms = 0;   // testing only: pause after each tensor written (kill-during-save tests)
 };
 
 struct LogConfig {

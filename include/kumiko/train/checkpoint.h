@@ -29,7 +29,7 @@ struct CheckpointMeta {
 // Writes and commits a checkpoint (temp file, fsync, rename). Returns bytes written.
 int64_t save_checkpoint(const std::string& path, const model::ParameterStore<float>& params,
                         const AdamW<float>& optimizer, const TrainState& state,
-                        const CheckpointMeta& meta);
+                        const CheckpointMeta& meta, int write_delay_ms = 0);
 
 // Loads a checkpoint into params and optimizer after checking that its model
 // configuration and tokenizer match `config` / `tokenizer_sha256` (a UserError

@@ -1,0 +1,144 @@
+// The checkpoint store against real processes of the kumiko binary: kill -9 in
+// the middle of a save, SIGTERM/SIGUSR1 preemption, stop_at, and user errors.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "checkpoint_test_util.h"
+#include "kumiko/ckpt/store.h"
+#include "kumiko/train/trainer.h"
+
+namespace kumiko::train {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::temp_run_dir;
+using testing::tiny_config;
+
+const std::string kBinary = std::string(KUMIKO_BINARY_DIR) + "/bin/kumiko";
+
+// Starts `kumiko train --config <dir>/run.ini [extra...]` with output in <dir>/log.txt.
+pid_t start(const config::Config& c, std::vector<std::string> extra = {}) {
+  fs::create_directories(c.log.run_dir);
+  const std::string ini = c.log.run_dir + "/run.ini";
+  std::ofstream(ini) << config::to_ini(c);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const std::string log = c.log.run_dir + "/log.txt";
+    freopen(log.c_str(), "a", stderr);
+    freopen(log.c_str(), "a", stdout);
+    std::vector<std::string> args = {kBinary, "train", "--config", ini};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(kBinary.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int wait_exit(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return WEXITSTATUS(status);
+}
+
+template <typename Pred>
+bool wait_for(Pred pred, double seconds) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+bool has_partial(const std::string& dir) {
+  if (!fs::exists(dir)) return false;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().find("step_00000004.h5.tmp-") == 0) return true;
+  return false;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST(CheckpointProcess, KillDuringSaveKeepsPreviousCheckpoint) {
+  const auto dir = temp_run_dir("kill9");
+  auto c = tiny_config("gpt2", dir);
+  c.train.steps = 1000;
+  c.checkpoint.every_steps = 2;
+  c.checkpoint.write_delay_ms = 40;  // each save takes ~1 s
+  const std::string ckdir = dir + "/checkpoints";
+  const pid_t pid = start(c);
+  // Wait until the second save (step 4) is half written, then kill -9.
+  ASSERT_TRUE(wait_for([&] { return has_partial(ckdir); }, 120)) << read_file(dir + "/log.txt");
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  kill(pid, SIGKILL);
+  EXPECT_EQ(wait_exit(pid), 128 + SIGKILL);
+  ckpt::Store store(ckdir);
+  ASSERT_TRUE(store.latest().has_value());
+  EXPECT_EQ(ckpt::step_of(*store.latest()), 2);
+  EXPECT_TRUE(ckpt::verify_file(*store.latest()).empty());
+  EXPECT_TRUE(has_partial(ckdir));
+  // A restart removes the partial file and continues from step 2.
+  c.train.steps = 4;
+  c.checkpoint.write_delay_ms = 0;
+  c.checkpoint.resume = "auto";
+  c.log.level = "info";
+  const pid_t again = start(c);
+  EXPECT_EQ(wait_exit(again), 0) << read_file(dir + "/log.txt");
+  EXPECT_FALSE(has_partial(ckdir));
+  EXPECT_EQ(ckpt::step_of(*store.latest()), 4);
+  EXPECT_NE(read_file(dir + "/log.txt").find("resumed from"), std::string::npos);
+}
+
+void preempt_with(int sig) {
+  const auto dir = temp_run_dir("sig" + std::to_string(sig));
+  auto c = tiny_config("llama", dir);
+  c.train.steps = 100000;
+  const pid_t pid = start(c);
+  // Let it train a few steps, then signal.
+  ASSERT_TRUE(wait_for([&] { return read_file(dir + "/metrics.jsonl").find("\"step\":3,") != std::string::npos; }, 120));
+  kill(pid, sig);
+  EXPECT_EQ(wait_exit(pid), kExitPreempted) << read_file(dir + "/log.txt");
+  ckpt::Store store(dir + "/checkpoints");
+  ASSERT_TRUE(store.latest().has_value());
+  const int64_t step = ckpt::step_of(*store.latest());
+  EXPECT_GE(step, 3);
+  EXPECT_TRUE(ckpt::verify_file(*store.latest()).empty());
+  // A restart continues from that step.
+  c.train.steps = step + 2;
+  c.checkpoint.resume = "auto";
+  EXPECT_EQ(wait_exit(start(c)), 0) << read_file(dir + "/log.txt");
+  EXPECT_EQ(ckpt::step_of(*store.latest()), step + 2);
+}
+
+TEST(CheckpointProcess, SigtermSavesAndExitsWithPreemptedCode) { preempt_with(SIGTERM); }
+TEST(CheckpointProcess, Sigusr1SavesAndExitsWithPreemptedCode) { preempt_with(SIGUSR1); }
+
+TEST(CheckpointProcess, UserErrorsExitTwoWithOneLine) {
+  const auto dir = temp_run_dir("usererr");
+  auto c = tiny_config("gpt2", dir);
+  c.checkpoint.resume = dir + "/does-not-exist.h5";
+  EXPECT_EQ(wait_exit(start(c)), 2);
+  const std::string log = read_file(dir + "/log.txt");
+  EXPECT_NE(log.find("kumiko: error: checkpoint.resume: " + dir + "/does-not-exist.h5: no such checkpoint file"),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
+}
+
+}  // namespace
+}  // namespace kumiko::train
