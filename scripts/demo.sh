@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
-scripts/build.sh
+KUMIKO_TARGET=kumiko scripts/build.sh
 BIN=build/bin/kumiko
 if [ ! -f runs/data/shakespeare/train_000000.bin ]; then
   $BIN prepare --input data/tinyshakespeare.txt --vocab-size 4096 --out runs/data/shakespeare

@@ -1,0 +1,61 @@
+// Standalone timing of the CPU attention kernels (not part of the build).
+// Build against an existing build folder, e.g.:
+//   g++ -O3 -march=native -fopenmp -std=c++20 -I include -I . scripts/bench/attention_bench.cpp \
+//     build-attn/lib/libkumiko_kernels_cpu.a build-attn/lib/libkumiko_core.a \
+//     -lopenblas -lspdlog -lfmt -o /tmp/attention_bench
+//   OMP_NUM_THREADS=2 /tmp/attention_bench [B T Hq Hkv D] [reps]
+// FLOPs count the causal half: fwd 2*T*T*D per (b, q head), bwd 2.5x fwd.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "kumiko/ops/attention.h"
+
+int main(int argc, char** argv) {
+  int64_t B = 8, T = 256, Hq = 4, Hkv = 4, D = 64;
+  int reps = 20;
+  if (argc >= 6) {
+    B = std::atoll(argv[1]), T = std::atoll(argv[2]), Hq = std::atoll(argv[3]);
+    Hkv = std::atoll(argv[4]), D = std::atoll(argv[5]);
+  }
+  if (argc >= 7) reps = std::atoi(argv[6]);
+  const int64_t row = (Hq + 2 * Hkv) * D;
+  std::mt19937 gen(1);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> qkv(static_cast<size_t>(B * T * row)), dqkv(qkv.size(), 0.f);
+  std::vector<float> out(static_cast<size_t>(B * T * Hq * D)), dout(out.size());
+  std::vector<float> lse(static_cast<size_t>(B * Hq * T));
+  for (auto& x : qkv) x = nd(gen);
+  for (auto& x : dout) x = nd(gen);
+  using clock = std::chrono::steady_clock;
+  auto ms = [](clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
+  double best_f = 1e30, best_b = 1e30, sum_f = 0, sum_b = 0;
+  for (int r = 0; r < reps + 2; ++r) {
+    const auto t0 = clock::now();
+    kumiko::cpu::attention_forward<float>(out.data(), lse.data(), qkv.data(), B, T, Hq, Hkv, D);
+    const auto t1 = clock::now();
+    kumiko::cpu::attention_backward<float>(dqkv.data(), dout.data(), qkv.data(), out.data(),
+                                           lse.data(), B, T, Hq, Hkv, D);
+    const auto t2 = clock::now();
+    if (r < 2) continue;  // warm-up
+    best_f = std::min(best_f, ms(t1 - t0));
+    best_b = std::min(best_b, ms(t2 - t1));
+    sum_f += ms(t1 - t0);
+    sum_b += ms(t2 - t1);
+  }
+  const double fwd = 2.0 * T * T * D * B * Hq, bwd = 2.5 * fwd;
+  std::printf("B=%ld T=%ld Hq=%ld Hkv=%ld D=%ld threads=%d\n", B, T, Hq, Hkv, D,
+              omp_get_max_threads());
+  std::printf("fwd  best %.2f ms (%.1f GFLOP/s)  mean %.2f ms\n", best_f, fwd / best_f * 1e-6,
+              sum_f / reps);
+  std::printf("bwd  best %.2f ms (%.1f GFLOP/s)  mean %.2f ms\n", best_b, bwd / best_b * 1e-6,
+              sum_b / reps);
+  std::printf("f+b  best %.2f ms (%.1f GFLOP/s)\n", best_f + best_b,
+              (fwd + bwd) / (best_f + best_b) * 1e-6);
+  return 0;
+}
