@@ -1,29 +1,37 @@
-// Causal grouped-query attention, flash formulation on the CPU.
+// Causal grouped-query attention, flash-attention-2 on the CPU with BLAS on tiles.
 //
-// Forward: one task per (b, query head, query tile of kTile rows); key tiles of kTile
-// keys are transposed into a [D, kTile] scratch so that the scores of one query row
-// are kTile-wide vector FMAs; online softmax keeps a running max m, sum l and the
-// unnormalised output row; lse = m + log(l) is saved.
-// Backward (flash-attention-2): one task per (b, kv head), so that dK/dV of the kv
-// head and dQ of its query heads are owned by one task (no races, no atomics). For
-// each key tile, every query row at or after it recomputes p = exp(s - lse) and adds
-// its contributions to dV, dK (tile accumulators) and dQ (in place).
+// Forward: one task per (b, query head, query block of kBlock rows); tasks are split
+// between threads by a static, cost-balanced partition (a query block's cost is its
+// number of key blocks). For each key block up to the diagonal: S = scale·Q·Kᵀ (GEMM),
+// causal mask on the diagonal block, online softmax (running max m, sum l, rescaled
+// output), O += P·V (GEMM); lse = m + log(l) is saved.
+// Backward: one task per (b, kv head), so that dK/dV of the kv head and dQ of its
+// query heads are owned by one task (no races, no atomics). For each key block j, each
+// query head of the group and each query block i >= j: recompute S, P = exp(S - lse),
+// dV_j += Pᵀ·dO_i, dP = dO_i·V_jᵀ, dS = P∘(dP − Δ_i) with Δ = rowsum(dO∘O),
+// dQ_i += scale·dS·K_j, dK_j += scale·dSᵀ·Q_i (GEMMs accumulating straight into dqkv).
+// The GEMMs read Q/V/dO in place inside the packed qkv rows (leading dimension = row).
+// OpenBLAS (OpenMP build) runs single-threaded inside the parallel region. Every task's
+// arithmetic is independent of the thread that runs it, so results are bitwise identical
+// for any thread count.
 #include "kumiko/ops/attention.h"
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "kernels/cpu/common.h"
 #include "kumiko/core/error.h"
+#include "kumiko/ops/matmul.h"
 
 namespace kumiko::cpu {
 
 namespace {
 
-constexpr int64_t kTile = 32;  // queries per tile and keys per tile
+constexpr int64_t kBlock = 64;  // queries per query block and keys per key block
 
 struct Layout {
   int64_t T, Hq, Hkv, D;
@@ -33,35 +41,35 @@ struct Layout {
   int64_t v_off(int64_t g) const { return (Hq + Hkv + g) * D; }
 };
 
-// dst[d * kTile + jj] = src_row(j0 + jj)[d] for jj < nk, 0 for the padding.
-template <typename T>
-void transpose_tile(T* dst, const T* base, int64_t row, int64_t j0, int64_t nk, int64_t D) {
-  for (int64_t d = 0; d < D; ++d) {
-    for (int64_t jj = 0; jj < kTile; ++jj) dst[d * kTile + jj] = T(0);
-  }
-  for (int64_t jj = 0; jj < nk; ++jj) {
-    const T* src = base + (j0 + jj) * row;
-    for (int64_t d = 0; d < D; ++d) dst[d * kTile + jj] = src[d];
-  }
-}
-
-// s[jj] = sum_d q[d] * kt[d, jj] for all kTile columns.
-template <typename T>
-[[gnu::always_inline]] inline void tile_dots(T* s, const T* q, const T* kt, int64_t D) {
-  T acc[kTile] = {};
-  for (int64_t d = 0; d < D; ++d) {
-    const T qd = q[d];
-    const T* ktd = kt + d * kTile;
-#pragma omp simd
-    for (int64_t jj = 0; jj < kTile; ++jj) acc[jj] = detail::fmadd(qd, ktd[jj], acc[jj]);
-  }
-  for (int64_t jj = 0; jj < kTile; ++jj) s[jj] = acc[jj];
-}
-
 template <typename T>
 void check_heads(int64_t Hq, int64_t Hkv, int64_t D) {
   KUMIKO_CHECK(Hkv > 0 && Hq % Hkv == 0, "attention: Hq=", Hq, " is not a multiple of Hkv=", Hkv);
   KUMIKO_CHECK(D > 0, "attention: head dim must be positive");
+}
+
+// dst[d, jj] = src[jj * ld + d] for jj < nk (dst [D, kBlock]). OpenBLAS's NT GEMM on
+// 64-sized blocks runs at ~60-80 GFLOP/s here against ~110 for NN, so Q·Kᵀ is an NN
+// GEMM on a transposed copy of the key block.
+template <typename T>
+void transpose_block(T* dst, const T* src, int64_t ld, int64_t nk, int64_t D) {
+  for (int64_t jj = 0; jj < nk; ++jj) {
+    const T* r = src + jj * ld;
+    for (int64_t d = 0; d < D; ++d) dst[d * kBlock + jj] = r[d];
+  }
+}
+
+// Tasks [begin, end) of thread `tid` out of `nt`: task k (cost c_k, prefix sum P_k before
+// it, total C) goes to thread floor(nt * (P_k + c_k / 2) / C). Static and contiguous.
+void balanced_range(const std::vector<int64_t>& prefix, int tid, int nt, int64_t& begin,
+                    int64_t& end) {
+  const int64_t n = static_cast<int64_t>(prefix.size()) - 1, total = prefix[n];
+  auto owner = [&](int64_t k) {
+    return (2 * prefix[k] + (prefix[k + 1] - prefix[k])) * nt / (2 * total);
+  };
+  begin = 0;
+  while (begin < n && owner(begin) < tid) ++begin;
+  end = begin;
+  while (end < n && owner(end) <= tid) ++end;
 }
 
 }  // namespace
@@ -71,68 +79,69 @@ void attention_forward(T* out, T* lse, const T* qkv, int64_t B, int64_t T_, int6
                        int64_t Hkv, int64_t D) {
   check_heads<T>(Hq, Hkv, D);
   const Layout L{T_, Hq, Hkv, D};
-  const int64_t row = L.row(), group = Hq / Hkv, tiles = (T_ + kTile - 1) / kTile;
+  const int64_t row = L.row(), group = Hq / Hkv, blocks = (T_ + kBlock - 1) / kBlock;
   const T scale = T(1) / std::sqrt(T(D));
   const T neg_inf = -std::numeric_limits<T>::infinity();
+  // Task k = (b * Hq + h) * blocks + qb costs qb + 1 key blocks.
+  const int64_t tasks = B * Hq * blocks;
+  std::vector<int64_t> prefix(static_cast<size_t>(tasks + 1), 0);
+  for (int64_t k = 0; k < tasks; ++k) prefix[k + 1] = prefix[k] + k % blocks + 1;
 #pragma omp parallel
   {
-    std::vector<T> kt(static_cast<size_t>(D * kTile));  // [D, kTile] keys of the tile
-    std::vector<T> acc(static_cast<size_t>(kTile * D));  // [kTile, D] unnormalised output
-    T m[kTile], l[kTile], s[kTile];
-#pragma omp for collapse(3) schedule(static, 1)
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t h = 0; h < Hq; ++h) {
-        for (int64_t qt = 0; qt < tiles; ++qt) {
-          const int64_t i0 = qt * kTile, nq = std::min(kTile, T_ - i0);
-          const T* base = qkv + b * T_ * row;
-          const int64_t g = h / group;
-          for (int64_t ii = 0; ii < nq; ++ii) {
-            m[ii] = neg_inf;
-            l[ii] = T(0);
-            for (int64_t d = 0; d < D; ++d) acc[ii * D + d] = T(0);
-          }
-          for (int64_t j0 = 0; j0 < i0 + nq; j0 += kTile) {
-            const int64_t nk = std::min(kTile, T_ - j0);
-            transpose_tile(kt.data(), base + L.k_off(g), row, j0, nk, D);
-            for (int64_t ii = 0; ii < nq; ++ii) {
-              const int64_t i = i0 + ii;
-              tile_dots(s, base + i * row + L.q_off(h), kt.data(), D);
-              const int64_t valid = std::min(nk, i - j0 + 1);  // causal: keys j <= i
-              T mx = m[ii];
-              for (int64_t jj = 0; jj < valid; ++jj) {
-                s[jj] *= scale;
-                mx = std::max(mx, s[jj]);
-              }
-              const T corr = detail::exp_approx(m[ii] - mx);  // 0 on the first tile
-              T sum = 0;
+    std::vector<T> kt(static_cast<size_t>(D * kBlock));      // [D, kBlock] K_jᵀ
+    std::vector<T> s(static_cast<size_t>(kBlock * kBlock));  // [kBlock, kBlock] scores / P
+    std::vector<T> acc(static_cast<size_t>(kBlock * D));     // [kBlock, D] unnormalised out
+    T m[kBlock], l[kBlock];
+    int64_t k0 = 0, k1 = 0;
+    balanced_range(prefix, omp_get_thread_num(), omp_get_num_threads(), k0, k1);
+    for (int64_t task = k0; task < k1; ++task) {
+      const int64_t qb = task % blocks, h = task / blocks % Hq, b = task / blocks / Hq;
+      const int64_t g = h / group, i0 = qb * kBlock, nq = std::min(kBlock, T_ - i0);
+      const T* base = qkv + b * T_ * row;
+      const T* q = base + i0 * row + L.q_off(h);
+      for (int64_t ii = 0; ii < nq; ++ii) {
+        m[ii] = neg_inf;
+        l[ii] = T(0);
+      }
+      for (int64_t j0 = 0; j0 <= i0; j0 += kBlock) {
+        const int64_t nk = std::min(kBlock, T_ - j0);
+        transpose_block(kt.data(), base + j0 * row + L.k_off(g), row, nk, D);
+        matmul<T>(false, false, nq, nk, D, scale, q, row, kt.data(), kBlock, T(0), s.data(),
+                  kBlock);
+        for (int64_t ii = 0; ii < nq; ++ii) {
+          T* sr = s.data() + ii * kBlock;
+          // Causal mask (diagonal block only): keys j > i get -inf, hence p = 0.
+          for (int64_t jj = std::max<int64_t>(0, i0 + ii - j0 + 1); jj < nk; ++jj)
+            sr[jj] = neg_inf;
+          T mx = m[ii];
+#pragma omp simd reduction(max : mx)
+          for (int64_t jj = 0; jj < nk; ++jj) mx = sr[jj] > mx ? sr[jj] : mx;
+          const T corr = detail::exp_approx(m[ii] - mx);  // 0 on the first block
+          T sum = 0;
 #pragma omp simd reduction(+ : sum)
-              for (int64_t jj = 0; jj < kTile; ++jj) {
-                s[jj] = jj < valid ? detail::exp_approx(s[jj] - mx) : T(0);
-                sum += s[jj];
-              }
-              m[ii] = mx;
-              l[ii] = l[ii] * corr + sum;
-              T* a = acc.data() + ii * D;
-#pragma omp simd
-              for (int64_t d = 0; d < D; ++d) a[d] *= corr;
-              for (int64_t jj = 0; jj < valid; ++jj) {
-                const T p = s[jj];
-                const T* v = base + (j0 + jj) * row + L.v_off(g);
-#pragma omp simd
-                for (int64_t d = 0; d < D; ++d) a[d] = detail::fmadd(p, v[d], a[d]);
-              }
-            }
+          for (int64_t jj = 0; jj < nk; ++jj) {
+            sr[jj] = detail::exp_approx(sr[jj] - mx);
+            sum += sr[jj];
           }
-          for (int64_t ii = 0; ii < nq; ++ii) {
-            const int64_t i = i0 + ii;
-            const T inv = T(1) / l[ii];
-            T* o = out + (b * T_ + i) * Hq * D + h * D;
-            const T* a = acc.data() + ii * D;
+          m[ii] = mx;
+          l[ii] = l[ii] * corr + sum;
+          if (j0 > 0) {
+            T* a = acc.data() + ii * D;
 #pragma omp simd
-            for (int64_t d = 0; d < D; ++d) o[d] = a[d] * inv;
-            lse[(b * Hq + h) * T_ + i] = m[ii] + std::log(l[ii]);
+            for (int64_t d = 0; d < D; ++d) a[d] *= corr;
           }
         }
+        matmul<T>(false, false, nq, D, nk, T(1), s.data(), kBlock, base + j0 * row + L.v_off(g),
+                  row, j0 > 0 ? T(1) : T(0), acc.data(), D);
+      }
+      for (int64_t ii = 0; ii < nq; ++ii) {
+        const int64_t i = i0 + ii;
+        const T inv = T(1) / l[ii];
+        T* o = out + (b * T_ + i) * Hq * D + h * D;
+        const T* a = acc.data() + ii * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) o[d] = a[d] * inv;
+        lse[(b * Hq + h) * T_ + i] = m[ii] + std::log(l[ii]);
       }
     }
   }
@@ -145,14 +154,14 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
   const Layout L{T_, Hq, Hkv, D};
   const int64_t row = L.row(), group = Hq / Hkv, orow = Hq * D;
   const T scale = T(1) / std::sqrt(T(D));
+  const T neg_inf = -std::numeric_limits<T>::infinity();
 #pragma omp parallel
   {
-    std::vector<T> kt(static_cast<size_t>(D * kTile));  // [D, kTile]
-    std::vector<T> vt(static_cast<size_t>(D * kTile));  // [D, kTile]
-    std::vector<T> dk(static_cast<size_t>(kTile * D));  // [kTile, D]
-    std::vector<T> dv(static_cast<size_t>(kTile * D));  // [kTile, D]
-    std::vector<T> delta(static_cast<size_t>(group * T_));  // [group, T] rowsum(dout*out)
-    T p[kTile], ds[kTile];
+    std::vector<T> kt(static_cast<size_t>(D * kBlock));      // [D, kBlock] K_jᵀ
+    std::vector<T> vt(static_cast<size_t>(D * kBlock));      // [D, kBlock] V_jᵀ
+    std::vector<T> p(static_cast<size_t>(kBlock * kBlock));   // [kBlock, kBlock] P
+    std::vector<T> ds(static_cast<size_t>(kBlock * kBlock));  // [kBlock, kBlock] dP, then dS
+    std::vector<T> delta(static_cast<size_t>(group * T_));    // [group, T] rowsum(dout*out)
 #pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t g = 0; g < Hkv; ++g) {
@@ -171,49 +180,43 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
             delta[hh * T_ + i] = sum;
           }
         }
-        for (int64_t j0 = 0; j0 < T_; j0 += kTile) {
-          const int64_t nk = std::min(kTile, T_ - j0);
-          transpose_tile(kt.data(), base + L.k_off(g), row, j0, nk, D);
-          transpose_tile(vt.data(), base + L.v_off(g), row, j0, nk, D);
-          std::fill(dk.begin(), dk.end(), T(0));
-          std::fill(dv.begin(), dv.end(), T(0));
+        for (int64_t j0 = 0; j0 < T_; j0 += kBlock) {
+          const int64_t nk = std::min(kBlock, T_ - j0);
+          const T* k = base + j0 * row + L.k_off(g);
+          const T* v = base + j0 * row + L.v_off(g);
+          T* dk = dbase + j0 * row + L.k_off(g);
+          T* dv = dbase + j0 * row + L.v_off(g);
+          transpose_block(kt.data(), k, row, nk, D);
+          transpose_block(vt.data(), v, row, nk, D);
           for (int64_t hh = 0; hh < group; ++hh) {
             const int64_t h = g * group + hh;
             const T* lse_h = lse + (b * Hq + h) * T_;
-            for (int64_t i = j0; i < T_; ++i) {
-              const T* q = base + i * row + L.q_off(h);
-              const T* dO = dobase + i * orow + h * D;
-              T* dq = dbase + i * row + L.q_off(h);
-              const int64_t valid = std::min(nk, i - j0 + 1);
-              const T lse_i = lse_h[i], delta_i = delta[hh * T_ + i];
-              tile_dots(p, q, kt.data(), D);
-              tile_dots(ds, dO, vt.data(), D);  // dp = dO · v_j
+            const T* delta_h = delta.data() + hh * T_;
+            for (int64_t i0 = j0; i0 < T_; i0 += kBlock) {
+              const int64_t nq = std::min(kBlock, T_ - i0);
+              const T* q = base + i0 * row + L.q_off(h);
+              const T* dO = dobase + i0 * orow + h * D;
+              T* dq = dbase + i0 * row + L.q_off(h);
+              matmul<T>(false, false, nq, nk, D, scale, q, row, kt.data(), kBlock, T(0), p.data(),
+                        kBlock);
+              matmul<T>(false, false, nq, nk, D, T(1), dO, orow, vt.data(), kBlock, T(0), ds.data(),
+                        kBlock);
+              for (int64_t ii = 0; ii < nq; ++ii) {
+                const T lse_i = lse_h[i0 + ii], delta_i = delta_h[i0 + ii];
+                T* pr = p.data() + ii * kBlock;
+                T* dsr = ds.data() + ii * kBlock;
+                // Causal mask (diagonal block only): keys j > i get -inf, hence p = 0.
+                for (int64_t jj = std::max<int64_t>(0, i0 + ii - j0 + 1); jj < nk; ++jj)
+                  pr[jj] = neg_inf;
 #pragma omp simd
-              for (int64_t jj = 0; jj < kTile; ++jj) {
-                p[jj] = jj < valid ? detail::exp_approx(p[jj] * scale - lse_i) : T(0);
-                ds[jj] = p[jj] * (ds[jj] - delta_i) * scale;  // includes the score scale
-              }
-              for (int64_t jj = 0; jj < valid; ++jj) {
-                const T pj = p[jj], dsj = ds[jj];
-                const T* k = base + (j0 + jj) * row + L.k_off(g);
-                T* dvj = dv.data() + jj * D;
-                T* dkj = dk.data() + jj * D;
-#pragma omp simd
-                for (int64_t d = 0; d < D; ++d) {
-                  dvj[d] = detail::fmadd(pj, dO[d], dvj[d]);
-                  dkj[d] = detail::fmadd(dsj, q[d], dkj[d]);
-                  dq[d] = detail::fmadd(dsj, k[d], dq[d]);
+                for (int64_t jj = 0; jj < nk; ++jj) {
+                  pr[jj] = detail::exp_approx(pr[jj] - lse_i);
+                  dsr[jj] = pr[jj] * (dsr[jj] - delta_i);
                 }
               }
-            }
-          }
-          for (int64_t jj = 0; jj < nk; ++jj) {
-            T* dkr = dbase + (j0 + jj) * row + L.k_off(g);
-            T* dvr = dbase + (j0 + jj) * row + L.v_off(g);
-#pragma omp simd
-            for (int64_t d = 0; d < D; ++d) {
-              dkr[d] += dk[jj * D + d];
-              dvr[d] += dv[jj * D + d];
+              matmul<T>(true, false, nk, D, nq, T(1), p.data(), kBlock, dO, orow, T(1), dv, row);
+              matmul<T>(true, false, nk, D, nq, scale, ds.data(), kBlock, q, row, T(1), dk, row);
+              matmul<T>(false, false, nq, D, nk, scale, ds.data(), kBlock, k, row, T(1), dq, row);
             }
           }
         }

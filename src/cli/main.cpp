@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
+#include "kumiko/comm/communicator.h"
 #include "kumiko/core/error.h"
 
 int main(int argc, char** argv) {
@@ -17,13 +18,16 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return kumiko::cli::report_parse_error(app, registry, e);
   }
+  int code = 0;
   try {
-    return registry.run_selected(app);
+    code = registry.run_selected(app);
   } catch (const kumiko::UserError& e) {
     std::fprintf(stderr, "kumiko: error: %s\n", e.what());
-    return 2;
+    code = 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kumiko: internal error: %s\n", e.what());
-    return 1;
+    code = 1;
   }
+  kumiko::comm::finalize_world();  // MPI_Finalize when MPI was started
+  return code;
 }

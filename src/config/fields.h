@@ -60,6 +60,7 @@ void for_each_field(C& c, F&& f) {
   f("parallel.tp", p.tp, "tensor-parallel ranks", nullptr);
   f("parallel.pp", p.pp, "pipeline stages", nullptr);
   f("parallel.zero", p.zero, "ZeRO stage: 0 or 1 (shard optimizer state over dp)", "0|1");
+  f("parallel.bucket_mb", p.bucket_mb, "gradient bucket size (MB) reduced while backward runs", nullptr);
 
   auto& b = c.backend;
   f("backend.device", b.device, "where the ops run", "cpu|cuda");

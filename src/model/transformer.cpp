@@ -273,6 +273,7 @@ void Transformer<T>::backward(const int32_t* inputs, int64_t B, int64_t Tn) {
   zero(a.dres, N * C);
   norm_backward(d.llama, a.dres.data(), p.grad(a.normf_w), maybe_grad(p, a.normf_b), a.dln.data(),
                 a.residual[d.L].data(), p.value(a.normf_w), a.meanf.data(), a.rstdf.data(), N, C);
+  notify({a.normf_w, a.normf_b, d.tied ? -1 : a.head});
 
   for (int64_t l = d.L - 1; l >= 0; --l) {
     const BlockIndex& b = a.blocks[l];
@@ -312,10 +313,20 @@ void Transformer<T>::backward(const int32_t* inputs, int64_t B, int64_t Tn) {
                          a.ln1[l].data(), p.value(b.qkv_w), N, C, W);
     norm_backward(d.llama, a.dres.data(), p.grad(b.norm1_w), maybe_grad(p, b.norm1_b), a.dln.data(),
                   a.residual[l].data(), p.value(b.norm1_w), a.mean1[l].data(), a.rstd1[l].data(), N, C);
+    notify({b.norm1_w, b.norm1_b, b.qkv_w, b.qkv_b, b.proj_w, b.proj_b, b.norm2_w, b.norm2_b, b.fc_w, b.fc_b,
+            b.mproj_w, b.mproj_b, b.gate_w, b.up_w, b.down_w});
   }
 
   if (a.positions >= 0) cpu::add_positions_backward(p.grad(a.positions), a.dres.data(), B, Tn, C);
   cpu::embedding_backward(p.grad(a.tokens), a.dres.data(), inputs, N, C);
+  notify({a.tokens, a.positions});
+}
+
+template <typename T>
+void Transformer<T>::notify(std::initializer_list<int> indices) {
+  if (!grad_ready_) return;
+  for (int i : indices)
+    if (i >= 0) grad_ready_(i);
 }
 
 template <typename T>

@@ -77,7 +77,7 @@ std::string model_config_diff(const std::string& checkpoint_ini, const std::stri
 }
 
 int64_t save_checkpoint(const std::string& path, const model::ParameterStore<float>& params,
-                        const AdamW<float>& optimizer, const TrainState& state,
+                        const float* m, const float* v, const TrainState& state,
                         const CheckpointMeta& meta, int write_delay_ms) {
   ckpt::H5Writer w(path);
   w.set_attr("format", kFormat);
@@ -92,8 +92,8 @@ int64_t save_checkpoint(const std::string& path, const model::ParameterStore<flo
     const auto& spec = params.spec(idx);
     const int64_t offset = params.value(idx) - base;
     w.write_f32("/model/" + spec.name, spec.shape, params.value(idx));
-    w.write_f32("/optim/m/" + spec.name, spec.shape, optimizer.m().data() + offset);
-    w.write_f32("/optim/v/" + spec.name, spec.shape, optimizer.v().data() + offset);
+    w.write_f32("/optim/m/" + spec.name, spec.shape, m + offset);
+    w.write_f32("/optim/v/" + spec.name, spec.shape, v + offset);
     if (write_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(write_delay_ms));
   }
   write_scalar(w, "/state/step", state.step);
@@ -108,7 +108,7 @@ int64_t save_checkpoint(const std::string& path, const model::ParameterStore<flo
 
 TrainState load_checkpoint(const std::string& path, const config::Config& config,
                            const std::string& tokenizer_sha256,
-                           model::ParameterStore<float>& params, AdamW<float>& optimizer) {
+                           model::ParameterStore<float>& params, float* m, float* v) {
   ckpt::H5Reader r(path);
   KUMIKO_USER_CHECK(r.has_attr("format") && r.attr_string("format") == kFormat, path,
                     ": not a kumiko checkpoint (attribute format != '", kFormat, "')");
@@ -131,8 +131,8 @@ TrainState load_checkpoint(const std::string& path, const config::Config& config
     for (const char* group : {"/model/", "/optim/m/", "/optim/v/"})
       KUMIKO_USER_CHECK(r.has(group + spec.name), path, ": missing tensor '", group + spec.name, "'");
     r.read_f32("/model/" + spec.name, spec.shape, params.value(idx));
-    r.read_f32("/optim/m/" + spec.name, spec.shape, optimizer.m().data() + offset);
-    r.read_f32("/optim/v/" + spec.name, spec.shape, optimizer.v().data() + offset);
+    r.read_f32("/optim/m/" + spec.name, spec.shape, m + offset);
+    r.read_f32("/optim/v/" + spec.name, spec.shape, v + offset);
   }
   TrainState s;
   s.step = read_scalar(r, "/state/step");
@@ -143,7 +143,6 @@ TrainState load_checkpoint(const std::string& path, const config::Config& config
   s.skipped_steps = read_scalar(r, "/state/skipped_steps");
   KUMIKO_USER_CHECK(s.seed == config.train.seed, path, ": train.seed: checkpoint ", s.seed, ", config ",
                     config.train.seed, " (the data order would change)");
-  optimizer.set_steps_taken(s.optimizer_steps);
   return s;
 }
 

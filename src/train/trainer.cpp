@@ -10,6 +10,9 @@
 #include <fstream>
 
 #include "kumiko/ckpt/store.h"
+#include "kumiko/comm/communicator.h"
+#include "kumiko/parallel/data_parallel.h"
+#include "kumiko/parallel/grid.h"
 #include "kumiko/core/error.h"
 #include "kumiko/core/log.h"
 #include "kumiko/core/rng.h"
@@ -79,9 +82,10 @@ void synthetic_batch(uint64_t seed, int64_t step, int64_t first, int64_t count, 
 }  // namespace
 
 struct Trainer::State {
+  std::unique_ptr<parallel::ProcessGrid> grid;
   std::unique_ptr<data::Loader> loader;
   std::unique_ptr<model::Transformer<float>> model;
-  std::unique_ptr<AdamW<float>> optimizer;
+  std::unique_ptr<parallel::DataParallel> dp;
   std::unique_ptr<ckpt::Store> store;
   std::ofstream metrics;
   std::vector<int32_t> inputs, targets;  // [micro_batch, T]
@@ -89,8 +93,38 @@ struct Trainer::State {
   TrainState train;
 };
 
-Trainer::Trainer(config::Config config) : config_(std::move(config)), state_(std::make_unique<State>()) {}
+Trainer::Trainer(config::Config config, comm::Communicator& world)
+    : config_(std::move(config)), world_(world), state_(std::make_unique<State>()) {}
 Trainer::~Trainer() = default;
+
+namespace {
+
+// Rank 0 computes a string (a path) or fails with a UserError; every rank gets
+// the same result or the same error, so no rank is left waiting in a collective.
+template <typename F>
+std::string agree(comm::Communicator& world, F&& compute) {
+  int64_t status[2] = {0, 0};  // ok?, length
+  std::string text;
+  if (world.rank() == 0) {
+    try {
+      text = compute();
+    } catch (const UserError& e) {
+      text = e.what();
+      status[0] = 1;
+    }
+    status[1] = static_cast<int64_t>(text.size());
+  }
+  world.broadcast(status, 2, 0);
+  std::vector<int32_t> chars(status[1]);
+  if (world.rank() == 0)
+    for (size_t i = 0; i < text.size(); ++i) chars[i] = static_cast<unsigned char>(text[i]);
+  world.broadcast(chars.data(), status[1], 0);
+  text.assign(chars.begin(), chars.end());
+  if (status[0]) throw UserError(text);
+  return text;
+}
+
+}  // namespace
 
 RunSummary Trainer::run() {
   const auto& cfg = config_;
@@ -99,12 +133,17 @@ RunSummary Trainer::run() {
   set_threads(cfg.backend.threads);
   KUMIKO_USER_CHECK(cfg.backend.device == "cpu", "backend.device: '", cfg.backend.device,
                     "' is not available in this build yet (expected cpu)");
-  KUMIKO_USER_CHECK(cfg.parallel.dp * cfg.parallel.tp * cfg.parallel.pp == 1,
-                    "parallel.dp/tp/pp: multi-process layouts are not available yet (expected 1)");
+  KUMIKO_USER_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1,
+                    "parallel.tp/parallel.pp: tensor and pipeline parallelism are not available yet "
+                    "(expected 1; data parallelism with parallel.dp works)");
   SignalGuard signals;
 
   auto& s = *state_;
+  s.grid = std::make_unique<parallel::ProcessGrid>(world_, cfg.parallel);
+  const bool io = world_.rank() == 0;  // the rank that writes files
+  const int dp = s.grid->dp(), dp_rank = s.grid->dp_rank();
   const int64_t T = cfg.data.seq_len, MB = cfg.train.micro_batch, GB = cfg.train.global_batch;
+  const int64_t local_batch = GB / dp;  // this dp rank's slice of the global batch
   if (!cfg.data.synthetic) {
     s.loader = std::make_unique<data::Loader>(cfg.data.dir, T, cfg.train.seed);
     KUMIKO_USER_CHECK(s.loader->vocab_size() <= cfg.model.vocab_size, "model.vocab_size = ",
@@ -119,23 +158,33 @@ RunSummary Trainer::run() {
   s.model = std::make_unique<model::Transformer<float>>(dims, MB, T);
   auto& params = s.model->params();
   params.initialize(cfg.train.seed);
-  s.optimizer = std::make_unique<AdamW<float>>(
-      params, AdamWSettings{cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});
+  s.dp = std::make_unique<parallel::DataParallel>(
+      s.grid->dp_group(), params, cfg.parallel.zero, static_cast<int64_t>(cfg.parallel.bucket_mb * 1e6),
+      AdamWSettings{cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});
+  s.model->set_grad_ready_hook([&](int i) { s.dp->on_grad_ready(i); });
   s.train.seed = cfg.train.seed;
 
   const fs::path run_dir(cfg.log.run_dir);
-  fs::create_directories(run_dir);
+  if (io) fs::create_directories(run_dir);
   s.store = std::make_unique<ckpt::Store>(cfg.checkpoint.dir.empty() ? (run_dir / "checkpoints").string()
                                                                        : cfg.checkpoint.dir);
-  if (const int n = s.store->remove_partials(); n > 0)
-    ckpt_log->warn("removed {} partial checkpoint file(s) left by an interrupted save in {}", n,
-                   s.store->dir());
+  if (io)
+    if (const int n = s.store->remove_partials(); n > 0)
+      ckpt_log->warn("removed {} partial checkpoint file(s) left by an interrupted save in {}", n,
+                     s.store->dir());
 
-  // Resume.
+  // Resume: rank 0 chooses the checkpoint, every rank loads it (logical tensors:
+  // any layout reads any checkpoint).
   RunSummary summary;
-  const std::string& resume = cfg.checkpoint.resume;
-  std::string resume_path;
-  if (resume == "auto") {
+  const std::string resume_path = agree(world_, [&]() -> std::string {
+    const std::string& resume = cfg.checkpoint.resume;
+    if (resume.empty()) return "";
+    if (resume != "auto") {
+      KUMIKO_USER_CHECK(fs::exists(resume), "checkpoint.resume: ", resume, ": no such checkpoint file");
+      const auto problems = ckpt::verify_file(resume);
+      KUMIKO_USER_CHECK(problems.empty(), "checkpoint.resume: ", resume, " does not verify: ", problems.front());
+      return resume;
+    }
     std::vector<std::string> candidates;
     if (auto latest = s.store->latest()) candidates.push_back(*latest);
     for (const auto& f : s.store->list())
@@ -143,56 +192,60 @@ RunSummary Trainer::run() {
         candidates.push_back(f);
     for (const auto& c : candidates) {
       const auto problems = fs::exists(c) ? ckpt::verify_file(c) : std::vector<std::string>{c + ": missing"};
-      if (problems.empty()) {
-        resume_path = c;
-        break;
-      }
+      if (problems.empty()) return c;
       ckpt_log->error("checkpoint {} does not verify ({}); trying the one before", c, problems.front());
     }
-    if (resume_path.empty()) ckpt_log->info("resume=auto: no checkpoint in {}, starting fresh", s.store->dir());
-  } else if (!resume.empty()) {
-    KUMIKO_USER_CHECK(fs::exists(resume), "checkpoint.resume: ", resume, ": no such checkpoint file");
-    const auto problems = ckpt::verify_file(resume);
-    KUMIKO_USER_CHECK(problems.empty(), "checkpoint.resume: ", resume, " does not verify: ", problems.front());
-    resume_path = resume;
-  }
+    ckpt_log->info("resume=auto: no checkpoint in {}, starting fresh", s.store->dir());
+    return "";
+  });
   if (!resume_path.empty()) {
-    s.train = load_checkpoint(resume_path, cfg, s.meta.tokenizer_sha256, params, *s.optimizer);
+    std::vector<float> m(params.total_numel()), v(params.total_numel());
+    s.train = load_checkpoint(resume_path, cfg, s.meta.tokenizer_sha256, params, m.data(), v.data());
+    s.dp->scatter_moments(m.data(), v.data());
+    s.dp->set_optimizer_steps(s.train.optimizer_steps);
     summary.first_step = s.train.step;
     ckpt_log->info("resumed from {} at step {} ({} tokens seen)", resume_path, s.train.step,
                    s.train.tokens_seen);
-  } else {
+  } else if (io) {
     write_weights((run_dir / "weights_init.h5").string(), params,
                   {s.meta.config_ini, s.meta.tokenizer_sha256, s.meta.tokenizer_path, 0});
   }
-  std::ofstream(run_dir / "config.ini") << s.meta.config_ini;
-  s.metrics.open(run_dir / "metrics.jsonl", std::ios::app);
-  KUMIKO_USER_CHECK(s.metrics.good(), (run_dir / "metrics.jsonl").string(), ": cannot open for writing");
+  if (io) {
+    std::ofstream(run_dir / "config.ini") << s.meta.config_ini;
+    s.metrics.open(run_dir / "metrics.jsonl", std::ios::app);
+    KUMIKO_USER_CHECK(s.metrics.good(), (run_dir / "metrics.jsonl").string(), ": cannot open for writing");
+  }
 
   const double flops_per_token = model::train_flops_per_token(dims, T);
   log->info("model {}: {} layers, d_model {}, {} heads ({} kv), vocab {}, {:.2f}M parameters; "
-            "{} threads; {:.1f} MFLOP per token",
+            "{} ranks (dp {}, zero {}), {} threads per rank; {:.1f} MFLOP per token",
             cfg.model.arch, dims.L, dims.C, dims.Hq, dims.Hkv, dims.V, params.total_numel() / 1e6,
-            omp_get_max_threads(), flops_per_token / 1e6);
+            world_.size(), dp, cfg.parallel.zero, omp_get_max_threads(), flops_per_token / 1e6);
 
   auto save = [&](const char* why) {
     const auto t0 = Clock::now();
+    std::vector<float> m, v;
+    s.dp->gather_moments(m, v);  // collective over dp
+    s.train.optimizer_steps = s.dp->optimizer_steps();
     const std::string path = s.store->path_for(s.train.step);
-    const int64_t bytes = save_checkpoint(path, params, *s.optimizer, s.train, s.meta,
-                                          cfg.checkpoint.write_delay_ms);
-    s.store->set_latest(path);
-    for (const auto& removed : s.store->apply_retention(cfg.checkpoint.keep_last))
-      ckpt_log->info("retention: removed {}", removed);
-    const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
-    ckpt_log->info("saved {} ({}) at step {}: {:.1f} MB in {:.2f}s ({:.0f} MB/s)", path, why, s.train.step,
-                   bytes / 1e6, dt, bytes / 1e6 / std::max(dt, 1e-9));
+    if (io) {
+      const int64_t bytes = save_checkpoint(path, params, m.data(), v.data(), s.train, s.meta,
+                                            cfg.checkpoint.write_delay_ms);
+      s.store->set_latest(path);
+      for (const auto& removed : s.store->apply_retention(cfg.checkpoint.keep_last))
+        ckpt_log->info("retention: removed {}", removed);
+      const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+      ckpt_log->info("saved {} ({}) at step {}: {:.1f} MB in {:.2f}s ({:.0f} MB/s)", path, why, s.train.step,
+                     bytes / 1e6, dt, bytes / 1e6 / std::max(dt, 1e-9));
+    }
+    world_.barrier();  // nobody runs ahead of a checkpoint that is not committed
     summary.last_checkpoint = path;
   };
 
   s.inputs.resize(MB * T);
   s.targets.resize(MB * T);
   const int64_t end = cfg.train.stop_at > 0 ? std::min(cfg.train.stop_at, cfg.train.steps) : cfg.train.steps;
-  const int64_t micro_steps = GB / MB;
+  const int64_t micro_steps = local_batch / MB;
   const float loss_scale = 1.0f / static_cast<float>(GB * T);
   const auto start_time = Clock::now();
   double train_seconds = 0;
@@ -201,42 +254,56 @@ RunSummary Trainer::run() {
   auto evaluate = [&](int64_t step) {
     if (!s.loader || cfg.train.eval_batches <= 0) return;
     double total = 0;
-    for (int64_t k = 0; k < cfg.train.eval_batches; ++k) {
+    for (int64_t k = dp_rank; k < cfg.train.eval_batches; k += dp) {
       s.loader->fill(data::Split::val, k, MB, 0, MB, s.inputs.data(), s.targets.data());
       total += s.model->loss(s.inputs.data(), s.targets.data(), MB, T);
     }
+    s.grid->dp_group().all_reduce(&total, 1, comm::ReduceOp::sum);
     const double val = total / cfg.train.eval_batches;
     summary.last_val_loss = val;
     log->info("eval step {} | val_loss {:.4f} | val_ppl {:.2f}", step, val, std::exp(val));
-    s.metrics << fmt::format("{{\"step\":{},\"val_loss\":{:.8g},\"val_ppl\":{:.8g}}}\n", step, val, std::exp(val));
-    s.metrics.flush();
+    if (io) {
+      s.metrics << fmt::format("{{\"step\":{},\"val_loss\":{:.8g},\"val_ppl\":{:.8g}}}\n", step, val,
+                               std::exp(val));
+      s.metrics.flush();
+    }
   };
 
+  int32_t stop = 0;
   while (s.train.step < end) {
-    if (g_stop_signal) break;
+    // Every rank agrees at the step boundary whether a stop signal arrived anywhere.
+    stop = static_cast<int32_t>(g_stop_signal);
+    world_.all_reduce(&stop, 1, comm::ReduceOp::max);
+    if (stop) break;
     const int64_t step = s.train.step;
     const auto t0 = Clock::now();
     params.zero_grads();
     double loss = 0;
     for (int64_t micro = 0; micro < micro_steps; ++micro) {
+      const int64_t first = dp_rank * local_batch + micro * MB;  // in the global batch
       if (s.loader)
-        s.loader->fill(data::Split::train, step, GB, micro * MB, MB, s.inputs.data(), s.targets.data());
+        s.loader->fill(data::Split::train, step, GB, first, MB, s.inputs.data(), s.targets.data());
       else
-        synthetic_batch(cfg.train.seed, step, micro * MB, MB, T, dims.V, s.inputs.data(), s.targets.data());
+        synthetic_batch(cfg.train.seed, step, first, MB, T, dims.V, s.inputs.data(), s.targets.data());
+      if (micro == micro_steps - 1) s.dp->arm();  // reduce buckets during the last backward
       loss += s.model->forward_backward(s.inputs.data(), s.targets.data(), MB, T, loss_scale) / micro_steps;
     }
-    const double norm = grad_norm(params);
+    double comm_s = s.dp->finish_reduction();
+    const auto tc = Clock::now();
+    s.grid->dp_group().all_reduce(&loss, 1, comm::ReduceOp::avg);
+    const double norm = s.dp->grad_norm();
+    comm_s += std::chrono::duration<double>(Clock::now() - tc).count();
     KUMIKO_USER_CHECK(std::isfinite(loss) && std::isfinite(norm), "training diverged at step ", step + 1,
                       ": loss ", loss, ", gradient norm ", norm,
                       " (lower train.lr or raise train.warmup_steps)");
     const double clip =
         cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip ? cfg.train.grad_clip / (norm + 1e-6) : 1.0;
     const double lr = learning_rate(cfg.train, step);
-    s.optimizer->step(params, lr, clip);
+    comm_s += s.dp->step(lr, clip);
     s.train.step = step + 1;
     s.train.loader_step = step + 1;
     s.train.tokens_seen += GB * T;
-    s.train.optimizer_steps = s.optimizer->steps_taken();
+    s.train.optimizer_steps = s.dp->optimizer_steps();
     ++steps_here;
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     train_seconds += dt;
@@ -245,35 +312,36 @@ RunSummary Trainer::run() {
 
     const double tokens_per_s = static_cast<double>(GB * T) / dt;
     const double mfu = cfg.backend.peak_gflops > 0
-                           ? tokens_per_s * flops_per_token / (cfg.backend.peak_gflops * 1e9)
+                           ? tokens_per_s * flops_per_token / (cfg.backend.peak_gflops * 1e9 * world_.size())
                            : 0.0;
-    s.metrics << fmt::format(
-        "{{\"step\":{},\"loss\":{:.8g},\"lr\":{:.8g},\"grad_norm\":{:.8g},\"tokens_per_s\":{:.1f},"
-        "\"mfu\":{:.6f},\"step_s\":{:.6f}}}\n",
-        s.train.step, loss, lr, norm, tokens_per_s, mfu, dt);
+    if (io)
+      s.metrics << fmt::format(
+          "{{\"step\":{},\"loss\":{:.8g},\"lr\":{:.8g},\"grad_norm\":{:.8g},\"tokens_per_s\":{:.1f},"
+          "\"mfu\":{:.6f},\"step_s\":{:.6f},\"comm_s\":{:.6f}}}\n",
+          s.train.step, loss, lr, norm, tokens_per_s, mfu, dt, comm_s);
     const bool last = s.train.step == end;
     if (cfg.log.every_steps > 0 && (s.train.step % cfg.log.every_steps == 0 || last)) {
       const double eta = train_seconds / steps_here * static_cast<double>(end - s.train.step);
-      log->info("step {:>5}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {:.0f} tok/s | mfu {} | eta {}",
+      log->info("step {:>5}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {:.0f} tok/s | mfu {} | comm {:.0f} ms | eta {}",
                 s.train.step, cfg.train.steps, loss, lr, norm, tokens_per_s,
                 cfg.backend.peak_gflops > 0 ? fmt::format("{:.1f}%", 100 * mfu) : std::string("n/a"),
-                format_duration(eta));
+                1e3 * comm_s, format_duration(eta));
     }
     if ((cfg.train.eval_every > 0 && s.train.step % cfg.train.eval_every == 0) || last) evaluate(s.train.step);
     if (cfg.checkpoint.every_steps > 0 && s.train.step % cfg.checkpoint.every_steps == 0 && !last)
       save("periodic");
   }
-  s.metrics.flush();
+  if (io) s.metrics.flush();
 
-  if (g_stop_signal && s.train.step < end) {
+  if (stop && s.train.step < end) {
     log->warn("received {} at step {}: saving a checkpoint and exiting with code {}",
-              g_stop_signal == SIGTERM ? "SIGTERM" : "SIGUSR1", s.train.step, kExitPreempted);
+              stop == SIGTERM ? "SIGTERM" : "SIGUSR1", s.train.step, kExitPreempted);
     save("preemption");
     summary.preempted = true;
     return summary;
   }
   save("final");
-  if (s.train.step == cfg.train.steps)
+  if (io && s.train.step == cfg.train.steps)
     write_weights((run_dir / "weights_final.h5").string(), params,
                   {s.meta.config_ini, s.meta.tokenizer_sha256, s.meta.tokenizer_path, s.train.step});
   log->info("done: step {} of {} in {}, checkpoint {}", s.train.step, cfg.train.steps,

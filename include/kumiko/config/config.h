@@ -65,6 +65,7 @@ struct ParallelConfig {
   int tp = 1;
   int pp = 1;
   int zero = 0;  // 0 = replicated optimizer state, 1 = ZeRO-1 (sharded over dp)
+  double bucket_mb = 25.0;  // gradient bucket size for the data-parallel reduction (MB)
 };
 
 struct BackendConfig {

@@ -5,6 +5,8 @@
 // Templated on the element type: float for training, double for the
 // finite-difference gradient checks of the same code path.
 #include <cstdint>
+#include <functional>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -64,16 +66,22 @@ class Transformer {
   // Logits of the last position of each sequence: out [B, V].
   void last_logits(const int32_t* inputs, int64_t B, int64_t Tn, T* out);
 
+  // Called during backward with each parameter index as soon as its gradient for
+  // this micro-batch is complete (data parallelism starts reducing buckets then).
+  void set_grad_ready_hook(std::function<void(int)> hook) { grad_ready_ = std::move(hook); }
+
  private:
   struct Activations;
   void forward(const int32_t* inputs, int64_t B, int64_t Tn);
   void backward(const int32_t* inputs, int64_t B, int64_t Tn);
+  void notify(std::initializer_list<int> indices);
 
   Dims dims_;
   int64_t batch_;
   int64_t seq_len_;
   ParameterStore<T> params_;
   std::unique_ptr<Activations> act_;
+  std::function<void(int)> grad_ready_;
 };
 
 }  // namespace kumiko::model

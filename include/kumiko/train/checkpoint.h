@@ -27,16 +27,17 @@ struct CheckpointMeta {
 };
 
 // Writes and commits a checkpoint (temp file, fsync, rename). Returns bytes written.
+// m and v are AdamW's moments in the flat layout of `params` (full, unsharded).
 int64_t save_checkpoint(const std::string& path, const model::ParameterStore<float>& params,
-                        const AdamW<float>& optimizer, const TrainState& state,
+                        const float* m, const float* v, const TrainState& state,
                         const CheckpointMeta& meta, int write_delay_ms = 0);
 
-// Loads a checkpoint into params and optimizer after checking that its model
+// Loads a checkpoint into params and the flat moments m, v after checking that its model
 // configuration and tokenizer match `config` / `tokenizer_sha256` (a UserError
 // lists every differing key: "model.d_model: checkpoint 128, config 256").
 TrainState load_checkpoint(const std::string& path, const config::Config& config,
                            const std::string& tokenizer_sha256,
-                           model::ParameterStore<float>& params, AdamW<float>& optimizer);
+                           model::ParameterStore<float>& params, float* m, float* v);
 
 // The [model] keys on which `a` and `b` differ, as "key: checkpoint X, config Y; ...".
 std::string model_config_diff(const std::string& checkpoint_ini, const std::string& config_ini);

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kumiko/comm/communicator.h"
 #include "kumiko/config/config.h"
 
 namespace kumiko::train {
@@ -28,13 +29,15 @@ struct RunSummary {
 
 class Trainer {
  public:
-  explicit Trainer(config::Config config);
+  // `world` holds the ranks of this job (dp x tp x pp of them).
+  Trainer(config::Config config, comm::Communicator& world);
   ~Trainer();
   RunSummary run();
 
  private:
   struct State;
   config::Config config_;
+  comm::Communicator& world_;
   std::unique_ptr<State> state_;
 };
 

@@ -207,7 +207,8 @@ void check_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, u
 
 TEST_F(GradOps, AttentionGroupedQuery) {
   check_attention(2, 13, 4, 2, 8, 70);
-  check_attention(1, 40, 2, 1, 8, 71);  // spans two key tiles
+  check_attention(1, 40, 2, 1, 8, 71);
+  check_attention(1, 70, 2, 1, 4, 72);  // two 64-row blocks, partial last (off-diagonal path)
 }
 
 TEST_F(GradOps, AttentionMultiHead) { check_attention(1, 9, 2, 2, 16, 80); }

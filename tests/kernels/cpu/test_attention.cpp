@@ -1,5 +1,5 @@
 // rope and causal GQA attention: fast float kernels vs the double reference, plus
-// determinism. T is chosen to span several 32-wide tiles with a partial last tile.
+// determinism. T is chosen to span several 64-row blocks with a partial last block.
 #include "kernels/cpu/reference/attention.h"
 #include "kumiko/ops/attention.h"
 #include "kumiko/ops/rope.h"
@@ -65,8 +65,13 @@ void run_attention(Shape s, uint32_t seed) {
 
 TEST(Attention, GroupedQueryMatchesReference) {
   run_attention({2, 13, 4, 2, 8}, 70);
-  run_attention({1, 70, 4, 2, 16}, 71);  // 3 tiles, partial last
-  run_attention({1, 64, 6, 1, 8}, 72);   // multi-query, exact tiles
+  run_attention({1, 70, 4, 2, 16}, 71);  // 2 blocks, partial last
+  run_attention({1, 64, 6, 1, 8}, 72);   // multi-query, exact block
+  run_attention({2, 128, 2, 1, 8}, 73);  // exact blocks, off-diagonal path
+}
+
+TEST(Attention, LargerShapeMatchesReference) {
+  run_attention({2, 200, 4, 2, 64}, 75);  // 4 blocks (last partial), model-sized head dim
 }
 
 TEST(Attention, MultiHeadMatchesReference) {
@@ -89,6 +94,26 @@ TEST(Attention, DeterministicAcrossCallsAndThreads) {
     out.insert(out.end(), r.begin(), r.end());
     return out;
   }, "attention");
+}
+
+// Each task's arithmetic is independent of the thread running it: bitwise equal
+// results for 1 and 2 threads (dqkv accumulated onto non-zero values).
+TEST(Attention, BitwiseEqualAcrossThreadCounts) {
+  const Shape s{3, 150, 6, 2, 32};
+  const auto qkv = random_vec(s.qkv(), 95, 1.5), dout = random_vec(s.out(), 96);
+  auto run = [&] {
+    std::vector<float> out(s.out()), lse(s.lse()), dqkv = random_vec(s.qkv(), 97);
+    attention_forward<float>(out.data(), lse.data(), qkv.data(), s.B, s.T, s.Hq, s.Hkv, s.D);
+    attention_backward<float>(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B,
+                              s.T, s.Hq, s.Hkv, s.D);
+    out.insert(out.end(), lse.begin(), lse.end());
+    out.insert(out.end(), dqkv.begin(), dqkv.end());
+    return out;
+  };
+  std::vector<float> one, two;
+  test::with_threads(1, [&] { one = run(); });
+  test::with_threads(2, [&] { two = run(); });
+  test::expect_bitwise_equal(one, two, "attention 1 vs 2 threads");
 }
 
 }  // namespace

@@ -52,7 +52,8 @@ std::string temp_dir(const std::string& name) {
 
 std::vector<double> run(const config::Config& c) {
   log::init({0, 1, "warn", false});
-  Trainer t(c);
+  auto world = comm::make_local();
+  Trainer t(c, *world);
   return t.run().losses;
 }
 

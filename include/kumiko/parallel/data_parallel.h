@@ -1,0 +1,80 @@
+#pragma once
+// Data parallelism: gradient buckets reduced across the dp group while backward
+// is still running, and ZeRO-1 (optimizer state sharded across dp).
+//
+// Buckets are contiguous ranges of the flat gradient buffer, formed from the end
+// (the last layers, whose gradients backward produces first) until each holds at
+// least `bucket_bytes`. When every parameter of a bucket has its final gradient
+// (the model's grad-ready hook, on the last micro-batch of a step), the bucket's
+// non-blocking reduction starts:
+//   zero = 0: all_reduce(sum) in place; every rank then updates all parameters.
+//   zero = 1: reduce_scatter(sum): rank r receives the reduced slice r of each
+//             bucket, updates only that slice with its shard of AdamW's moments,
+//             and all_gather rebuilds the full parameters on every rank.
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kumiko/comm/communicator.h"
+#include "kumiko/model/parameters.h"
+#include "kumiko/train/optimizer.h"
+
+namespace kumiko::parallel {
+
+class DataParallel {
+ public:
+  DataParallel(comm::Communicator& dp, model::ParameterStore<float>& params, int zero, int64_t bucket_bytes,
+               train::AdamWSettings adamw);
+
+  // Arms the hook for the last micro-batch of a step; returns the hook to install
+  // on the model (it ignores calls while not armed).
+  void arm() { armed_ = true; }
+  void on_grad_ready(int param_index);
+  // Waits for every bucket (starting any not yet started). Returns seconds waited.
+  double finish_reduction();
+  // Global gradient L2 norm (identical on every dp rank).
+  double grad_norm();
+  // AdamW step (with gradients multiplied by grad_scale), then with zero=1 the
+  // all_gather of the updated parameters. Returns seconds spent waiting on comm.
+  double step(double lr, double grad_scale);
+
+  int64_t optimizer_steps() const { return steps_; }
+  void set_optimizer_steps(int64_t s) { steps_ = s; }
+  // AdamW moments in the flat parameter layout (full tensors), for checkpoints:
+  // gathered from the shards with zero=1.
+  void gather_moments(std::vector<float>& m, std::vector<float>& v);
+  // Sets the moments from full flat-layout arrays (each rank keeps its shard).
+  void scatter_moments(const float* m, const float* v);
+  size_t num_buckets() const { return buckets_.size(); }
+  int64_t shard_elements() const { return shard_size_; }
+
+ private:
+  struct Bucket {
+    int64_t begin = 0, end = 0;         // flat range
+    std::vector<int> params;            // parameter indices inside
+    int pending = 0;                    // parameters whose gradient is not ready yet
+    std::vector<int64_t> counts;        // zero=1: slice of each dp rank
+    int64_t own_begin = 0, own_end = 0; // zero=1: this rank's slice (flat range)
+    int64_t shard_offset = 0;           // zero=1: where the slice sits in the shard buffers
+    std::unique_ptr<comm::Request> request;
+  };
+  void start(Bucket& b);
+  // Calls f(param_index, flat_begin, flat_end) for every parameter range inside [begin, end).
+  template <typename F>
+  void for_param_ranges(int64_t begin, int64_t end, F&& f) const;
+
+  comm::Communicator& dp_;
+  model::ParameterStore<float>& params_;
+  int zero_;
+  train::AdamWSettings adamw_;
+  std::vector<Bucket> buckets_;
+  std::vector<int> bucket_of_param_;
+  std::vector<int64_t> param_begin_;  // flat offsets
+  bool armed_ = false;
+  int64_t steps_ = 0;
+  // zero=0: moments for the whole flat buffer; zero=1: for this rank's slices only.
+  std::vector<float> m_, v_, shard_grads_;
+  int64_t shard_size_ = 0;
+};
+
+}  // namespace kumiko::parallel
