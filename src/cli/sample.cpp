@@ -14,6 +14,7 @@
 #include "kumiko/data/tokenizer.h"
 #include "kumiko/model/transformer.h"
 #include "kumiko/train/trainer.h"
+#include "kumiko/train/sampler.h"
 #include "kumiko/train/weights.h"
 
 namespace kumiko::cli {
@@ -23,29 +24,9 @@ struct SampleOptions {
   std::string checkpoint;
   std::string prompt = "\n";
   std::string tokenizer;  // default: the tokenizer recorded in the weights file
-  int max_new_tokens = 200;
-  double temperature = 0.8;
-  int top_k = 40;
-  uint64_t seed = 1;
+  train::SamplingOptions sampling;
   int threads = 0;
 };
-
-int sample_token(const std::vector<float>& logits, const SampleOptions& o, uint64_t key, uint64_t i) {
-  const int V = static_cast<int>(logits.size());
-  if (o.temperature <= 0) return static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-  std::vector<int> order(V);
-  for (int v = 0; v < V; ++v) order[v] = v;
-  const int k = o.top_k > 0 ? std::min(o.top_k, V) : V;
-  std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                    [&](int a, int b) { return logits[a] > logits[b]; });
-  std::vector<double> p(k);
-  double sum = 0;
-  for (int j = 0; j < k; ++j) sum += p[j] = std::exp((logits[order[j]] - logits[order[0]]) / o.temperature);
-  double u = rng::uniform(key, i) * sum;
-  for (int j = 0; j < k; ++j)
-    if ((u -= p[j]) <= 0) return order[j];
-  return order[k - 1];
-}
 
 int run_sample(const SampleOptions& o) {
   const train::WeightsInfo info = train::read_weights_info(o.checkpoint);
@@ -61,22 +42,13 @@ int run_sample(const SampleOptions& o) {
 
   const model::Dims dims = model::Dims::from(cfg.model);
   const int64_t window = cfg.data.seq_len;
-  model::Transformer<float> model(dims, 1, window);
+  model::Transformer<float> model(dims, 1, 1);  // parameters only: decoding uses the KV cache
   train::read_weights(o.checkpoint, model.params());
 
-  std::vector<int32_t> tokens = tokenizer.encode(o.prompt);
-  if (tokens.empty()) tokens.push_back(tokenizer.eos_id() >= 0 ? tokenizer.eos_id() : 0);
-  const size_t prompt_len = tokens.size();
-  const uint64_t key = rng::stream_key(o.seed, "sample");
-  std::vector<float> logits(dims.V);
-  for (int i = 0; i < o.max_new_tokens; ++i) {
-    const int64_t n = std::min<int64_t>(static_cast<int64_t>(tokens.size()), window);
-    model.last_logits(tokens.data() + tokens.size() - n, 1, n, logits.data());
-    tokens.push_back(sample_token(logits, o, key, static_cast<uint64_t>(i)));
-  }
-  std::printf("%s%s\n", o.prompt.c_str(),
-              tokenizer.decode(std::span<const int32_t>(tokens.data() + prompt_len, tokens.size() - prompt_len))
-                  .c_str());
+  std::vector<int32_t> prompt = tokenizer.encode(o.prompt);
+  if (prompt.empty()) prompt.push_back(tokenizer.eos_id() >= 0 ? tokenizer.eos_id() : 0);
+  const std::vector<int32_t> generated = train::generate(model, prompt, window, o.sampling);
+  std::printf("%s%s\n", o.prompt.c_str(), tokenizer.decode(generated).c_str());
   return 0;
 }
 
@@ -88,10 +60,10 @@ void add_sample_command(CLI::App& app, Registry& registry) {
   sub->add_option("--checkpoint", o->checkpoint, "Weights or checkpoint file (.h5)")->required();
   sub->add_option("--prompt", o->prompt, "Text to continue");
   sub->add_option("--tokenizer", o->tokenizer, "SentencePiece model (default: the one recorded in the file)");
-  sub->add_option("--max-new-tokens", o->max_new_tokens, "Tokens to generate")->check(CLI::Range(1, 1 << 20));
-  sub->add_option("--temperature", o->temperature, "Sampling temperature (0 = greedy)")->check(CLI::Range(0.0, 100.0));
-  sub->add_option("--top-k", o->top_k, "Sample among the k most likely tokens (0 = all)")->check(CLI::NonNegativeNumber);
-  sub->add_option("--seed", o->seed, "Random seed");
+  sub->add_option("--max-new-tokens", o->sampling.max_new_tokens, "Tokens to generate")->check(CLI::Range(1, 1 << 20));
+  sub->add_option("--temperature", o->sampling.temperature, "Sampling temperature (0 = greedy)")->check(CLI::Range(0.0, 100.0));
+  sub->add_option("--top-k", o->sampling.top_k, "Sample among the k most likely tokens (0 = all)")->check(CLI::NonNegativeNumber);
+  sub->add_option("--seed", o->sampling.seed, "Random seed");
   sub->add_option("--threads", o->threads, "Threads (0 = all cores)");
   registry.add({sub, [o] { return run_sample(*o); }, {}});
 }

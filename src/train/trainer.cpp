@@ -20,6 +20,8 @@
 #include "kumiko/model/transformer.h"
 #include "kumiko/train/checkpoint.h"
 #include "kumiko/train/optimizer.h"
+#include "kumiko/data/tokenizer.h"
+#include "kumiko/train/sampler.h"
 #include "kumiko/train/schedule.h"
 #include "kumiko/train/weights.h"
 
@@ -269,6 +271,19 @@ RunSummary Trainer::run() {
     }
   };
 
+  // Periodic samples ([log] sample_every) from rank 0, to watch the model learn.
+  std::unique_ptr<data::Tokenizer> tokenizer;
+  auto print_sample = [&](int64_t step) {
+    if (!io || !s.loader) return;
+    if (!tokenizer) tokenizer = std::make_unique<data::Tokenizer>(data::Tokenizer::load(s.loader->tokenizer_path()));
+    std::vector<int32_t> prompt = tokenizer->encode("\n");
+    if (prompt.empty()) prompt.push_back(tokenizer->eos_id());
+    SamplingOptions o;
+    o.max_new_tokens = 64;
+    o.seed = cfg.train.seed + static_cast<uint64_t>(step);
+    log->info("sample at step {}:\n{}", step, tokenizer->decode(generate(*s.model, prompt, T, o)));
+  };
+
   int32_t stop = 0;
   while (s.train.step < end) {
     // Every rank agrees at the step boundary whether a stop signal arrived anywhere.
@@ -328,6 +343,7 @@ RunSummary Trainer::run() {
                 1e3 * comm_s, format_duration(eta));
     }
     if ((cfg.train.eval_every > 0 && s.train.step % cfg.train.eval_every == 0) || last) evaluate(s.train.step);
+    if (cfg.log.sample_every > 0 && (s.train.step % cfg.log.sample_every == 0 || last)) print_sample(s.train.step);
     if (cfg.checkpoint.every_steps > 0 && s.train.step % cfg.checkpoint.every_steps == 0 && !last)
       save("periodic");
   }
