@@ -35,6 +35,7 @@ int run_train(const config::Config& config) {
     std::fflush(stderr);
     world.abort(user ? train::kExitUser : train::kExitInternal);
   }
+  return train::kExitInternal;  // not reached: abort() ends the process
 }
 
 }  // namespace

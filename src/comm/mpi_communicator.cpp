@@ -22,7 +22,6 @@ MPI_Datatype mpi_type(DType t) {
   }
   return MPI_DATATYPE_NULL;
 }
-size_t element_size(DType t) { return t == DType::f32 || t == DType::i32 ? 4 : 8; }
 MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::max ? MPI_MAX : MPI_SUM; }
 
 int to_int(int64_t n, const char* what) {
