@@ -1,31 +1,62 @@
-# kumiko_add_test(NAME <name> SOURCES <files...> LIBS <targets...>
-#                 LABELS <unit|mpi|gpu|slow|...> [NP <ranks>] [TIMEOUT <s>])
-# Registers one GoogleTest executable with ctest. With NP, the test runs under
-# mpirun with that many ranks (oversubscribed, root allowed: tests are tiny).
+# The one helper that registers every test with ctest.
+#
+#   kumiko_add_test(NAME <name> SOURCES <files...> LIBS <targets...>
+#                   LABELS <unit|mpi|gpu|slow|...> [NP <ranks...>] [TIMEOUT <s>] [ARGS ...])
+#     builds one GoogleTest executable; with NP it runs under mpirun once per listed
+#     rank count (oversubscribed, root allowed: tests are tiny). A source whose name
+#     contains "main" provides its own main(); otherwise gtest_main is linked.
+#
+#   kumiko_add_test(NAME <name> SCRIPT <file.sh> ARGS <...> LABELS <...> [TIMEOUT <s>])
+#     registers a bash script (integration tests of the kumiko binary); generator
+#     expressions such as $<TARGET_FILE:kumiko> may appear in ARGS. With KUMIKO_MPI
+#     the Open MPI root variables are set for it.
 find_package(GTest REQUIRED)
 include(GoogleTest)
 
+set(KUMIKO_TEST_MPI_ENV "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMP_NUM_THREADS=1")
+
 function(kumiko_add_test)
-  cmake_parse_arguments(T "" "NAME;NP;TIMEOUT" "SOURCES;LIBS;LABELS;ARGS" ${ARGN})
+  cmake_parse_arguments(T "" "NAME;TIMEOUT;SCRIPT" "SOURCES;LIBS;LABELS;ARGS;NP" ${ARGN})
+  if(NOT T_TIMEOUT)
+    set(T_TIMEOUT 300)
+  endif()
+  if(T_SCRIPT)
+    add_test(NAME ${T_NAME} COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/${T_SCRIPT} ${T_ARGS})
+    set_tests_properties(${T_NAME} PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT}
+      WORKING_DIRECTORY ${CMAKE_BINARY_DIR} ENVIRONMENT "${KUMIKO_TEST_MPI_ENV}")
+    return()
+  endif()
   add_executable(${T_NAME} ${T_SOURCES})
   target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} GTest::gtest kumiko::warnings)
-  if(NOT T_SOURCES MATCHES "main")
+  set(_has_main FALSE)
+  foreach(_src ${T_SOURCES})
+    get_filename_component(_base ${_src} NAME)
+    if(_base MATCHES "main")
+      set(_has_main TRUE)
+    endif()
+  endforeach()
+  if(NOT _has_main)
     target_link_libraries(${T_NAME} PRIVATE GTest::gtest_main)
   endif()
   target_compile_definitions(${T_NAME} PRIVATE
     KUMIKO_SOURCE_DIR="${CMAKE_SOURCE_DIR}" KUMIKO_BINARY_DIR="${CMAKE_BINARY_DIR}")
-  if(NOT T_TIMEOUT)
-    set(T_TIMEOUT 300)
-  endif()
   if(T_NP)
-    add_test(NAME ${T_NAME}
-      COMMAND ${MPIEXEC_EXECUTABLE} --oversubscribe --allow-run-as-root
-              ${MPIEXEC_NUMPROC_FLAG} ${T_NP} $<TARGET_FILE:${T_NAME}> ${T_ARGS})
-    set_tests_properties(${T_NAME} PROPERTIES ENVIRONMENT
-      "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMP_NUM_THREADS=1")
+    # One ctest entry per rank count: <name> for the first, <name>_np<n> for the others.
+    list(GET T_NP 0 _first)
+    foreach(_np ${T_NP})
+      set(_test ${T_NAME})
+      if(NOT _np EQUAL _first)
+        set(_test ${T_NAME}_np${_np})
+      endif()
+      add_test(NAME ${_test}
+        COMMAND ${MPIEXEC_EXECUTABLE} --oversubscribe ${MPIEXEC_NUMPROC_FLAG} ${_np}
+                $<TARGET_FILE:${T_NAME}> ${T_ARGS})
+      set_tests_properties(${_test} PROPERTIES ENVIRONMENT "${KUMIKO_TEST_MPI_ENV}" LABELS "${T_LABELS}"
+        TIMEOUT ${T_TIMEOUT} WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+    endforeach()
   else()
     add_test(NAME ${T_NAME} COMMAND ${T_NAME} ${T_ARGS})
+    set_tests_properties(${T_NAME} PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT}
+      WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
   endif()
-  set_tests_properties(${T_NAME} PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT}
-    WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
 endfunction()

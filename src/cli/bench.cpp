@@ -1,11 +1,17 @@
 // kumiko bench gemm: measures this machine's fp32 GEMM rate (the peak used for
 // MFU on CPUs, [backend] peak_gflops).
+// kumiko bench comm: under mpirun/srun, times all_reduce, reduce_scatter and
+// all_gather of float buffers over a range of sizes (docs/performance.md).
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <vector>
 
 #include "cli/commands.h"
+#include "kumiko/comm/communicator.h"
+#include "kumiko/core/error.h"
 #include "kumiko/core/rng.h"
 #include "kumiko/ops/matmul.h"
 #include "kumiko/train/trainer.h"
@@ -17,6 +23,13 @@ struct BenchOptions {
   int threads = 0;
   int size = 2048;
   int repeats = 5;
+};
+
+struct CommBenchOptions {
+  uint64_t min_bytes = 1024;         // 1 KiB
+  uint64_t max_bytes = 64ull << 20;  // 64 MiB
+  int iters = 20;
+  int warmup = 5;
 };
 
 int run_gemm(const BenchOptions& o) {
@@ -33,7 +46,82 @@ int run_gemm(const BenchOptions& o) {
     if (r > 0) best = std::max(best, 2.0 * n * n * n / dt / 1e9);  // first run warms up
   }
   std::printf("sgemm %ldx%ldx%ld: %.1f GFLOP/s (best of %d); use --backend.peak_gflops=%.0f\n",
-              static_cast<long>(n), static_cast<long>(n), static_cast<long>(n), best, o.repeats, best);
+              static_cast<long>(n), static_cast<long>(n), static_cast<long>(n), best, o.repeats,
+              best);
+  return 0;
+}
+
+// Seconds per call of `op`, averaged over `iters` calls after `warmup` untimed ones,
+// taken from the slowest rank (a collective is done when its last rank is done).
+template <typename Op>
+double time_collective(comm::Communicator& world, int warmup, int iters, Op op) {
+  for (int i = 0; i < warmup; ++i) op();
+  world.barrier();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < iters; ++i) op();
+  double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
+  world.all_reduce(&dt, 1, comm::ReduceOp::max);
+  return dt;
+}
+
+// Bandwidths as nccl-tests defines them (doc/PERFORMANCE.md in
+// github.com/NVIDIA/nccl-tests): algbw = bytes / time with `bytes` the full buffer
+// (for reduce_scatter the input, for all_gather the output), and busbw = algbw x
+// a factor that makes it comparable to the link's peak whatever the rank count n:
+//   all_reduce 2(n-1)/n; reduce_scatter and all_gather (n-1)/n.
+int run_comm(const CommBenchOptions& o) {
+  KUMIKO_USER_CHECK(o.min_bytes >= 4 && o.min_bytes <= o.max_bytes,
+                    "bench comm: expected 4 <= --min-bytes <= --max-bytes, got --min-bytes=",
+                    o.min_bytes, " --max-bytes=", o.max_bytes);
+  KUMIKO_USER_CHECK(o.max_bytes / 4 <= (1u << 30), "bench comm: --max-bytes=", o.max_bytes,
+                    " is above the 4 GiB this benchmark allows");
+  comm::Communicator& world = comm::world();  // MPI_Init under mpirun (bench comm only)
+  const int n = world.size();
+  const bool root = world.rank() == 0;
+  const double all_reduce_factor = 2.0 * (n - 1) / n,
+               gather_factor = static_cast<double>(n - 1) / n;
+  const int64_t max_count = static_cast<int64_t>(o.max_bytes / 4);
+  std::vector<float> buf(max_count), recv(max_count / n + 1);  // [max_count], [max_count / n]
+  rng::fill_normal(buf.data(), buf.size(), 1, "bench.comm", world.rank(), 1e-3f);
+  if (root) {
+    std::printf(
+        "kumiko bench comm: %d rank(s) (%s), float32, %d warmup + %d timed iterations, "
+        "time = mean per call on the slowest rank\n",
+        n, comm::mpi_available() ? "MPI" : "local", o.warmup, o.iters);
+    std::printf("%-15s %12s %12s %12s %12s %12s\n", "op", "bytes", "count", "time(us)",
+                "algbw(GB/s)", "busbw(GB/s)");
+  }
+  struct Row {
+    const char* op;
+    double factor;
+  };
+  for (const Row row : {Row{"all_reduce", all_reduce_factor}, Row{"reduce_scatter", gather_factor},
+                        Row{"all_gather", gather_factor}}) {
+    const std::string op = row.op;
+    for (uint64_t bytes = o.min_bytes; bytes <= o.max_bytes; bytes *= 4) {
+      int64_t count = static_cast<int64_t>(bytes / 4);
+      // Collectives over blocks: the largest multiple of n, every rank one equal block.
+      if (op != "all_reduce") count = std::max<int64_t>(count / n, 1) * n;
+      const std::vector<int64_t> counts(n, count / n);
+      double dt = 0;
+      if (op == "all_reduce") {
+        dt = time_collective(world, o.warmup, o.iters,
+                             [&] { world.all_reduce(buf.data(), count, comm::ReduceOp::sum); });
+      } else if (op == "reduce_scatter") {
+        dt = time_collective(world, o.warmup, o.iters, [&] {
+          world.reduce_scatter(buf.data(), recv.data(), counts, comm::ReduceOp::sum);
+        });
+      } else {
+        dt = time_collective(world, o.warmup, o.iters,
+                             [&] { world.all_gather(buf.data(), counts); });
+      }
+      const double full_bytes = 4.0 * static_cast<double>(count);
+      const double algbw = full_bytes / dt / 1e9;
+      if (root)
+        std::printf("%-15s %12.0f %12ld %12.1f %12.3f %12.3f\n", row.op, full_bytes,
+                    static_cast<long>(count), dt * 1e6, algbw, algbw * row.factor);
+    }
+  }
   return 0;
 }
 
@@ -46,8 +134,26 @@ void add_bench_command(CLI::App& app, Registry& registry) {
   gemm->add_option("--threads", o->threads, "Threads (0 = all cores)");
   gemm->add_option("--size", o->size, "Matrix size n (n x n x n)")->check(CLI::Range(16, 16384));
   gemm->add_option("--repeats", o->repeats, "Timed repetitions")->check(CLI::Range(1, 1000));
+
+  CLI::App* comm = bench->add_subcommand(
+      "comm",
+      "all_reduce / reduce_scatter / all_gather time and bandwidth (run under mpirun or srun)");
+  auto c = std::make_shared<CommBenchOptions>();
+  comm->add_option("--min-bytes", c->min_bytes, "Smallest buffer (e.g. 1KB; KB = 1024 B)")
+      ->transform(CLI::AsSizeValue(false))
+      ->capture_default_str();
+  comm->add_option("--max-bytes", c->max_bytes, "Largest buffer (e.g. 64MB); sizes grow 4x")
+      ->transform(CLI::AsSizeValue(false))
+      ->capture_default_str();
+  comm->add_option("--iters", c->iters, "Timed iterations per size")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  comm->add_option("--warmup", c->warmup, "Untimed iterations per size")
+      ->check(CLI::Range(0, 100000))
+      ->capture_default_str();
+
   bench->require_subcommand(1);
-  registry.add({bench, [o] { return run_gemm(*o); }, {}});
+  registry.add({bench, [o, c, comm] { return comm->parsed() ? run_comm(*c) : run_gemm(*o); }, {}});
 }
 
 }  // namespace kumiko::cli

@@ -22,9 +22,13 @@ int run_train(const config::Config& config) {
                     " x ", config.parallel.tp, " x ", config.parallel.pp, " = ", want,
                     " ranks, but the job has ", world.size(),
                     " (set the product equal to the number of processes)");
+  if (world.size() > 1)
+    log::get("comm")->info("{} ranks over {}; CUDA-aware MPI: {}", world.size(), comm::mpi_library_version(),
+                           comm::mpi_cuda_aware() ? "yes" : "no");
   try {
     train::Trainer trainer(config, world);
     const auto summary = trainer.run();
+    if (summary.diverged) return train::kExitNonFinite;
     return summary.preempted ? train::kExitPreempted : train::kExitOk;
   } catch (const std::exception& e) {
     if (world.size() == 1) throw;

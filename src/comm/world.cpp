@@ -1,11 +1,15 @@
 // The launcher's world: MPI when built with it (MPI_Init_thread on first use),
 // otherwise the local one-rank communicator.
 #include <memory>
+#include <string>
 
 #include "kumiko/comm/communicator.h"
 
 #ifdef KUMIKO_WITH_MPI
 #include <mpi.h>
+#if __has_include(<mpi-ext.h>)
+#include <mpi-ext.h>  // Open MPI's extensions: MPIX_Query_cuda_support
+#endif
 
 #include "mpi_communicator.h"
 #endif
@@ -20,6 +24,26 @@ bool mpi_available() {
   return true;
 #else
   return false;
+#endif
+}
+
+bool mpi_cuda_aware() {
+#if defined(KUMIKO_WITH_MPI) && defined(MPIX_CUDA_AWARE_SUPPORT) && MPIX_CUDA_AWARE_SUPPORT
+  return MPIX_Query_cuda_support() == 1;
+#else
+  return false;
+#endif
+}
+
+std::string mpi_library_version() {
+#ifdef KUMIKO_WITH_MPI
+  char version[MPI_MAX_LIBRARY_VERSION_STRING];
+  int len = 0;
+  MPI_Get_library_version(version, &len);
+  std::string v(version, len);
+  return v.substr(0, v.find_first_of(",\n"));
+#else
+  return "none (built with KUMIKO_MPI=OFF)";
 #endif
 }
 

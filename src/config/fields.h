@@ -54,6 +54,11 @@ void for_each_field(C& c, F&& f) {
   f("train.eval_every", t.eval_every, "steps between evaluations (0 = never)", nullptr);
   f("train.eval_batches", t.eval_batches, "batches per evaluation", nullptr);
   f("train.stop_at", t.stop_at, "stop after this step (0 = run to steps)", nullptr);
+  f("train.max_skipped_steps", t.max_skipped_steps, "non-finite steps in a row before exit 76", nullptr);
+  f("train.inject_nan_step", t.inject_nan_step, "testing only: poison this step's gradient", nullptr);
+  f("train.inject_nan_count", t.inject_nan_count, "testing only: poisoned steps in a row", nullptr);
+  f("train.inject_nan_rank", t.inject_nan_rank, "testing only: the rank whose gradient is poisoned",
+    nullptr);
 
   auto& p = c.parallel;
   f("parallel.dp", p.dp, "data-parallel ranks", nullptr);

@@ -130,6 +130,10 @@ void check_train(const Config& c, const Checker& check) {
   check.positive("train.eps", t.eps);
   check.non_negative("train.eval_every", t.eval_every);
   check.positive("train.eval_batches", t.eval_batches);
+  check.require(t.max_skipped_steps >= 1, "train.max_skipped_steps", "an integer >= 1", num(t.max_skipped_steps));
+  check.require(t.inject_nan_step >= 0, "train.inject_nan_step", "a step >= 0", num(t.inject_nan_step));
+  check.require(t.inject_nan_count >= 1, "train.inject_nan_count", "an integer >= 1", num(t.inject_nan_count));
+  check.require(t.inject_nan_rank >= 0, "train.inject_nan_rank", "a rank >= 0", num(t.inject_nan_rank));
   check.require(t.stop_at >= 0 && t.stop_at <= t.steps, "train.stop_at",
                 "0 (run to train.steps) or a step in [1, " + num(t.steps) + "]", num(t.stop_at));
 }

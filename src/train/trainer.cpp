@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "kumiko/ckpt/store.h"
 #include "kumiko/comm/communicator.h"
@@ -285,6 +286,7 @@ RunSummary Trainer::run() {
   };
 
   int32_t stop = 0;
+  int64_t consecutive_skips = 0;
   while (s.train.step < end) {
     // Every rank agrees at the step boundary whether a stop signal arrived anywhere.
     stop = static_cast<int32_t>(g_stop_signal);
@@ -293,6 +295,10 @@ RunSummary Trainer::run() {
     const int64_t step = s.train.step;
     const auto t0 = Clock::now();
     params.zero_grads();
+    const auto& t = cfg.train;
+    if (t.inject_nan_step > 0 && step + 1 >= t.inject_nan_step && step + 1 < t.inject_nan_step + t.inject_nan_count &&
+        world_.rank() == t.inject_nan_rank)
+      params.flat_grads()[0] = std::numeric_limits<float>::quiet_NaN();  // testing: poisons this rank's gradient
     double loss = 0;
     for (int64_t micro = 0; micro < micro_steps; ++micro) {
       const int64_t first = dp_rank * local_batch + micro * MB;  // in the global batch
@@ -308,9 +314,33 @@ RunSummary Trainer::run() {
     s.grid->dp_group().all_reduce(&loss, 1, comm::ReduceOp::avg);
     const double norm = s.dp->grad_norm();
     comm_s += std::chrono::duration<double>(Clock::now() - tc).count();
-    KUMIKO_USER_CHECK(std::isfinite(loss) && std::isfinite(norm), "training diverged at step ", step + 1,
-                      ": loss ", loss, ", gradient norm ", norm,
-                      " (lower train.lr or raise train.warmup_steps)");
+    // Every rank skips the same update when any rank saw a non-finite loss or gradient.
+    int32_t bad = !(std::isfinite(loss) && std::isfinite(norm));
+    world_.all_reduce(&bad, 1, comm::ReduceOp::max);
+    if (bad) {
+      ++consecutive_skips;
+      ++s.train.skipped_steps;
+      s.train.step = step + 1;
+      s.train.loader_step = step + 1;
+      s.train.tokens_seen += GB * T;
+      summary.skipped.push_back(step + 1);
+      summary.steps_taken = s.train.step;
+      log->warn("step {}: non-finite loss {} or gradient norm {}: update skipped on every rank ({} in a row, "
+                "limit train.max_skipped_steps = {})",
+                step + 1, loss, norm, consecutive_skips, cfg.train.max_skipped_steps);
+      if (io) s.metrics << fmt::format("{{\"step\":{},\"skipped\":1,\"skipped_total\":{}}}\n", step + 1,
+                                       s.train.skipped_steps);
+      if (consecutive_skips >= cfg.train.max_skipped_steps) {
+        log->error("{} non-finite steps in a row (train.max_skipped_steps): stopping with exit code {}; the "
+                   "weights were never updated from them; lower train.lr or check the data, then resume",
+                   consecutive_skips, kExitNonFinite);
+        if (io) s.metrics.flush();
+        summary.diverged = true;
+        return summary;
+      }
+      continue;
+    }
+    consecutive_skips = 0;
     const double clip =
         cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip ? cfg.train.grad_clip / (norm + 1e-6) : 1.0;
     const double lr = learning_rate(cfg.train, step);

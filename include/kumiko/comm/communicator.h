@@ -115,5 +115,10 @@ std::unique_ptr<Communicator> make_local();
 Communicator& world();
 void finalize_world();
 bool mpi_available();
+// Whether the MPI library can take device (CUDA) buffers directly; when it cannot,
+// GPU tensors go through NCCL or are staged through host memory.
+bool mpi_cuda_aware();
+// The MPI library's name and version (first line of MPI_Get_library_version).
+std::string mpi_library_version();
 
 }  // namespace kumiko::comm

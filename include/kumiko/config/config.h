@@ -58,6 +58,10 @@ struct TrainConfig {
   int64_t eval_every = 100;  // 0 = never
   int eval_batches = 8;
   int64_t stop_at = 0;  // 0 = run to steps; else stop (as if preempted) after this step
+  int64_t max_skipped_steps = 5;  // non-finite steps in a row before the run ends (exit 76)
+  int64_t inject_nan_step = 0;    // testing only: poison this step's gradient (0 = never)
+  int64_t inject_nan_count = 1;   // testing only: ... and this many steps after it in a row
+  int inject_nan_rank = 0;        // testing only: on this world rank
 };
 
 struct ParallelConfig {

@@ -17,6 +17,7 @@ inline constexpr int kExitOk = 0;
 inline constexpr int kExitInternal = 1;   // a bug or a system failure
 inline constexpr int kExitUser = 2;       // bad config, data or checkpoint
 inline constexpr int kExitPreempted = 75; // SIGTERM/SIGUSR1: checkpoint saved, resume later
+inline constexpr int kExitNonFinite = 76; // train.max_skipped_steps non-finite steps in a row
 
 struct RunSummary {
   std::vector<double> losses;  // training loss of every step taken by this process
@@ -24,6 +25,8 @@ struct RunSummary {
   int64_t first_step = 0;      // 0, or the step a checkpoint resumed from
   int64_t steps_taken = 0;     // last completed step
   bool preempted = false;      // stopped by a signal after saving a checkpoint
+  bool diverged = false;       // stopped after max_skipped_steps non-finite steps in a row
+  std::vector<int64_t> skipped;  // steps whose update was skipped (non-finite loss or gradient)
   std::string last_checkpoint; // path of the newest checkpoint written, if any
 };
 

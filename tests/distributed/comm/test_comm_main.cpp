@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <numeric>
 #include <random>
 #include <type_traits>
@@ -43,7 +45,8 @@ std::vector<T> expected_reduce(uint32_t seed, int64_t n, ReduceOp op, int size) 
   std::vector<T> out = rank_data<T>(seed, 0, n);
   for (int r = 1; r < size; ++r) {
     const auto d = rank_data<T>(seed, r, n);
-    for (int64_t i = 0; i < n; ++i) out[i] = op == ReduceOp::max ? std::max(out[i], d[i]) : out[i] + d[i];
+    for (int64_t i = 0; i < n; ++i)
+      out[i] = op == ReduceOp::max ? std::max(out[i], d[i]) : out[i] + d[i];
   }
   if (op == ReduceOp::avg)
     for (auto& x : out) x /= static_cast<T>(size);
@@ -55,7 +58,8 @@ void expect_close(const std::vector<T>& got, const std::vector<T>& want, const c
   ASSERT_EQ(got.size(), want.size()) << what;
   for (size_t i = 0; i < got.size(); ++i) {
     if constexpr (std::is_floating_point_v<T>) {
-      const double tol = (std::is_same_v<T, float> ? 1e-5 : 1e-12) * (1.0 + std::abs(double(want[i])));
+      const double tol =
+          (std::is_same_v<T, float> ? 1e-5 : 1e-12) * (1.0 + std::abs(double(want[i])));
       ASSERT_NEAR(got[i], want[i], tol) << what << " at " << i << " on rank " << w().rank();
     } else {
       ASSERT_EQ(got[i], want[i]) << what << " at " << i << " on rank " << w().rank();
@@ -182,8 +186,6 @@ TEST(SendRecv, Ring) {
     w().recv(in.data(), n, prev, 7);
     w().send(out.data(), n, next, 7);
   }
-  // With an odd ring size, rank size-1 (even) and rank 0 (even) both send first;
-  // MPI buffers messages this small (eager protocol), so the ring still completes.
   expect_close(in, rank_data<double>(61, prev, n), "ring recv");
 }
 
@@ -216,7 +218,8 @@ TEST(ProcessGrid, EveryFactorizationOfTheWorld) {
       for (int dp = 1; dp <= size; ++dp) {
         if (dp * tp * pp != size) continue;
         ++combos;
-        SCOPED_TRACE("dp=" + std::to_string(dp) + " tp=" + std::to_string(tp) + " pp=" + std::to_string(pp));
+        SCOPED_TRACE("dp=" + std::to_string(dp) + " tp=" + std::to_string(tp) +
+                     " pp=" + std::to_string(pp));
         config::ParallelConfig p;
         p.dp = dp;
         p.tp = tp;
@@ -260,7 +263,8 @@ TEST(ProcessGrid, EveryFactorizationOfTheWorld) {
     parallel::ProcessGrid g(w(), bad);
     ADD_FAILURE() << "expected UserError";
   } catch (const UserError& e) {
-    EXPECT_NE(std::string(e.what()).find("parallel.dp x parallel.tp x parallel.pp"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("parallel.dp x parallel.tp x parallel.pp"),
+              std::string::npos)
         << e.what();
   }
 }
@@ -270,6 +274,20 @@ TEST(Barrier, Completes) {
   SUCCEED();
 }
 
+// On ranks other than 0: prints only failed assertions, tagged with the rank.
+class FailurePrinter : public ::testing::EmptyTestEventListener {
+ public:
+  explicit FailurePrinter(int rank) : rank_(rank) {}
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (!r.failed()) return;
+    std::fprintf(stderr, "[rank %d] %s:%d: failure\n%s\n", rank_,
+                 r.file_name() ? r.file_name() : "?", r.line_number(), r.summary());
+  }
+
+ private:
+  int rank_;
+};
+
 }  // namespace
 }  // namespace kumiko::comm
 
@@ -277,13 +295,17 @@ int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   auto& world = kumiko::comm::world();  // MPI_Init under mpirun
   auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-  if (world.rank() != 0) delete listeners.Release(listeners.default_result_printer());
+  if (world.rank() != 0) {
+    delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new kumiko::comm::FailurePrinter(world.rank()));
+  }
   const int local = RUN_ALL_TESTS();
   // A failure on any rank fails every rank (and so mpirun's exit code).
   int32_t failed = local != 0 ? 1 : 0;
   world.all_reduce(&failed, 1, kumiko::comm::ReduceOp::sum);
   if (world.rank() == 0 && failed > 0)
-    std::fprintf(stderr, "test_comm: %d rank(s) failed (rank 0's output above)\n", failed);
+    std::fprintf(stderr, "test_comm: %d rank(s) failed (other ranks' failures: [rank N])\n",
+                 failed);
   kumiko::comm::finalize_world();
   return failed > 0 ? 1 : 0;
 }

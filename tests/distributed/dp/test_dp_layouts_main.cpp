@@ -171,6 +171,25 @@ TEST_P(Layouts, ResumeOnAnyLayout) {
   expect_close(two, straight, arch + " resumed dp=4,zero=1 -> dp=2,zero=0");
 }
 
+// A NaN gradient on one rank only: every rank skips the same step, and the run is
+// otherwise the run without that update.
+TEST_P(Layouts, NonFiniteGradientOnOneRankIsSkippedEverywhere) {
+  auto& world = comm::world();
+  for (int zero : {0, 1}) {
+    auto c = tiny(GetParam(), g_root + "/" + GetParam() + "-nan-z" + std::to_string(zero));
+    c.parallel.dp = 4;
+    c.parallel.zero = zero;
+    c.train.steps = 6;
+    c.train.inject_nan_step = 4;
+    c.train.inject_nan_rank = 2;
+    train::Trainer t(c, world);
+    const auto r = t.run();
+    EXPECT_EQ(r.skipped, std::vector<int64_t>{4}) << "rank " << world.rank();
+    EXPECT_EQ(r.losses.size(), 5u);
+    for (double l : r.losses) EXPECT_TRUE(std::isfinite(l));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Arch, Layouts, ::testing::Values("gpt2", "llama"));
 
 }  // namespace

@@ -139,6 +139,48 @@ TEST(Weights, WrongModelIsRefusedNamingTheTensor) {
   }
 }
 
+// A non-finite gradient never updates the weights: the step is skipped (and
+// counted); train.max_skipped_steps in a row end the run.
+TEST(NonFinite, PoisonedStepIsSkippedAndWeightsUnchanged) {
+  auto skipped = tiny_config("gpt2", temp_dir("nan3"));
+  skipped.train.steps = 3;
+  skipped.train.warmup_steps = 0;
+  skipped.train.decay = "constant";
+  skipped.train.inject_nan_step = 3;
+  auto two = skipped;
+  two.log.run_dir = temp_dir("nan2");
+  two.train.steps = 2;
+  two.train.inject_nan_step = 0;
+  log::init({0, 1, "error", false});
+  auto world = comm::make_local();
+  const auto a = Trainer(skipped, *world).run();
+  const auto b = Trainer(two, *world).run();
+  EXPECT_EQ(a.skipped, std::vector<int64_t>{3});
+  EXPECT_FALSE(a.diverged);
+  ASSERT_EQ(a.losses.size(), 2u);
+  EXPECT_EQ(a.losses, b.losses);
+  const auto dims = model::Dims::from(skipped.model);
+  model::Transformer<float> ma(dims, 1, 16), mb(dims, 1, 16);
+  read_weights(skipped.log.run_dir + "/weights_final.h5", ma.params());
+  read_weights(two.log.run_dir + "/weights_final.h5", mb.params());
+  const auto& fa = ma.params().flat_values();
+  EXPECT_EQ(0, std::memcmp(fa.data(), mb.params().flat_values().data(), fa.bytes()));
+}
+
+TEST(NonFinite, TooManyInARowEndTheRun) {
+  auto c = tiny_config("llama", temp_dir("nanmax"));
+  c.train.steps = 10;
+  c.train.inject_nan_step = 2;
+  c.train.inject_nan_count = 5;
+  c.train.max_skipped_steps = 3;
+  log::init({0, 1, "error", false});
+  auto world = comm::make_local();
+  const auto r = Trainer(c, *world).run();
+  EXPECT_TRUE(r.diverged);
+  EXPECT_EQ(r.skipped, (std::vector<int64_t>{2, 3, 4}));
+  EXPECT_EQ(r.steps_taken, 4);
+}
+
 INSTANTIATE_TEST_SUITE_P(Arch, TrainerArch, ::testing::Values("gpt2", "llama"));
 
 }  // namespace
