@@ -66,6 +66,10 @@ void for_each_field(C& c, F&& f) {
   f("parallel.pp", p.pp, "pipeline stages", nullptr);
   f("parallel.zero", p.zero, "ZeRO stage: 0 or 1 (shard optimizer state over dp)", "0|1");
   f("parallel.bucket_mb", p.bucket_mb, "gradient bucket size (MB) reduced while backward runs", nullptr);
+  f("parallel.sequence_parallel", p.sequence_parallel, "tp: shard norms and residuals along the sequence",
+    nullptr);
+  f("parallel.comm_timeout_s", p.comm_timeout_s, "watchdog: seconds before a stalled collective ends the job",
+    nullptr);
 
   auto& b = c.backend;
   f("backend.device", b.device, "where the ops run", "cpu|cuda");

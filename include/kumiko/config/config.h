@@ -70,6 +70,8 @@ struct ParallelConfig {
   int pp = 1;
   int zero = 0;  // 0 = replicated optimizer state, 1 = ZeRO-1 (sharded over dp)
   double bucket_mb = 25.0;  // gradient bucket size for the data-parallel reduction (MB)
+  bool sequence_parallel = false;  // tp: shard norm/residual regions along the sequence
+  double comm_timeout_s = 300;     // watchdog: a collective or send/recv slower than this ends the job
 };
 
 struct BackendConfig {
