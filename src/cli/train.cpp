@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "kumiko/comm/communicator.h"
+#include "kumiko/comm/watchdog.h"
 #include "kumiko/config/config.h"
 #include "kumiko/core/log.h"
 #include "kumiko/train/trainer.h"
@@ -22,6 +23,7 @@ int run_train(const config::Config& config) {
                     " x ", config.parallel.tp, " x ", config.parallel.pp, " = ", want,
                     " ranks, but the job has ", world.size(),
                     " (set the product equal to the number of processes)");
+  if (world.size() > 1) comm::Watchdog::start(config.parallel.comm_timeout_s);
   if (world.size() > 1)
     log::get("comm")->info("{} ranks over {}; CUDA-aware MPI: {}", world.size(), comm::mpi_library_version(),
                            comm::mpi_cuda_aware() ? "yes" : "no");

@@ -42,8 +42,9 @@ void scale_avg(void* data, int64_t n, DType t, int size) {
 
 class MpiRequest : public Request {
  public:
-  MpiRequest(MPI_Request r, std::string what, std::function<void()> after)
-      : request_(r), what_(std::move(what)), after_(std::move(after)) {}
+  // slot: the watchdog's registration of this operation, ended on completion.
+  MpiRequest(MPI_Request r, std::string what, int slot, std::function<void()> after)
+      : request_(r), what_(std::move(what)), after_(std::move(after)), slot_(slot) {}
   ~MpiRequest() override {
     if (!done_) {
       try {
@@ -54,13 +55,17 @@ class MpiRequest : public Request {
   }
   void wait() override {
     if (done_) return;
-    check(MPI_Wait(&request_, MPI_STATUS_IGNORE), what_);
+    const int rc = MPI_Wait(&request_, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) release();
+    check(rc, what_);
     finish();
   }
   bool test() override {
     if (done_) return true;
     int flag = 0;
-    check(MPI_Test(&request_, &flag, MPI_STATUS_IGNORE), what_);
+    const int rc = MPI_Test(&request_, &flag, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) release();
+    check(rc, what_);
     if (flag) finish();
     return done_;
   }
@@ -68,13 +73,55 @@ class MpiRequest : public Request {
  private:
   void finish() {
     done_ = true;
+    release();
     if (after_) after_();
+  }
+  void release() {
+    Watchdog::end(slot_);
+    slot_ = -1;
   }
   MPI_Request request_;
   std::string what_;
   std::function<void()> after_;
+  int slot_;
   bool done_ = false;
 };
+
+// The world rank of each member of `comm`.
+std::vector<int> world_ranks_of(MPI_Comm comm, int size) {
+  std::vector<int> mine(size), world(size);
+  std::iota(mine.begin(), mine.end(), 0);
+  MPI_Group group, world_group;
+  MPI_Comm_group(comm, &group);
+  MPI_Comm_group(MPI_COMM_WORLD, &world_group);
+  MPI_Group_translate_ranks(group, size, mine.data(), world_group, world.data());
+  MPI_Group_free(&group);
+  MPI_Group_free(&world_group);
+  return world;
+}
+
+// For the watchdog's messages: runs of 5 or more consecutive ranks become a range ("0-63").
+std::string rank_list(const std::vector<int>& world) {
+  std::string out;
+  const int size = static_cast<int>(world.size());
+  auto add = [&](int r) {
+    if (!out.empty()) out += ',';
+    out += std::to_string(r);
+  };
+  for (int i = 0; i < size;) {
+    int j = i;
+    while (j + 1 < size && world[j + 1] == world[j] + 1) ++j;
+    if (j - i >= 4) {
+      add(world[i]);
+      out += '-';
+      out += std::to_string(world[j]);
+    } else {
+      for (int k = i; k <= j; ++k) add(world[k]);
+    }
+    i = j + 1;
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -89,6 +136,10 @@ void check(int rc, const std::string& what) {
 struct MpiCommunicator::Impl {
   MPI_Comm comm = MPI_COMM_NULL;
   bool owned = false;
+  std::vector<int> world;  // world rank of each member
+  int peer_world(int peer) const {
+    return peer >= 0 && peer < static_cast<int>(world.size()) ? world[peer] : peer;
+  }
 };
 
 MpiCommunicator::MpiCommunicator(void* comm, bool owned, std::string name)
@@ -99,6 +150,8 @@ MpiCommunicator::MpiCommunicator(void* comm, bool owned, std::string name)
   check(MPI_Comm_rank(impl_->comm, &rank_), "MPI_Comm_rank");
   check(MPI_Comm_size(impl_->comm, &size_), "MPI_Comm_size");
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
+  impl_->world = world_ranks_of(impl_->comm, size_);
+  watch_ = Watchdog::group(name_, rank_list(impl_->world));
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -112,10 +165,14 @@ std::string MpiCommunicator::where(const char* op) const {
          std::to_string(size_) + ")";
 }
 
-void MpiCommunicator::barrier() { check(MPI_Barrier(impl_->comm), where("barrier")); }
+void MpiCommunicator::barrier() {
+  WatchScope watch("barrier", watch_);
+  check(MPI_Barrier(impl_->comm), where("barrier"));
+}
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key, const std::string& name) {
   MPI_Comm out;
+  WatchScope watch("split", watch_);
   check(MPI_Comm_split(impl_->comm, color, key, &out), where("split"));
   return std::make_unique<MpiCommunicator>(&out, true, name);
 }
@@ -126,6 +183,7 @@ void MpiCommunicator::abort(int code) {
 }
 
 void MpiCommunicator::all_reduce_raw(void* data, int64_t n, DType t, ReduceOp op) {
+  WatchScope watch("all_reduce", watch_);
   check(MPI_Allreduce(MPI_IN_PLACE, data, to_int(n, "all_reduce"), mpi_type(t), mpi_op(op), impl_->comm),
         where("all_reduce"));
   if (op == ReduceOp::avg) scale_avg(data, n, t, size_);
@@ -136,7 +194,7 @@ std::unique_ptr<Request> MpiCommunicator::iall_reduce_raw(void* data, int64_t n,
   check(MPI_Iallreduce(MPI_IN_PLACE, data, to_int(n, "all_reduce"), mpi_type(t), mpi_op(op), impl_->comm, &r),
         where("all_reduce"));
   const int size = size_;
-  return std::make_unique<MpiRequest>(r, where("all_reduce"), [=] {
+  return std::make_unique<MpiRequest>(r, where("all_reduce"), Watchdog::begin("all_reduce", watch_), [=] {
     if (op == ReduceOp::avg) scale_avg(data, n, t, size);
   });
 }
@@ -153,7 +211,7 @@ std::unique_ptr<Request> MpiCommunicator::ireduce_scatter_raw(const void* send, 
         where("reduce_scatter"));
   const int64_t mine = counts[rank_];
   const int size = size_;
-  return std::make_unique<MpiRequest>(r, where("reduce_scatter"), [=] {
+  return std::make_unique<MpiRequest>(r, where("reduce_scatter"), Watchdog::begin("reduce_scatter", watch_), [=] {
     (void)icounts;  // kept alive until completion
     if (op == ReduceOp::avg) scale_avg(recv, mine, t, size);
   });
@@ -175,19 +233,23 @@ std::unique_ptr<Request> MpiCommunicator::iall_gather_raw(void* data, const std:
   check(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, icounts->data(), displs->data(), mpi_type(t),
                         impl_->comm, &r),
         where("all_gather"));
-  return std::make_unique<MpiRequest>(r, where("all_gather"), [icounts, displs] {});
+  return std::make_unique<MpiRequest>(r, where("all_gather"), Watchdog::begin("all_gather", watch_),
+                                      [icounts, displs] {});
 }
 
 void MpiCommunicator::broadcast_raw(void* data, int64_t n, DType t, int root) {
+  WatchScope watch("broadcast", watch_);
   check(MPI_Bcast(data, to_int(n, "broadcast"), mpi_type(t), root, impl_->comm), where("broadcast"));
 }
 
 void MpiCommunicator::send_raw(const void* data, int64_t n, DType t, int peer, int tag) {
+  WatchScope watch("send", watch_, impl_->peer_world(peer));
   check(MPI_Send(data, to_int(n, "send"), mpi_type(t), peer, tag, impl_->comm),
         where("send") + " to rank " + std::to_string(peer));
 }
 
 void MpiCommunicator::recv_raw(void* data, int64_t n, DType t, int peer, int tag) {
+  WatchScope watch("recv", watch_, impl_->peer_world(peer));
   check(MPI_Recv(data, to_int(n, "recv"), mpi_type(t), peer, tag, impl_->comm, MPI_STATUS_IGNORE),
         where("recv") + " from rank " + std::to_string(peer));
 }

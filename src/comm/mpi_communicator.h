@@ -6,6 +6,7 @@
 #include <string>
 
 #include "kumiko/comm/communicator.h"
+#include "kumiko/comm/watchdog.h"
 
 namespace kumiko::comm {
 
@@ -40,6 +41,7 @@ class MpiCommunicator : public Communicator {
   std::unique_ptr<Impl> impl_;
   std::string name_;
   int rank_ = 0, size_ = 1, world_rank_ = 0;
+  const WatchGroup* watch_ = nullptr;  // this group in the watchdog's messages
 };
 
 }  // namespace kumiko::comm

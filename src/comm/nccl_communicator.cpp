@@ -4,6 +4,7 @@
 // Every NCCL and CUDA return code is checked and turned into a CommError carrying
 // the library's message.
 #include "kumiko/comm/nccl.h"
+#include "kumiko/comm/watchdog.h"
 
 #ifdef KUMIKO_WITH_NCCL
 #include <cuda_runtime.h>
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 namespace kumiko::comm {
 namespace {
@@ -39,36 +41,67 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   return ncclSum;
 }
 
-// Completes when the work queued on the stream so far has finished.
+// Completes when the work queued on the stream so far has finished. Registered
+// with the watchdog (as `op` on `group`) from creation until wait()/test() completes.
 class EventRequest : public Request {
  public:
-  EventRequest(cudaStream_t stream, std::string what) : what_(std::move(what)) {
+  EventRequest(cudaStream_t stream, std::string what, const char* op, const WatchGroup* group)
+      : what_(std::move(what)) {
     check_cuda(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming), what_);
     check_cuda(cudaEventRecord(event_, stream), what_);
+    slot_ = Watchdog::begin(op, group);
   }
-  ~EventRequest() override { cudaEventDestroy(event_); }
-  void wait() override { check_cuda(cudaEventSynchronize(event_), what_); }
+  ~EventRequest() override {
+    Watchdog::end(slot_);
+    cudaEventDestroy(event_);
+  }
+  void wait() override {
+    const cudaError_t rc = cudaEventSynchronize(event_);
+    release();
+    check_cuda(rc, what_);
+  }
   bool test() override {
     const cudaError_t rc = cudaEventQuery(event_);
     if (rc == cudaErrorNotReady) return false;
+    release();
     check_cuda(rc, what_);
     return true;
   }
 
  private:
+  void release() {
+    Watchdog::end(slot_);
+    slot_ = -1;
+  }
   cudaEvent_t event_{};
   std::string what_;
+  int slot_ = -1;
 };
 
 class NcclCommunicator : public Communicator {
  public:
-  NcclCommunicator(ncclComm_t comm, std::string name, int world_rank)
+  // world_ranks: the members' world ranks for the watchdog's messages ("" if unknown).
+  NcclCommunicator(ncclComm_t comm, std::string name, int world_rank, const std::string& world_ranks)
       : comm_(comm), name_(std::move(name)), world_rank_(world_rank) {
     check(ncclCommUserRank(comm_, &rank_), "ncclCommUserRank");
     check(ncclCommCount(comm_, &size_), "ncclCommCount");
     check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    watch_ = Watchdog::group(name_ + " (NCCL)", world_ranks);
+    // The watchdog polls NCCL's asynchronous error and, when it fires, aborts the
+    // communicator (never a blocking destroy: peers may be gone).
+    ncclComm_t c = comm_;
+    const std::string group = name_;
+    watch_handler_ = Watchdog::add_handler([c] { ncclCommAbort(c); }, [c, group, world_rank] {
+      ncclResult_t async = ncclSuccess;
+      if (ncclCommGetAsyncError(c, &async) != ncclSuccess || async == ncclSuccess || async == ncclInProgress)
+        return std::string();
+      return "rank " + std::to_string(world_rank) + ": NCCL asynchronous error on group '" + group +
+             "': " + ncclGetErrorString(async) + "; ending the job (exit " + std::to_string(kWatchdogExitCode) +
+             ")";
+    });
   }
   ~NcclCommunicator() override {
+    Watchdog::remove_handler(watch_handler_);
     cudaStreamDestroy(stream_);
     ncclCommDestroy(comm_);
   }
@@ -78,6 +111,7 @@ class NcclCommunicator : public Communicator {
   int world_rank() const override { return world_rank_; }
 
   void barrier() override {
+    WatchScope watch("barrier", watch_);
     int32_t* one = nullptr;
     check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&one), sizeof(int32_t), stream_), where("barrier"));
     check(ncclAllReduce(one, one, 1, ncclInt32, ncclSum, comm_, stream_), where("barrier"));
@@ -87,9 +121,10 @@ class NcclCommunicator : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override {
     ncclComm_t out;
     check(ncclCommSplit(comm_, color, key, &out, nullptr), where("split"));
-    return std::make_unique<NcclCommunicator>(out, name, world_rank_);
+    return std::make_unique<NcclCommunicator>(out, name, world_rank_, "");
   }
   [[noreturn]] void abort(int code) override {
+    Watchdog::remove_handler(watch_handler_);
     ncclCommAbort(comm_);  // never a blocking destroy on failure
     std::_Exit(code);
   }
@@ -101,7 +136,7 @@ class NcclCommunicator : public Communicator {
   std::unique_ptr<Request> iall_reduce_raw(void* data, int64_t n, DType t, ReduceOp op) override {
     check(ncclAllReduce(data, data, static_cast<size_t>(n), nccl_type(t), nccl_op(op), comm_, stream_),
           where("all_reduce"));
-    return std::make_unique<EventRequest>(stream_, where("all_reduce"));
+    return std::make_unique<EventRequest>(stream_, where("all_reduce"), "all_reduce", watch_);
   }
   std::unique_ptr<Request> ireduce_scatter_raw(const void* send, void* recv, const std::vector<int64_t>& counts,
                                                DType t, ReduceOp op) override {
@@ -124,7 +159,7 @@ class NcclCommunicator : public Communicator {
       }
       check(ncclGroupEnd(), where("reduce_scatter"));
     }
-    return std::make_unique<EventRequest>(stream_, where("reduce_scatter"));
+    return std::make_unique<EventRequest>(stream_, where("reduce_scatter"), "reduce_scatter", watch_);
   }
   std::unique_ptr<Request> iall_gather_raw(void* data, const std::vector<int64_t>& counts, DType t) override {
     KUMIKO_CHECK(static_cast<int>(counts.size()) == size_, "all_gather: ", counts.size(), " counts for ", size_,
@@ -139,18 +174,21 @@ class NcclCommunicator : public Communicator {
       offset += counts[r];
     }
     check(ncclGroupEnd(), where("all_gather"));
-    return std::make_unique<EventRequest>(stream_, where("all_gather"));
+    return std::make_unique<EventRequest>(stream_, where("all_gather"), "all_gather", watch_);
   }
   void broadcast_raw(void* data, int64_t n, DType t, int root) override {
+    WatchScope watch("broadcast", watch_);
     check(ncclBroadcast(data, data, static_cast<size_t>(n), nccl_type(t), root, comm_, stream_),
           where("broadcast"));
     synchronize("broadcast");
   }
   void send_raw(const void* data, int64_t n, DType t, int peer, int) override {
+    WatchScope watch("send", watch_);
     check(ncclSend(data, static_cast<size_t>(n), nccl_type(t), peer, comm_, stream_), where("send"));
     synchronize("send");
   }
   void recv_raw(void* data, int64_t n, DType t, int peer, int) override {
+    WatchScope watch("recv", watch_);
     check(ncclRecv(data, static_cast<size_t>(n), nccl_type(t), peer, comm_, stream_), where("recv"));
     synchronize("recv");
   }
@@ -172,6 +210,8 @@ class NcclCommunicator : public Communicator {
   cudaStream_t stream_{};
   std::string name_;
   int rank_ = 0, size_ = 1, world_rank_ = 0;
+  const WatchGroup* watch_ = nullptr;
+  int watch_handler_ = -1;
 };
 
 }  // namespace
@@ -198,10 +238,19 @@ std::unique_ptr<Communicator> make_nccl(Communicator& bootstrap, const std::stri
   std::memcpy(words, &id, sizeof(id));
   bootstrap.broadcast(words, static_cast<int64_t>(sizeof(id) / sizeof(int64_t)), 0);
   std::memcpy(&id, words, sizeof(id));
+  // The members' world ranks, for the watchdog's messages.
+  std::vector<int64_t> members(static_cast<size_t>(bootstrap.size()), 0);
+  members[static_cast<size_t>(bootstrap.rank())] = bootstrap.world_rank();
+  bootstrap.all_gather(members.data(), std::vector<int64_t>(members.size(), 1));
+  std::string world_ranks;
+  for (int64_t r : members) {
+    if (!world_ranks.empty()) world_ranks += ',';
+    world_ranks += std::to_string(r);
+  }
   ncclComm_t comm;
   const ncclResult_t rc = ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank());
   if (rc != ncclSuccess) throw CommError(std::string("NCCL error in ncclCommInitRank: ") + ncclGetErrorString(rc));
-  return std::make_unique<NcclCommunicator>(comm, name, bootstrap.world_rank());
+  return std::make_unique<NcclCommunicator>(comm, name, bootstrap.world_rank(), world_ranks);
 }
 
 bool nccl_available() { return true; }

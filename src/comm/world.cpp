@@ -4,6 +4,8 @@
 #include <string>
 
 #include "kumiko/comm/communicator.h"
+#include "kumiko/comm/watchdog.h"
+#include "kumiko/core/log.h"
 
 #ifdef KUMIKO_WITH_MPI
 #include <mpi.h>
@@ -53,11 +55,19 @@ Communicator& world() {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) {
+    // The watchdog's thread calls MPI_Abort while the main thread may be inside MPI.
+    const int want = watchdog_enabled() ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED;
     int provided = 0;
-    check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    check(MPI_Init_thread(nullptr, nullptr, want, &provided), "MPI_Init_thread");
+    if (provided < want)
+      log::get("comm")->warn("the MPI library provides thread level {} < MPI_THREAD_MULTIPLE ({}): the "
+                             "watchdog's MPI_Abort may not end the other ranks (it still exits this one)",
+                             provided, want);
   }
   MPI_Comm w = MPI_COMM_WORLD;
   g_world = std::make_unique<MpiCommunicator>(&w, false, "world");
+  Watchdog::set_rank(g_world->world_rank());
+  Watchdog::add_handler([] { MPI_Abort(MPI_COMM_WORLD, kWatchdogExitCode); });
 #else
   g_world = make_local();
 #endif
@@ -65,6 +75,7 @@ Communicator& world() {
 }
 
 void finalize_world() {
+  Watchdog::stop();
 #ifdef KUMIKO_WITH_MPI
   if (!g_world) return;
   g_world.reset();

@@ -6,6 +6,23 @@
 
 namespace kumiko::model {
 
+Shape ParameterSpec::local_shape() const {
+  switch (split) {
+    case Split::none:
+      return shape;
+    case Split::rows: {
+      int64_t rows = 0;
+      for (const auto& [b, e] : row_ranges) rows += e - b;
+      Shape local = shape;
+      local[0] = rows;
+      return local;
+    }
+    case Split::cols:
+      return Shape{shape[0], col_end - col_begin};
+  }
+  return shape;
+}
+
 template <typename T>
 int ParameterStore<T>::declare(ParameterSpec spec) {
   KUMIKO_CHECK(values_.empty(), "declare() after allocate()");
@@ -24,7 +41,7 @@ void ParameterStore<T>::allocate() {
     offsets_.push_back(total);
     // Keep every tensor 64-byte aligned (16 floats / 8 doubles).
     const int64_t align = 64 / static_cast<int64_t>(sizeof(T));
-    total += (numel_of(s.shape) + align - 1) / align * align;
+    total += (numel_of(s.local_shape()) + align - 1) / align * align;
   }
   values_ = Tensor<T>({total});
   grads_ = Tensor<T>({total});
@@ -46,8 +63,13 @@ void ParameterStore<T>::initialize(uint64_t seed) {
         std::fill(dst, dst + n, T(1));
         break;
       case Init::normal: {
+        // Element (r, c) of the logical tensor draws counter r * cols + c: a shard
+        // holds exactly the values of its slice of the one-process tensor.
         std::vector<float> tmp(n);
-        rng::fill_normal(tmp.data(), n, seed, s.name, 0.0f, s.std);
+        s.for_each_run([&](int64_t local, int64_t logical, int64_t count) {
+          rng::fill_normal(tmp.data() + local, static_cast<size_t>(count), seed, s.name, 0.0f, s.std,
+                           static_cast<uint64_t>(logical));
+        });
         std::copy(tmp.begin(), tmp.end(), dst);
         break;
       }

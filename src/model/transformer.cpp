@@ -1,5 +1,6 @@
 #include "kumiko/model/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kumiko/ops/attention.h"
@@ -33,42 +34,78 @@ Dims Dims::from(const config::ModelConfig& m) {
   return d;
 }
 
-std::vector<ParameterSpec> parameter_specs(const Dims& d) {
+std::vector<ParameterSpec> parameter_specs(const Dims& d, int tp, int rank) {
+  KUMIKO_CHECK(tp >= 1 && rank >= 0 && rank < tp, "bad tp rank ", rank, " of ", tp);
+  KUMIKO_USER_CHECK(d.Hq % tp == 0 && d.Hkv % tp == 0 && d.F % tp == 0 && d.V % tp == 0,
+                    "parallel.tp = ", tp, " must divide model.n_heads (", d.Hq, "), the kv heads (", d.Hkv,
+                    "), the MLP width (", d.F, ") and model.vocab_size (", d.V, ")");
   std::vector<ParameterSpec> specs;
   const float std = static_cast<float>(d.init_std);
   // Residual-branch output projections are scaled down by sqrt(2L) (GPT-2).
   const float out_std = static_cast<float>(d.init_std / std::sqrt(2.0 * static_cast<double>(d.L)));
   const bool bias = !d.llama;
-  auto add = [&](std::string name, Shape shape, Init init, float s, bool decay) {
-    specs.push_back({std::move(name), std::move(shape), init, s, decay});
+  const bool split = tp > 1;
+  using Ranges = std::vector<std::pair<int64_t, int64_t>>;
+  auto rows_of = [&](int64_t n) { return Ranges{{rank * (n / tp), (rank + 1) * (n / tp)}}; };
+  // The q, k and v heads of this rank: three row ranges of the packed qkv tensor.
+  const int64_t ql = d.Hq / tp * d.D, kl = d.Hkv / tp * d.D;
+  const Ranges qkv_rows = {{rank * ql, (rank + 1) * ql},
+                           {d.Hq * d.D + rank * kl, d.Hq * d.D + (rank + 1) * kl},
+                           {(d.Hq + d.Hkv) * d.D + rank * kl, (d.Hq + d.Hkv) * d.D + (rank + 1) * kl}};
+  auto add = [&](std::string name, Shape shape, Init init, float s, bool decay) -> ParameterSpec& {
+    ParameterSpec spec;
+    spec.name = std::move(name);
+    spec.shape = std::move(shape);
+    spec.init = init;
+    spec.std = s;
+    spec.decay = decay;
+    specs.push_back(std::move(spec));
+    return specs.back();
+  };
+  auto by_rows = [&](ParameterSpec& p, Ranges r) {
+    if (!split) return;
+    p.split = Split::rows;
+    p.row_ranges = std::move(r);
+  };
+  auto by_cols = [&](ParameterSpec& p, int64_t n) {
+    if (!split) return;
+    p.split = Split::cols;
+    p.col_begin = rank * (n / tp);
+    p.col_end = (rank + 1) * (n / tp);
   };
   auto norm = [&](const std::string& prefix) {
     add(prefix + ".weight", {d.C}, Init::ones, 0, false);
     if (bias) add(prefix + ".bias", {d.C}, Init::zeros, 0, false);
   };
-  auto linear = [&](const std::string& prefix, int64_t out, int64_t in, float s) {
-    add(prefix + ".weight", {out, in}, Init::normal, s, true);
+  // Column-parallel: output features split (rows of the weight, and the bias).
+  auto column = [&](const std::string& prefix, int64_t out, int64_t in, float s, const Ranges& rows) {
+    by_rows(add(prefix + ".weight", {out, in}, Init::normal, s, true), rows);
+    if (bias) by_rows(add(prefix + ".bias", {out}, Init::zeros, 0, false), rows);
+  };
+  // Row-parallel: input features split (columns of the weight); the bias is replicated.
+  auto row = [&](const std::string& prefix, int64_t out, int64_t in, float s) {
+    by_cols(add(prefix + ".weight", {out, in}, Init::normal, s, true), in);
     if (bias) add(prefix + ".bias", {out}, Init::zeros, 0, false);
   };
-  add("embed.tokens.weight", {d.V, d.C}, Init::normal, std, false);
+  by_rows(add("embed.tokens.weight", {d.V, d.C}, Init::normal, std, false), rows_of(d.V));
   if (!d.llama) add("embed.positions.weight", {d.max_T, d.C}, Init::normal, std * 0.5f, false);
   for (int64_t l = 0; l < d.L; ++l) {
     const std::string p = "blocks." + std::to_string(l);
     norm(p + ".norm1");
-    linear(p + ".attn.qkv", d.qkv_width(), d.C, std);
-    linear(p + ".attn.proj", d.C, d.Hq * d.D, out_std);
+    column(p + ".attn.qkv", d.qkv_width(), d.C, std, qkv_rows);
+    row(p + ".attn.proj", d.C, d.Hq * d.D, out_std);
     norm(p + ".norm2");
     if (d.llama) {
-      linear(p + ".mlp.gate", d.F, d.C, std);
-      linear(p + ".mlp.up", d.F, d.C, std);
-      linear(p + ".mlp.down", d.C, d.F, out_std);
+      column(p + ".mlp.gate", d.F, d.C, std, rows_of(d.F));
+      column(p + ".mlp.up", d.F, d.C, std, rows_of(d.F));
+      row(p + ".mlp.down", d.C, d.F, out_std);
     } else {
-      linear(p + ".mlp.fc", d.F, d.C, std);
-      linear(p + ".mlp.proj", d.C, d.F, out_std);
+      column(p + ".mlp.fc", d.F, d.C, std, rows_of(d.F));
+      row(p + ".mlp.proj", d.C, d.F, out_std);
     }
   }
   norm("final_norm");
-  if (!d.tied) add("head.weight", {d.V, d.C}, Init::normal, std, true);
+  if (!d.tied) by_rows(add("head.weight", {d.V, d.C}, Init::normal, std, true), rows_of(d.V));
   return specs;
 }
 
@@ -92,30 +129,39 @@ struct BlockIndex {
 
 template <typename T>
 struct Transformer<T>::Activations {
-  // N = batch * seq_len tokens at most.
-  std::vector<Tensor<T>> residual;  // L+1 x [N, C]: input of each block, then the output
-  std::vector<Tensor<T>> mid;       // L x [N, C]: residual after attention
-  std::vector<Tensor<T>> ln1, ln2;  // L x [N, C]: normalized inputs of attention / MLP
-  std::vector<Tensor<T>> mean1, rstd1, mean2, rstd2;  // L x [N]
-  std::vector<Tensor<T>> qkv;       // L x [N, (Hq+2Hkv)*D], q and k after RoPE
-  std::vector<Tensor<T>> att;       // L x [N, Hq*D]
-  std::vector<Tensor<T>> lse;       // L x [B, Hq, T]
+  // N = batch * seq_len tokens; Ns = N / tp with sequence parallelism, else N
+  // (the rows of the residual stream this rank holds). Local widths: W = qkv
+  // width, A = Hq*D, F and V divided by tp.
+  std::vector<Tensor<T>> residual;  // L+1 x [Ns, C]: input of each block, then the output
+  std::vector<Tensor<T>> mid;       // L x [Ns, C]: residual after attention
+  std::vector<Tensor<T>> ln1, ln2;  // L x [N, C]: normalized inputs of attention / MLP (full sequence)
+  std::vector<Tensor<T>> mean1, rstd1, mean2, rstd2;  // L x [Ns]
+  std::vector<Tensor<T>> qkv;       // L x [N, W], q and k after RoPE
+  std::vector<Tensor<T>> att;       // L x [N, A]
+  std::vector<Tensor<T>> lse;       // L x [B, Hq/tp, T]
   std::vector<Tensor<T>> h1, h2, hact;  // L x [N, F]: fc / gate, (llama) up, activation
-  Tensor<T> lnf, meanf, rstdf;      // [N, C], [N], [N]
+  Tensor<T> lnf, meanf, rstdf;      // [N, C], [Ns], [Ns]
   Tensor<T> logits;                 // [N, V], overwritten by dlogits in backward
   Tensor<T> losses;                 // [N]
+  Tensor<T> full;                   // [N, C] scratch: row-parallel partial sums, gathered gradients
+  Tensor<T> shard;                  // [Ns, C] scratch: norm output / reduced gradient shard
+  Tensor<T> ce;                     // [3N] scratch: vocab-parallel max, sum, target logit
   // Backward scratch.
-  Tensor<T> dres, dln, datt, dqkv, dh1, dh2, dact;  // [N, C] [N, C] [N, HqD] [N, W] [N, F] x3
+  Tensor<T> dres, dln, datt, dqkv, dh1, dh2, dact;  // [Ns, C] [N, C] [N, A] [N, W] [N, F] x3
   std::vector<BlockIndex> blocks;
   int tokens = -1, positions = -1, normf_w = -1, normf_b = -1, head = -1;
 };
 
 template <typename T>
-Transformer<T>::Transformer(const Dims& dims, int64_t batch, int64_t seq_len)
-    : dims_(dims), batch_(batch), seq_len_(seq_len), act_(std::make_unique<Activations>()) {
+Transformer<T>::Transformer(const Dims& dims, int64_t batch, int64_t seq_len, TensorParallel tp)
+    : dims_(dims), tp_(tp), batch_(batch), seq_len_(seq_len), act_(std::make_unique<Activations>()) {
   const Dims& d = dims_;
+  const int n = tp_.size();
   KUMIKO_CHECK(d.llama || seq_len <= d.max_T, "seq_len ", seq_len, " > max_seq_len ", d.max_T);
-  for (auto& spec : parameter_specs(d)) params_.declare(std::move(spec));
+  KUMIKO_USER_CHECK(!tp_.sequence_parallel || (batch * seq_len) % n == 0,
+                    "parallel.sequence_parallel: micro_batch x seq_len = ", batch * seq_len,
+                    " tokens must be divisible by parallel.tp = ", n);
+  for (auto& spec : parameter_specs(d, n, tp_.rank())) params_.declare(std::move(spec));
   params_.allocate();
 
   auto& a = *act_;
@@ -146,29 +192,33 @@ Transformer<T>::Transformer(const Dims& dims, int64_t batch, int64_t seq_len)
     a.blocks.push_back(b);
   }
 
-  const int64_t N = batch * seq_len, C = d.C, F = d.F, W = d.qkv_width(), A = d.Hq * d.D;
-  for (int64_t l = 0; l <= d.L; ++l) a.residual.emplace_back(Shape{N, C});
+  const int64_t N = batch * seq_len, Ns = tp_.sequence_parallel ? N / n : N, C = d.C;
+  const int64_t F = d.F / n, W = d.qkv_width() / n, A = d.Hq / n * d.D, V = d.V / n;
+  for (int64_t l = 0; l <= d.L; ++l) a.residual.emplace_back(Shape{Ns, C});
   for (int64_t l = 0; l < d.L; ++l) {
-    a.mid.emplace_back(Shape{N, C});
+    a.mid.emplace_back(Shape{Ns, C});
     a.ln1.emplace_back(Shape{N, C});
     a.ln2.emplace_back(Shape{N, C});
-    a.mean1.emplace_back(Shape{N});
-    a.rstd1.emplace_back(Shape{N});
-    a.mean2.emplace_back(Shape{N});
-    a.rstd2.emplace_back(Shape{N});
+    a.mean1.emplace_back(Shape{Ns});
+    a.rstd1.emplace_back(Shape{Ns});
+    a.mean2.emplace_back(Shape{Ns});
+    a.rstd2.emplace_back(Shape{Ns});
     a.qkv.emplace_back(Shape{N, W});
     a.att.emplace_back(Shape{N, A});
-    a.lse.emplace_back(Shape{batch, d.Hq, seq_len});
+    a.lse.emplace_back(Shape{batch, d.Hq / n, seq_len});
     a.h1.emplace_back(Shape{N, F});
     a.h2.emplace_back(d.llama ? Shape{N, F} : Shape{0});
     a.hact.emplace_back(Shape{N, F});
   }
   a.lnf = Tensor<T>({N, C});
-  a.meanf = Tensor<T>({N});
-  a.rstdf = Tensor<T>({N});
-  a.logits = Tensor<T>({N, d.V});
+  a.meanf = Tensor<T>({Ns});
+  a.rstdf = Tensor<T>({Ns});
+  a.logits = Tensor<T>({N, V});
   a.losses = Tensor<T>({N});
-  a.dres = Tensor<T>({N, C});
+  a.full = Tensor<T>({N, C});
+  a.shard = Tensor<T>({Ns, C});
+  a.ce = Tensor<T>({3 * N});
+  a.dres = Tensor<T>({Ns, C});
   a.dln = Tensor<T>({N, C});
   a.datt = Tensor<T>({N, A});
   a.dqkv = Tensor<T>({N, W});
@@ -208,6 +258,10 @@ void norm_backward(bool llama, T* dx, T* dw, T* db, const T* dout, const T* x, c
   else
     cpu::layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, C);
 }
+template <typename T>
+void zero(T* x, int64_t n) {
+  std::fill(x, x + n, T(0));
+}
 }  // namespace
 
 template <typename T>
@@ -217,45 +271,89 @@ void Transformer<T>::forward(const int32_t* inputs, int64_t B, int64_t Tn) {
   const Dims& d = dims_;
   auto& a = *act_;
   auto& p = params_;
-  const int64_t N = B * Tn, C = d.C, F = d.F, A = d.Hq * d.D;
+  const int n = tp_.size();
+  const bool sp = tp_.sequence_parallel;
+  const int64_t N = B * Tn, Ns = sp ? N / n : N, C = d.C;
+  KUMIKO_CHECK(!sp || N % n == 0, "sequence parallelism needs N % tp == 0");
+  const int64_t F = d.F / n, W = d.qkv_width() / n, A = d.Hq / n * d.D, V = d.V / n, Hq = d.Hq / n,
+                Hkv = d.Hkv / n;
 
-  // Embedding (+ learned positions for gpt2).
-  cpu::embedding_forward(a.residual[0].data(), inputs, p.value(a.tokens), N, C);
-  if (a.positions >= 0) cpu::add_positions_forward(a.residual[0].data(), p.value(a.positions), B, Tn, C);
+  // Runs a row-parallel linear (input features split over tp) into out [Ns, C]:
+  // partial sums reduced over tp (all-reduce, or reduce-scatter along the sequence),
+  // then the replicated bias.
+  auto row_parallel = [&](T* out, const T* x, int w, int bias, int64_t in) {
+    if (n == 1) return cpu::linear_forward(out, x, p.value(w), maybe(p, bias), N, in, C);
+    if (sp) {
+      cpu::linear_forward(a.full.data(), x, p.value(w), (const T*)nullptr, N, in, C);
+      scatter_sequence_sum(a.full.data(), out, N, C);
+    } else {
+      cpu::linear_forward(out, x, p.value(w), (const T*)nullptr, N, in, C);
+      tp_sum(out, N * C);
+    }
+    if (bias >= 0) cpu::add_positions_forward(out, p.value(bias), Ns, int64_t{1}, C);
+  };
+  // Normalizes rows x [Ns, C] into out [N, C] (gathered along the sequence with sp).
+  auto norm = [&](T* out, T* mean, T* rstd, const T* x, int w, int b) {
+    T* dst = sp ? a.shard.data() : out;
+    norm_forward(d.llama, dst, mean, rstd, x, p.value(w), maybe(p, b), Ns, C, d.eps);
+    if (sp) gather_sequence(dst, out, N, C);
+  };
+
+  // Embedding: vocab-parallel lookup (+ learned positions for gpt2).
+  T* x0 = a.residual[0].data();  // [Ns, C]
+  if (n == 1) {
+    cpu::embedding_forward(x0, inputs, p.value(a.tokens), N, C);
+  } else {
+    const int64_t v0 = tp_.rank() * V;
+    T* dst = sp ? a.full.data() : x0;  // [N, C] partial: rows of tokens this rank's shard holds
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t id = inputs[i] - v0;
+      if (id >= 0 && id < V)
+        std::copy_n(p.value(a.tokens) + id * C, C, dst + i * C);
+      else
+        zero(dst + i * C, C);
+    }
+    if (sp)
+      scatter_sequence_sum(dst, x0, N, C);
+    else
+      tp_sum(dst, N * C);
+  }
+  if (a.positions >= 0) {
+    const int64_t first = sp ? tp_.rank() * Ns : 0;  // global token index of row 0
+    for (int64_t i = 0; i < Ns; ++i)
+      cpu::add_inplace(x0 + i * C, p.value(a.positions) + ((first + i) % Tn) * C, C);
+  }
 
   for (int64_t l = 0; l < d.L; ++l) {
     const BlockIndex& b = a.blocks[l];
-    const T* x = a.residual[l].data();  // [N, C]
-    // Attention branch.
-    norm_forward(d.llama, a.ln1[l].data(), a.mean1[l].data(), a.rstd1[l].data(), x, p.value(b.norm1_w),
-                 maybe(p, b.norm1_b), N, C, d.eps);
-    cpu::linear_forward(a.qkv[l].data(), a.ln1[l].data(), p.value(b.qkv_w), maybe(p, b.qkv_b), N, C,
-                        d.qkv_width());
-    if (d.llama) cpu::rope_forward(a.qkv[l].data(), B, Tn, d.Hq, d.Hkv, d.D, d.rope_theta);
-    cpu::attention_forward(a.att[l].data(), a.lse[l].data(), a.qkv[l].data(), B, Tn, d.Hq, d.Hkv, d.D);
-    T* mid = a.mid[l].data();  // [N, C]
-    cpu::linear_forward(mid, a.att[l].data(), p.value(b.proj_w), maybe(p, b.proj_b), N, A, C);
-    cpu::add_inplace(mid, x, N * C);
-    // MLP branch.
-    norm_forward(d.llama, a.ln2[l].data(), a.mean2[l].data(), a.rstd2[l].data(), mid, p.value(b.norm2_w),
-                 maybe(p, b.norm2_b), N, C, d.eps);
-    T* out = a.residual[l + 1].data();  // [N, C]
+    const T* x = a.residual[l].data();  // [Ns, C]
+    // Attention branch: column-parallel qkv (heads split), row-parallel projection.
+    norm(a.ln1[l].data(), a.mean1[l].data(), a.rstd1[l].data(), x, b.norm1_w, b.norm1_b);
+    cpu::linear_forward(a.qkv[l].data(), a.ln1[l].data(), p.value(b.qkv_w), maybe(p, b.qkv_b), N, C, W);
+    if (d.llama) cpu::rope_forward(a.qkv[l].data(), B, Tn, Hq, Hkv, d.D, d.rope_theta);
+    cpu::attention_forward(a.att[l].data(), a.lse[l].data(), a.qkv[l].data(), B, Tn, Hq, Hkv, d.D);
+    T* mid = a.mid[l].data();  // [Ns, C]
+    row_parallel(mid, a.att[l].data(), b.proj_w, b.proj_b, A);
+    cpu::add_inplace(mid, x, Ns * C);
+    // MLP branch: column-parallel up-projection(s), row-parallel down-projection.
+    norm(a.ln2[l].data(), a.mean2[l].data(), a.rstd2[l].data(), mid, b.norm2_w, b.norm2_b);
+    T* out = a.residual[l + 1].data();  // [Ns, C]
     if (d.llama) {
       cpu::linear_forward(a.h1[l].data(), a.ln2[l].data(), p.value(b.gate_w), (const T*)nullptr, N, C, F);
       cpu::linear_forward(a.h2[l].data(), a.ln2[l].data(), p.value(b.up_w), (const T*)nullptr, N, C, F);
       cpu::swiglu_forward(a.hact[l].data(), a.h1[l].data(), a.h2[l].data(), N * F);
-      cpu::linear_forward(out, a.hact[l].data(), p.value(b.down_w), (const T*)nullptr, N, F, C);
+      row_parallel(out, a.hact[l].data(), b.down_w, -1, F);
     } else {
       cpu::linear_forward(a.h1[l].data(), a.ln2[l].data(), p.value(b.fc_w), maybe(p, b.fc_b), N, C, F);
       cpu::gelu_forward(a.hact[l].data(), a.h1[l].data(), N * F);
-      cpu::linear_forward(out, a.hact[l].data(), p.value(b.mproj_w), maybe(p, b.mproj_b), N, F, C);
+      row_parallel(out, a.hact[l].data(), b.mproj_w, b.mproj_b, F);
     }
-    cpu::add_inplace(out, mid, N * C);
+    cpu::add_inplace(out, mid, Ns * C);
   }
 
-  norm_forward(d.llama, a.lnf.data(), a.meanf.data(), a.rstdf.data(), a.residual[d.L].data(),
-               p.value(a.normf_w), maybe(p, a.normf_b), N, C, d.eps);
-  cpu::linear_forward(a.logits.data(), a.lnf.data(), p.value(a.head), (const T*)nullptr, N, C, d.V);
+  norm(a.lnf.data(), a.meanf.data(), a.rstdf.data(), a.residual[d.L].data(), a.normf_w, a.normf_b);
+  // Vocab-parallel head: this rank's logits [N, V/tp].
+  cpu::linear_forward(a.logits.data(), a.lnf.data(), p.value(a.head), (const T*)nullptr, N, C, V);
 }
 
 template <typename T>
@@ -263,62 +361,104 @@ void Transformer<T>::backward(const int32_t* inputs, int64_t B, int64_t Tn) {
   const Dims& d = dims_;
   auto& a = *act_;
   auto& p = params_;
-  const int64_t N = B * Tn, C = d.C, F = d.F, A = d.Hq * d.D, W = d.qkv_width();
-  auto zero = [](Tensor<T>& t, int64_t n) { std::fill(t.data(), t.data() + n, T(0)); };
+  const int n = tp_.size();
+  const bool sp = tp_.sequence_parallel;
+  const int64_t N = B * Tn, Ns = sp ? N / n : N, C = d.C;
+  const int64_t F = d.F / n, W = d.qkv_width() / n, A = d.Hq / n * d.D, V = d.V / n, Hq = d.Hq / n,
+                Hkv = d.Hkv / n;
 
-  // Head: a.logits holds dlogits [N, V] here.
-  zero(a.dln, N * C);
+  // The gradient w.r.t. a row-parallel output, for the whole sequence [N, C].
+  auto full_grad = [&]() -> const T* {
+    if (!sp) return a.dres.data();
+    gather_sequence(a.dres.data(), a.full.data(), N, C);
+    return a.full.data();
+  };
+  // Backward of a row-parallel linear whose output gradient is dres: input
+  // gradient dx [N, in] (overwritten), weight gradient, replicated bias gradient.
+  auto row_parallel_backward = [&](T* dx, const T* x, int w, int bias, int64_t in) {
+    const T* dy = full_grad();
+    zero(dx, N * in);
+    if (n == 1) return cpu::linear_backward(dx, p.grad(w), maybe_grad(p, bias), dy, x, p.value(w), N, in, C);
+    cpu::linear_backward(dx, p.grad(w), (T*)nullptr, dy, x, p.value(w), N, in, C);
+    if (bias >= 0) cpu::add_positions_backward(p.grad(bias), a.dres.data(), Ns, int64_t{1}, C);
+  };
+  // The gradient w.r.t. the normalized input (dln [N, C], partial over tp after a
+  // column-parallel layer), reduced and backpropagated through the norm into dres.
+  auto norm_backward_into_dres = [&](const T* x, int w, int b, const T* mean, const T* rstd) {
+    T* dn = a.dln.data();
+    if (sp) {
+      scatter_sequence_sum(dn, a.shard.data(), N, C);
+      dn = a.shard.data();
+    } else if (n > 1) {
+      tp_sum(dn, N * C);
+    }
+    norm_backward(d.llama, a.dres.data(), p.grad(w), maybe_grad(p, b), dn, x, p.value(w), mean, rstd, Ns, C);
+  };
+  // With sequence parallelism the replicated parameters saw only this rank's tokens.
+  auto reduce_replicated = [&](std::initializer_list<int> indices) {
+    if (!sp) return;
+    for (int i : indices)
+      if (i >= 0) tp_sum(p.grad(i), p.numel(i));
+  };
+
+  // Head: a.logits holds dlogits [N, V/tp] here.
+  zero(a.dln.data(), N * C);
   cpu::linear_backward(a.dln.data(), p.grad(a.head), (T*)nullptr, a.logits.data(), a.lnf.data(),
-                       p.value(a.head), N, C, d.V);
-  zero(a.dres, N * C);
-  norm_backward(d.llama, a.dres.data(), p.grad(a.normf_w), maybe_grad(p, a.normf_b), a.dln.data(),
-                a.residual[d.L].data(), p.value(a.normf_w), a.meanf.data(), a.rstdf.data(), N, C);
+                       p.value(a.head), N, C, V);
+  zero(a.dres.data(), Ns * C);
+  norm_backward_into_dres(a.residual[d.L].data(), a.normf_w, a.normf_b, a.meanf.data(), a.rstdf.data());
+  reduce_replicated({a.normf_w, a.normf_b});
   notify({a.normf_w, a.normf_b, d.tied ? -1 : a.head});
 
   for (int64_t l = d.L - 1; l >= 0; --l) {
     const BlockIndex& b = a.blocks[l];
     // dres is the gradient w.r.t. the block output = w.r.t. mid (residual) + MLP output.
-    zero(a.dact, N * F);
-    zero(a.dln, N * C);
     if (d.llama) {
-      cpu::linear_backward(a.dact.data(), p.grad(b.down_w), (T*)nullptr, a.dres.data(), a.hact[l].data(),
-                           p.value(b.down_w), N, F, C);
-      zero(a.dh1, N * F);
-      zero(a.dh2, N * F);
+      row_parallel_backward(a.dact.data(), a.hact[l].data(), b.down_w, -1, F);
+      zero(a.dh1.data(), N * F);
+      zero(a.dh2.data(), N * F);
       cpu::swiglu_backward(a.dh1.data(), a.dh2.data(), a.dact.data(), a.h1[l].data(), a.h2[l].data(), N * F);
+      zero(a.dln.data(), N * C);
       cpu::linear_backward(a.dln.data(), p.grad(b.gate_w), (T*)nullptr, a.dh1.data(), a.ln2[l].data(),
                            p.value(b.gate_w), N, C, F);
       cpu::linear_backward(a.dln.data(), p.grad(b.up_w), (T*)nullptr, a.dh2.data(), a.ln2[l].data(),
                            p.value(b.up_w), N, C, F);
     } else {
-      cpu::linear_backward(a.dact.data(), p.grad(b.mproj_w), maybe_grad(p, b.mproj_b), a.dres.data(),
-                           a.hact[l].data(), p.value(b.mproj_w), N, F, C);
-      zero(a.dh1, N * F);
+      row_parallel_backward(a.dact.data(), a.hact[l].data(), b.mproj_w, b.mproj_b, F);
+      zero(a.dh1.data(), N * F);
       cpu::gelu_backward(a.dh1.data(), a.dact.data(), a.h1[l].data(), N * F);
-      cpu::linear_backward(a.dln.data(), p.grad(b.fc_w), maybe_grad(p, b.fc_b), a.dh1.data(),
-                           a.ln2[l].data(), p.value(b.fc_w), N, C, F);
+      zero(a.dln.data(), N * C);
+      cpu::linear_backward(a.dln.data(), p.grad(b.fc_w), maybe_grad(p, b.fc_b), a.dh1.data(), a.ln2[l].data(),
+                           p.value(b.fc_w), N, C, F);
     }
-    norm_backward(d.llama, a.dres.data(), p.grad(b.norm2_w), maybe_grad(p, b.norm2_b), a.dln.data(),
-                  a.mid[l].data(), p.value(b.norm2_w), a.mean2[l].data(), a.rstd2[l].data(), N, C);
+    norm_backward_into_dres(a.mid[l].data(), b.norm2_w, b.norm2_b, a.mean2[l].data(), a.rstd2[l].data());
     // dres is now the gradient w.r.t. mid = x + proj(att).
-    zero(a.datt, N * A);
-    cpu::linear_backward(a.datt.data(), p.grad(b.proj_w), maybe_grad(p, b.proj_b), a.dres.data(),
-                         a.att[l].data(), p.value(b.proj_w), N, A, C);
-    zero(a.dqkv, N * W);
-    cpu::attention_backward(a.dqkv.data(), a.datt.data(), a.qkv[l].data(), a.att[l].data(), a.lse[l].data(),
-                            B, Tn, d.Hq, d.Hkv, d.D);
-    if (d.llama) cpu::rope_backward(a.dqkv.data(), B, Tn, d.Hq, d.Hkv, d.D, d.rope_theta);
-    zero(a.dln, N * C);
-    cpu::linear_backward(a.dln.data(), p.grad(b.qkv_w), maybe_grad(p, b.qkv_b), a.dqkv.data(),
-                         a.ln1[l].data(), p.value(b.qkv_w), N, C, W);
-    norm_backward(d.llama, a.dres.data(), p.grad(b.norm1_w), maybe_grad(p, b.norm1_b), a.dln.data(),
-                  a.residual[l].data(), p.value(b.norm1_w), a.mean1[l].data(), a.rstd1[l].data(), N, C);
+    row_parallel_backward(a.datt.data(), a.att[l].data(), b.proj_w, b.proj_b, A);
+    zero(a.dqkv.data(), N * W);
+    cpu::attention_backward(a.dqkv.data(), a.datt.data(), a.qkv[l].data(), a.att[l].data(), a.lse[l].data(), B,
+                            Tn, Hq, Hkv, d.D);
+    if (d.llama) cpu::rope_backward(a.dqkv.data(), B, Tn, Hq, Hkv, d.D, d.rope_theta);
+    zero(a.dln.data(), N * C);
+    cpu::linear_backward(a.dln.data(), p.grad(b.qkv_w), maybe_grad(p, b.qkv_b), a.dqkv.data(), a.ln1[l].data(),
+                         p.value(b.qkv_w), N, C, W);
+    norm_backward_into_dres(a.residual[l].data(), b.norm1_w, b.norm1_b, a.mean1[l].data(), a.rstd1[l].data());
+    reduce_replicated({b.norm1_w, b.norm1_b, b.norm2_w, b.norm2_b, b.proj_b, b.mproj_b});
     notify({b.norm1_w, b.norm1_b, b.qkv_w, b.qkv_b, b.proj_w, b.proj_b, b.norm2_w, b.norm2_b, b.fc_w, b.fc_b,
             b.mproj_w, b.mproj_b, b.gate_w, b.up_w, b.down_w});
   }
 
-  if (a.positions >= 0) cpu::add_positions_backward(p.grad(a.positions), a.dres.data(), B, Tn, C);
-  cpu::embedding_backward(p.grad(a.tokens), a.dres.data(), inputs, N, C);
+  // Embedding: the gradient of the whole sequence reaches every rank's vocabulary shard.
+  const T* dx0 = full_grad();  // [N, C]
+  if (a.positions >= 0) cpu::add_positions_backward(p.grad(a.positions), dx0, B, Tn, C);
+  if (n == 1) {
+    cpu::embedding_backward(p.grad(a.tokens), dx0, inputs, N, C);
+  } else {
+    const int64_t v0 = tp_.rank() * V;
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t id = inputs[i] - v0;
+      if (id >= 0 && id < V) cpu::add_inplace(p.grad(a.tokens) + id * C, dx0 + i * C, C);
+    }
+  }
   notify({a.tokens, a.positions});
 }
 
@@ -330,38 +470,102 @@ void Transformer<T>::notify(std::initializer_list<int> indices) {
 }
 
 template <typename T>
+void Transformer<T>::tp_sum(T* x, int64_t n) {
+  if (tp_.size() > 1) tp_.group->all_reduce(x, n, comm::ReduceOp::sum);
+}
+
+template <typename T>
+void Transformer<T>::gather_sequence(const T* shard, T* full, int64_t N, int64_t C) {
+  const int n = tp_.size();
+  const int64_t rows = N / n;
+  std::copy_n(shard, rows * C, full + tp_.rank() * rows * C);
+  tp_.group->all_gather(full, std::vector<int64_t>(n, rows * C));
+}
+
+template <typename T>
+void Transformer<T>::scatter_sequence_sum(T* full, T* shard, int64_t N, int64_t C) {
+  const int n = tp_.size();
+  tp_.group->reduce_scatter(full, shard, std::vector<int64_t>(n, N / n * C), comm::ReduceOp::sum);
+}
+
+template <typename T>
+double Transformer<T>::vocab_parallel_cross_entropy(const int32_t* targets, int64_t N, bool backward, T scale) {
+  auto& a = *act_;
+  const int64_t V = dims_.V / tp_.size();
+  if (tp_.size() == 1) {
+    if (backward)
+      cpu::cross_entropy_forward_backward(a.losses.data(), a.logits.data(), a.logits.data(), targets, N, V, scale);
+    else
+      cpu::cross_entropy_forward(a.losses.data(), a.logits.data(), targets, N, V);
+  } else {
+    // Megatron's vocab-parallel cross-entropy: the row maximum, the sum of
+    // exponentials and the target's logit are reduced over the tp group; no rank
+    // ever holds the full [N, V] logits.
+    const int64_t v0 = tp_.rank() * V;
+    T* mx = a.ce.data();
+    T* sum = mx + N;
+    T* tgt = sum + N;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      const T* row = a.logits.data() + i * V;
+      mx[i] = *std::max_element(row, row + V);
+    }
+    tp_.group->all_reduce(mx, N, comm::ReduceOp::max);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      const T* row = a.logits.data() + i * V;
+      double s = 0;
+      for (int64_t j = 0; j < V; ++j) s += std::exp(static_cast<double>(row[j] - mx[i]));
+      sum[i] = static_cast<T>(s);
+      const int64_t t = targets[i] - v0;
+      tgt[i] = t >= 0 && t < V ? row[t] : T(0);
+    }
+    tp_.group->all_reduce(sum, 2 * N, comm::ReduceOp::sum);  // sums and target logits together
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      a.losses[i] = std::log(sum[i]) + mx[i] - tgt[i];
+      if (!backward) continue;
+      T* row = a.logits.data() + i * V;
+      const int64_t t = targets[i] - v0;
+      for (int64_t j = 0; j < V; ++j) row[j] = (std::exp(row[j] - mx[i]) / sum[i] - (j == t ? T(1) : T(0))) * scale;
+    }
+  }
+  double total = 0;
+  for (int64_t i = 0; i < N; ++i) total += a.losses[i];
+  return total;
+}
+
+template <typename T>
 double Transformer<T>::forward_backward(const int32_t* inputs, const int32_t* targets, int64_t B,
                                         int64_t Tn, T loss_scale) {
   forward(inputs, B, Tn);
-  auto& a = *act_;
-  const int64_t N = B * Tn;
-  cpu::cross_entropy_forward_backward(a.losses.data(), a.logits.data(), a.logits.data(), targets, N,
-                                      dims_.V, loss_scale);
-  double sum = 0;
-  for (int64_t i = 0; i < N; ++i) sum += a.losses[i];
+  const double sum = vocab_parallel_cross_entropy(targets, B * Tn, true, loss_scale);
   backward(inputs, B, Tn);
-  return sum / static_cast<double>(N);
+  return sum / static_cast<double>(B * Tn);
 }
 
 template <typename T>
 double Transformer<T>::loss(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn) {
   forward(inputs, B, Tn);
-  auto& a = *act_;
-  const int64_t N = B * Tn;
-  cpu::cross_entropy_forward(a.losses.data(), a.logits.data(), targets, N, dims_.V);
-  double sum = 0;
-  for (int64_t i = 0; i < N; ++i) sum += a.losses[i];
-  return sum / static_cast<double>(N);
+  return vocab_parallel_cross_entropy(targets, B * Tn, false, T(0)) / static_cast<double>(B * Tn);
 }
 
 template <typename T>
 void Transformer<T>::last_logits(const int32_t* inputs, int64_t B, int64_t Tn, T* out) {
   forward(inputs, B, Tn);
   const auto& a = *act_;
+  const int n = tp_.size();
+  const int64_t V = dims_.V / n;
+  // This rank's vocabulary columns of each sequence's last row, then gathered.
+  std::vector<T> mine(static_cast<size_t>(n * B * V));
   for (int64_t b = 0; b < B; ++b) {
-    const T* row = a.logits.data() + ((b * Tn) + Tn - 1) * dims_.V;
-    std::copy(row, row + dims_.V, out + b * dims_.V);
+    const T* row = a.logits.data() + ((b * Tn) + Tn - 1) * V;
+    std::copy(row, row + V, mine.data() + tp_.rank() * B * V + b * V);
   }
+  if (n > 1) tp_.group->all_gather(mine.data(), std::vector<int64_t>(n, B * V));
+  for (int r = 0; r < n; ++r)
+    for (int64_t b = 0; b < B; ++b)
+      std::copy_n(mine.data() + r * B * V + b * V, V, out + b * dims_.V + r * V);
 }
 
 template class Transformer<float>;

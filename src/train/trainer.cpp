@@ -12,6 +12,7 @@
 
 #include "kumiko/ckpt/store.h"
 #include "kumiko/comm/communicator.h"
+#include "kumiko/comm/watchdog.h"
 #include "kumiko/parallel/data_parallel.h"
 #include "kumiko/parallel/grid.h"
 #include "kumiko/core/error.h"
@@ -288,6 +289,7 @@ RunSummary Trainer::run() {
   int32_t stop = 0;
   int64_t consecutive_skips = 0;
   while (s.train.step < end) {
+    comm::Watchdog::set_step(s.train.step + 1);  // the step being computed, for its messages
     // Every rank agrees at the step boundary whether a stop signal arrived anywhere.
     stop = static_cast<int32_t>(g_stop_signal);
     world_.all_reduce(&stop, 1, comm::ReduceOp::max);

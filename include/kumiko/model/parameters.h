@@ -13,12 +13,43 @@ namespace kumiko::model {
 
 enum class Init { normal, zeros, ones };
 
+// Which part of a logical 2-D tensor a tensor-parallel rank holds.
+enum class Split {
+  none,  // replicated: the whole tensor on every tp rank
+  rows,  // the rows listed in `row_ranges` (column-parallel weights, vocab shards)
+  cols,  // columns [col_begin, col_end) of every row (row-parallel weights)
+};
+
 struct ParameterSpec {
   std::string name;   // e.g. "blocks.3.attn.qkv.weight"
   Shape shape;        // logical shape
   Init init = Init::normal;
   float std = 0.02f;  // for Init::normal
   bool decay = false; // AdamW weight decay applies (matmul weights only)
+  Split split = Split::none;
+  std::vector<std::pair<int64_t, int64_t>> row_ranges;  // Split::rows: [begin, end) row ranges held, in order
+  int64_t col_begin = 0, col_end = 0;                   // Split::cols
+
+  // The shape this rank stores.
+  Shape local_shape() const;
+  // Calls f(local_offset, logical_offset, count) for each contiguous run of the local
+  // tensor (row-major) inside the logical tensor.
+  template <typename F>
+  void for_each_run(F&& f) const {
+    const int64_t cols = shape.size() > 1 ? shape[1] : 1;
+    if (split == Split::none) {
+      f(int64_t{0}, int64_t{0}, numel_of(shape));
+    } else if (split == Split::rows) {
+      int64_t local = 0;
+      for (const auto& [b, e] : row_ranges) {
+        f(local, b * cols, (e - b) * cols);
+        local += (e - b) * cols;
+      }
+    } else {
+      const int64_t width = col_end - col_begin;
+      for (int64_t r = 0; r < shape[0]; ++r) f(r * width, r * cols + col_begin, width);
+    }
+  }
 };
 
 template <typename T>
@@ -40,7 +71,7 @@ class ParameterStore {
   const T* value(int i) const { return values_.data() + offsets_[i]; }
   T* grad(int i) { return grads_.data() + offsets_[i]; }
   const T* grad(int i) const { return grads_.data() + offsets_[i]; }
-  int64_t numel(int i) const { return numel_of(specs_[i].shape); }
+  int64_t numel(int i) const { return numel_of(specs_[i].local_shape()); }  // local elements
   int64_t total_numel() const { return values_.numel(); }
 
   Tensor<T>& flat_values() { return values_; }

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "kumiko/comm/communicator.h"
 #include "kumiko/config/config.h"
 #include "kumiko/core/tensor.h"
 #include "kumiko/model/parameters.h"
@@ -37,8 +38,21 @@ struct Dims {
   int64_t qkv_width() const { return (Hq + 2 * Hkv) * D; }
 };
 
-// The logical parameter list of a model (names, shapes, init, decay).
-std::vector<ParameterSpec> parameter_specs(const Dims& d);
+// Tensor parallelism (Megatron-LM, Shoeybi et al. 2019): the tp group this model
+// is split over (nullptr = not split) and whether norms and residuals are also
+// sharded along the sequence (Korthikanti et al. 2022).
+struct TensorParallel {
+  comm::Communicator* group = nullptr;
+  bool sequence_parallel = false;
+  int size() const { return group ? group->size() : 1; }
+  int rank() const { return group ? group->rank() : 0; }
+};
+
+// The parameter list of a model (logical names, shapes, init, decay) with the part
+// that tensor-parallel rank `rank` of `tp` holds: qkv, fc, gate, up and the
+// vocabulary tables by rows (heads / hidden units / vocabulary entries), attention
+// and MLP output projections by columns, norms and output biases replicated.
+std::vector<ParameterSpec> parameter_specs(const Dims& d, int tp = 1, int rank = 0);
 
 // FLOPs per trained token (forward + backward), PaLM appendix B:
 // 6 * N_matmul + 12 * L * Hq * D * T (attention scores and values).
@@ -48,7 +62,7 @@ template <typename T>
 class Transformer {
  public:
   // Activations are allocated for up to `batch` sequences of up to `seq_len` tokens.
-  Transformer(const Dims& dims, int64_t batch, int64_t seq_len);
+  Transformer(const Dims& dims, int64_t batch, int64_t seq_len, TensorParallel tp = {});
   ~Transformer();
 
   const Dims& dims() const { return dims_; }
@@ -63,8 +77,10 @@ class Transformer {
                           T loss_scale);
   // Mean cross-entropy without touching gradients.
   double loss(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn);
-  // Logits of the last position of each sequence: out [B, V].
+  // Logits of the last position of each sequence: out [B, V] (all of the
+  // vocabulary, gathered over the tp group).
   void last_logits(const int32_t* inputs, int64_t B, int64_t Tn, T* out);
+  const TensorParallel& tensor_parallel() const { return tp_; }
 
   // Called during backward with each parameter index as soon as its gradient for
   // this micro-batch is complete (data parallelism starts reducing buckets then).
@@ -75,8 +91,16 @@ class Transformer {
   void forward(const int32_t* inputs, int64_t B, int64_t Tn);
   void backward(const int32_t* inputs, int64_t B, int64_t Tn);
   void notify(std::initializer_list<int> indices);
+  // Cross-entropy over the vocabulary shards of the tp group; with dlogits the
+  // gradient (softmax - onehot) * scale overwrites the logits. Returns the loss sum.
+  double vocab_parallel_cross_entropy(const int32_t* targets, int64_t N, bool backward, T scale);
+  // Sequence parallelism helpers: full [N, C] <-> this rank's [N/tp, C] rows.
+  void gather_sequence(const T* shard, T* full, int64_t N, int64_t C);
+  void scatter_sequence_sum(T* full, T* shard, int64_t N, int64_t C);
+  void tp_sum(T* x, int64_t n);  // all-reduce over tp (no-op without tp)
 
   Dims dims_;
+  TensorParallel tp_;
   int64_t batch_;
   int64_t seq_len_;
   ParameterStore<T> params_;

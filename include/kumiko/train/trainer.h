@@ -18,6 +18,7 @@ inline constexpr int kExitInternal = 1;   // a bug or a system failure
 inline constexpr int kExitUser = 2;       // bad config, data or checkpoint
 inline constexpr int kExitPreempted = 75; // SIGTERM/SIGUSR1: checkpoint saved, resume later
 inline constexpr int kExitNonFinite = 76; // train.max_skipped_steps non-finite steps in a row
+inline constexpr int kExitCommTimeout = 77; // comm watchdog: parallel.comm_timeout_s exceeded
 
 struct RunSummary {
   std::vector<double> losses;  // training loss of every step taken by this process
