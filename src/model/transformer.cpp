@@ -394,14 +394,29 @@ void Transformer<T>::backward(const int32_t* inputs, int64_t B, int64_t Tn) {
     }
     norm_backward(d.llama, a.dres.data(), p.grad(w), maybe_grad(p, b), dn, x, p.value(w), mean, rstd, Ns, C);
   };
-  // With sequence parallelism the replicated parameters saw only this rank's tokens.
+  // With sequence parallelism the replicated parameters see only this rank's tokens:
+  // their gradient from this micro-batch is summed over tp. Earlier micro-batches'
+  // (already summed) gradients are set aside first and added back after the sum.
+  auto stash_replicated = [&](std::initializer_list<int> indices) {
+    if (!sp) return;
+    for (int i : indices) {
+      if (i < 0) continue;
+      auto& saved = stash_[i];
+      saved.assign(p.grad(i), p.grad(i) + p.numel(i));
+      zero(p.grad(i), p.numel(i));
+    }
+  };
   auto reduce_replicated = [&](std::initializer_list<int> indices) {
     if (!sp) return;
-    for (int i : indices)
-      if (i >= 0) tp_sum(p.grad(i), p.numel(i));
+    for (int i : indices) {
+      if (i < 0) continue;
+      tp_sum(p.grad(i), p.numel(i));
+      cpu::add_inplace(p.grad(i), stash_[i].data(), p.numel(i));
+    }
   };
 
   // Head: a.logits holds dlogits [N, V/tp] here.
+  stash_replicated({a.normf_w, a.normf_b});
   zero(a.dln.data(), N * C);
   cpu::linear_backward(a.dln.data(), p.grad(a.head), (T*)nullptr, a.logits.data(), a.lnf.data(),
                        p.value(a.head), N, C, V);
@@ -412,6 +427,7 @@ void Transformer<T>::backward(const int32_t* inputs, int64_t B, int64_t Tn) {
 
   for (int64_t l = d.L - 1; l >= 0; --l) {
     const BlockIndex& b = a.blocks[l];
+    stash_replicated({b.norm1_w, b.norm1_b, b.norm2_w, b.norm2_b, b.proj_b, b.mproj_b});
     // dres is the gradient w.r.t. the block output = w.r.t. mid (residual) + MLP output.
     if (d.llama) {
       row_parallel_backward(a.dact.data(), a.hact[l].data(), b.down_w, -1, F);

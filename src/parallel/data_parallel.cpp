@@ -113,13 +113,35 @@ double DataParallel::finish_reduction() {
   return since(t0);
 }
 
+void DataParallel::set_tensor_parallel(comm::Communicator* tp, std::vector<bool> replicated) {
+  tp_ = tp;
+  replicated_ = std::move(replicated);
+}
+
 double DataParallel::grad_norm() {
-  if (zero_ == 1) {
-    double ss = cpu::sum_squares(shard_grads_.data(), shard_size_);
-    dp_.all_reduce(&ss, 1, comm::ReduceOp::sum);
-    return std::sqrt(ss);
+  const bool tp = tp_ && tp_->size() > 1;
+  double ss = 0;
+  if (!tp) {
+    ss = zero_ == 1 ? cpu::sum_squares(shard_grads_.data(), shard_size_)
+                    : cpu::sum_squares(params_.flat_grads().data(), params_.flat_grads().numel());
+  } else {
+    // Sharded tensors add up over the tp group; replicated ones count once.
+    const double share = 1.0 / tp_->size();
+    auto add = [&](int i, const float* g, int64_t n) { ss += cpu::sum_squares(g, n) * (replicated_[i] ? share : 1.0); };
+    if (zero_ == 1) {
+      for (auto& b : buckets_)
+        for_param_ranges(b.own_begin, b.own_end, [&](int i, int64_t a, int64_t e) {
+          add(i, shard_grads_.data() + b.shard_offset + (a - b.own_begin), e - a);
+        });
+    } else {
+      for_param_ranges(0, params_.total_numel(), [&](int i, int64_t a, int64_t e) {
+        add(i, params_.flat_grads().data() + a, e - a);
+      });
+    }
   }
-  return std::sqrt(cpu::sum_squares(params_.flat_grads().data(), params_.flat_grads().numel()));
+  if (zero_ == 1) dp_.all_reduce(&ss, 1, comm::ReduceOp::sum);
+  if (tp) tp_->all_reduce(&ss, 1, comm::ReduceOp::sum);
+  return std::sqrt(ss);
 }
 
 double DataParallel::step(double lr, double grad_scale) {

@@ -76,8 +76,36 @@ std::string model_config_diff(const std::string& checkpoint_ini, const std::stri
   return diff;
 }
 
+namespace {
+// Pointers to each tensor of an unsharded store inside a flat-layout buffer.
+template <typename P>
+std::vector<P> tensors_in(const model::ParameterStore<float>& params, P flat) {
+  std::vector<P> out;
+  const float* base = params.flat_values().data();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int idx = static_cast<int>(i);
+    KUMIKO_CHECK(params.spec(idx).split == model::Split::none, "tensor ", params.spec(idx).name,
+                 " is sharded: gather the logical tensors first (model/sharding.h)");
+    out.push_back(flat + (params.value(idx) - base));
+  }
+  return out;
+}
+std::vector<model::ParameterSpec> specs_of(const model::ParameterStore<float>& params) {
+  std::vector<model::ParameterSpec> specs;
+  for (size_t i = 0; i < params.size(); ++i) specs.push_back(params.spec(static_cast<int>(i)));
+  return specs;
+}
+}  // namespace
+
 int64_t save_checkpoint(const std::string& path, const model::ParameterStore<float>& params,
                         const float* m, const float* v, const TrainState& state,
+                        const CheckpointMeta& meta, int write_delay_ms) {
+  LogicalState t{specs_of(params), tensors_in(params, params.flat_values().data()), tensors_in(params, m),
+                 tensors_in(params, v)};
+  return save_checkpoint(path, t, state, meta, write_delay_ms);
+}
+
+int64_t save_checkpoint(const std::string& path, const LogicalState& t, const TrainState& state,
                         const CheckpointMeta& meta, int write_delay_ms) {
   ckpt::H5Writer w(path);
   w.set_attr("format", kFormat);
@@ -86,14 +114,11 @@ int64_t save_checkpoint(const std::string& path, const model::ParameterStore<flo
   w.set_attr("tokenizer_sha256", meta.tokenizer_sha256);
   w.set_attr("tokenizer_path", meta.tokenizer_path);
   w.write_string("/config", meta.config_ini);
-  const float* base = params.flat_values().data();
-  for (size_t i = 0; i < params.size(); ++i) {
-    const int idx = static_cast<int>(i);
-    const auto& spec = params.spec(idx);
-    const int64_t offset = params.value(idx) - base;
-    w.write_f32("/model/" + spec.name, spec.shape, params.value(idx));
-    w.write_f32("/optim/m/" + spec.name, spec.shape, m + offset);
-    w.write_f32("/optim/v/" + spec.name, spec.shape, v + offset);
+  for (size_t i = 0; i < t.specs.size(); ++i) {
+    const auto& spec = t.specs[i];
+    w.write_f32("/model/" + spec.name, spec.shape, t.values[i]);
+    w.write_f32("/optim/m/" + spec.name, spec.shape, t.m[i]);
+    w.write_f32("/optim/v/" + spec.name, spec.shape, t.v[i]);
     if (write_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(write_delay_ms));
   }
   write_scalar(w, "/state/step", state.step);
@@ -109,6 +134,15 @@ int64_t save_checkpoint(const std::string& path, const model::ParameterStore<flo
 TrainState load_checkpoint(const std::string& path, const config::Config& config,
                            const std::string& tokenizer_sha256,
                            model::ParameterStore<float>& params, float* m, float* v) {
+  return load_checkpoint(path, config, tokenizer_sha256, specs_of(params),
+                         tensors_in(params, params.flat_values().data()), tensors_in(params, m),
+                         tensors_in(params, v));
+}
+
+TrainState load_checkpoint(const std::string& path, const config::Config& config,
+                           const std::string& tokenizer_sha256, const std::vector<model::ParameterSpec>& specs,
+                           const std::vector<float*>& values, const std::vector<float*>& m,
+                           const std::vector<float*>& v) {
   ckpt::H5Reader r(path);
   KUMIKO_USER_CHECK(r.has_attr("format") && r.attr_string("format") == kFormat, path,
                     ": not a kumiko checkpoint (attribute format != '", kFormat, "')");
@@ -123,16 +157,13 @@ TrainState load_checkpoint(const std::string& path, const config::Config& config
                     stored_sha.empty() ? "(none, synthetic data)" : stored_sha, ", data.dir ",
                     tokenizer_sha256.empty() ? "(none, synthetic data)" : tokenizer_sha256);
 
-  const float* base = params.flat_values().data();
-  for (size_t i = 0; i < params.size(); ++i) {
-    const int idx = static_cast<int>(i);
-    const auto& spec = params.spec(idx);
-    const int64_t offset = params.value(idx) - base;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const auto& spec = specs[i];
     for (const char* group : {"/model/", "/optim/m/", "/optim/v/"})
       KUMIKO_USER_CHECK(r.has(group + spec.name), path, ": missing tensor '", group + spec.name, "'");
-    r.read_f32("/model/" + spec.name, spec.shape, params.value(idx));
-    r.read_f32("/optim/m/" + spec.name, spec.shape, m + offset);
-    r.read_f32("/optim/v/" + spec.name, spec.shape, v + offset);
+    r.read_f32("/model/" + spec.name, spec.shape, values[i]);
+    r.read_f32("/optim/m/" + spec.name, spec.shape, m[i]);
+    r.read_f32("/optim/v/" + spec.name, spec.shape, v[i]);
   }
   TrainState s;
   s.step = read_scalar(r, "/state/step");

@@ -19,6 +19,7 @@
 #include "kumiko/core/log.h"
 #include "kumiko/core/rng.h"
 #include "kumiko/data/loader.h"
+#include "kumiko/model/sharding.h"
 #include "kumiko/model/transformer.h"
 #include "kumiko/train/checkpoint.h"
 #include "kumiko/train/optimizer.h"
@@ -137,9 +138,9 @@ RunSummary Trainer::run() {
   set_threads(cfg.backend.threads);
   KUMIKO_USER_CHECK(cfg.backend.device == "cpu", "backend.device: '", cfg.backend.device,
                     "' is not available in this build yet (expected cpu)");
-  KUMIKO_USER_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1,
-                    "parallel.tp/parallel.pp: tensor and pipeline parallelism are not available yet "
-                    "(expected 1; data parallelism with parallel.dp works)");
+  KUMIKO_USER_CHECK(cfg.parallel.pp == 1,
+                    "parallel.pp: pipeline parallelism is not available yet (expected 1; data and tensor "
+                    "parallelism with parallel.dp and parallel.tp work)");
   SignalGuard signals;
 
   auto& s = *state_;
@@ -159,13 +160,45 @@ RunSummary Trainer::run() {
   s.meta.config_ini = config::to_ini(cfg);
 
   const model::Dims dims = model::Dims::from(cfg.model);
-  s.model = std::make_unique<model::Transformer<float>>(dims, MB, T);
+  model::TensorParallel tensor_parallel;
+  if (s.grid->tp() > 1) tensor_parallel = {&s.grid->tp_group(), cfg.parallel.sequence_parallel};
+  s.model = std::make_unique<model::Transformer<float>>(dims, MB, T, tensor_parallel);
   auto& params = s.model->params();
   params.initialize(cfg.train.seed);
   s.dp = std::make_unique<parallel::DataParallel>(
       s.grid->dp_group(), params, cfg.parallel.zero, static_cast<int64_t>(cfg.parallel.bucket_mb * 1e6),
       AdamWSettings{cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});
   s.model->set_grad_ready_hook([&](int i) { s.dp->on_grad_ready(i); });
+  if (s.grid->tp() > 1) {
+    std::vector<bool> replicated;
+    for (size_t i = 0; i < params.size(); ++i)
+      replicated.push_back(params.spec(static_cast<int>(i)).split == model::Split::none);
+    s.dp->set_tensor_parallel(&s.grid->tp_group(), replicated);
+  }
+  // Files hold logical tensors: these are their names and full shapes.
+  const std::vector<model::ParameterSpec> logical_specs = model::parameter_specs(dims);
+  auto const_ptrs = [](const model::LogicalTensors& t) {
+    std::vector<const float*> out;
+    for (const auto& x : t) out.push_back(x.data());
+    return out;
+  };
+  auto mut_ptrs = [](model::LogicalTensors& t) {
+    std::vector<float*> out;
+    for (auto& x : t) out.push_back(x.data());
+    return out;
+  };
+  auto empty_logical = [&] {
+    model::LogicalTensors t;
+    for (const auto& spec : logical_specs) t.emplace_back(static_cast<size_t>(numel_of(spec.shape)));
+    return t;
+  };
+  // Writes a weights file of the current parameters (collective over tp; rank 0 writes).
+  auto write_weights_file = [&](const fs::path& path, int64_t step) {
+    const auto values = model::gather_logical(*s.model, params.flat_values().data());
+    if (io)
+      write_weights(path.string(), logical_specs, const_ptrs(values),
+                    {s.meta.config_ini, s.meta.tokenizer_sha256, s.meta.tokenizer_path, step});
+  };
   s.train.seed = cfg.train.seed;
 
   const fs::path run_dir(cfg.log.run_dir);
@@ -203,16 +236,20 @@ RunSummary Trainer::run() {
     return "";
   });
   if (!resume_path.empty()) {
-    std::vector<float> m(params.total_numel()), v(params.total_numel());
-    s.train = load_checkpoint(resume_path, cfg, s.meta.tokenizer_sha256, params, m.data(), v.data());
+    auto values = empty_logical(), lm = empty_logical(), lv = empty_logical();
+    s.train = load_checkpoint(resume_path, cfg, s.meta.tokenizer_sha256, logical_specs, mut_ptrs(values),
+                              mut_ptrs(lm), mut_ptrs(lv));
+    std::vector<float> m(params.total_numel(), 0.0f), v(params.total_numel(), 0.0f);
+    model::scatter_logical(*s.model, values, params.flat_values().data());
+    model::scatter_logical(*s.model, lm, m.data());
+    model::scatter_logical(*s.model, lv, v.data());
     s.dp->scatter_moments(m.data(), v.data());
     s.dp->set_optimizer_steps(s.train.optimizer_steps);
     summary.first_step = s.train.step;
     ckpt_log->info("resumed from {} at step {} ({} tokens seen)", resume_path, s.train.step,
                    s.train.tokens_seen);
-  } else if (io) {
-    write_weights((run_dir / "weights_init.h5").string(), params,
-                  {s.meta.config_ini, s.meta.tokenizer_sha256, s.meta.tokenizer_path, 0});
+  } else {
+    write_weights_file(run_dir / "weights_init.h5", 0);
   }
   if (io) {
     std::ofstream(run_dir / "config.ini") << s.meta.config_ini;
@@ -222,19 +259,24 @@ RunSummary Trainer::run() {
 
   const double flops_per_token = model::train_flops_per_token(dims, T);
   log->info("model {}: {} layers, d_model {}, {} heads ({} kv), vocab {}, {:.2f}M parameters; "
-            "{} ranks (dp {}, zero {}), {} threads per rank; {:.1f} MFLOP per token",
+            "{} ranks (dp {}, tp {}{}, zero {}), {} threads per rank; {:.1f} MFLOP per token",
             cfg.model.arch, dims.L, dims.C, dims.Hq, dims.Hkv, dims.V, params.total_numel() / 1e6,
-            world_.size(), dp, cfg.parallel.zero, omp_get_max_threads(), flops_per_token / 1e6);
+            world_.size(), dp, s.grid->tp(), s.grid->tp() > 1 && cfg.parallel.sequence_parallel ? " with sp" : "",
+            cfg.parallel.zero, omp_get_max_threads(), flops_per_token / 1e6);
 
   auto save = [&](const char* why) {
     const auto t0 = Clock::now();
     std::vector<float> m, v;
-    s.dp->gather_moments(m, v);  // collective over dp
+    s.dp->gather_moments(m, v);  // collective over dp (ZeRO shards)
+    // Logical tensors from the tp shards (collective over tp).
+    const auto values = model::gather_logical(*s.model, params.flat_values().data());
+    const auto lm = model::gather_logical(*s.model, m.data());
+    const auto lv = model::gather_logical(*s.model, v.data());
     s.train.optimizer_steps = s.dp->optimizer_steps();
     const std::string path = s.store->path_for(s.train.step);
     if (io) {
-      const int64_t bytes = save_checkpoint(path, params, m.data(), v.data(), s.train, s.meta,
-                                            cfg.checkpoint.write_delay_ms);
+      const LogicalState tensors{logical_specs, const_ptrs(values), const_ptrs(lm), const_ptrs(lv)};
+      const int64_t bytes = save_checkpoint(path, tensors, s.train, s.meta, cfg.checkpoint.write_delay_ms);
       s.store->set_latest(path);
       for (const auto& removed : s.store->apply_retention(cfg.checkpoint.keep_last))
         ckpt_log->info("retention: removed {}", removed);
@@ -276,14 +318,24 @@ RunSummary Trainer::run() {
   // Periodic samples ([log] sample_every) from rank 0, to watch the model learn.
   std::unique_ptr<data::Tokenizer> tokenizer;
   auto print_sample = [&](int64_t step) {
-    if (!io || !s.loader) return;
+    if (!s.loader) return;
+    // The sampler needs the whole model: with tp > 1, gather it into an unsplit copy.
+    std::unique_ptr<model::Transformer<float>> whole;
+    if (s.grid->tp() > 1) {
+      const auto values = model::gather_logical(*s.model, params.flat_values().data());
+      if (io) {
+        whole = std::make_unique<model::Transformer<float>>(dims, 1, 1);
+        model::scatter_logical(*whole, values, whole->params().flat_values().data());
+      }
+    }
+    if (!io) return;
     if (!tokenizer) tokenizer = std::make_unique<data::Tokenizer>(data::Tokenizer::load(s.loader->tokenizer_path()));
     std::vector<int32_t> prompt = tokenizer->encode("\n");
     if (prompt.empty()) prompt.push_back(tokenizer->eos_id());
     SamplingOptions o;
     o.max_new_tokens = 64;
     o.seed = cfg.train.seed + static_cast<uint64_t>(step);
-    log->info("sample at step {}:\n{}", step, tokenizer->decode(generate(*s.model, prompt, T, o)));
+    log->info("sample at step {}:\n{}", step, tokenizer->decode(generate(whole ? *whole : *s.model, prompt, T, o)));
   };
 
   int32_t stop = 0;
@@ -389,9 +441,7 @@ RunSummary Trainer::run() {
     return summary;
   }
   save("final");
-  if (io && s.train.step == cfg.train.steps)
-    write_weights((run_dir / "weights_final.h5").string(), params,
-                  {s.meta.config_ini, s.meta.tokenizer_sha256, s.meta.tokenizer_path, s.train.step});
+  if (s.train.step == cfg.train.steps) write_weights_file(run_dir / "weights_final.h5", s.train.step);
   log->info("done: step {} of {} in {}, checkpoint {}", s.train.step, cfg.train.steps,
             format_duration(std::chrono::duration<double>(Clock::now() - start_time).count()),
             summary.last_checkpoint);

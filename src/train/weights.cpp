@@ -12,8 +12,8 @@ constexpr const char* kFormat = "kumiko-weights";
 constexpr int64_t kFormatVersion = 1;
 }  // namespace
 
-void write_weights(const std::string& path, const model::ParameterStore<float>& params,
-                   const WeightsInfo& info) {
+void write_weights(const std::string& path, const std::vector<model::ParameterSpec>& specs,
+                   const std::vector<const float*>& logical, const WeightsInfo& info) {
   ckpt::H5Writer w(path);
   w.set_attr("format", kFormat);
   w.set_attr("format_version", kFormatVersion);
@@ -21,11 +21,27 @@ void write_weights(const std::string& path, const model::ParameterStore<float>& 
   w.set_attr("tokenizer_sha256", info.tokenizer_sha256);
   w.set_attr("tokenizer_path", info.tokenizer_path);
   w.write_string("/config", info.config_ini);
-  for (size_t i = 0; i < params.size(); ++i) {
-    const auto& spec = params.spec(static_cast<int>(i));
-    w.write_f32("/model/" + spec.name, spec.shape, params.value(static_cast<int>(i)));
-  }
+  for (size_t i = 0; i < specs.size(); ++i) w.write_f32("/model/" + specs[i].name, specs[i].shape, logical[i]);
   w.commit();
+}
+
+namespace {
+std::vector<model::ParameterSpec> unsharded_specs(const model::ParameterStore<float>& params) {
+  std::vector<model::ParameterSpec> specs;
+  for (size_t i = 0; i < params.size(); ++i) {
+    specs.push_back(params.spec(static_cast<int>(i)));
+    KUMIKO_CHECK(specs.back().split == model::Split::none, "tensor ", specs.back().name,
+                 " is sharded: gather the logical tensors first (model/sharding.h)");
+  }
+  return specs;
+}
+}  // namespace
+
+void write_weights(const std::string& path, const model::ParameterStore<float>& params,
+                   const WeightsInfo& info) {
+  std::vector<const float*> data;
+  for (size_t i = 0; i < params.size(); ++i) data.push_back(params.value(static_cast<int>(i)));
+  write_weights(path, unsharded_specs(params), data, info);
 }
 
 namespace {
@@ -52,15 +68,22 @@ WeightsInfo read_weights_info(const std::string& path) {
 }
 
 WeightsInfo read_weights(const std::string& path, model::ParameterStore<float>& params) {
+  std::vector<float*> data;
+  for (size_t i = 0; i < params.size(); ++i) data.push_back(params.value(static_cast<int>(i)));
+  return read_weights(path, unsharded_specs(params), data);
+}
+
+WeightsInfo read_weights(const std::string& path, const std::vector<model::ParameterSpec>& specs,
+                         const std::vector<float*>& logical) {
   ckpt::H5Reader r(path);
   WeightsInfo info = read_info(r);
   std::set<std::string> expected;
-  for (size_t i = 0; i < params.size(); ++i) {
-    const auto& spec = params.spec(static_cast<int>(i));
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const auto& spec = specs[i];
     expected.insert(spec.name);
     KUMIKO_USER_CHECK(r.has("/model/" + spec.name), path, ": missing tensor 'model/", spec.name,
                       "' (expected shape ", shape_str(spec.shape), ")");
-    r.read_f32("/model/" + spec.name, spec.shape, params.value(static_cast<int>(i)));
+    r.read_f32("/model/" + spec.name, spec.shape, logical[i]);
   }
   for (const auto& name : r.list("/model"))
     KUMIKO_USER_CHECK(expected.count(name), path, ": unexpected tensor 'model/", name,

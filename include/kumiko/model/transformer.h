@@ -9,6 +9,7 @@
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "kumiko/comm/communicator.h"
@@ -106,6 +107,7 @@ class Transformer {
   ParameterStore<T> params_;
   std::unique_ptr<Activations> act_;
   std::function<void(int)> grad_ready_;
+  std::unordered_map<int, std::vector<T>> stash_;  // sequence parallelism: see backward()
 };
 
 }  // namespace kumiko::model

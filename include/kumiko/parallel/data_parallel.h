@@ -32,7 +32,10 @@ class DataParallel {
   void on_grad_ready(int param_index);
   // Waits for every bucket (starting any not yet started). Returns seconds waited.
   double finish_reduction();
-  // Global gradient L2 norm (identical on every dp rank).
+  // With tensor parallelism: the tp group and which parameters are replicated
+  // across it (counted once in the gradient norm).
+  void set_tensor_parallel(comm::Communicator* tp, std::vector<bool> replicated);
+  // Global gradient L2 norm (identical on every rank).
   double grad_norm();
   // AdamW step (with gradients multiplied by grad_scale), then with zero=1 the
   // all_gather of the updated parameters. Returns seconds spent waiting on comm.
@@ -71,6 +74,8 @@ class DataParallel {
   std::vector<int> bucket_of_param_;
   std::vector<int64_t> param_begin_;  // flat offsets
   bool armed_ = false;
+  comm::Communicator* tp_ = nullptr;
+  std::vector<bool> replicated_;
   int64_t steps_ = 0;
   // zero=0: moments for the whole flat buffer; zero=1: for this rank's slices only.
   std::vector<float> m_, v_, shard_grads_;

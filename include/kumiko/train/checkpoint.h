@@ -4,6 +4,7 @@
 // one HDF5 file committed atomically through ckpt::Store.
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kumiko/config/config.h"
 #include "kumiko/model/parameters.h"
@@ -27,7 +28,14 @@ struct CheckpointMeta {
 };
 
 // Writes and commits a checkpoint (temp file, fsync, rename). Returns bytes written.
-// m and v are AdamW's moments in the flat layout of `params` (full, unsharded).
+// One logical tensor (full shape) per spec for the values and the two moments.
+struct LogicalState {
+  std::vector<model::ParameterSpec> specs;
+  std::vector<const float*> values, m, v;
+};
+int64_t save_checkpoint(const std::string& path, const LogicalState& tensors, const TrainState& state,
+                        const CheckpointMeta& meta, int write_delay_ms = 0);
+// An unsharded store: m and v are AdamW's moments in the flat layout of `params`.
 int64_t save_checkpoint(const std::string& path, const model::ParameterStore<float>& params,
                         const float* m, const float* v, const TrainState& state,
                         const CheckpointMeta& meta, int write_delay_ms = 0);
@@ -38,6 +46,11 @@ int64_t save_checkpoint(const std::string& path, const model::ParameterStore<flo
 TrainState load_checkpoint(const std::string& path, const config::Config& config,
                            const std::string& tokenizer_sha256,
                            model::ParameterStore<float>& params, float* m, float* v);
+// General form: fills one logical tensor per spec for values, m and v.
+TrainState load_checkpoint(const std::string& path, const config::Config& config,
+                           const std::string& tokenizer_sha256, const std::vector<model::ParameterSpec>& specs,
+                           const std::vector<float*>& values, const std::vector<float*>& m,
+                           const std::vector<float*>& v);
 
 // The [model] keys on which `a` and `b` differ, as "key: checkpoint X, config Y; ...".
 std::string model_config_diff(const std::string& checkpoint_ini, const std::string& config_ini);

@@ -8,6 +8,7 @@
 //   /model/<name>      float32, logical shape, chunked with Fletcher-32 checksums
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kumiko/model/parameters.h"
 
@@ -20,6 +21,12 @@ struct WeightsInfo {
   int64_t step = 0;
 };
 
+// General form: one logical tensor (full shape) per spec.
+void write_weights(const std::string& path, const std::vector<model::ParameterSpec>& specs,
+                   const std::vector<const float*>& logical, const WeightsInfo& info);
+WeightsInfo read_weights(const std::string& path, const std::vector<model::ParameterSpec>& specs,
+                         const std::vector<float*>& logical);
+// An unsharded store (one process, or tp = 1).
 void write_weights(const std::string& path, const model::ParameterStore<float>& params,
                    const WeightsInfo& info);
 // Reads every parameter of `params` from the file; a missing tensor, a shape
