@@ -155,6 +155,12 @@ void check_layout(const Config& c, const Checker& check) {
                 "a divisor of the kv heads (" + num(m.kv_heads()) + ")", num(p.tp));
   check.require(m.ff_dim() % p.tp == 0, "parallel.tp",
                 "a divisor of the MLP width (" + num(m.ff_dim()) + ")", num(p.tp));
+  check.require(m.vocab_size % p.tp == 0, "parallel.tp",
+                "a divisor of model.vocab_size (" + num(m.vocab_size) + ", split over the tp ranks)", num(p.tp));
+  check.require(!p.sequence_parallel || (int64_t{c.train.micro_batch} * c.data.seq_len) % p.tp == 0,
+                "parallel.sequence_parallel",
+                "train.micro_batch x data.seq_len divisible by parallel.tp (" + num(p.tp) + ")",
+                num(int64_t{c.train.micro_batch} * c.data.seq_len) + " tokens");
   check.require(p.pp <= m.n_layers, "parallel.pp",
                 "at most model.n_layers (" + num(m.n_layers) + ")", num(p.pp));
 }
