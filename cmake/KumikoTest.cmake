@@ -38,6 +38,7 @@ function(kumiko_add_test)
   if(NOT _has_main)
     target_link_libraries(${T_NAME} PRIVATE GTest::gtest_main)
   endif()
+  target_include_directories(${T_NAME} PRIVATE ${CMAKE_SOURCE_DIR}/tests/support)
   target_compile_definitions(${T_NAME} PRIVATE
     KUMIKO_SOURCE_DIR="${CMAKE_SOURCE_DIR}" KUMIKO_BINARY_DIR="${CMAKE_BINARY_DIR}")
   if(T_NP)

@@ -14,6 +14,7 @@
 #include "kumiko/model/transformer.h"
 #include "kumiko/train/trainer.h"
 #include "kumiko/train/weights.h"
+#include "kumiko_test_support.h"
 
 namespace kumiko {
 namespace {
@@ -22,29 +23,15 @@ namespace fs = std::filesystem;
 
 std::string g_root;  // shared by all ranks (rank 0's pid)
 
+// The shared tiny model, 20 steps of 8 sequences in micro-batches of 2 (so dp = 4
+// still accumulates), one thread per rank, small buckets.
 config::Config tiny(const std::string& arch, const std::string& run_dir) {
-  config::Config c;
-  c.model.arch = arch;
-  c.model.n_layers = 2;
-  c.model.n_heads = 4;
-  c.model.n_kv_heads = arch == "llama" ? 2 : 0;
-  c.model.d_model = 32;
-  c.model.d_ff = arch == "llama" ? 48 : 128;
-  c.model.vocab_size = 97;
-  c.model.max_seq_len = 16;
-  c.model.tie_embeddings = arch == "gpt2";
-  c.data.synthetic = true;
-  c.data.seq_len = 16;
-  c.train.steps = 20;
+  auto c = testing::tiny_config(arch, run_dir);
   c.train.global_batch = 8;
-  c.train.micro_batch = 2;
-  c.train.warmup_steps = 3;
   c.train.lr = 3e-3;  // configs/tiny.ini's peak rate
   c.train.min_lr = 3e-4;
-  c.train.eval_every = 0;
   c.backend.threads = 1;
   c.parallel.bucket_mb = 0.004;  // several buckets even for this tiny model
-  c.log.run_dir = run_dir;
   c.log.level = "error";
   return c;
 }
@@ -195,21 +182,4 @@ INSTANTIATE_TEST_SUITE_P(Arch, Layouts, ::testing::Values("gpt2", "llama"));
 }  // namespace
 }  // namespace kumiko
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  auto& world = kumiko::comm::world();
-  kumiko::log::init({world.rank(), world.size(), "error", false});
-  int64_t pid = ::getpid();
-  world.broadcast(&pid, 1, 0);
-  kumiko::g_root = (std::filesystem::temp_directory_path() / ("kumiko-dp-" + std::to_string(pid))).string();
-  if (world.rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  int failed = RUN_ALL_TESTS() != 0;
-  world.all_reduce(&failed, 1, kumiko::comm::ReduceOp::max);
-  world.barrier();
-  if (world.rank() == 0) std::filesystem::remove_all(kumiko::g_root);
-  kumiko::comm::finalize_world();
-  return failed;
-}
+int main(int argc, char** argv) { return kumiko::testing::mpi_test_main(argc, argv, "kumiko-dp", kumiko::g_root); }

@@ -75,13 +75,32 @@ start() {
   launcher=$!
 }
 
-# wait_step NAME N: until metrics.jsonl has step N (30 s at most)
+# wait_step NAME N: until metrics.jsonl has step N (30 s at most, less if the launcher ends)
 wait_step() {
   for _ in $(seq 1 300); do
     grep -q "\"step\":$2," "$WORK/$1/metrics.jsonl" 2>/dev/null && return 0
+    kill -0 "$launcher" 2>/dev/null || break
     sleep 0.1
   done
-  echo "FAIL: $1 did not reach step $2"; tail -n 20 "$WORK/$1.txt"; return 1
+  return 1
+}
+
+# launch NAME N ARGS...: start, then wait for step N. Open MPI's daemon start-up over the
+# namespaces occasionally fails right after a previous cluster was torn down ("ORTE does
+# not know how to route a message"); then the job is started once more.
+launch() {
+  local name="$1" n="$2"; shift 2
+  for attempt in 1 2; do
+    start "$name" "$@"
+    wait_step "$name" "$n" && return 0
+    kill -9 "$launcher" 2>/dev/null; wait "$launcher" 2>/dev/null
+    if [ $attempt = 1 ] && grep -q "ORTE" "$WORK/$name.txt"; then
+      echo "$name: Open MPI start-up failed ($(grep -m1 -E 'ORTE|connection back' "$WORK/$name.txt" | sed 's/^ *//')); again"
+      "$CLUSTER" down; "$CLUSTER" up 2 >/dev/null; rm -rf "${WORK:?}/$name"; continue
+    fi
+    break
+  done
+  echo "FAIL: $name did not reach step $n"; tail -n 20 "$WORK/$name.txt"; return 1
 }
 
 # ends_within NAME T0: waits until no rank of ours runs (BOUND s after T0 at most);
@@ -137,9 +156,8 @@ case "$CASE" in
       compare "$WORK/one/metrics.jsonl" "$WORK/dp2tp2/metrics.jsonl" || { echo "FAIL: dp2 x tp2 losses differ"; fail=1; }
     fi ;;
   cut)
-    start cut --parallel.dp=4 --parallel.zero=1 --train.steps=100000 --parallel.comm_timeout_s=$TIMEOUT \
-      --checkpoint.every_steps=2 --checkpoint.keep_last=0
-    wait_step cut 7 || exit 1
+    launch cut 7 --parallel.dp=4 --parallel.zero=1 --train.steps=100000 --parallel.comm_timeout_s=$TIMEOUT \
+      --checkpoint.every_steps=2 --checkpoint.keep_last=0 || exit 1
     "$CLUSTER" cut 2; t0=$(now_ms)
     echo "cut host 2's link"
     ends_within cut "$t0"
@@ -154,8 +172,8 @@ case "$CASE" in
   stop_kill)
     for how in STOP KILL; do
       name=sig$how
-      start $name --parallel.dp=4 --train.steps=100000 --parallel.comm_timeout_s=$TIMEOUT --checkpoint.every_steps=0
-      wait_step $name 4 || exit 1
+      launch $name 4 --parallel.dp=4 --train.steps=100000 --parallel.comm_timeout_s=$TIMEOUT \
+        --checkpoint.every_steps=0 || exit 1
       pid=$(rank_pid 2 3)
       [ -n "$pid" ] || { echo "FAIL $name: rank 3 not found in host 2"; exit 1; }
       kill -$how "$pid"; t0=$(now_ms)

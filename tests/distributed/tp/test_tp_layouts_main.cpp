@@ -21,35 +21,25 @@
 #include "kumiko/model/sharding.h"
 #include "kumiko/train/trainer.h"
 #include "kumiko/train/weights.h"
+#include "kumiko_test_support.h"
 
 namespace kumiko {
 namespace {
 
 std::string g_root;
 
+// The shared tiny model with head counts and a vocabulary divisible by tp = 4 (llama
+// keeps grouped-query attention: 8 query heads over 4 kv heads), 8 sequences per step.
 config::Config tiny(const std::string& arch, const std::string& run_dir) {
-  config::Config c;
-  c.model.arch = arch;
-  c.model.n_layers = 2;
+  auto c = testing::tiny_config(arch, run_dir);
   c.model.n_heads = arch == "llama" ? 8 : 4;
-  c.model.n_kv_heads = arch == "llama" ? 4 : 0;  // grouped-query attention, divisible by tp = 4
-  c.model.d_model = 32;
-  c.model.d_ff = arch == "llama" ? 48 : 128;
+  c.model.n_kv_heads = arch == "llama" ? 4 : 0;
   c.model.vocab_size = 96;
-  c.model.max_seq_len = 16;
-  c.model.tie_embeddings = arch == "gpt2";
-  c.data.synthetic = true;
-  c.data.seq_len = 16;
-  c.train.steps = 20;
   c.train.global_batch = 8;
-  c.train.micro_batch = 2;
-  c.train.warmup_steps = 3;
   c.train.lr = 3e-3;
   c.train.min_lr = 3e-4;
-  c.train.eval_every = 0;
   c.backend.threads = 1;
   c.parallel.bucket_mb = 0.004;
-  c.log.run_dir = run_dir;
   c.log.level = "error";
   return c;
 }
@@ -217,21 +207,4 @@ INSTANTIATE_TEST_SUITE_P(Arch, TensorParallel, ::testing::Values("gpt2", "llama"
 }  // namespace
 }  // namespace kumiko
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  auto& world = kumiko::comm::world();
-  kumiko::log::init({world.rank(), world.size(), "error", false});
-  int64_t pid = ::getpid();
-  world.broadcast(&pid, 1, 0);
-  kumiko::g_root = (std::filesystem::temp_directory_path() / ("kumiko-tp-" + std::to_string(pid))).string();
-  if (world.rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  int failed = RUN_ALL_TESTS() != 0;
-  world.all_reduce(&failed, 1, kumiko::comm::ReduceOp::max);
-  world.barrier();
-  if (world.rank() == 0) std::filesystem::remove_all(kumiko::g_root);
-  kumiko::comm::finalize_world();
-  return failed;
-}
+int main(int argc, char** argv) { return kumiko::testing::mpi_test_main(argc, argv, "kumiko-tp", kumiko::g_root); }

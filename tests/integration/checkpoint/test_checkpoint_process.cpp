@@ -11,7 +11,7 @@
 
 #include <gtest/gtest.h>
 
-#include "checkpoint_test_util.h"
+#include "kumiko_test_support.h"
 #include "kumiko/ckpt/store.h"
 #include "kumiko/train/trainer.h"
 

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "kumiko/core/log.h"
+#include "kumiko_test_support.h"
 #include "kumiko/model/transformer.h"
 #include "kumiko/train/schedule.h"
 #include "kumiko/train/trainer.h"
@@ -19,36 +20,16 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// 6 steps of one micro-batch of 4 sequences.
 config::Config tiny_config(const std::string& arch, const std::string& run_dir) {
-  config::Config c;
-  c.model.arch = arch;
-  c.model.n_layers = 2;
-  c.model.n_heads = 4;
-  c.model.n_kv_heads = arch == "llama" ? 2 : 4;
-  c.model.d_model = 32;
-  c.model.d_ff = arch == "llama" ? 48 : 128;
-  c.model.vocab_size = 97;
-  c.model.max_seq_len = 16;
-  c.model.tie_embeddings = arch == "gpt2";
-  c.data.synthetic = true;
-  c.data.seq_len = 16;
+  auto c = testing::tiny_config(arch, run_dir);
   c.train.steps = 6;
-  c.train.global_batch = 4;
   c.train.micro_batch = 4;
   c.train.warmup_steps = 2;
-  c.train.lr = 1e-2;
-  c.train.min_lr = 1e-3;
-  c.train.eval_every = 0;
-  c.log.run_dir = run_dir;
-  c.log.level = "warn";
   return c;
 }
 
-std::string temp_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("kumiko-test-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  return p.string();
-}
+std::string temp_dir(const std::string& name) { return testing::temp_run_dir(name); }
 
 std::vector<double> run(const config::Config& c) {
   log::init({0, 1, "warn", false});
