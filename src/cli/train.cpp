@@ -23,7 +23,7 @@ int run_train(const config::Config& config) {
                     " x ", config.parallel.tp, " x ", config.parallel.pp, " = ", want,
                     " ranks, but the job has ", world.size(),
                     " (set the product equal to the number of processes)");
-  if (world.size() > 1) comm::Watchdog::start(config.parallel.comm_timeout_s);
+  if (world.size() > 1 && config.parallel.comm_timeout_s > 0) comm::Watchdog::start(config.parallel.comm_timeout_s);
   if (world.size() > 1)
     log::get("comm")->info("{} ranks over {}; CUDA-aware MPI: {}", world.size(), comm::mpi_library_version(),
                            comm::mpi_cuda_aware() ? "yes" : "no");

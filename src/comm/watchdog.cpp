@@ -47,6 +47,7 @@ struct State {
   std::atomic<int64_t> timeout_ns{0};
   std::atomic<bool> full_warned{false};
   std::atomic<bool> fired{false};
+  std::atomic<int> paused{0};  // > 0 while a WatchdogPause is alive (checkpoint saves)
 
   std::mutex mutex;  // thread, stop flag, handlers, groups
   std::condition_variable wake;
@@ -145,7 +146,7 @@ void run() {
       }
       if (!message.empty()) break;
     }
-    if (message.empty()) {
+    if (message.empty() && s.paused.load() == 0) {
       const int64_t now = now_ns();
       for (const Slot& slot : s.slots) {
         const int64_t start = slot.start_ns.load(std::memory_order_acquire);
@@ -164,13 +165,10 @@ void run() {
 
 }  // namespace
 
-bool watchdog_enabled() {
-  const char* v = std::getenv("KUMIKO_WATCHDOG");
-  return !(v && (std::strcmp(v, "off") == 0 || std::strcmp(v, "0") == 0));
-}
+void Watchdog::pause() { state().paused.fetch_add(1); }
+void Watchdog::resume() { state().paused.fetch_sub(1); }
 
 void Watchdog::start(double timeout_s) {
-  if (!watchdog_enabled()) return;
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   s.timeout_ns.store(static_cast<int64_t>(timeout_s * 1e9));

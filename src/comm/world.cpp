@@ -56,7 +56,7 @@ Communicator& world() {
   MPI_Initialized(&initialized);
   if (!initialized) {
     // The watchdog's thread calls MPI_Abort while the main thread may be inside MPI.
-    const int want = watchdog_enabled() ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED;
+    const int want = MPI_THREAD_MULTIPLE;  // the watchdog thread may call MPI_Abort
     int provided = 0;
     check(MPI_Init_thread(nullptr, nullptr, want, &provided), "MPI_Init_thread");
     if (provided < want)

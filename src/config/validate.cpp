@@ -176,7 +176,7 @@ void check_services(const Config& c, const Checker& check) {
   check.non_negative("checkpoint.every_steps", c.checkpoint.every_steps);
   check.non_negative("checkpoint.keep_last", c.checkpoint.keep_last);
   check.require(c.parallel.bucket_mb > 0, "parallel.bucket_mb", "a size in MB > 0", num(c.parallel.bucket_mb));
-  check.require(c.parallel.comm_timeout_s > 0, "parallel.comm_timeout_s", "seconds > 0",
+  check.require(c.parallel.comm_timeout_s >= 0, "parallel.comm_timeout_s", "seconds >= 0 (0 = no watchdog)",
                 num(c.parallel.comm_timeout_s));
   check.non_negative("checkpoint.write_delay_ms", c.checkpoint.write_delay_ms);
   check.require(!c.log.run_dir.empty(), "log.run_dir", "a folder", "''");

@@ -265,6 +265,7 @@ RunSummary Trainer::run() {
             cfg.parallel.zero, omp_get_max_threads(), flops_per_token / 1e6);
 
   auto save = [&](const char* why) {
+    comm::WatchdogPause no_timeouts;  // rank 0 may write for longer than comm_timeout_s
     const auto t0 = Clock::now();
     std::vector<float> m, v;
     s.dp->gather_moments(m, v);  // collective over dp (ZeRO shards)

@@ -28,16 +28,15 @@ struct WatchGroup {
   std::string ranks;  // world ranks of the members, "0,1,2,3"
 };
 
-// False when the environment sets KUMIKO_WATCHDOG=off (or 0): then start() does
-// nothing and MPI is initialized with MPI_THREAD_FUNNELED. For measuring the
-// watchdog's cost (docs/performance.md); production runs keep it on.
-bool watchdog_enabled();
-
 class Watchdog {
  public:
   // Starts the background thread (once; later calls only change the timeout).
-  // Nothing when !watchdog_enabled().
+  // The trainer starts it when parallel.comm_timeout_s > 0 (0 turns it off).
   static void start(double timeout_s);
+  // While paused (nested), operations are not timed out: rank 0 writing a
+  // checkpoint may keep the others waiting at a barrier longer than the timeout.
+  static void pause();
+  static void resume();
   // Stops and joins the thread (finalize_world; tests).
   static void stop();
   static bool running();
@@ -66,6 +65,15 @@ class Watchdog {
 
   // Test hook: the number of operations in flight now.
   static int in_flight();
+};
+
+// Pauses the watchdog for the lifetime of the scope.
+class WatchdogPause {
+ public:
+  WatchdogPause() { Watchdog::pause(); }
+  ~WatchdogPause() { Watchdog::resume(); }
+  WatchdogPause(const WatchdogPause&) = delete;
+  WatchdogPause& operator=(const WatchdogPause&) = delete;
 };
 
 // Registers an operation for the lifetime of the scope (blocking operations).

@@ -24,9 +24,11 @@ done
 [ -n "$rank1" ] || { echo "FAIL: rank 1 not found"; cat "$WORK/log.txt"; exit 1; }
 kill -STOP "$rank1"
 t0=$(date +%s%N)
-( sleep 60; kill -9 "$launcher" 2>/dev/null ) & guard=$!
+# A guard in case the watchdog fails; its output goes nowhere so that its sleep does
+# not hold ctest's pipe open after the test ends.
+( sleep 60; kill -9 "$launcher" 2>/dev/null ) >/dev/null 2>&1 & guard=$!
 wait "$launcher"; code=$?
-kill "$guard" 2>/dev/null
+pkill -P "$guard" 2>/dev/null; kill "$guard" 2>/dev/null
 secs=$(( ($(date +%s%N) - t0) / 1000000 ))
 echo "rank 1 (pid $rank1) stopped; job ended with code $code after ${secs} ms"
 grep 'has not completed' "$WORK/log.txt"
