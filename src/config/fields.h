@@ -68,6 +68,9 @@ void for_each_field(C& c, F&& f) {
   f("parallel.bucket_mb", p.bucket_mb, "gradient bucket size (MB) reduced while backward runs", nullptr);
   f("parallel.sequence_parallel", p.sequence_parallel, "tp: shard norms and residuals along the sequence",
     nullptr);
+  f("parallel.pp_schedule", p.pp_schedule, "pipeline schedule", "gpipe|1f1b|interleaved");
+  f("parallel.pp_chunks", p.pp_chunks, "model chunks per pipeline rank (interleaved: >= 2)", nullptr);
+  f("parallel.pp_layers", p.pp_layers, "layers per virtual stage, e.g. 3,3,2,2 (empty = even)", nullptr);
   f("parallel.comm_timeout_s", p.comm_timeout_s, "watchdog: seconds before a stalled collective ends the job",
     nullptr);
 

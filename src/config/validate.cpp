@@ -4,8 +4,10 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdio>
+#include <sstream>
 
 #include "config/fields.h"
+
 #include "kumiko/config/config.h"
 #include "kumiko/core/error.h"
 
@@ -176,6 +178,49 @@ void check_services(const Config& c, const Checker& check) {
   check.non_negative("checkpoint.every_steps", c.checkpoint.every_steps);
   check.non_negative("checkpoint.keep_last", c.checkpoint.keep_last);
   check.require(c.parallel.bucket_mb > 0, "parallel.bucket_mb", "a size in MB > 0", num(c.parallel.bucket_mb));
+  {
+    // Pipeline stages: pp x pp_chunks virtual stages, each a contiguous layer range.
+    const ParallelConfig& p = c.parallel;
+    const ModelConfig& m = c.model;
+    const int stages = p.pp * std::max(p.pp_chunks, 1);
+    check.require(p.pp_chunks >= 1, "parallel.pp_chunks", "an integer >= 1", num(p.pp_chunks));
+    check.require(p.pp_schedule != "interleaved" || p.pp == 1 || p.pp_chunks >= 2, "parallel.pp_chunks",
+                  ">= 2 with parallel.pp_schedule = interleaved", num(p.pp_chunks));
+    check.require(p.pp_schedule == "interleaved" || p.pp_chunks == 1, "parallel.pp_chunks",
+                  "1 unless parallel.pp_schedule = interleaved", num(p.pp_chunks));
+    if (p.pp_layers.empty()) {
+      check.require(m.n_layers % stages == 0, "model.n_layers",
+                    "a multiple of parallel.pp x parallel.pp_chunks = " + num(stages) +
+                        " (or set parallel.pp_layers)",
+                    num(m.n_layers));
+    } else {
+      int64_t sum = 0, count = 0;
+      bool ok = true;
+      std::stringstream in(p.pp_layers);
+      for (std::string item; std::getline(in, item, ',');) {
+        try {
+          size_t used = 0;
+          const int64_t v = std::stoll(item, &used);
+          ok = ok && used == item.size() && v >= 1;
+          sum += v;
+        } catch (const std::exception&) {
+          ok = false;
+        }
+        ++count;
+      }
+      check.require(ok && count == stages && sum == m.n_layers, "parallel.pp_layers",
+                    num(int64_t{stages}) + " positive layer counts (parallel.pp x parallel.pp_chunks) summing to "
+                        "model.n_layers = " + num(m.n_layers),
+                    "'" + p.pp_layers + "'");
+    }
+    if (p.pp > 1) {
+      const int64_t micro = c.train.global_batch / std::max<int64_t>(int64_t{c.train.micro_batch} * p.dp, 1);
+      check.require(p.pp_schedule != "interleaved" || micro % p.pp == 0, "parallel.pp_schedule",
+                    "interleaved needs the micro-batches per step (train.global_batch / (train.micro_batch x "
+                    "parallel.dp) = " + num(micro) + ") to be a multiple of parallel.pp",
+                    num(p.pp));
+    }
+  }
   check.require(c.parallel.comm_timeout_s >= 0, "parallel.comm_timeout_s", "seconds >= 0 (0 = no watchdog)",
                 num(c.parallel.comm_timeout_s));
   check.non_negative("checkpoint.write_delay_ms", c.checkpoint.write_delay_ms);

@@ -11,7 +11,7 @@ LogicalTensors gather_logical(const Transformer<float>& model, const float* flat
   const float* base = p.flat_values().data();
   // Every rank's parameter specs (their shards), to place each rank's block.
   std::vector<std::vector<ParameterSpec>> rank_specs;
-  for (int r = 0; r < n; ++r) rank_specs.push_back(parameter_specs(model.dims(), n, r));
+  for (int r = 0; r < n; ++r) rank_specs.push_back(parameter_specs(model.dims(), n, r, &model.pipeline_stage()));
   LogicalTensors out(p.size());
   for (size_t i = 0; i < p.size(); ++i) {
     const int idx = static_cast<int>(i);

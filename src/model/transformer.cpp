@@ -34,7 +34,49 @@ Dims Dims::from(const config::ModelConfig& m) {
   return d;
 }
 
-std::vector<ParameterSpec> parameter_specs(const Dims& d, int tp, int rank) {
+PipelineStage pipeline_stage(const Dims& d, int pp, int chunks, int rank, const std::vector<int64_t>& layers,
+                             int slots) {
+  const int stages = pp * chunks;
+  std::vector<int64_t> counts = layers;
+  if (counts.empty()) counts.assign(stages, d.L / stages);
+  KUMIKO_CHECK(static_cast<int>(counts.size()) == stages, "pipeline: ", counts.size(), " stage sizes for ",
+               stages, " stages");
+  std::vector<int64_t> begin(stages + 1, 0);
+  for (int s = 0; s < stages; ++s) begin[s + 1] = begin[s] + counts[s];
+  KUMIKO_CHECK(begin[stages] == d.L, "pipeline stages cover ", begin[stages], " of ", d.L, " layers");
+  PipelineStage st;
+  for (int c = 0; c < chunks; ++c) {
+    const int s = c * pp + rank;
+    st.chunks.push_back({begin[s], begin[s + 1]});
+  }
+  st.has_embedding = rank == 0;
+  st.has_head = rank == pp - 1;
+  st.slots = slots;
+  return st;
+}
+
+std::vector<ParameterSpec> parameter_specs(const Dims& d, int tp, int rank, const PipelineStage* stage) {
+  if (stage && !stage->chunks.empty()) {
+    // This stage's part of the full list, in the same order.
+    auto all = parameter_specs(d, tp, rank, nullptr);
+    std::vector<ParameterSpec> mine;
+    for (auto& spec : all) {
+      const std::string& n = spec.name;
+      bool keep = false;
+      if (n.rfind("blocks.", 0) == 0) {
+        const int64_t l = std::stoll(n.substr(7, n.find('.', 7) - 7));
+        for (const auto& [a, b] : stage->chunks) keep = keep || (l >= a && l < b);
+      } else if (n == "embed.tokens.weight") {
+        keep = stage->has_embedding || (stage->has_head && d.tied);
+      } else if (n == "embed.positions.weight") {
+        keep = stage->has_embedding;
+      } else {  // final_norm.*, head.weight
+        keep = stage->has_head;
+      }
+      if (keep) mine.push_back(std::move(spec));
+    }
+    return mine;
+  }
   KUMIKO_CHECK(tp >= 1 && rank >= 0 && rank < tp, "bad tp rank ", rank, " of ", tp);
   KUMIKO_USER_CHECK(d.Hq % tp == 0 && d.Hkv % tp == 0 && d.F % tp == 0 && d.V % tp == 0,
                     "parallel.tp = ", tp, " must divide model.n_heads (", d.Hq, "), the kv heads (", d.Hkv,
@@ -148,29 +190,46 @@ struct Transformer<T>::Activations {
   Tensor<T> ce;                     // [3N] scratch: vocab-parallel max, sum, target logit
   // Backward scratch.
   Tensor<T> dres, dln, datt, dqkv, dh1, dh2, dact;  // [Ns, C] [N, C] [N, A] [N, W] [N, F] x3
-  std::vector<BlockIndex> blocks;
+};
+
+template <typename T>
+struct Transformer<T>::Index {
+  std::vector<BlockIndex> blocks;  // [L]; only the stage's layers are filled in
   int tokens = -1, positions = -1, normf_w = -1, normf_b = -1, head = -1;
 };
 
 template <typename T>
-Transformer<T>::Transformer(const Dims& dims, int64_t batch, int64_t seq_len, TensorParallel tp)
-    : dims_(dims), tp_(tp), batch_(batch), seq_len_(seq_len), act_(std::make_unique<Activations>()) {
+bool Transformer<T>::starts_model(int chunk) const {
+  return stage_.chunks[chunk].first == 0 && stage_.has_embedding;
+}
+template <typename T>
+bool Transformer<T>::ends_model(int chunk) const {
+  return stage_.chunks[chunk].second == dims_.L && stage_.has_head;
+}
+
+template <typename T>
+Transformer<T>::Transformer(const Dims& dims, int64_t batch, int64_t seq_len, TensorParallel tp,
+                            PipelineStage stage)
+    : dims_(dims), tp_(tp), stage_(std::move(stage)), batch_(batch), seq_len_(seq_len),
+      index_(std::make_unique<Index>()) {
   const Dims& d = dims_;
   const int n = tp_.size();
+  if (stage_.chunks.empty()) stage_.chunks = {{0, d.L}};
+  KUMIKO_CHECK(stage_.slots >= 1, "pipeline stage needs at least one activation slot");
   KUMIKO_CHECK(d.llama || seq_len <= d.max_T, "seq_len ", seq_len, " > max_seq_len ", d.max_T);
   KUMIKO_USER_CHECK(!tp_.sequence_parallel || (batch * seq_len) % n == 0,
                     "parallel.sequence_parallel: micro_batch x seq_len = ", batch * seq_len,
                     " tokens must be divisible by parallel.tp = ", n);
-  for (auto& spec : parameter_specs(d, n, tp_.rank())) params_.declare(std::move(spec));
+  for (auto& spec : parameter_specs(d, n, tp_.rank(), &stage_)) params_.declare(std::move(spec));
   params_.allocate();
 
-  auto& a = *act_;
+  auto& ix = *index_;
   auto idx = [&](const std::string& name) { return params_.contains(name) ? params_.index(name) : -1; };
-  a.tokens = idx("embed.tokens.weight");
-  a.positions = idx("embed.positions.weight");
-  a.normf_w = idx("final_norm.weight");
-  a.normf_b = idx("final_norm.bias");
-  a.head = d.tied ? a.tokens : idx("head.weight");
+  ix.tokens = idx("embed.tokens.weight");
+  ix.positions = idx("embed.positions.weight");
+  ix.normf_w = idx("final_norm.weight");
+  ix.normf_b = idx("final_norm.bias");
+  ix.head = d.tied ? ix.tokens : idx("head.weight");
   for (int64_t l = 0; l < d.L; ++l) {
     const std::string p = "blocks." + std::to_string(l);
     BlockIndex b;
@@ -189,42 +248,54 @@ Transformer<T>::Transformer(const Dims& dims, int64_t batch, int64_t seq_len, Te
     b.gate_w = idx(p + ".mlp.gate.weight");
     b.up_w = idx(p + ".mlp.up.weight");
     b.down_w = idx(p + ".mlp.down.weight");
-    a.blocks.push_back(b);
+    ix.blocks.push_back(b);
   }
 
   const int64_t N = batch * seq_len, Ns = tp_.sequence_parallel ? N / n : N, C = d.C;
   const int64_t F = d.F / n, W = d.qkv_width() / n, A = d.Hq / n * d.D, V = d.V / n;
-  for (int64_t l = 0; l <= d.L; ++l) a.residual.emplace_back(Shape{Ns, C});
-  for (int64_t l = 0; l < d.L; ++l) {
-    a.mid.emplace_back(Shape{Ns, C});
-    a.ln1.emplace_back(Shape{N, C});
-    a.ln2.emplace_back(Shape{N, C});
-    a.mean1.emplace_back(Shape{Ns});
-    a.rstd1.emplace_back(Shape{Ns});
-    a.mean2.emplace_back(Shape{Ns});
-    a.rstd2.emplace_back(Shape{Ns});
-    a.qkv.emplace_back(Shape{N, W});
-    a.att.emplace_back(Shape{N, A});
-    a.lse.emplace_back(Shape{batch, d.Hq / n, seq_len});
-    a.h1.emplace_back(Shape{N, F});
-    a.h2.emplace_back(d.llama ? Shape{N, F} : Shape{0});
-    a.hact.emplace_back(Shape{N, F});
+  for (int c = 0; c < num_chunks(); ++c) {
+    const int64_t layers = stage_.chunks[c].second - stage_.chunks[c].first;
+    const bool head = ends_model(c);
+    acts_.emplace_back();
+    for (int slot = 0; slot < stage_.slots; ++slot) {
+      auto act = std::make_unique<Activations>();
+      auto& a = *act;
+      for (int64_t l = 0; l <= layers; ++l) a.residual.emplace_back(Shape{Ns, C});
+      for (int64_t l = 0; l < layers; ++l) {
+        a.mid.emplace_back(Shape{Ns, C});
+        a.ln1.emplace_back(Shape{N, C});
+        a.ln2.emplace_back(Shape{N, C});
+        a.mean1.emplace_back(Shape{Ns});
+        a.rstd1.emplace_back(Shape{Ns});
+        a.mean2.emplace_back(Shape{Ns});
+        a.rstd2.emplace_back(Shape{Ns});
+        a.qkv.emplace_back(Shape{N, W});
+        a.att.emplace_back(Shape{N, A});
+        a.lse.emplace_back(Shape{batch, d.Hq / n, seq_len});
+        a.h1.emplace_back(Shape{N, F});
+        a.h2.emplace_back(d.llama ? Shape{N, F} : Shape{0});
+        a.hact.emplace_back(Shape{N, F});
+      }
+      if (head) {
+        a.lnf = Tensor<T>({N, C});
+        a.meanf = Tensor<T>({Ns});
+        a.rstdf = Tensor<T>({Ns});
+        a.logits = Tensor<T>({N, V});
+        a.losses = Tensor<T>({N});
+        a.ce = Tensor<T>({3 * N});
+      }
+      a.full = Tensor<T>({N, C});
+      a.shard = Tensor<T>({Ns, C});
+      a.dres = Tensor<T>({Ns, C});
+      a.dln = Tensor<T>({N, C});
+      a.datt = Tensor<T>({N, A});
+      a.dqkv = Tensor<T>({N, W});
+      a.dh1 = Tensor<T>({N, F});
+      a.dh2 = Tensor<T>({N, F});
+      a.dact = Tensor<T>({N, F});
+      acts_.back().push_back(std::move(act));
+    }
   }
-  a.lnf = Tensor<T>({N, C});
-  a.meanf = Tensor<T>({Ns});
-  a.rstdf = Tensor<T>({Ns});
-  a.logits = Tensor<T>({N, V});
-  a.losses = Tensor<T>({N});
-  a.full = Tensor<T>({N, C});
-  a.shard = Tensor<T>({Ns, C});
-  a.ce = Tensor<T>({3 * N});
-  a.dres = Tensor<T>({Ns, C});
-  a.dln = Tensor<T>({N, C});
-  a.datt = Tensor<T>({N, A});
-  a.dqkv = Tensor<T>({N, W});
-  a.dh1 = Tensor<T>({N, F});
-  a.dh2 = Tensor<T>({N, F});
-  a.dact = Tensor<T>({N, F});
 }
 
 template <typename T>
@@ -265,12 +336,15 @@ void zero(T* x, int64_t n) {
 }  // namespace
 
 template <typename T>
-void Transformer<T>::forward(const int32_t* inputs, int64_t B, int64_t Tn) {
+void Transformer<T>::forward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn,
+                             const T* input) {
   KUMIKO_CHECK(B <= batch_ && Tn <= seq_len_, "micro-batch [", B, ", ", Tn, "] exceeds [", batch_,
                ", ", seq_len_, "]");
   const Dims& d = dims_;
-  auto& a = *act_;
+  auto& a = *acts_[chunk][slot];
+  const auto& ix = *index_;
   auto& p = params_;
+  const auto [first_layer, last_layer] = stage_.chunks[chunk];
   const int n = tp_.size();
   const bool sp = tp_.sequence_parallel;
   const int64_t N = B * Tn, Ns = sp ? N / n : N, C = d.C;
@@ -299,17 +373,21 @@ void Transformer<T>::forward(const int32_t* inputs, int64_t B, int64_t Tn) {
     if (sp) gather_sequence(dst, out, N, C);
   };
 
-  // Embedding: vocab-parallel lookup (+ learned positions for gpt2).
+  // Embedding: vocab-parallel lookup (+ learned positions for gpt2); a later
+  // pipeline stage starts from the previous stage's output instead.
   T* x0 = a.residual[0].data();  // [Ns, C]
-  if (n == 1) {
-    cpu::embedding_forward(x0, inputs, p.value(a.tokens), N, C);
+  if (!starts_model(chunk)) {
+    KUMIKO_CHECK(input != nullptr, "pipeline stage without its input activation");
+    std::copy_n(input, Ns * C, x0);
+  } else if (n == 1) {
+    cpu::embedding_forward(x0, inputs, p.value(ix.tokens), N, C);
   } else {
     const int64_t v0 = tp_.rank() * V;
     T* dst = sp ? a.full.data() : x0;  // [N, C] partial: rows of tokens this rank's shard holds
     for (int64_t i = 0; i < N; ++i) {
       const int64_t id = inputs[i] - v0;
       if (id >= 0 && id < V)
-        std::copy_n(p.value(a.tokens) + id * C, C, dst + i * C);
+        std::copy_n(p.value(ix.tokens) + id * C, C, dst + i * C);
       else
         zero(dst + i * C, C);
     }
@@ -318,49 +396,55 @@ void Transformer<T>::forward(const int32_t* inputs, int64_t B, int64_t Tn) {
     else
       tp_sum(dst, N * C);
   }
-  if (a.positions >= 0) {
+  if (starts_model(chunk) && ix.positions >= 0) {
     const int64_t first = sp ? tp_.rank() * Ns : 0;  // global token index of row 0
     for (int64_t i = 0; i < Ns; ++i)
-      cpu::add_inplace(x0 + i * C, p.value(a.positions) + ((first + i) % Tn) * C, C);
+      cpu::add_inplace(x0 + i * C, p.value(ix.positions) + ((first + i) % Tn) * C, C);
   }
 
-  for (int64_t l = 0; l < d.L; ++l) {
-    const BlockIndex& b = a.blocks[l];
-    const T* x = a.residual[l].data();  // [Ns, C]
+  for (int64_t l = first_layer; l < last_layer; ++l) {
+    const BlockIndex& b = ix.blocks[l];
+    const int64_t j = l - first_layer;  // the layer's index inside this chunk
+    const T* x = a.residual[j].data();  // [Ns, C]
     // Attention branch: column-parallel qkv (heads split), row-parallel projection.
-    norm(a.ln1[l].data(), a.mean1[l].data(), a.rstd1[l].data(), x, b.norm1_w, b.norm1_b);
-    cpu::linear_forward(a.qkv[l].data(), a.ln1[l].data(), p.value(b.qkv_w), maybe(p, b.qkv_b), N, C, W);
-    if (d.llama) cpu::rope_forward(a.qkv[l].data(), B, Tn, Hq, Hkv, d.D, d.rope_theta);
-    cpu::attention_forward(a.att[l].data(), a.lse[l].data(), a.qkv[l].data(), B, Tn, Hq, Hkv, d.D);
-    T* mid = a.mid[l].data();  // [Ns, C]
-    row_parallel(mid, a.att[l].data(), b.proj_w, b.proj_b, A);
+    norm(a.ln1[j].data(), a.mean1[j].data(), a.rstd1[j].data(), x, b.norm1_w, b.norm1_b);
+    cpu::linear_forward(a.qkv[j].data(), a.ln1[j].data(), p.value(b.qkv_w), maybe(p, b.qkv_b), N, C, W);
+    if (d.llama) cpu::rope_forward(a.qkv[j].data(), B, Tn, Hq, Hkv, d.D, d.rope_theta);
+    cpu::attention_forward(a.att[j].data(), a.lse[j].data(), a.qkv[j].data(), B, Tn, Hq, Hkv, d.D);
+    T* mid = a.mid[j].data();  // [Ns, C]
+    row_parallel(mid, a.att[j].data(), b.proj_w, b.proj_b, A);
     cpu::add_inplace(mid, x, Ns * C);
     // MLP branch: column-parallel up-projection(s), row-parallel down-projection.
-    norm(a.ln2[l].data(), a.mean2[l].data(), a.rstd2[l].data(), mid, b.norm2_w, b.norm2_b);
-    T* out = a.residual[l + 1].data();  // [Ns, C]
+    norm(a.ln2[j].data(), a.mean2[j].data(), a.rstd2[j].data(), mid, b.norm2_w, b.norm2_b);
+    T* out = a.residual[j + 1].data();  // [Ns, C]
     if (d.llama) {
-      cpu::linear_forward(a.h1[l].data(), a.ln2[l].data(), p.value(b.gate_w), (const T*)nullptr, N, C, F);
-      cpu::linear_forward(a.h2[l].data(), a.ln2[l].data(), p.value(b.up_w), (const T*)nullptr, N, C, F);
-      cpu::swiglu_forward(a.hact[l].data(), a.h1[l].data(), a.h2[l].data(), N * F);
-      row_parallel(out, a.hact[l].data(), b.down_w, -1, F);
+      cpu::linear_forward(a.h1[j].data(), a.ln2[j].data(), p.value(b.gate_w), (const T*)nullptr, N, C, F);
+      cpu::linear_forward(a.h2[j].data(), a.ln2[j].data(), p.value(b.up_w), (const T*)nullptr, N, C, F);
+      cpu::swiglu_forward(a.hact[j].data(), a.h1[j].data(), a.h2[j].data(), N * F);
+      row_parallel(out, a.hact[j].data(), b.down_w, -1, F);
     } else {
-      cpu::linear_forward(a.h1[l].data(), a.ln2[l].data(), p.value(b.fc_w), maybe(p, b.fc_b), N, C, F);
-      cpu::gelu_forward(a.hact[l].data(), a.h1[l].data(), N * F);
-      row_parallel(out, a.hact[l].data(), b.mproj_w, b.mproj_b, F);
+      cpu::linear_forward(a.h1[j].data(), a.ln2[j].data(), p.value(b.fc_w), maybe(p, b.fc_b), N, C, F);
+      cpu::gelu_forward(a.hact[j].data(), a.h1[j].data(), N * F);
+      row_parallel(out, a.hact[j].data(), b.mproj_w, b.mproj_b, F);
     }
     cpu::add_inplace(out, mid, Ns * C);
   }
 
-  norm(a.lnf.data(), a.meanf.data(), a.rstdf.data(), a.residual[d.L].data(), a.normf_w, a.normf_b);
+  if (!ends_model(chunk)) return;
+  norm(a.lnf.data(), a.meanf.data(), a.rstdf.data(), a.residual[last_layer - first_layer].data(), ix.normf_w,
+       ix.normf_b);
   // Vocab-parallel head: this rank's logits [N, V/tp].
-  cpu::linear_forward(a.logits.data(), a.lnf.data(), p.value(a.head), (const T*)nullptr, N, C, V);
+  cpu::linear_forward(a.logits.data(), a.lnf.data(), p.value(ix.head), (const T*)nullptr, N, C, V);
 }
 
 template <typename T>
-void Transformer<T>::backward(const int32_t* inputs, int64_t B, int64_t Tn) {
+void Transformer<T>::backward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn,
+                              const T* output_grad) {
   const Dims& d = dims_;
-  auto& a = *act_;
+  auto& a = *acts_[chunk][slot];
+  const auto& ix = *index_;
   auto& p = params_;
+  const auto [first_layer, last_layer] = stage_.chunks[chunk];
   const int n = tp_.size();
   const bool sp = tp_.sequence_parallel;
   const int64_t N = B * Tn, Ns = sp ? N / n : N, C = d.C;
@@ -415,67 +499,78 @@ void Transformer<T>::backward(const int32_t* inputs, int64_t B, int64_t Tn) {
     }
   };
 
-  // Head: a.logits holds dlogits [N, V/tp] here.
-  stash_replicated({a.normf_w, a.normf_b});
-  zero(a.dln.data(), N * C);
-  cpu::linear_backward(a.dln.data(), p.grad(a.head), (T*)nullptr, a.logits.data(), a.lnf.data(),
-                       p.value(a.head), N, C, V);
-  zero(a.dres.data(), Ns * C);
-  norm_backward_into_dres(a.residual[d.L].data(), a.normf_w, a.normf_b, a.meanf.data(), a.rstdf.data());
-  reduce_replicated({a.normf_w, a.normf_b});
-  notify({a.normf_w, a.normf_b, d.tied ? -1 : a.head});
+  if (ends_model(chunk)) {
+    // Head: a.logits holds dlogits [N, V/tp] here.
+    stash_replicated({ix.normf_w, ix.normf_b});
+    zero(a.dln.data(), N * C);
+    cpu::linear_backward(a.dln.data(), p.grad(ix.head), (T*)nullptr, a.logits.data(), a.lnf.data(),
+                         p.value(ix.head), N, C, V);
+    zero(a.dres.data(), Ns * C);
+    norm_backward_into_dres(a.residual[last_layer - first_layer].data(), ix.normf_w, ix.normf_b, a.meanf.data(),
+                            a.rstdf.data());
+    reduce_replicated({ix.normf_w, ix.normf_b});
+    notify({ix.normf_w, ix.normf_b, d.tied ? -1 : ix.head});
+  } else {
+    // A later pipeline stage sent the gradient w.r.t. this chunk's output.
+    KUMIKO_CHECK(output_grad != nullptr, "pipeline stage without its output gradient");
+    std::copy_n(output_grad, Ns * C, a.dres.data());
+  }
 
-  for (int64_t l = d.L - 1; l >= 0; --l) {
-    const BlockIndex& b = a.blocks[l];
+  for (int64_t l = last_layer - 1; l >= first_layer; --l) {
+    const BlockIndex& b = ix.blocks[l];
+    const int64_t j = l - first_layer;
     stash_replicated({b.norm1_w, b.norm1_b, b.norm2_w, b.norm2_b, b.proj_b, b.mproj_b});
     // dres is the gradient w.r.t. the block output = w.r.t. mid (residual) + MLP output.
     if (d.llama) {
-      row_parallel_backward(a.dact.data(), a.hact[l].data(), b.down_w, -1, F);
+      row_parallel_backward(a.dact.data(), a.hact[j].data(), b.down_w, -1, F);
       zero(a.dh1.data(), N * F);
       zero(a.dh2.data(), N * F);
-      cpu::swiglu_backward(a.dh1.data(), a.dh2.data(), a.dact.data(), a.h1[l].data(), a.h2[l].data(), N * F);
+      cpu::swiglu_backward(a.dh1.data(), a.dh2.data(), a.dact.data(), a.h1[j].data(), a.h2[j].data(), N * F);
       zero(a.dln.data(), N * C);
-      cpu::linear_backward(a.dln.data(), p.grad(b.gate_w), (T*)nullptr, a.dh1.data(), a.ln2[l].data(),
+      cpu::linear_backward(a.dln.data(), p.grad(b.gate_w), (T*)nullptr, a.dh1.data(), a.ln2[j].data(),
                            p.value(b.gate_w), N, C, F);
-      cpu::linear_backward(a.dln.data(), p.grad(b.up_w), (T*)nullptr, a.dh2.data(), a.ln2[l].data(),
+      cpu::linear_backward(a.dln.data(), p.grad(b.up_w), (T*)nullptr, a.dh2.data(), a.ln2[j].data(),
                            p.value(b.up_w), N, C, F);
     } else {
-      row_parallel_backward(a.dact.data(), a.hact[l].data(), b.mproj_w, b.mproj_b, F);
+      row_parallel_backward(a.dact.data(), a.hact[j].data(), b.mproj_w, b.mproj_b, F);
       zero(a.dh1.data(), N * F);
-      cpu::gelu_backward(a.dh1.data(), a.dact.data(), a.h1[l].data(), N * F);
+      cpu::gelu_backward(a.dh1.data(), a.dact.data(), a.h1[j].data(), N * F);
       zero(a.dln.data(), N * C);
-      cpu::linear_backward(a.dln.data(), p.grad(b.fc_w), maybe_grad(p, b.fc_b), a.dh1.data(), a.ln2[l].data(),
+      cpu::linear_backward(a.dln.data(), p.grad(b.fc_w), maybe_grad(p, b.fc_b), a.dh1.data(), a.ln2[j].data(),
                            p.value(b.fc_w), N, C, F);
     }
-    norm_backward_into_dres(a.mid[l].data(), b.norm2_w, b.norm2_b, a.mean2[l].data(), a.rstd2[l].data());
+    norm_backward_into_dres(a.mid[j].data(), b.norm2_w, b.norm2_b, a.mean2[j].data(), a.rstd2[j].data());
     // dres is now the gradient w.r.t. mid = x + proj(att).
-    row_parallel_backward(a.datt.data(), a.att[l].data(), b.proj_w, b.proj_b, A);
+    row_parallel_backward(a.datt.data(), a.att[j].data(), b.proj_w, b.proj_b, A);
     zero(a.dqkv.data(), N * W);
-    cpu::attention_backward(a.dqkv.data(), a.datt.data(), a.qkv[l].data(), a.att[l].data(), a.lse[l].data(), B,
+    cpu::attention_backward(a.dqkv.data(), a.datt.data(), a.qkv[j].data(), a.att[j].data(), a.lse[j].data(), B,
                             Tn, Hq, Hkv, d.D);
     if (d.llama) cpu::rope_backward(a.dqkv.data(), B, Tn, Hq, Hkv, d.D, d.rope_theta);
     zero(a.dln.data(), N * C);
-    cpu::linear_backward(a.dln.data(), p.grad(b.qkv_w), maybe_grad(p, b.qkv_b), a.dqkv.data(), a.ln1[l].data(),
+    cpu::linear_backward(a.dln.data(), p.grad(b.qkv_w), maybe_grad(p, b.qkv_b), a.dqkv.data(), a.ln1[j].data(),
                          p.value(b.qkv_w), N, C, W);
-    norm_backward_into_dres(a.residual[l].data(), b.norm1_w, b.norm1_b, a.mean1[l].data(), a.rstd1[l].data());
+    norm_backward_into_dres(a.residual[j].data(), b.norm1_w, b.norm1_b, a.mean1[j].data(), a.rstd1[j].data());
     reduce_replicated({b.norm1_w, b.norm1_b, b.norm2_w, b.norm2_b, b.proj_b, b.mproj_b});
     notify({b.norm1_w, b.norm1_b, b.qkv_w, b.qkv_b, b.proj_w, b.proj_b, b.norm2_w, b.norm2_b, b.fc_w, b.fc_b,
             b.mproj_w, b.mproj_b, b.gate_w, b.up_w, b.down_w});
   }
 
+  // a.dres now holds the gradient w.r.t. the chunk's input (sent to the previous
+  // pipeline stage) unless the chunk starts the model.
+  if (!starts_model(chunk)) return;
   // Embedding: the gradient of the whole sequence reaches every rank's vocabulary shard.
   const T* dx0 = full_grad();  // [N, C]
-  if (a.positions >= 0) cpu::add_positions_backward(p.grad(a.positions), dx0, B, Tn, C);
+  if (ix.positions >= 0) cpu::add_positions_backward(p.grad(ix.positions), dx0, B, Tn, C);
   if (n == 1) {
-    cpu::embedding_backward(p.grad(a.tokens), dx0, inputs, N, C);
+    cpu::embedding_backward(p.grad(ix.tokens), dx0, inputs, N, C);
   } else {
     const int64_t v0 = tp_.rank() * V;
     for (int64_t i = 0; i < N; ++i) {
       const int64_t id = inputs[i] - v0;
-      if (id >= 0 && id < V) cpu::add_inplace(p.grad(a.tokens) + id * C, dx0 + i * C, C);
+      if (id >= 0 && id < V) cpu::add_inplace(p.grad(ix.tokens) + id * C, dx0 + i * C, C);
     }
   }
-  notify({a.tokens, a.positions});
+  notify({ix.tokens, ix.positions});
 }
 
 template <typename T>
@@ -505,8 +600,8 @@ void Transformer<T>::scatter_sequence_sum(T* full, T* shard, int64_t N, int64_t 
 }
 
 template <typename T>
-double Transformer<T>::vocab_parallel_cross_entropy(const int32_t* targets, int64_t N, bool backward, T scale) {
-  auto& a = *act_;
+double Transformer<T>::vocab_parallel_cross_entropy(Activations& a, const int32_t* targets, int64_t N,
+                                                    bool backward, T scale) {
   const int64_t V = dims_.V / tp_.size();
   if (tp_.size() == 1) {
     if (backward)
@@ -554,22 +649,55 @@ double Transformer<T>::vocab_parallel_cross_entropy(const int32_t* targets, int6
 template <typename T>
 double Transformer<T>::forward_backward(const int32_t* inputs, const int32_t* targets, int64_t B,
                                         int64_t Tn, T loss_scale) {
-  forward(inputs, B, Tn);
-  const double sum = vocab_parallel_cross_entropy(targets, B * Tn, true, loss_scale);
-  backward(inputs, B, Tn);
+  KUMIKO_CHECK(num_chunks() == 1 && starts_model(0) && ends_model(0), "forward_backward needs the whole model");
+  forward(0, 0, inputs, B, Tn, nullptr);
+  const double sum = vocab_parallel_cross_entropy(*acts_[0][0], targets, B * Tn, true, loss_scale);
+  backward(0, 0, inputs, B, Tn, nullptr);
   return sum / static_cast<double>(B * Tn);
 }
 
 template <typename T>
 double Transformer<T>::loss(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn) {
-  forward(inputs, B, Tn);
-  return vocab_parallel_cross_entropy(targets, B * Tn, false, T(0)) / static_cast<double>(B * Tn);
+  KUMIKO_CHECK(num_chunks() == 1 && starts_model(0) && ends_model(0), "loss needs the whole model");
+  forward(0, 0, inputs, B, Tn, nullptr);
+  return vocab_parallel_cross_entropy(*acts_[0][0], targets, B * Tn, false, T(0)) / static_cast<double>(B * Tn);
+}
+
+template <typename T>
+double Transformer<T>::stage_forward(int chunk, int slot, const int32_t* inputs, const int32_t* targets,
+                                     int64_t B, int64_t Tn, T loss_scale, const T* input, bool train) {
+  forward(chunk, slot, inputs, B, Tn, input);
+  if (!ends_model(chunk)) return 0.0;
+  return vocab_parallel_cross_entropy(*acts_[chunk][slot], targets, B * Tn, train, loss_scale);
+}
+
+template <typename T>
+const T* Transformer<T>::stage_output(int chunk, int slot) const {
+  const auto& a = *acts_[chunk][slot];
+  return a.residual.back().data();
+}
+
+template <typename T>
+void Transformer<T>::stage_backward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn,
+                                    const T* output_grad) {
+  backward(chunk, slot, inputs, B, Tn, output_grad);
+}
+
+template <typename T>
+const T* Transformer<T>::stage_input_grad(int chunk, int slot) const {
+  return acts_[chunk][slot]->dres.data();
+}
+
+template <typename T>
+int64_t Transformer<T>::activation_rows(int64_t B, int64_t Tn) const {
+  return tp_.sequence_parallel ? B * Tn / tp_.size() : B * Tn;
 }
 
 template <typename T>
 void Transformer<T>::last_logits(const int32_t* inputs, int64_t B, int64_t Tn, T* out) {
-  forward(inputs, B, Tn);
-  const auto& a = *act_;
+  KUMIKO_CHECK(num_chunks() == 1 && starts_model(0) && ends_model(0), "last_logits needs the whole model");
+  forward(0, 0, inputs, B, Tn, nullptr);
+  const auto& a = *acts_[0][0];
   const int n = tp_.size();
   const int64_t V = dims_.V / n;
   // This rank's vocabulary columns of each sequence's last row, then gathered.

@@ -71,6 +71,9 @@ struct ParallelConfig {
   int zero = 0;  // 0 = replicated optimizer state, 1 = ZeRO-1 (sharded over dp)
   double bucket_mb = 25.0;  // gradient bucket size for the data-parallel reduction (MB)
   bool sequence_parallel = false;  // tp: shard norm/residual regions along the sequence
+  std::string pp_schedule = "1f1b";  // gpipe|1f1b|interleaved
+  int pp_chunks = 1;                 // model chunks (virtual stages) per pipeline rank (interleaved: >= 2)
+  std::string pp_layers;             // layers per virtual stage, e.g. "3,3,2,2"; "" = even
   double comm_timeout_s = 300;     // watchdog: a collective or send/recv slower than this ends the job
 };
 

@@ -49,11 +49,28 @@ struct TensorParallel {
   int rank() const { return group ? group->rank() : 0; }
 };
 
+// Pipeline parallelism: which layers this rank runs. Each chunk is a contiguous
+// layer range (a virtual stage); a rank has one chunk, or several when interleaved.
+struct PipelineStage {
+  std::vector<std::pair<int64_t, int64_t>> chunks;  // [first, last) layers; empty = all layers
+  bool has_embedding = true;  // holds virtual stage 0
+  bool has_head = true;       // holds the last virtual stage (final norm, head, loss)
+  int slots = 1;              // activation sets per chunk: micro-batches in flight
+};
+
+// The stage of pipeline rank `rank` of `pp` with `chunks` virtual stages per rank:
+// virtual stage s = c * pp + rank holds `layers[s]` layers (empty = equal stages).
+PipelineStage pipeline_stage(const Dims& d, int pp, int chunks, int rank, const std::vector<int64_t>& layers,
+                             int slots);
+
 // The parameter list of a model (logical names, shapes, init, decay) with the part
 // that tensor-parallel rank `rank` of `tp` holds: qkv, fc, gate, up and the
 // vocabulary tables by rows (heads / hidden units / vocabulary entries), attention
-// and MLP output projections by columns, norms and output biases replicated.
-std::vector<ParameterSpec> parameter_specs(const Dims& d, int tp = 1, int rank = 0);
+// and MLP output projections by columns, norms and output biases replicated. With a
+// pipeline stage, only that stage's parameters (the last stage of a tied model holds
+// a copy of the token embedding for its head).
+std::vector<ParameterSpec> parameter_specs(const Dims& d, int tp = 1, int rank = 0,
+                                           const PipelineStage* stage = nullptr);
 
 // FLOPs per trained token (forward + backward), PaLM appendix B:
 // 6 * N_matmul + 12 * L * Hq * D * T (attention scores and values).
@@ -63,7 +80,8 @@ template <typename T>
 class Transformer {
  public:
   // Activations are allocated for up to `batch` sequences of up to `seq_len` tokens.
-  Transformer(const Dims& dims, int64_t batch, int64_t seq_len, TensorParallel tp = {});
+  Transformer(const Dims& dims, int64_t batch, int64_t seq_len, TensorParallel tp = {},
+              PipelineStage stage = {});
   ~Transformer();
 
   const Dims& dims() const { return dims_; }
@@ -82,6 +100,23 @@ class Transformer {
   // vocabulary, gathered over the tp group).
   void last_logits(const int32_t* inputs, int64_t B, int64_t Tn, T* out);
   const TensorParallel& tensor_parallel() const { return tp_; }
+  const PipelineStage& pipeline_stage() const { return stage_; }
+
+  // Pipeline stages. stage_forward runs chunk `chunk` on activation set `slot`: from
+  // the token embedding when the chunk starts the model, else from `input` [rows, C]
+  // (the previous stage's output; rows = activation_rows(B, Tn)). When the chunk ends
+  // the model it computes the loss (with `train`, the logits' gradient too) and
+  // returns the loss sum over the micro-batch's tokens; else 0.
+  double stage_forward(int chunk, int slot, const int32_t* inputs, const int32_t* targets, int64_t B,
+                       int64_t Tn, T loss_scale, const T* input, bool train);
+  const T* stage_output(int chunk, int slot) const;
+  // Backward of chunk `chunk` on `slot`: from the loss when the chunk ends the model,
+  // else from `output_grad` [rows, C]; leaves the gradient w.r.t. its input in
+  // stage_input_grad (unless the chunk starts the model).
+  void stage_backward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn, const T* output_grad);
+  const T* stage_input_grad(int chunk, int slot) const;
+  int64_t activation_rows(int64_t B, int64_t Tn) const;
+  int num_chunks() const { return static_cast<int>(stage_.chunks.size()); }
 
   // Called during backward with each parameter index as soon as its gradient for
   // this micro-batch is complete (data parallelism starts reducing buckets then).
@@ -89,12 +124,15 @@ class Transformer {
 
  private:
   struct Activations;
-  void forward(const int32_t* inputs, int64_t B, int64_t Tn);
-  void backward(const int32_t* inputs, int64_t B, int64_t Tn);
+  struct Index;
+  void forward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn, const T* input);
+  void backward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn, const T* output_grad);
+  bool starts_model(int chunk) const;
+  bool ends_model(int chunk) const;
   void notify(std::initializer_list<int> indices);
   // Cross-entropy over the vocabulary shards of the tp group; with dlogits the
   // gradient (softmax - onehot) * scale overwrites the logits. Returns the loss sum.
-  double vocab_parallel_cross_entropy(const int32_t* targets, int64_t N, bool backward, T scale);
+  double vocab_parallel_cross_entropy(Activations& a, const int32_t* targets, int64_t N, bool backward, T scale);
   // Sequence parallelism helpers: full [N, C] <-> this rank's [N/tp, C] rows.
   void gather_sequence(const T* shard, T* full, int64_t N, int64_t C);
   void scatter_sequence_sum(T* full, T* shard, int64_t N, int64_t C);
@@ -102,10 +140,12 @@ class Transformer {
 
   Dims dims_;
   TensorParallel tp_;
+  PipelineStage stage_;
   int64_t batch_;
   int64_t seq_len_;
   ParameterStore<T> params_;
-  std::unique_ptr<Activations> act_;
+  std::unique_ptr<Index> index_;
+  std::vector<std::vector<std::unique_ptr<Activations>>> acts_;  // [chunk][slot]
   std::function<void(int)> grad_ready_;
   std::unordered_map<int, std::vector<T>> stash_;  // sequence parallelism: see backward()
 };
