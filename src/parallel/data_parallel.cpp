@@ -113,21 +113,20 @@ double DataParallel::finish_reduction() {
   return since(t0);
 }
 
-void DataParallel::set_tensor_parallel(comm::Communicator* tp, std::vector<bool> replicated) {
-  tp_ = tp;
-  replicated_ = std::move(replicated);
+void DataParallel::set_norm_weights(std::vector<double> weights, std::vector<comm::Communicator*> groups) {
+  norm_weights_ = std::move(weights);
+  norm_groups_ = std::move(groups);
 }
 
 double DataParallel::grad_norm() {
-  const bool tp = tp_ && tp_->size() > 1;
   double ss = 0;
-  if (!tp) {
+  if (norm_weights_.empty()) {
     ss = zero_ == 1 ? cpu::sum_squares(shard_grads_.data(), shard_size_)
                     : cpu::sum_squares(params_.flat_grads().data(), params_.flat_grads().numel());
   } else {
-    // Sharded tensors add up over the tp group; replicated ones count once.
-    const double share = 1.0 / tp_->size();
-    auto add = [&](int i, const float* g, int64_t n) { ss += cpu::sum_squares(g, n) * (replicated_[i] ? share : 1.0); };
+    auto add = [&](int i, const float* g, int64_t n) {
+      if (norm_weights_[i] != 0) ss += cpu::sum_squares(g, n) * norm_weights_[i];
+    };
     if (zero_ == 1) {
       for (auto& b : buckets_)
         for_param_ranges(b.own_begin, b.own_end, [&](int i, int64_t a, int64_t e) {
@@ -140,7 +139,8 @@ double DataParallel::grad_norm() {
     }
   }
   if (zero_ == 1) dp_.all_reduce(&ss, 1, comm::ReduceOp::sum);
-  if (tp) tp_->all_reduce(&ss, 1, comm::ReduceOp::sum);
+  for (auto* g : norm_groups_)
+    if (g->size() > 1) g->all_reduce(&ss, 1, comm::ReduceOp::sum);
   return std::sqrt(ss);
 }
 

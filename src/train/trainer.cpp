@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <limits>
 
 #include "kumiko/ckpt/store.h"
@@ -15,6 +17,7 @@
 #include "kumiko/comm/watchdog.h"
 #include "kumiko/parallel/data_parallel.h"
 #include "kumiko/parallel/grid.h"
+#include "kumiko/parallel/pipeline.h"
 #include "kumiko/core/error.h"
 #include "kumiko/core/log.h"
 #include "kumiko/core/rng.h"
@@ -138,9 +141,6 @@ RunSummary Trainer::run() {
   set_threads(cfg.backend.threads);
   KUMIKO_USER_CHECK(cfg.backend.device == "cpu", "backend.device: '", cfg.backend.device,
                     "' is not available in this build yet (expected cpu)");
-  KUMIKO_USER_CHECK(cfg.parallel.pp == 1,
-                    "parallel.pp: pipeline parallelism is not available yet (expected 1; data and tensor "
-                    "parallelism with parallel.dp and parallel.tp work)");
   SignalGuard signals;
 
   auto& s = *state_;
@@ -162,21 +162,76 @@ RunSummary Trainer::run() {
   const model::Dims dims = model::Dims::from(cfg.model);
   model::TensorParallel tensor_parallel;
   if (s.grid->tp() > 1) tensor_parallel = {&s.grid->tp_group(), cfg.parallel.sequence_parallel};
-  s.model = std::make_unique<model::Transformer<float>>(dims, MB, T, tensor_parallel);
+  // Pipeline: this rank's stage (chunks of layers), one activation set per micro-batch.
+  const int pp = s.grid->pp();
+  const int chunks = pp > 1 ? cfg.parallel.pp_chunks : 1;
+  const int64_t micro_steps = local_batch / MB;
+  std::vector<int64_t> stage_layers;
+  {
+    std::stringstream in(cfg.parallel.pp_layers);
+    for (std::string item; std::getline(in, item, ',');) stage_layers.push_back(std::stoll(item));
+  }
+  model::PipelineStage stage;
+  if (pp > 1)
+    stage = model::pipeline_stage(dims, pp, chunks, s.grid->pp_rank(), stage_layers, static_cast<int>(micro_steps));
+  s.model = std::make_unique<model::Transformer<float>>(dims, MB, T, tensor_parallel, stage);
+  stage = s.model->pipeline_stage();
   auto& params = s.model->params();
   params.initialize(cfg.train.seed);
   s.dp = std::make_unique<parallel::DataParallel>(
       s.grid->dp_group(), params, cfg.parallel.zero, static_cast<int64_t>(cfg.parallel.bucket_mb * 1e6),
       AdamWSettings{cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});
   s.model->set_grad_ready_hook([&](int i) { s.dp->on_grad_ready(i); });
-  if (s.grid->tp() > 1) {
-    std::vector<bool> replicated;
-    for (size_t i = 0; i < params.size(); ++i)
-      replicated.push_back(params.spec(static_cast<int>(i)).split == model::Split::none);
-    s.dp->set_tensor_parallel(&s.grid->tp_group(), replicated);
+  const bool tied_across_stages = pp > 1 && dims.tied;
+  if (s.grid->tp() > 1 || pp > 1) {
+    // Gradient norm over the whole model: replicated tensors count once over tp,
+    // the last stage's copy of a tied embedding not at all.
+    std::vector<double> weights;
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto& spec = params.spec(static_cast<int>(i));
+      double w = 1.0;
+      if (s.grid->tp() > 1 && spec.split == model::Split::none) w = 1.0 / s.grid->tp();
+      if (tied_across_stages && spec.name == "embed.tokens.weight" && !stage.has_embedding) w = 0.0;
+      weights.push_back(w);
+    }
+    std::vector<comm::Communicator*> groups;
+    if (s.grid->tp() > 1) groups.push_back(&s.grid->tp_group());
+    if (pp > 1) groups.push_back(&s.grid->pp_group());
+    s.dp->set_norm_weights(weights, groups);
   }
-  // Files hold logical tensors: these are their names and full shapes.
+  // The first and last pipeline stages both hold a tied embedding: its gradient is
+  // summed between them (same dp and tp coordinates) every step.
+  std::unique_ptr<comm::Communicator> embed_group;
+  const bool embed_member = tied_across_stages && (s.grid->pp_rank() == 0 || s.grid->pp_rank() == pp - 1);
+  if (tied_across_stages) {
+    const bool member = embed_member;
+    const int coords = s.grid->dp_rank() * s.grid->tp() + s.grid->tp_rank();
+    embed_group = world_.split(member ? coords : s.grid->dp() * s.grid->tp() + world_.rank(), world_.rank(),
+                               "embed");
+  }
+  std::unique_ptr<parallel::PipelineRunner> runner;
+  if (pp > 1)
+    runner = std::make_unique<parallel::PipelineRunner>(*s.model, s.grid->pp_group(),
+                                                        parallel::parse_schedule(cfg.parallel.pp_schedule),
+                                                        static_cast<int>(micro_steps), MB, T);
+  // Files hold logical tensors: all of the model's, and this stage's.
   const std::vector<model::ParameterSpec> logical_specs = model::parameter_specs(dims);
+  const std::vector<model::ParameterSpec> stage_specs = model::parameter_specs(dims, 1, 0, &stage);
+  std::vector<std::vector<std::string>> names_by_stage;
+  for (int r = 0; r < pp; ++r) {
+    names_by_stage.emplace_back();
+    const auto st = pp > 1 ? model::pipeline_stage(dims, pp, chunks, r, stage_layers, 1) : stage;
+    for (const auto& spec : model::parameter_specs(dims, 1, 0, &st)) names_by_stage.back().push_back(spec.name);
+  }
+  // This rank's logical tensors (gathered over tp) of a flat buffer, then over the
+  // pipeline stages: every tensor of the model on pp rank 0, nothing elsewhere.
+  auto gather_model = [&](const float* flat) {
+    auto mine = model::gather_logical(*s.model, flat);
+    if (pp == 1) return mine;
+    std::map<std::string, std::vector<float>> by_name;
+    for (size_t i = 0; i < stage_specs.size(); ++i) by_name[stage_specs[i].name] = std::move(mine[i]);
+    return parallel::gather_stages(s.grid->pp_group(), logical_specs, names_by_stage, std::move(by_name));
+  };
   auto const_ptrs = [](const model::LogicalTensors& t) {
     std::vector<const float*> out;
     for (const auto& x : t) out.push_back(x.data());
@@ -189,12 +244,12 @@ RunSummary Trainer::run() {
   };
   auto empty_logical = [&] {
     model::LogicalTensors t;
-    for (const auto& spec : logical_specs) t.emplace_back(static_cast<size_t>(numel_of(spec.shape)));
+    for (const auto& spec : stage_specs) t.emplace_back(static_cast<size_t>(numel_of(spec.shape)));
     return t;
   };
-  // Writes a weights file of the current parameters (collective over tp; rank 0 writes).
+  // Writes a weights file of the current parameters (collective over tp and pp; rank 0 writes).
   auto write_weights_file = [&](const fs::path& path, int64_t step) {
-    const auto values = model::gather_logical(*s.model, params.flat_values().data());
+    const auto values = gather_model(params.flat_values().data());
     if (io)
       write_weights(path.string(), logical_specs, const_ptrs(values),
                     {s.meta.config_ini, s.meta.tokenizer_sha256, s.meta.tokenizer_path, step});
@@ -237,7 +292,7 @@ RunSummary Trainer::run() {
   });
   if (!resume_path.empty()) {
     auto values = empty_logical(), lm = empty_logical(), lv = empty_logical();
-    s.train = load_checkpoint(resume_path, cfg, s.meta.tokenizer_sha256, logical_specs, mut_ptrs(values),
+    s.train = load_checkpoint(resume_path, cfg, s.meta.tokenizer_sha256, stage_specs, mut_ptrs(values),
                               mut_ptrs(lm), mut_ptrs(lv));
     std::vector<float> m(params.total_numel(), 0.0f), v(params.total_numel(), 0.0f);
     model::scatter_logical(*s.model, values, params.flat_values().data());
@@ -270,9 +325,9 @@ RunSummary Trainer::run() {
     std::vector<float> m, v;
     s.dp->gather_moments(m, v);  // collective over dp (ZeRO shards)
     // Logical tensors from the tp shards (collective over tp).
-    const auto values = model::gather_logical(*s.model, params.flat_values().data());
-    const auto lm = model::gather_logical(*s.model, m.data());
-    const auto lv = model::gather_logical(*s.model, v.data());
+    const auto values = gather_model(params.flat_values().data());
+    const auto lm = gather_model(m.data());
+    const auto lv = gather_model(v.data());
     s.train.optimizer_steps = s.dp->optimizer_steps();
     const std::string path = s.store->path_for(s.train.step);
     if (io) {
@@ -292,7 +347,6 @@ RunSummary Trainer::run() {
   s.inputs.resize(MB * T);
   s.targets.resize(MB * T);
   const int64_t end = cfg.train.stop_at > 0 ? std::min(cfg.train.stop_at, cfg.train.steps) : cfg.train.steps;
-  const int64_t micro_steps = local_batch / MB;
   const float loss_scale = 1.0f / static_cast<float>(GB * T);
   const auto start_time = Clock::now();
   double train_seconds = 0;
@@ -303,8 +357,10 @@ RunSummary Trainer::run() {
     double total = 0;
     for (int64_t k = dp_rank; k < cfg.train.eval_batches; k += dp) {
       s.loader->fill(data::Split::val, k, MB, 0, MB, s.inputs.data(), s.targets.data());
-      total += s.model->loss(s.inputs.data(), s.targets.data(), MB, T);
+      total += runner ? runner->run_forward(s.inputs.data(), s.targets.data()) / static_cast<double>(MB * T)
+                      : s.model->loss(s.inputs.data(), s.targets.data(), MB, T);
     }
+    if (pp > 1) s.grid->pp_group().all_reduce(&total, 1, comm::ReduceOp::sum);  // the last stage's
     s.grid->dp_group().all_reduce(&total, 1, comm::ReduceOp::sum);
     const double val = total / cfg.train.eval_batches;
     summary.last_val_loss = val;
@@ -318,8 +374,11 @@ RunSummary Trainer::run() {
 
   // Periodic samples ([log] sample_every) from rank 0, to watch the model learn.
   std::unique_ptr<data::Tokenizer> tokenizer;
+  if (pp > 1 && cfg.log.sample_every > 0)
+    log->warn("log.sample_every: samples during training are not drawn with pipeline parallelism; use "
+              "kumiko sample on a checkpoint");
   auto print_sample = [&](int64_t step) {
-    if (!s.loader) return;
+    if (!s.loader || pp > 1) return;
     // The sampler needs the whole model: with tp > 1, gather it into an unsplit copy.
     std::unique_ptr<model::Transformer<float>> whole;
     if (s.grid->tp() > 1) {
@@ -355,12 +414,24 @@ RunSummary Trainer::run() {
         world_.rank() == t.inject_nan_rank)
       params.flat_grads()[0] = std::numeric_limits<float>::quiet_NaN();  // testing: poisons this rank's gradient
     double loss = 0;
-    for (int64_t micro = 0; micro < micro_steps; ++micro) {
+    auto fill = [&](int64_t micro, int32_t* in, int32_t* tg) {
       const int64_t first = dp_rank * local_batch + micro * MB;  // in the global batch
       if (s.loader)
-        s.loader->fill(data::Split::train, step, GB, first, MB, s.inputs.data(), s.targets.data());
+        s.loader->fill(data::Split::train, step, GB, first, MB, in, tg);
       else
-        synthetic_batch(cfg.train.seed, step, first, MB, T, dims.V, s.inputs.data(), s.targets.data());
+        synthetic_batch(cfg.train.seed, step, first, MB, T, dims.V, in, tg);
+    };
+    if (runner) {
+      loss = runner->run_step([&](int mb, int32_t* in, int32_t* tg) { fill(mb, in, tg); }, loss_scale) /
+             static_cast<double>(local_batch * T);
+      s.grid->pp_group().all_reduce(&loss, 1, comm::ReduceOp::sum);  // the loss lives on the last stage
+      if (embed_member) {
+        const int e = params.index("embed.tokens.weight");
+        embed_group->all_reduce(params.grad(e), params.numel(e), comm::ReduceOp::sum);
+      }
+    }
+    for (int64_t micro = 0; !runner && micro < micro_steps; ++micro) {
+      fill(micro, s.inputs.data(), s.targets.data());
       if (micro == micro_steps - 1) s.dp->arm();  // reduce buckets during the last backward
       loss += s.model->forward_backward(s.inputs.data(), s.targets.data(), MB, T, loss_scale) / micro_steps;
     }

@@ -32,9 +32,11 @@ class DataParallel {
   void on_grad_ready(int param_index);
   // Waits for every bucket (starting any not yet started). Returns seconds waited.
   double finish_reduction();
-  // With tensor parallelism: the tp group and which parameters are replicated
-  // across it (counted once in the gradient norm).
-  void set_tensor_parallel(comm::Communicator* tp, std::vector<bool> replicated);
+  // With tensor or pipeline parallelism the global gradient norm sums over more
+  // ranks: each parameter's squares are weighted (1/tp for tensors replicated over
+  // tp, 0 for the last pipeline stage's copy of a tied embedding) and summed over
+  // `groups` (tp, pp).
+  void set_norm_weights(std::vector<double> weights, std::vector<comm::Communicator*> groups);
   // Global gradient L2 norm (identical on every rank).
   double grad_norm();
   // AdamW step (with gradients multiplied by grad_scale), then with zero=1 the
@@ -74,8 +76,8 @@ class DataParallel {
   std::vector<int> bucket_of_param_;
   std::vector<int64_t> param_begin_;  // flat offsets
   bool armed_ = false;
-  comm::Communicator* tp_ = nullptr;
-  std::vector<bool> replicated_;
+  std::vector<double> norm_weights_;
+  std::vector<comm::Communicator*> norm_groups_;
   int64_t steps_ = 0;
   // zero=0: moments for the whole flat buffer; zero=1: for this rank's slices only.
   std::vector<float> m_, v_, shard_grads_;

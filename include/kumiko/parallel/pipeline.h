@@ -1,0 +1,56 @@
+#pragma once
+// Runs one training step's pipeline schedule (parallel/schedule.h) on this rank:
+// forward and backward of the rank's model chunks on each micro-batch, with the
+// activations and their gradients sent to the neighbouring stages over the pp
+// group (blocking send/recv; the schedules are deadlock-free under rendezvous).
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kumiko/comm/communicator.h"
+#include "kumiko/model/sharding.h"
+#include "kumiko/model/transformer.h"
+#include "kumiko/parallel/schedule.h"
+
+namespace kumiko::parallel {
+
+class PipelineRunner {
+ public:
+  // `micro_batches` micro-batches of B sequences of T tokens per step.
+  PipelineRunner(model::Transformer<float>& model, comm::Communicator& pp, ScheduleKind kind, int micro_batches,
+                 int64_t B, int64_t T);
+
+  // Fills inputs and targets [B, T] of micro-batch `mb` of this step.
+  using BatchFn = std::function<void(int mb, int32_t* inputs, int32_t* targets)>;
+  // One step: every micro-batch forward and backward. Returns the loss summed over
+  // all tokens of the step's micro-batches on the last stage, 0 on other stages.
+  double run_step(const BatchFn& batch, float loss_scale);
+  // Forward only through every stage (evaluation) of one micro-batch; the loss sum
+  // on the last stage, 0 elsewhere.
+  double run_forward(const int32_t* inputs, const int32_t* targets);
+  double bubble_fraction() const;
+
+ private:
+  int tag(int dst_stage, int mb, int dir) const;
+  model::Transformer<float>& model_;
+  comm::Communicator& pp_;
+  ScheduleKind kind_;
+  int m_;
+  int64_t B_, T_, rows_, C_;
+  std::vector<Action> actions_;
+  std::vector<std::vector<int32_t>> inputs_, targets_;    // [m][B*T]
+  std::vector<std::vector<std::vector<float>>> act_in_;  // [chunk][m][rows*C]
+  std::vector<std::vector<std::vector<float>>> grad_in_;
+};
+
+// Assembles logical tensors held by different pipeline stages on pp rank 0: each
+// stage's tensors that stage 0 does not hold are sent to it over `pp` (a collective
+// over the pp group). `mine` are this rank's logical tensors by name. On pp rank 0
+// returns every tensor of `all_specs` in that order; elsewhere an empty list.
+model::LogicalTensors gather_stages(comm::Communicator& pp, const std::vector<model::ParameterSpec>& all_specs,
+                                    const std::vector<std::vector<std::string>>& names_by_stage,
+                                    std::map<std::string, std::vector<float>> mine);
+
+}  // namespace kumiko::parallel
