@@ -488,15 +488,17 @@ RunSummary Trainer::run() {
     if (io)
       s.metrics << fmt::format(
           "{{\"step\":{},\"loss\":{:.8g},\"lr\":{:.8g},\"grad_norm\":{:.8g},\"tokens_per_s\":{:.1f},"
-          "\"mfu\":{:.6f},\"step_s\":{:.6f},\"comm_s\":{:.6f}}}\n",
-          s.train.step, loss, lr, norm, tokens_per_s, mfu, dt, comm_s);
+          "\"mfu\":{:.6f},\"step_s\":{:.6f},\"comm_s\":{:.6f},\"bubble\":{:.4f}}}\n",
+          s.train.step, loss, lr, norm, tokens_per_s, mfu, dt, comm_s, runner ? runner->bubble_fraction() : 0.0);
     const bool last = s.train.step == end;
     if (cfg.log.every_steps > 0 && (s.train.step % cfg.log.every_steps == 0 || last)) {
       const double eta = train_seconds / steps_here * static_cast<double>(end - s.train.step);
-      log->info("step {:>5}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {:.0f} tok/s | mfu {} | comm {:.0f} ms | eta {}",
+      log->info("step {:>5}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {:.0f} tok/s | mfu {} | comm {:.0f} ms{} | eta {}",
                 s.train.step, cfg.train.steps, loss, lr, norm, tokens_per_s,
                 cfg.backend.peak_gflops > 0 ? fmt::format("{:.1f}%", 100 * mfu) : std::string("n/a"),
-                1e3 * comm_s, format_duration(eta));
+                1e3 * comm_s,
+                runner ? fmt::format(" | bubble {:.0f}%", 100 * runner->bubble_fraction()) : std::string(),
+                format_duration(eta));
     }
     if ((cfg.train.eval_every > 0 && s.train.step % cfg.train.eval_every == 0) || last) evaluate(s.train.step);
     if (cfg.log.sample_every > 0 && (s.train.step % cfg.log.sample_every == 0 || last)) print_sample(s.train.step);
