@@ -2,7 +2,8 @@
 # multinode.sh CASE KUMIKO SRC WORK: tests across 2 "hosts" (network namespaces, 2 ranks
 # each, TCP between them) built by scripts/testing/test_cluster.sh. CASE is one of
 #   layouts    per-step losses of dp=4 (ZeRO-1) across hosts = one process within 1e-5
-#              relative; then dp=2 x tp=2 (tp groups inside a host) if tp is available
+#              relative; then dp=2 x tp=2 (tp groups inside a host) and dp=2 x pp=2 (the
+#              pipeline stages on different hosts)
 #   cut        cut host 2's link mid-training (comm_timeout_s=5, a checkpoint every 2
 #              steps): every rank exits non-zero within 15 s, the log names the stalled
 #              operation, the newest checkpoint verifies, one process resumes from it
@@ -165,6 +166,13 @@ case "$CASE" in
     else
       echo "dp=2 x tp=2 on 2 hosts vs one process:"
       compare "$WORK/one/metrics.jsonl" "$WORK/dp2tp2/metrics.jsonl" || { echo "FAIL: dp2 x tp2 losses differ"; fail=1; }
+    fi
+    # dp=2 x pp=2: the two pipeline stages on different hosts (ranks 0,1 | 2,3).
+    run_to_end dp2pp2 --train.steps=8 --parallel.dp=2 --parallel.pp=2 --checkpoint.every_steps=0 ||
+      { echo "FAIL: dp=2 x pp=2 across 2 hosts"; tail -n 20 "$WORK/dp2pp2.txt"; fail=1; }
+    if [ -s "$WORK/dp2pp2/metrics.jsonl" ]; then
+      echo "dp=2 x pp=2 (stages on different hosts) vs one process:"
+      compare "$WORK/one/metrics.jsonl" "$WORK/dp2pp2/metrics.jsonl" || { echo "FAIL: dp2 x pp2 losses differ"; fail=1; }
     fi ;;
   cut)
     launch cut 7 --parallel.dp=4 --parallel.zero=1 --train.steps=100000 --parallel.comm_timeout_s=$TIMEOUT \
