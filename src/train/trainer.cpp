@@ -313,11 +313,11 @@ RunSummary Trainer::run() {
   }
 
   const double flops_per_token = model::train_flops_per_token(dims, T);
-  log->info("model {}: {} layers, d_model {}, {} heads ({} kv), vocab {}, {:.2f}M parameters; "
-            "{} ranks (dp {}, tp {}{}, zero {}), {} threads per rank; {:.1f} MFLOP per token",
+  log->info("model {}: {} layers, d_model {}, {} heads ({} kv), vocab {}, {:.2f}M parameters on this rank; "
+            "{} ranks (dp {}, tp {}{}, pp {}, zero {}), {} threads per rank; {:.1f} MFLOP per token",
             cfg.model.arch, dims.L, dims.C, dims.Hq, dims.Hkv, dims.V, params.total_numel() / 1e6,
             world_.size(), dp, s.grid->tp(), s.grid->tp() > 1 && cfg.parallel.sequence_parallel ? " with sp" : "",
-            cfg.parallel.zero, omp_get_max_threads(), flops_per_token / 1e6);
+            pp, cfg.parallel.zero, omp_get_max_threads(), flops_per_token / 1e6);
 
   auto save = [&](const char* why) {
     comm::WatchdogPause no_timeouts;  // rank 0 may write for longer than comm_timeout_s
