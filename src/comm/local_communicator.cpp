@@ -48,6 +48,9 @@ class LocalCommunicator : public Communicator {
   void send_raw(const void*, int64_t, DType, int peer, int) override {
     throw CommError("send to rank " + std::to_string(peer) + " on a 1-rank communicator");
   }
+  std::unique_ptr<Request> isend_raw(const void*, int64_t, DType, int peer, int) override {
+    throw CommError("send to rank " + std::to_string(peer) + " on a 1-rank communicator");
+  }
   void recv_raw(void*, int64_t, DType, int peer, int) override {
     throw CommError("recv from rank " + std::to_string(peer) + " on a 1-rank communicator");
   }

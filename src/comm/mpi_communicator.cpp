@@ -248,6 +248,14 @@ void MpiCommunicator::send_raw(const void* data, int64_t n, DType t, int peer, i
         where("send") + " to rank " + std::to_string(peer));
 }
 
+std::unique_ptr<Request> MpiCommunicator::isend_raw(const void* data, int64_t n, DType t, int peer, int tag) {
+  MPI_Request r;
+  const std::string what = where("send") + " to rank " + std::to_string(peer);
+  check(MPI_Isend(data, to_int(n, "send"), mpi_type(t), peer, tag, impl_->comm, &r), what);
+  return std::make_unique<MpiRequest>(r, what, Watchdog::begin("send", watch_, impl_->peer_world(peer)),
+                                      [] {});
+}
+
 void MpiCommunicator::recv_raw(void* data, int64_t n, DType t, int peer, int tag) {
   WatchScope watch("recv", watch_, impl_->peer_world(peer));
   check(MPI_Recv(data, to_int(n, "recv"), mpi_type(t), peer, tag, impl_->comm, MPI_STATUS_IGNORE),

@@ -34,6 +34,7 @@ class MpiCommunicator : public Communicator {
   void broadcast_raw(void* data, int64_t n, DType t, int root) override;
   void send_raw(const void* data, int64_t n, DType t, int peer, int tag) override;
   void recv_raw(void* data, int64_t n, DType t, int peer, int tag) override;
+  std::unique_ptr<Request> isend_raw(const void* data, int64_t n, DType t, int peer, int tag) override;
 
  private:
   std::string where(const char* op) const;

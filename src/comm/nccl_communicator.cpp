@@ -187,6 +187,10 @@ class NcclCommunicator : public Communicator {
     check(ncclSend(data, static_cast<size_t>(n), nccl_type(t), peer, comm_, stream_), where("send"));
     synchronize("send");
   }
+  std::unique_ptr<Request> isend_raw(const void* data, int64_t n, DType t, int peer, int) override {
+    check(ncclSend(data, static_cast<size_t>(n), nccl_type(t), peer, comm_, stream_), where("send"));
+    return std::make_unique<EventRequest>(stream_, where("send"), "send", watch_);
+  }
   void recv_raw(void* data, int64_t n, DType t, int peer, int) override {
     WatchScope watch("recv", watch_);
     check(ncclRecv(data, static_cast<size_t>(n), nccl_type(t), peer, comm_, stream_), where("recv"));

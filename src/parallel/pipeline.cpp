@@ -27,6 +27,9 @@ double PipelineRunner::run_step(const BatchFn& batch, float loss_scale) {
   for (int mb = 0; mb < m_; ++mb) batch(mb, inputs_[mb].data(), targets_[mb].data());
   const int64_t n = rows_ * C_;
   double loss = 0;
+  // Sends do not block the sender's next compute: the sent buffers (a slot's output
+  // and input gradient) stay untouched until the step ends, when all are waited for.
+  std::vector<std::unique_ptr<comm::Request>> sends;
   for (const Action& a : actions_) {
     const int c = a.virtual_stage, mb = a.micro_batch;
     const int own_stage = c * pp + rank;
@@ -36,7 +39,7 @@ double PipelineRunner::run_step(const BatchFn& batch, float loss_scale) {
                                      act_in_[c][mb].data(), true);
         break;
       case ActionType::send_activation:
-        pp_.send(model_.stage_output(c, mb), n, a.peer_stage % pp, tag(a.peer_stage, mb, 0));
+        sends.push_back(pp_.isend(model_.stage_output(c, mb), n, a.peer_stage % pp, tag(a.peer_stage, mb, 0)));
         break;
       case ActionType::recv_activation:
         pp_.recv(act_in_[c][mb].data(), n, a.peer_stage % pp, tag(own_stage, mb, 0));
@@ -45,13 +48,14 @@ double PipelineRunner::run_step(const BatchFn& batch, float loss_scale) {
         model_.stage_backward(c, mb, inputs_[mb].data(), B_, T_, grad_in_[c][mb].data());
         break;
       case ActionType::send_gradient:
-        pp_.send(model_.stage_input_grad(c, mb), n, a.peer_stage % pp, tag(a.peer_stage, mb, 1));
+        sends.push_back(pp_.isend(model_.stage_input_grad(c, mb), n, a.peer_stage % pp, tag(a.peer_stage, mb, 1)));
         break;
       case ActionType::recv_gradient:
         pp_.recv(grad_in_[c][mb].data(), n, a.peer_stage % pp, tag(own_stage, mb, 1));
         break;
     }
   }
+  for (auto& r : sends) r->wait();
   return loss;
 }
 

@@ -141,6 +141,8 @@ RunSummary Trainer::run() {
   set_threads(cfg.backend.threads);
   KUMIKO_USER_CHECK(cfg.backend.device == "cpu", "backend.device: '", cfg.backend.device,
                     "' is not available in this build yet (expected cpu)");
+  KUMIKO_USER_CHECK(cfg.backend.dtype == "fp32", "backend.dtype: '", cfg.backend.dtype,
+                    "' is not available on the cpu backend (expected fp32)");
   SignalGuard signals;
 
   auto& s = *state_;

@@ -86,6 +86,11 @@ class Communicator {
   void send(const T* data, int64_t n, int peer, int tag = 0) { send_raw(data, n, dtype_of<T>(), peer, tag); }
   template <typename T>
   void recv(T* data, int64_t n, int peer, int tag = 0) { recv_raw(data, n, dtype_of<T>(), peer, tag); }
+  // Non-blocking send: `data` must stay unchanged until the request completes.
+  template <typename T>
+  std::unique_ptr<Request> isend(const T* data, int64_t n, int peer, int tag = 0) {
+    return isend_raw(data, n, dtype_of<T>(), peer, tag);
+  }
 
   virtual void barrier() = 0;
   // Ranks with the same color form a new communicator, ordered by key.
@@ -104,6 +109,7 @@ class Communicator {
   virtual void broadcast_raw(void* data, int64_t n, DType t, int root) = 0;
   virtual void send_raw(const void* data, int64_t n, DType t, int peer, int tag) = 0;
   virtual void recv_raw(void* data, int64_t n, DType t, int peer, int tag) = 0;
+  virtual std::unique_ptr<Request> isend_raw(const void* data, int64_t n, DType t, int peer, int tag) = 0;
 };
 
 // The communicator of a one-process run (every collective is a copy or a no-op).

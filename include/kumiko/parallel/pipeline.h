@@ -2,7 +2,9 @@
 // Runs one training step's pipeline schedule (parallel/schedule.h) on this rank:
 // forward and backward of the rank's model chunks on each micro-batch, with the
 // activations and their gradients sent to the neighbouring stages over the pp
-// group (blocking send/recv; the schedules are deadlock-free under rendezvous).
+// group: non-blocking sends (waited for at the end of the step), blocking receives
+// where the schedule needs the data; the schedules are deadlock-free even under
+// rendezvous semantics.
 #include <cstdint>
 #include <functional>
 #include <map>
