@@ -7,12 +7,33 @@
 
 namespace kumiko::parallel {
 
+int activation_slots(const std::vector<Action>& actions, int micro_batches, int chunks) {
+  for (int slots = 1; slots < micro_batches; ++slots) {
+    bool ok = true;
+    std::vector<std::set<int>> live(chunks);  // micro-batches forwarded, not yet backwarded
+    for (const Action& a : actions) {
+      auto& l = live[a.virtual_stage];
+      if (a.type == ActionType::forward) {
+        for (int other : l) ok = ok && other % slots != a.micro_batch % slots;
+        l.insert(a.micro_batch);
+      } else if (a.type == ActionType::backward) {
+        l.erase(a.micro_batch);
+      }
+    }
+    if (ok) return slots;
+  }
+  return micro_batches;
+}
+
 PipelineRunner::PipelineRunner(model::Transformer<float>& model, comm::Communicator& pp, ScheduleKind kind,
                                int micro_batches, int64_t B, int64_t T)
     : model_(model), pp_(pp), kind_(kind), m_(micro_batches), B_(B), T_(T),
       rows_(model.activation_rows(B, T)), C_(model.dims().C) {
   const int chunks = model.num_chunks();
   actions_ = build_schedule(kind, pp.size(), pp.rank(), micro_batches, chunks);
+  slots_ = activation_slots(actions_, micro_batches, chunks);
+  KUMIKO_CHECK(model.pipeline_stage().slots >= slots_, "the model has ", model.pipeline_stage().slots,
+               " activation sets per chunk; the schedule needs ", slots_);
   inputs_.assign(m_, std::vector<int32_t>(B * T));
   targets_.assign(m_, std::vector<int32_t>(B * T));
   act_in_.assign(chunks, std::vector<std::vector<float>>(m_, std::vector<float>(rows_ * C_)));
@@ -27,35 +48,44 @@ double PipelineRunner::run_step(const BatchFn& batch, float loss_scale) {
   for (int mb = 0; mb < m_; ++mb) batch(mb, inputs_[mb].data(), targets_[mb].data());
   const int64_t n = rows_ * C_;
   double loss = 0;
-  // Sends do not block the sender's next compute: the sent buffers (a slot's output
-  // and input gradient) stay untouched until the step ends, when all are waited for.
-  std::vector<std::unique_ptr<comm::Request>> sends;
+  // Sends do not block the sender's next compute. A sent buffer (a slot's output or
+  // input gradient) is next written by a later micro-batch using the same slot, so
+  // pending sends are completed before any compute that reuses a slot.
+  std::map<std::pair<int, int>, std::vector<std::unique_ptr<comm::Request>>> sends;  // by (chunk, slot)
+  auto settle = [&](int c, int slot) {  // completes the sends reading this activation set
+    for (auto& r : sends[{c, slot}]) r->wait();
+    sends[{c, slot}].clear();
+  };
   for (const Action& a : actions_) {
     const int c = a.virtual_stage, mb = a.micro_batch;
+    const int slot = mb % slots_;  // the activation set of this micro-batch
     const int own_stage = c * pp + rank;
     switch (a.type) {
       case ActionType::forward:
-        loss += model_.stage_forward(c, mb, inputs_[mb].data(), targets_[mb].data(), B_, T_, loss_scale,
+        settle(c, slot);
+        loss += model_.stage_forward(c, slot, inputs_[mb].data(), targets_[mb].data(), B_, T_, loss_scale,
                                      act_in_[c][mb].data(), true);
         break;
       case ActionType::send_activation:
-        sends.push_back(pp_.isend(model_.stage_output(c, mb), n, a.peer_stage % pp, tag(a.peer_stage, mb, 0)));
+        sends[{c, slot}].push_back(pp_.isend(model_.stage_output(c, slot), n, a.peer_stage % pp, tag(a.peer_stage, mb, 0)));
         break;
       case ActionType::recv_activation:
         pp_.recv(act_in_[c][mb].data(), n, a.peer_stage % pp, tag(own_stage, mb, 0));
         break;
       case ActionType::backward:
-        model_.stage_backward(c, mb, inputs_[mb].data(), B_, T_, grad_in_[c][mb].data());
+        settle(c, slot);
+        model_.stage_backward(c, slot, inputs_[mb].data(), B_, T_, grad_in_[c][mb].data());
         break;
       case ActionType::send_gradient:
-        sends.push_back(pp_.isend(model_.stage_input_grad(c, mb), n, a.peer_stage % pp, tag(a.peer_stage, mb, 1)));
+        sends[{c, slot}].push_back(pp_.isend(model_.stage_input_grad(c, slot), n, a.peer_stage % pp, tag(a.peer_stage, mb, 1)));
         break;
       case ActionType::recv_gradient:
         pp_.recv(grad_in_[c][mb].data(), n, a.peer_stage % pp, tag(own_stage, mb, 1));
         break;
     }
   }
-  for (auto& r : sends) r->wait();
+  for (auto& [key, pending] : sends)
+    for (auto& r : pending) r->wait();
   return loss;
 }
 

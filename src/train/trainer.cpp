@@ -174,8 +174,14 @@ RunSummary Trainer::run() {
     for (std::string item; std::getline(in, item, ',');) stage_layers.push_back(std::stoll(item));
   }
   model::PipelineStage stage;
-  if (pp > 1)
-    stage = model::pipeline_stage(dims, pp, chunks, s.grid->pp_rank(), stage_layers, static_cast<int>(micro_steps));
+  if (pp > 1) {
+    // Activation sets per chunk: as many micro-batches as the schedule keeps in flight.
+    const auto kind = parallel::parse_schedule(cfg.parallel.pp_schedule);
+    const int slots = parallel::activation_slots(
+        parallel::build_schedule(kind, pp, s.grid->pp_rank(), static_cast<int>(micro_steps), chunks),
+        static_cast<int>(micro_steps), chunks);
+    stage = model::pipeline_stage(dims, pp, chunks, s.grid->pp_rank(), stage_layers, slots);
+  }
   s.model = std::make_unique<model::Transformer<float>>(dims, MB, T, tensor_parallel, stage);
   stage = s.model->pipeline_stage();
   auto& params = s.model->params();

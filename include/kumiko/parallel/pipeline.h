@@ -18,6 +18,11 @@
 
 namespace kumiko::parallel {
 
+// The fewest activation sets per chunk such that micro-batch mb can use set
+// mb % slots without overwriting one still waiting for its backward (1f1b: pp - rank;
+// gpipe: all micro-batches).
+int activation_slots(const std::vector<Action>& actions, int micro_batches, int chunks);
+
 class PipelineRunner {
  public:
   // `micro_batches` micro-batches of B sequences of T tokens per step.
@@ -42,6 +47,7 @@ class PipelineRunner {
   int m_;
   int64_t B_, T_, rows_, C_;
   std::vector<Action> actions_;
+  int slots_ = 1;
   std::vector<std::vector<int32_t>> inputs_, targets_;    // [m][B*T]
   std::vector<std::vector<std::vector<float>>> act_in_;  // [chunk][m][rows*C]
   std::vector<std::vector<std::vector<float>>> grad_in_;
