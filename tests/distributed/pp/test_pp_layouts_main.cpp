@@ -15,6 +15,7 @@
 #include "kumiko/train/trainer.h"
 #include "kumiko/train/weights.h"
 #include "kumiko_test_support.h"
+#include "layout_compare.h"
 
 namespace kumiko {
 namespace {
@@ -43,49 +44,6 @@ config::Config tiny(const std::string& arch, const std::string& run_dir) {
   return c;
 }
 
-struct Result {
-  std::vector<double> losses;
-  model::LogicalTensors weights;
-  std::vector<std::string> names;
-};
-
-Result train_on(comm::Communicator& group, const config::Config& c) {
-  train::Trainer t(c, group);
-  Result res;
-  res.losses = t.run().losses;
-  group.barrier();
-  const auto specs = model::parameter_specs(model::Dims::from(c.model));
-  std::vector<float*> ptrs;
-  for (const auto& s : specs) {
-    res.names.push_back(s.name);
-    res.weights.emplace_back(static_cast<size_t>(numel_of(s.shape)));
-  }
-  for (auto& w : res.weights) ptrs.push_back(w.data());
-  train::read_weights(c.log.run_dir + "/weights_final.h5", specs, ptrs);
-  return res;
-}
-
-double rel_diff(const std::vector<float>& a, const std::vector<float>& b, const std::string& name) {
-  // The key third of the gpt2 qkv bias has an exactly zero gradient in exact
-  // arithmetic (see tests/distributed/dp): compare its q and v thirds.
-  size_t k0 = 0, k1 = 0;
-  if (name.find("attn.qkv.bias") != std::string::npos) k0 = a.size() / 3, k1 = 2 * a.size() / 3;
-  double d = 0, n = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (i >= k0 && i < k1) continue;
-    d += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    n += double(b[i]) * b[i];
-  }
-  return n == 0 ? std::sqrt(d) : std::sqrt(d / n);
-}
-
-void expect_close(const Result& a, const Result& ref, const std::string& what) {
-  ASSERT_EQ(a.losses.size(), ref.losses.size()) << what;
-  for (size_t i = 0; i < a.losses.size(); ++i)
-    EXPECT_NEAR(a.losses[i], ref.losses[i], 1e-5 * std::abs(ref.losses[i])) << what << " step " << i + 1;
-  for (size_t i = 0; i < a.weights.size(); ++i)
-    EXPECT_LT(rel_diff(a.weights[i], ref.weights[i], ref.names[i]), 1e-5) << what << ": final " << ref.names[i];
-}
 
 class Pipeline : public ::testing::TestWithParam<std::string> {};
 
@@ -94,14 +52,14 @@ TEST_P(Pipeline, LayoutsMatchOneProcess) {
   auto& world = comm::world();
   const int r = world.rank();
   auto solo = world.split(r, 0, "solo");
-  const Result ref = train_on(*solo, tiny(arch, g_root + "/" + arch + "-ref-" + std::to_string(r)));
+  const testing::LayoutResult ref = testing::train_on(*solo, tiny(arch, g_root + "/" + arch + "-ref-" + std::to_string(r)));
   auto layout = [&](const std::string& name, auto&& set) {
     auto c = tiny(arch, g_root + "/" + arch + "-" + name);
     set(c);
     const int ranks = c.parallel.dp * c.parallel.tp * c.parallel.pp;
     auto group = world.split(r / ranks, r % ranks, "layout");
     c.log.run_dir += "-" + std::to_string(r / ranks);
-    expect_close(train_on(*group, c), ref, arch + " " + name);
+    testing::expect_same_run(testing::train_on(*group, c), ref, arch + " " + name);
   };
   if (world.size() == 8) {
     layout("dp2-tp2-pp2-sp", [](config::Config& c) {
@@ -143,7 +101,7 @@ TEST_P(Pipeline, CheckpointFromStagesResumesInOneProcess) {
   const std::string base = g_root + "/" + arch + "-ckpt";
   auto c4 = tiny(arch, base + "-pp4");
   c4.parallel.pp = 4;
-  const Result straight = train_on(world, c4);
+  const testing::LayoutResult straight = testing::train_on(world, c4);
   auto first = c4;
   first.log.run_dir = base + "-split";
   first.train.stop_at = 10;
@@ -152,18 +110,18 @@ TEST_P(Pipeline, CheckpointFromStagesResumesInOneProcess) {
   auto solo = world.split(r, 0, "solo");
   auto c1 = tiny(arch, base + "-solo-" + std::to_string(r));
   c1.checkpoint.resume = first.log.run_dir + "/checkpoints/step_00000010.h5";
-  Result one = train_on(*solo, c1);
+  testing::LayoutResult one = testing::train_on(*solo, c1);
   one.losses.insert(one.losses.begin(), straight.losses.begin(), straight.losses.begin() + 10);
-  expect_close(one, straight, arch + " pp=4 -> one process");
+  testing::expect_same_run(one, straight, arch + " pp=4 -> one process");
   // And back: the same checkpoint on pp=2 x dp=2.
   auto pair = world.split(0, r, "all");
   auto c22 = tiny(arch, base + "-pp2dp2");
   c22.parallel.pp = 2;
   c22.parallel.dp = 2;
   c22.checkpoint.resume = first.log.run_dir + "/checkpoints/step_00000010.h5";
-  Result two = train_on(*pair, c22);
+  testing::LayoutResult two = testing::train_on(*pair, c22);
   two.losses.insert(two.losses.begin(), straight.losses.begin(), straight.losses.begin() + 10);
-  expect_close(two, straight, arch + " pp=4 -> pp=2 x dp=2");
+  testing::expect_same_run(two, straight, arch + " pp=4 -> pp=2 x dp=2");
 }
 
 INSTANTIATE_TEST_SUITE_P(Arch, Pipeline, ::testing::Values("gpt2", "llama"));

@@ -22,6 +22,7 @@
 #include "kumiko/train/trainer.h"
 #include "kumiko/train/weights.h"
 #include "kumiko_test_support.h"
+#include "layout_compare.h"
 
 namespace kumiko {
 namespace {
@@ -44,19 +45,6 @@ config::Config tiny(const std::string& arch, const std::string& run_dir) {
   return c;
 }
 
-double rel_diff(const std::vector<float>& a, const std::vector<float>& b, const std::string& name) {
-  // The key third of the gpt2 qkv bias has an exactly zero gradient in exact
-  // arithmetic (see tests/distributed/dp): compare its q and v thirds.
-  size_t k0 = 0, k1 = 0;
-  if (name.find("attn.qkv.bias") != std::string::npos) k0 = a.size() / 3, k1 = 2 * a.size() / 3;
-  double d = 0, n = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (i >= k0 && i < k1) continue;
-    d += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    n += double(b[i]) * b[i];
-  }
-  return n == 0 ? std::sqrt(d) : std::sqrt(d / n);
-}
 
 struct Variant {
   int tp;
@@ -101,7 +89,7 @@ TEST_P(TensorParallel, EveryLayerForwardAndBackwardMatchesTheUnsplitModel) {
     EXPECT_NEAR(loss, ref_loss, 1e-5 * ref_loss) << what;
     const auto grads = model::gather_logical(m, m.params().flat_grads().data());
     for (size_t i = 0; i < grads.size(); ++i)
-      EXPECT_LT(rel_diff(grads[i], ref_grads[i], ref.params().spec(static_cast<int>(i)).name), 1e-5)
+      EXPECT_LT(testing::relative_difference(grads[i], ref_grads[i], ref.params().spec(static_cast<int>(i)).name), 1e-5)
           << what << ": gradient of " << ref.params().spec(static_cast<int>(i)).name;
     // Last-position logits are gathered over the vocabulary shards.
     std::vector<float> a(B * d.V), b(B * d.V);
@@ -115,59 +103,30 @@ TEST_P(TensorParallel, EveryLayerForwardAndBackwardMatchesTheUnsplitModel) {
   }
 }
 
-struct Result {
-  std::vector<double> losses;
-  model::LogicalTensors weights;
-  std::vector<std::string> names;
-};
-
-Result train_on(comm::Communicator& group, const config::Config& c) {
-  train::Trainer t(c, group);
-  Result res;
-  res.losses = t.run().losses;
-  group.barrier();
-  const auto specs = model::parameter_specs(model::Dims::from(c.model));
-  for (const auto& s : specs) {
-    res.names.push_back(s.name);
-    res.weights.emplace_back(static_cast<size_t>(numel_of(s.shape)));
-  }
-  std::vector<float*> ptrs;
-  for (auto& w : res.weights) ptrs.push_back(w.data());
-  train::read_weights(c.log.run_dir + "/weights_final.h5", specs, ptrs);
-  return res;
-}
-
-void expect_close(const Result& a, const Result& ref, const std::string& what) {
-  ASSERT_EQ(a.losses.size(), ref.losses.size()) << what;
-  for (size_t i = 0; i < a.losses.size(); ++i)
-    EXPECT_NEAR(a.losses[i], ref.losses[i], 1e-5 * std::abs(ref.losses[i])) << what << " step " << i + 1;
-  for (size_t i = 0; i < a.weights.size(); ++i)
-    EXPECT_LT(rel_diff(a.weights[i], ref.weights[i], ref.names[i]), 1e-5) << what << ": final " << ref.names[i];
-}
 
 TEST_P(TensorParallel, TrainingMatchesOneProcess) {
   const std::string arch = GetParam();
   auto& world = comm::world();
   const int r = world.rank();
   auto solo = world.split(r, 0, "solo");
-  const Result ref = train_on(*solo, tiny(arch, g_root + "/" + arch + "-ref-" + std::to_string(r)));
+  const testing::LayoutResult ref = testing::train_on(*solo, tiny(arch, g_root + "/" + arch + "-ref-" + std::to_string(r)));
   for (bool sp : {false, true}) {
     const std::string tag = arch + (sp ? "-sp" : "");
     auto pair = world.split(r / 2, r % 2, "pair");
     auto c2 = tiny(arch, g_root + "/" + tag + "-tp2-" + std::to_string(r / 2));
     c2.parallel.tp = 2;
     c2.parallel.sequence_parallel = sp;
-    expect_close(train_on(*pair, c2), ref, tag + " tp=2");
+    testing::expect_same_run(testing::train_on(*pair, c2), ref, tag + " tp=2");
     auto c4 = tiny(arch, g_root + "/" + tag + "-tp4");
     c4.parallel.tp = 4;
     c4.parallel.sequence_parallel = sp;
-    expect_close(train_on(world, c4), ref, tag + " tp=4");
+    testing::expect_same_run(testing::train_on(world, c4), ref, tag + " tp=4");
     auto c22 = tiny(arch, g_root + "/" + tag + "-tp2dp2");
     c22.parallel.tp = 2;
     c22.parallel.dp = 2;
     c22.parallel.zero = 1;
     c22.parallel.sequence_parallel = sp;
-    expect_close(train_on(world, c22), ref, tag + " tp=2 x dp=2 zero=1");
+    testing::expect_same_run(testing::train_on(world, c22), ref, tag + " tp=2 x dp=2 zero=1");
   }
 }
 
@@ -180,7 +139,7 @@ TEST_P(TensorParallel, CheckpointReshardsAcrossLayouts) {
   c22.parallel.tp = 2;
   c22.parallel.dp = 2;
   c22.parallel.zero = 1;
-  const Result straight = train_on(world, c22);
+  const testing::LayoutResult straight = testing::train_on(world, c22);
   auto first = c22;
   first.log.run_dir = base + "-split";
   first.train.stop_at = 10;
@@ -190,16 +149,16 @@ TEST_P(TensorParallel, CheckpointReshardsAcrossLayouts) {
   auto solo = world.split(r, 0, "solo");
   auto c1 = tiny(arch, base + "-solo-" + std::to_string(r));
   c1.checkpoint.resume = ckpt;
-  Result one = train_on(*solo, c1);
+  testing::LayoutResult one = testing::train_on(*solo, c1);
   one.losses.insert(one.losses.begin(), straight.losses.begin(), straight.losses.begin() + 10);
-  expect_close(one, straight, arch + " dp=2 x tp=2 -> one process");
+  testing::expect_same_run(one, straight, arch + " dp=2 x tp=2 -> one process");
   auto c4 = tiny(arch, base + "-tp4");
   c4.parallel.tp = 4;
   c4.parallel.sequence_parallel = true;
   c4.checkpoint.resume = ckpt;
-  Result four = train_on(world, c4);
+  testing::LayoutResult four = testing::train_on(world, c4);
   four.losses.insert(four.losses.begin(), straight.losses.begin(), straight.losses.begin() + 10);
-  expect_close(four, straight, arch + " dp=2 x tp=2 -> tp=4 with sp");
+  testing::expect_same_run(four, straight, arch + " dp=2 x tp=2 -> tp=4 with sp");
 }
 
 INSTANTIATE_TEST_SUITE_P(Arch, TensorParallel, ::testing::Values("gpt2", "llama"));

@@ -1,0 +1,69 @@
+#pragma once
+// Layout-equivalence helpers shared by the distributed tests: train a run on a group
+// of ranks, read its final weights as logical tensors, and compare losses and
+// weights with another run within 1e-5 relative.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "kumiko/comm/communicator.h"
+#include "kumiko/model/sharding.h"
+#include "kumiko/train/trainer.h"
+#include "kumiko/train/weights.h"
+
+namespace kumiko::testing {
+
+struct LayoutResult {
+  std::vector<double> losses;
+  model::LogicalTensors weights;  // final, logical, in parameter_specs order
+  std::vector<std::string> names;
+};
+
+// Trains `c` on the ranks of `group` and reads <run_dir>/weights_final.h5.
+inline LayoutResult train_on(comm::Communicator& group, const config::Config& c) {
+  train::Trainer t(c, group);
+  LayoutResult res;
+  res.losses = t.run().losses;
+  group.barrier();
+  const auto specs = model::parameter_specs(model::Dims::from(c.model));
+  std::vector<float*> ptrs;
+  for (const auto& s : specs) {
+    res.names.push_back(s.name);
+    res.weights.emplace_back(static_cast<size_t>(numel_of(s.shape)));
+  }
+  for (auto& w : res.weights) ptrs.push_back(w.data());
+  train::read_weights(c.log.run_dir + "/weights_final.h5", specs, ptrs);
+  return res;
+}
+
+// ||a - b|| / ||b|| over a tensor. The key third of the gpt2 qkv bias has an exactly
+// zero gradient in exact arithmetic (adding b_k to every key adds the same q.b_k to
+// all scores of a query, which softmax ignores), so its float gradient is rounding
+// noise that AdamW turns into +-lr steps; it never changes the model's output (the
+// losses match). Only its q and v thirds are compared.
+inline double relative_difference(const std::vector<float>& a, const std::vector<float>& b,
+                                  const std::string& name) {
+  size_t k0 = 0, k1 = 0;
+  if (name.find("attn.qkv.bias") != std::string::npos) k0 = a.size() / 3, k1 = 2 * a.size() / 3;
+  double d = 0, n = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (i >= k0 && i < k1) continue;
+    d += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    n += double(b[i]) * b[i];
+  }
+  return n == 0 ? std::sqrt(d) : std::sqrt(d / n);
+}
+
+// Same losses step by step and same final weights, within 1e-5 relative.
+inline void expect_same_run(const LayoutResult& a, const LayoutResult& ref, const std::string& what) {
+  ASSERT_EQ(a.losses.size(), ref.losses.size()) << what;
+  for (size_t i = 0; i < a.losses.size(); ++i)
+    EXPECT_NEAR(a.losses[i], ref.losses[i], 1e-5 * std::abs(ref.losses[i])) << what << " step " << i + 1;
+  for (size_t i = 0; i < a.weights.size(); ++i)
+    EXPECT_LT(relative_difference(a.weights[i], ref.weights[i], ref.names[i]), 1e-5)
+        << what << ": final " << ref.names[i];
+}
+
+}  // namespace kumiko::testing
