@@ -328,7 +328,6 @@ RunSummary Trainer::run() {
             pp, cfg.parallel.zero, omp_get_max_threads(), flops_per_token / 1e6);
 
   auto save = [&](const char* why) {
-    comm::WatchdogPause no_timeouts;  // rank 0 may write for longer than comm_timeout_s
     const auto t0 = Clock::now();
     std::vector<float> m, v;
     s.dp->gather_moments(m, v);  // collective over dp (ZeRO shards)
@@ -348,7 +347,13 @@ RunSummary Trainer::run() {
       ckpt_log->info("saved {} ({}) at step {}: {:.1f} MB in {:.2f}s ({:.0f} MB/s)", path, why, s.train.step,
                      bytes / 1e6, dt, bytes / 1e6 / std::max(dt, 1e-9));
     }
-    world_.barrier();  // nobody runs ahead of a checkpoint that is not committed
+    {
+      // Nobody runs ahead of a checkpoint that is not committed. Rank 0 may write for
+      // longer than comm_timeout_s, so this wait gets 10 times the timeout (the gathers
+      // above are watched like every other collective).
+      comm::WatchdogPause writing;
+      world_.barrier();
+    }
     summary.last_checkpoint = path;
   };
 
@@ -497,7 +502,8 @@ RunSummary Trainer::run() {
       s.metrics << fmt::format(
           "{{\"step\":{},\"loss\":{:.8g},\"lr\":{:.8g},\"grad_norm\":{:.8g},\"tokens_per_s\":{:.1f},"
           "\"mfu\":{:.6f},\"step_s\":{:.6f},\"comm_s\":{:.6f},\"bubble\":{:.4f}}}\n",
-          s.train.step, loss, lr, norm, tokens_per_s, mfu, dt, comm_s, runner ? runner->bubble_fraction() : 0.0);
+          s.train.step, loss, lr, norm, tokens_per_s, mfu, dt, comm_s, runner ? runner->bubble_fraction() : 0.0)
+                << std::flush;  // one line per step, visible at once to whoever tails the file
     const bool last = s.train.step == end;
     if (cfg.log.every_steps > 0 && (s.train.step % cfg.log.every_steps == 0 || last)) {
       const double eta = train_seconds / steps_here * static_cast<double>(end - s.train.step);

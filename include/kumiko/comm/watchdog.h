@@ -33,7 +33,7 @@ class Watchdog {
   // Starts the background thread (once; later calls only change the timeout).
   // The trainer starts it when parallel.comm_timeout_s > 0 (0 turns it off).
   static void start(double timeout_s);
-  // While paused (nested), operations are not timed out: rank 0 writing a
+  // While paused (nested), operations get 10 times the timeout: rank 0 writing a
   // checkpoint may keep the others waiting at a barrier longer than the timeout.
   static void pause();
   static void resume();

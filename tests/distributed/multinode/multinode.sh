@@ -4,7 +4,7 @@
 #   layouts    per-step losses of dp=4 (ZeRO-1) across hosts = one process within 1e-5
 #              relative; then dp=2 x tp=2 (tp groups inside a host) and dp=2 x pp=2 (the
 #              pipeline stages on different hosts)
-#   cut        cut host 2's link mid-training (comm_timeout_s=5, a checkpoint every 2
+#   cut        cut host 2's link mid-training (comm_timeout_s=5, a checkpoint every 4
 #              steps): every rank exits non-zero within 15 s, the log names the stalled
 #              operation, the newest checkpoint verifies, one process resumes from it
 #   stop_kill  SIGSTOP of one rank, then (a new job) kill -9 of one rank: the job ends
@@ -175,8 +175,10 @@ case "$CASE" in
       compare "$WORK/one/metrics.jsonl" "$WORK/dp2pp2/metrics.jsonl" || { echo "FAIL: dp2 x pp2 losses differ"; fail=1; }
     fi ;;
   cut)
-    launch cut 7 --parallel.dp=4 --parallel.zero=1 --train.steps=100000 --parallel.comm_timeout_s=$TIMEOUT \
-      --checkpoint.every_steps=2 --checkpoint.keep_last=0 || exit 1
+    # Cut right after step 9 (checkpoints every 4 steps): the save of step 8 is committed
+    # and the next one (step 12) is steps away, so the cut lands in training collectives.
+    launch cut 9 --parallel.dp=4 --parallel.zero=1 --train.steps=100000 --parallel.comm_timeout_s=$TIMEOUT \
+      --checkpoint.every_steps=4 --checkpoint.keep_last=0 || exit 1
     "$CLUSTER" cut 2; t0=$(now_ms)
     echo "cut host 2's link"
     ends_within cut "$t0"
