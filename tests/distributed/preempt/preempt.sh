@@ -7,7 +7,7 @@ KUMIKO="$1"; MPIRUN="$2"; SRC="$3"; WORK="$4"
 rm -rf "$WORK"; mkdir -p "$WORK"; cd "$SRC"
 common=(--config configs/tiny.ini --data.synthetic=true --model.n_layers=2 --model.d_model=64
         --model.d_ff=256 --model.vocab_size=512 --train.micro_batch=4 --parallel.dp=2
-        --parallel.zero=1 --backend.threads=1 --train.eval_every=0 --log.every_steps=1
+        --parallel.zero=1 --backend.threads=1 --train.eval_every=0 --log.every_steps=1 --train.warmup_steps=2
         --log.run_dir="$WORK/run" --checkpoint.every_steps=0)
 "$MPIRUN" --oversubscribe -np 2 "$KUMIKO" train "${common[@]}" --train.steps=100000 > "$WORK/log1.txt" 2>&1 &
 launcher=$!
