@@ -11,6 +11,7 @@ PACKAGES=(
   libsentencepiece-dev
   libgtest-dev
   libopenblas-openmp-dev
+  iproute2 procps python3   # test scripts: network namespaces, pgrep, metrics comparison
 )
 
 missing=()
