@@ -10,7 +10,6 @@
 #include "cli/commands.h"
 #include "kumiko/config/load.h"
 #include "kumiko/core/error.h"
-#include "kumiko/core/rng.h"
 #include "kumiko/data/tokenizer.h"
 #include "kumiko/model/transformer.h"
 #include "kumiko/train/trainer.h"

@@ -13,7 +13,7 @@
 namespace kumiko::model {
 
 KvDecoder::KvDecoder(const Transformer<float>& model, int64_t capacity)
-    : model_(model), p_(model.params()), d_(model.dims()), capacity_(capacity) {
+    : p_(model.params()), d_(model.dims()), capacity_(capacity) {
   KUMIKO_CHECK(d_.llama || capacity <= d_.max_T, "decoder capacity ", capacity, " > max_seq_len ", d_.max_T);
   for (int64_t l = 0; l < d_.L; ++l) {
     k_.emplace_back(Shape{capacity, d_.Hkv * d_.D});

@@ -23,7 +23,6 @@ class KvDecoder {
   void step(int32_t token, float* logits);
 
  private:
-  const Transformer<float>& model_;
   const ParameterStore<float>& p_;
   Dims d_;
   int64_t capacity_;

@@ -64,7 +64,6 @@ TEST_P(Pipeline, LayoutsMatchOneProcess) {
   if (world.size() == 8) {
     layout("dp2-tp2-pp2-sp", [](config::Config& c) {
       c.parallel.dp = c.parallel.tp = c.parallel.pp = 2;
-      c.train.micro_batch = 2;
       c.parallel.zero = 1;
       c.parallel.sequence_parallel = true;
     });
@@ -89,7 +88,6 @@ TEST_P(Pipeline, LayoutsMatchOneProcess) {
     c.parallel.pp = 2;
     c.parallel.dp = 2;
     c.parallel.zero = 1;
-    c.train.micro_batch = 2;  // 2 micro-batches per pipeline and dp rank
   });
 }
 

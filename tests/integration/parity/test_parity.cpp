@@ -4,9 +4,12 @@
 // Checked for kumiko's float model (the training path, 1e-5 relative) and for
 // its double instantiation (the same code, 1e-9 relative).
 #include <cmath>
+#include <type_traits>
 
 #include <gtest/gtest.h>
 
+#include "kumiko/comm/communicator.h"
+#include "kumiko/parallel/data_parallel.h"
 #include "kumiko/train/optimizer.h"
 #include "mini_json.h"
 #include "parity_setup.h"
@@ -32,7 +35,16 @@ Run run(const Setup& s, int steps) {
     for (int64_t i = 0; i < p.total_numel(); ++i) p.flat_values()[i] = f.params().flat_values()[i];
   }
   const auto& t = s.cfg.train;
-  train::AdamW<T> opt(p, {t.beta1, t.beta2, t.eps, t.weight_decay});
+  const train::AdamWSettings adamw{t.beta1, t.beta2, t.eps, t.weight_decay};
+  // float: the trainer's own optimizer path (DataParallel on one rank: reduction,
+  // global norm, AdamW); double: the same AdamW kernel through train::AdamW.
+  auto local = comm::make_local();
+  std::unique_ptr<parallel::DataParallel> dp;
+  std::unique_ptr<train::AdamW<T>> opt;
+  if constexpr (std::is_same_v<T, float>)
+    dp = std::make_unique<parallel::DataParallel>(*local, p, 0, int64_t{1} << 20, adamw);
+  else
+    opt = std::make_unique<train::AdamW<T>>(p, adamw);
   Run r;
   for (int step = 0; step < steps; ++step) {
     p.zero_grads();
@@ -48,9 +60,14 @@ Run run(const Setup& s, int steps) {
         r.grad_norms[p.spec(static_cast<int>(i)).name] = std::sqrt(ss);
       }
     }
-    const double norm = train::grad_norm(p);
-    const double clip = norm > t.grad_clip ? t.grad_clip / (norm + 1e-6) : 1.0;
-    opt.step(p, t.lr, clip);
+    if constexpr (std::is_same_v<T, float>) {
+      dp->finish_reduction();
+      const double norm = dp->grad_norm();
+      dp->step(t.lr, norm > t.grad_clip ? t.grad_clip / (norm + 1e-6) : 1.0);
+    } else {
+      const double norm = train::grad_norm(p);
+      opt->step(p, t.lr, norm > t.grad_clip ? t.grad_clip / (norm + 1e-6) : 1.0);
+    }
   }
   for (size_t i = 0; i < p.size(); ++i) {
     const int idx = static_cast<int>(i);

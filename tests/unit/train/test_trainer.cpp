@@ -58,13 +58,18 @@ TEST(Schedule, WarmupThenCosineToFloor) {
 
 class TrainerArch : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(TrainerArch, SameSeedIsBitwiseIdenticalAndLossFalls) {
+// (Random tokens cannot be learned: that training lowers the loss is checked on the
+// corpus by tests/integration/convergence.)
+TEST_P(TrainerArch, SameSeedIsBitwiseIdentical) {
   const auto a = run(tiny_config(GetParam(), temp_dir("a")));
   const auto b = run(tiny_config(GetParam(), temp_dir("b")));
   ASSERT_EQ(a.size(), 6u);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i;
   EXPECT_NEAR(a[0], std::log(97.0), 0.1);  // small init: uniform prediction
-  EXPECT_LT(a.back(), a.front());
+  // A different seed gives different losses (the comparison above is not vacuous).
+  auto other = tiny_config(GetParam(), temp_dir("c"));
+  other.train.seed = 99;
+  EXPECT_NE(run(other)[0], a[0]);
 }
 
 TEST_P(TrainerArch, ThreadCountChangesLossesOnlyByRounding) {
