@@ -89,7 +89,10 @@ TEST(ConfigValidate, ValidLayoutsPass) {
   Config c;
   c.model.arch = "llama";
   c.model.n_kv_heads = 2;
-  c.parallel = {2, 2, 4, 1};
+  c.parallel.dp = 2;
+  c.parallel.tp = 2;
+  c.parallel.pp = 4;
+  c.parallel.zero = 1;
   c.train.global_batch = 32;
   c.train.micro_batch = 4;
   c.backend.device = "cuda";
