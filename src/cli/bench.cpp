@@ -2,6 +2,8 @@
 // MFU on CPUs, [backend] peak_gflops).
 // kumiko bench comm: under mpirun/srun, times all_reduce, reduce_scatter and
 // all_gather of float buffers over a range of sizes (docs/performance.md).
+// kumiko bench kernels: every CUDA kernel against cuBLASLt / cuDNN / the copy
+// bandwidth on the same GPU (src/gpu/bench.cpp).
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -13,6 +15,7 @@
 #include "kumiko/comm/communicator.h"
 #include "kumiko/core/error.h"
 #include "kumiko/core/rng.h"
+#include "kumiko/gpu/bench.h"
 #include "kumiko/ops/matmul.h"
 #include "kumiko/train/trainer.h"
 
@@ -152,8 +155,19 @@ void add_bench_command(CLI::App& app, Registry& registry) {
       ->check(CLI::Range(0, 100000))
       ->capture_default_str();
 
+  CLI::App* kernels = bench->add_subcommand(
+      "kernels", "CUDA kernels vs cuBLASLt, cuDNN and the copy bandwidth on this GPU (CUDA builds)");
+  auto k = std::make_shared<gpu::KernelBenchOptions>();
+  kernels->add_flag("--quick", k->quick, "Smaller sizes, fewer repetitions (a smoke run)");
+  kernels->add_option("--markdown", k->markdown, "Also write the table to this file");
+
   bench->require_subcommand(1);
-  registry.add({bench, [o, c, comm] { return comm->parsed() ? run_comm(*c) : run_gemm(*o); }, {}});
+  registry.add({bench,
+                [o, c, k, comm, kernels] {
+                  if (kernels->parsed()) return gpu::run_kernel_benchmarks(*k);
+                  return comm->parsed() ? run_comm(*c) : run_gemm(*o);
+                },
+                {}});
 }
 
 }  // namespace kumiko::cli

@@ -3,12 +3,7 @@
 #include <cstdio>
 
 #include "kumiko/core/error.h"
-
-#ifdef KUMIKO_WITH_CUDA
-namespace kumiko::cuda {
-int device_count();
-}
-#endif
+#include "kumiko/gpu/model.h"
 
 namespace kumiko::cli {
 
@@ -37,11 +32,10 @@ void add_version_command(CLI::App& app, Registry& registry) {
   CLI::App* sub = app.add_subcommand("version", "Print the version and the compiled-in backends");
   registry.add({sub, [] {
                   std::printf("kumiko 0.1.0\n");
-#ifdef KUMIKO_WITH_CUDA
-                  std::printf("cuda: compiled in, %d device(s) visible\n", kumiko::cuda::device_count());
-#else
-                  std::printf("cuda: not compiled in\n");
-#endif
+                  if (gpu::cuda_built())
+                    std::printf("cuda: compiled in, %d device(s) visible\n", gpu::visible_devices());
+                  else
+                    std::printf("cuda: not compiled in\n");
                   return 0;
                 },
                 {}});

@@ -210,6 +210,11 @@ class NcclCommunicator : public Communicator {
   }
   void synchronize(const char* op) { check_cuda(cudaStreamSynchronize(stream_), where(op)); }
 
+ public:
+  cudaStream_t stream() const { return stream_; }
+
+ private:
+
   ncclComm_t comm_;
   cudaStream_t stream_{};
   std::string name_;
@@ -259,6 +264,12 @@ std::unique_ptr<Communicator> make_nccl(Communicator& bootstrap, const std::stri
 
 bool nccl_available() { return true; }
 
+void* nccl_stream(Communicator& comm) {
+  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
+  KUMIKO_CHECK(nccl != nullptr, "nccl_stream: communicator '", comm.name(), "' is not an NCCL communicator");
+  return nccl->stream();
+}
+
 }  // namespace kumiko::comm
 
 #else  // !KUMIKO_WITH_NCCL
@@ -269,6 +280,10 @@ std::unique_ptr<Communicator> make_nccl(Communicator&, const std::string&) {
   throw UserError("the NCCL communicator needs a build with CUDA (KUMIKO_CUDA=ON, nvcc found)");
 }
 bool nccl_available() { return false; }
+void* nccl_stream(Communicator& comm) {
+  KUMIKO_CHECK(false, "nccl_stream: communicator '", comm.name(), "' is not an NCCL communicator (no CUDA)");
+  return nullptr;
+}
 }  // namespace kumiko::comm
 
 #endif

@@ -175,6 +175,18 @@ void check_services(const Config& c, const Checker& check) {
                 "kumiko when backend.device is " + b.device, "'" + b.matmul + "'");
   check.require(b.attention == "kumiko" || b.device == "cuda", "backend.attention",
                 "kumiko when backend.device is " + b.device, "'" + b.attention + "'");
+  check.require(b.dtype == "fp32" || b.device == "cuda", "backend.dtype",
+                "fp32 when backend.device is " + b.device + " (bf16 mixed precision runs on cuda)",
+                "'" + b.dtype + "'");
+  check.require(b.attention != "cudnn" || b.dtype == "bf16", "backend.attention",
+                "kumiko when backend.dtype is fp32 (cuDNN's fused attention is bf16 only)", "'cudnn'");
+  if (b.device == "cuda") {
+    const ModelConfig& m = c.model;
+    const int head_dim = m.head_dim();
+    check.require(head_dim % 8 == 0 && head_dim <= 128, "model.d_model",
+                  "d_model / n_heads a multiple of 8 and at most 128 on backend.device = cuda (head dim)",
+                  num(m.d_model) + " / " + num(m.n_heads));
+  }
   check.non_negative("checkpoint.every_steps", c.checkpoint.every_steps);
   check.non_negative("checkpoint.keep_last", c.checkpoint.keep_last);
   check.require(c.parallel.bucket_mb > 0, "parallel.bucket_mb", "a size in MB > 0", num(c.parallel.bucket_mb));

@@ -14,6 +14,8 @@
 
 #include "kumiko/ckpt/store.h"
 #include "kumiko/comm/communicator.h"
+#include "kumiko/comm/nccl.h"
+#include "kumiko/gpu/model.h"
 #include "kumiko/comm/watchdog.h"
 #include "kumiko/parallel/data_parallel.h"
 #include "kumiko/parallel/grid.h"
@@ -92,7 +94,9 @@ void synthetic_batch(uint64_t seed, int64_t step, int64_t first, int64_t count, 
 struct Trainer::State {
   std::unique_ptr<parallel::ProcessGrid> grid;
   std::unique_ptr<data::Loader> loader;
-  std::unique_ptr<model::Transformer<float>> model;
+  std::unique_ptr<model::Transformer<float>> model;  // with cuda: the host copy of the parameters
+  std::unique_ptr<gpu::GpuModel> gpu;                 // backend.device = cuda
+  std::unique_ptr<comm::Communicator> dp_nccl;        // cuda with dp > 1: NCCL over the dp group
   std::unique_ptr<parallel::DataParallel> dp;
   std::unique_ptr<ckpt::Store> store;
   std::ofstream metrics;
@@ -139,10 +143,15 @@ RunSummary Trainer::run() {
   auto log = log::get("train");
   auto ckpt_log = log::get("ckpt");
   set_threads(cfg.backend.threads);
-  KUMIKO_USER_CHECK(cfg.backend.device == "cpu", "backend.device: '", cfg.backend.device,
-                    "' is not available in this build yet (expected cpu)");
-  KUMIKO_USER_CHECK(cfg.backend.dtype == "fp32", "backend.dtype: '", cfg.backend.dtype,
-                    "' is not available on the cpu backend (expected fp32)");
+  const bool on_gpu = cfg.backend.device == "cuda";
+  if (on_gpu) {
+    // The GPU backend runs one model per GPU with data parallelism over NCCL; tensor
+    // and pipeline parallelism and ZeRO-1 run on the cpu backend only (so far).
+    KUMIKO_USER_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1 && cfg.parallel.zero == 0,
+                      "backend.device = cuda supports data parallelism only: parallel.tp = ", cfg.parallel.tp,
+                      ", parallel.pp = ", cfg.parallel.pp, ", parallel.zero = ", cfg.parallel.zero,
+                      " (expected 1, 1 and 0; use backend.device = cpu for tensor or pipeline parallelism or ZeRO-1)");
+  }
   SignalGuard signals;
 
   auto& s = *state_;
@@ -182,7 +191,10 @@ RunSummary Trainer::run() {
         static_cast<int>(micro_steps), chunks);
     stage = model::pipeline_stage(dims, pp, chunks, s.grid->pp_rank(), stage_layers, slots);
   }
-  s.model = std::make_unique<model::Transformer<float>>(dims, MB, T, tensor_parallel, stage);
+  // With cuda the host model only holds the parameters (checkpoints, samples): its
+  // activations are sized for one token.
+  s.model = on_gpu ? std::make_unique<model::Transformer<float>>(dims, 1, 1)
+                   : std::make_unique<model::Transformer<float>>(dims, MB, T, tensor_parallel, stage);
   stage = s.model->pipeline_stage();
   auto& params = s.model->params();
   params.initialize(cfg.train.seed);
@@ -190,6 +202,18 @@ RunSummary Trainer::run() {
       s.grid->dp_group(), params, cfg.parallel.zero, static_cast<int64_t>(cfg.parallel.bucket_mb * 1e6),
       AdamWSettings{cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});
   s.model->set_grad_ready_hook([&](int i) { s.dp->on_grad_ready(i); });
+  if (on_gpu) {
+    s.gpu = gpu::make_gpu_model(dims, MB, T, {cfg.backend.dtype, cfg.backend.matmul, cfg.backend.attention});
+    if (dp > 1) {
+      s.dp_nccl = comm::make_nccl(s.grid->dp_group(), "dp-nccl");
+      s.gpu->enable_data_parallel(s.dp_nccl.get(), static_cast<int64_t>(cfg.parallel.bucket_mb * 1e6));
+    }
+    log->info("cuda backend: {}", s.gpu->describe());
+  }
+  // The GPU holds the live parameters; the host copy is refreshed before it is read.
+  auto sync_host_params = [&] {
+    if (s.gpu) s.gpu->get_parameters(params.flat_values().data());
+  };
   const bool tied_across_stages = pp > 1 && dims.tied;
   if (s.grid->tp() > 1 || pp > 1) {
     // Gradient norm over the whole model: replicated tensors count once over tp,
@@ -257,6 +281,7 @@ RunSummary Trainer::run() {
   };
   // Writes a weights file of the current parameters (collective over tp and pp; rank 0 writes).
   auto write_weights_file = [&](const fs::path& path, int64_t step) {
+    sync_host_params();
     const auto values = gather_model(params.flat_values().data());
     if (io)
       write_weights(path.string(), logical_specs, const_ptrs(values),
@@ -308,10 +333,16 @@ RunSummary Trainer::run() {
     model::scatter_logical(*s.model, lv, v.data());
     s.dp->scatter_moments(m.data(), v.data());
     s.dp->set_optimizer_steps(s.train.optimizer_steps);
+    if (s.gpu) {
+      s.gpu->set_parameters(params.flat_values().data());  // resumed
+      s.gpu->set_moments(m.data(), v.data());
+    }
     summary.first_step = s.train.step;
     ckpt_log->info("resumed from {} at step {} ({} tokens seen)", resume_path, s.train.step,
                    s.train.tokens_seen);
   } else {
+    // Initial: uploaded before the weights file, whose sync_host_params() reads the GPU.
+    if (s.gpu) s.gpu->set_parameters(params.flat_values().data());
     write_weights_file(run_dir / "weights_init.h5", 0);
   }
   if (io) {
@@ -330,12 +361,19 @@ RunSummary Trainer::run() {
   auto save = [&](const char* why) {
     const auto t0 = Clock::now();
     std::vector<float> m, v;
-    s.dp->gather_moments(m, v);  // collective over dp (ZeRO shards)
+    if (s.gpu) {
+      sync_host_params();
+      m.resize(params.total_numel());
+      v.resize(params.total_numel());
+      s.gpu->get_moments(m.data(), v.data());
+    } else {
+      s.dp->gather_moments(m, v);  // collective over dp (ZeRO shards)
+    }
     // Logical tensors from the tp shards (collective over tp).
     const auto values = gather_model(params.flat_values().data());
     const auto lm = gather_model(m.data());
     const auto lv = gather_model(v.data());
-    s.train.optimizer_steps = s.dp->optimizer_steps();
+    if (!s.gpu) s.train.optimizer_steps = s.dp->optimizer_steps();
     const std::string path = s.store->path_for(s.train.step);
     if (io) {
       const LogicalState tensors{logical_specs, const_ptrs(values), const_ptrs(lm), const_ptrs(lv)};
@@ -370,8 +408,9 @@ RunSummary Trainer::run() {
     double total = 0;
     for (int64_t k = dp_rank; k < cfg.train.eval_batches; k += dp) {
       s.loader->fill(data::Split::val, k, MB, 0, MB, s.inputs.data(), s.targets.data());
-      total += runner ? runner->run_forward(s.inputs.data(), s.targets.data()) / static_cast<double>(MB * T)
-                      : s.model->loss(s.inputs.data(), s.targets.data(), MB, T);
+      total += runner  ? runner->run_forward(s.inputs.data(), s.targets.data()) / static_cast<double>(MB * T)
+               : s.gpu ? s.gpu->loss(s.inputs.data(), s.targets.data(), MB, T)
+                       : s.model->loss(s.inputs.data(), s.targets.data(), MB, T);
     }
     if (pp > 1) s.grid->pp_group().all_reduce(&total, 1, comm::ReduceOp::sum);  // the last stage's
     s.grid->dp_group().all_reduce(&total, 1, comm::ReduceOp::sum);
@@ -402,6 +441,7 @@ RunSummary Trainer::run() {
       }
     }
     if (!io) return;
+    sync_host_params();
     if (!tokenizer) tokenizer = std::make_unique<data::Tokenizer>(data::Tokenizer::load(s.loader->tokenizer_path()));
     std::vector<int32_t> prompt = tokenizer->encode("\n");
     if (prompt.empty()) prompt.push_back(tokenizer->eos_id());
@@ -422,10 +462,13 @@ RunSummary Trainer::run() {
     const int64_t step = s.train.step;
     const auto t0 = Clock::now();
     params.zero_grads();
+    if (s.gpu) s.gpu->zero_grads();
     const auto& t = cfg.train;
     if (t.inject_nan_step > 0 && step + 1 >= t.inject_nan_step && step + 1 < t.inject_nan_step + t.inject_nan_count &&
-        world_.rank() == t.inject_nan_rank)
+        world_.rank() == t.inject_nan_rank) {
       params.flat_grads()[0] = std::numeric_limits<float>::quiet_NaN();  // testing: poisons this rank's gradient
+      if (s.gpu) s.gpu->poison_gradient();
+    }
     double loss = 0;
     auto fill = [&](int64_t micro, int32_t* in, int32_t* tg) {
       const int64_t first = dp_rank * local_batch + micro * MB;  // in the global batch
@@ -445,13 +488,19 @@ RunSummary Trainer::run() {
     }
     for (int64_t micro = 0; !runner && micro < micro_steps; ++micro) {
       fill(micro, s.inputs.data(), s.targets.data());
-      if (micro == micro_steps - 1) s.dp->arm();  // reduce buckets during the last backward
+      const bool last_micro = micro == micro_steps - 1;  // reduce buckets during the last backward
+      if (s.gpu) {
+        loss += s.gpu->forward_backward(s.inputs.data(), s.targets.data(), MB, T, loss_scale, last_micro) /
+                micro_steps;
+        continue;
+      }
+      if (last_micro) s.dp->arm();
       loss += s.model->forward_backward(s.inputs.data(), s.targets.data(), MB, T, loss_scale) / micro_steps;
     }
-    double comm_s = s.dp->finish_reduction();
+    double comm_s = s.gpu ? s.gpu->finish_reduction() : s.dp->finish_reduction();
     const auto tc = Clock::now();
     s.grid->dp_group().all_reduce(&loss, 1, comm::ReduceOp::avg);
-    const double norm = s.dp->grad_norm();
+    const double norm = s.gpu ? s.gpu->grad_norm() : s.dp->grad_norm();
     comm_s += std::chrono::duration<double>(Clock::now() - tc).count();
     // Every rank skips the same update when any rank saw a non-finite loss or gradient.
     int32_t bad = !(std::isfinite(loss) && std::isfinite(norm));
@@ -483,11 +532,17 @@ RunSummary Trainer::run() {
     const double clip =
         cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip ? cfg.train.grad_clip / (norm + 1e-6) : 1.0;
     const double lr = learning_rate(cfg.train, step);
-    comm_s += s.dp->step(lr, clip);
+    if (s.gpu) {
+      s.train.optimizer_steps += 1;
+      s.gpu->adamw({lr, cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay}, clip,
+                   s.train.optimizer_steps);
+    } else {
+      comm_s += s.dp->step(lr, clip);
+      s.train.optimizer_steps = s.dp->optimizer_steps();
+    }
     s.train.step = step + 1;
     s.train.loader_step = step + 1;
     s.train.tokens_seen += GB * T;
-    s.train.optimizer_steps = s.dp->optimizer_steps();
     ++steps_here;
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     train_seconds += dt;

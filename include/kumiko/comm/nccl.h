@@ -14,6 +14,9 @@ bool nccl_available();
 // `bootstrap`; each rank first selects GPU (node-local rank % visible devices).
 // Buffers passed to its collectives must be device memory.
 std::unique_ptr<Communicator> make_nccl(Communicator& bootstrap, const std::string& name);
+// The CUDA stream (a cudaStream_t) on which an NCCL communicator queues its
+// operations, so that device code can order work against it with events.
+void* nccl_stream(Communicator& nccl);
 // The node-local rank from the launcher's variables (Open MPI, Slurm, MPICH), or 0.
 int local_rank_from_launcher();
 

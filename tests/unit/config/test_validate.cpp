@@ -71,6 +71,14 @@ TEST(ConfigValidate, EachRuleFailsWithItsMessage) {
        "backend.dtype: expected one of fp32|bf16, got 'fp16'"},
       {[](Config& c) { c.backend.matmul = "cublas"; },
        "backend.matmul: expected kumiko when backend.device is cpu, got 'cublas'"},
+      {[](Config& c) { c.backend.dtype = "bf16"; },
+       "backend.dtype: expected fp32 when backend.device is cpu (bf16 mixed precision runs on cuda), got 'bf16'"},
+      {[](Config& c) { c.backend.device = "cuda", c.backend.attention = "cudnn"; },
+       "backend.attention: expected kumiko when backend.dtype is fp32 (cuDNN's fused attention is bf16 only), got "
+       "'cudnn'"},
+      {[](Config& c) { c.backend.device = "cuda", c.model.d_model = 100; },
+       "model.d_model: expected d_model / n_heads a multiple of 8 and at most 128 on backend.device = cuda (head "
+       "dim), got 100 / 4"},
       {[](Config& c) { c.checkpoint.keep_last = -1; },
        "checkpoint.keep_last: expected a value >= 0, got -1"},
       {[](Config& c) { c.log.level = "verbose"; },
@@ -96,6 +104,7 @@ TEST(ConfigValidate, ValidLayoutsPass) {
   c.train.global_batch = 32;
   c.train.micro_batch = 4;
   c.backend.device = "cuda";
+  c.backend.dtype = "bf16";
   c.backend.matmul = "cublas";
   c.backend.attention = "cudnn";
   EXPECT_EQ(validation_error(c), "");

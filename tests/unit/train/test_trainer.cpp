@@ -8,7 +8,9 @@
 
 #include <gtest/gtest.h>
 
+#include "kumiko/core/error.h"
 #include "kumiko/core/log.h"
+#include "kumiko/gpu/model.h"
 #include "kumiko_test_support.h"
 #include "kumiko/model/transformer.h"
 #include "kumiko/train/schedule.h"
@@ -165,6 +167,44 @@ TEST(NonFinite, TooManyInARowEndTheRun) {
   EXPECT_TRUE(r.diverged);
   EXPECT_EQ(r.skipped, (std::vector<int64_t>{2, 3, 4}));
   EXPECT_EQ(r.steps_taken, 4);
+}
+
+// backend.device = cuda without a usable GPU (or without the CUDA backend compiled
+// in) is the user's mistake: one line saying which, before any step. GPU runs are
+// tested in tests/gpu.
+TEST(CudaBackend, WithoutAGpuIsAClearError) {
+  if (gpu::visible_devices() > 0) GTEST_SKIP() << "a GPU is visible: tests/gpu covers this machine";
+  auto c = tiny_config("gpt2", temp_dir("cuda-nogpu"));
+  c.backend.device = "cuda";
+  log::init({0, 1, "off", false});
+  auto world = comm::make_local();
+  try {
+    Trainer(c, *world).run();
+    FAIL() << "expected a UserError";
+  } catch (const UserError& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.rfind("backend.device = cuda: ", 0), 0u) << msg;
+    EXPECT_NE(msg.find(gpu::cuda_built() ? "no CUDA device is visible" : "built without the CUDA backend"),
+              std::string::npos)
+        << msg;
+  }
+}
+
+TEST(CudaBackend, RefusesLayoutsItDoesNotRun) {
+  auto c = tiny_config("gpt2", temp_dir("cuda-tp"));
+  c.backend.device = "cuda";
+  c.parallel.pp = 2;
+  log::init({0, 1, "off", false});
+  auto world = comm::make_local();
+  try {
+    Trainer(c, *world).run();
+    FAIL() << "expected a UserError";
+  } catch (const UserError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "backend.device = cuda supports data parallelism only: parallel.tp = 1, parallel.pp = 2, "
+              "parallel.zero = 0 (expected 1, 1 and 0; use backend.device = cpu for tensor or pipeline "
+              "parallelism or ZeRO-1)");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Arch, TrainerArch, ::testing::Values("gpt2", "llama"));

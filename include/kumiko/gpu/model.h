@@ -1,0 +1,83 @@
+#pragma once
+// The transformer on one GPU ([backend] device = cuda): the same model, parameter
+// list and flat parameter layout as kumiko::model::Transformer (tp = pp = 1), run by
+// kumiko's CUDA kernels (kernels/cuda) or the vendor reference paths, in fp32 or bf16
+// mixed precision:
+//   dtype = fp32  weights, activations, gradients and AdamW state in fp32;
+//   dtype = bf16  bf16 weights (a working copy) and activations, fp32 master weights,
+//                 gradients and AdamW moments, fp32 softmax, statistics and loss.
+// All device memory comes from one arena sized at construction. Data parallelism:
+// with an NCCL communicator, gradient buckets are all-reduced on NCCL's stream while
+// the backward of earlier layers still runs (events order the two streams).
+//
+// This header has no CUDA types, so host code (the trainer) includes it freely.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kumiko/comm/communicator.h"
+#include "kumiko/model/transformer.h"
+
+namespace kumiko::gpu {
+
+struct GpuOptions {
+  std::string dtype = "fp32";        // fp32|bf16
+  std::string matmul = "kumiko";     // kumiko|cublas
+  std::string attention = "kumiko";  // kumiko|cudnn (bf16 only)
+};
+
+struct AdamWHyper {
+  double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0;
+};
+
+class GpuModel {
+ public:
+  virtual ~GpuModel() = default;
+
+  // Parameters in the flat layout of ParameterStore<float> for
+  // model::parameter_specs(dims) (each tensor starts on a multiple of 16 floats; host
+  // arrays of total_numel() floats): fp32 master weights and the AdamW moments.
+  virtual int64_t total_numel() const = 0;
+  virtual void set_parameters(const float* values) = 0;
+  virtual void get_parameters(float* values) = 0;
+  virtual void set_moments(const float* m, const float* v) = 0;
+  virtual void get_moments(float* m, float* v) = 0;
+  virtual void get_grads(float* grads) = 0;
+
+  virtual void zero_grads() = 0;
+  // Forward and backward of one micro-batch (host token arrays [B, Tn]); gradients
+  // accumulate (fp32) with the loss scaled by loss_scale. Returns the mean loss.
+  // With `last_micro_batch` and data parallelism on, gradient buckets start their
+  // all-reduce during this backward.
+  virtual double forward_backward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
+                                  float loss_scale, bool last_micro_batch) = 0;
+  virtual double loss(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn) = 0;
+
+  // Data parallelism over `nccl` (an NCCL communicator of the dp group; not owned).
+  virtual void enable_data_parallel(comm::Communicator* nccl, int64_t bucket_bytes) = 0;
+  // Waits for every bucket's all-reduce (starting those not started). Returns seconds.
+  virtual double finish_reduction() = 0;
+  // L2 norm of the whole gradient (after the reduction: identical on every rank).
+  virtual double grad_norm() = 0;
+  // AdamW (PyTorch semantics) on every tensor in one launch; gradients multiplied
+  // by grad_scale (clipping); `step` counts from 1.
+  virtual void adamw(const AdamWHyper& h, double grad_scale, int64_t step) = 0;
+  // Testing (train.inject_nan_step): makes gradient element 0 a NaN.
+  virtual void poison_gradient() = 0;
+
+  virtual std::string describe() const = 0;  // device, dtype, paths, arena size
+  virtual size_t arena_bytes() const = 0;
+};
+
+// Selects the GPU (node-local rank % visible devices) and builds the model for
+// micro-batches of up to `batch` sequences of `seq_len` tokens. Throws UserError
+// for an unsupported option combination or when the GPU memory does not suffice.
+std::unique_ptr<GpuModel> make_gpu_model(const model::Dims& dims, int64_t batch, int64_t seq_len,
+                                         const GpuOptions& options);
+// True when this build has the CUDA backend (kumiko was configured with nvcc).
+bool cuda_built();
+// Devices visible (0 without a driver or without the CUDA backend).
+int visible_devices();
+
+}  // namespace kumiko::gpu

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The GPU check of the CUDA backend, in one call on a machine with one H100 or H200,
+# CUDA 13, PyTorch and Python (and none of the Debian libraries). It runs what
+# scripts/device/build_for_device.sh gathered in .device/ (carry it):
+#   1. the gpu-labelled tests: every kernel against the CPU reference, the GPU model
+#      against the CPU model, 50 tiny-config steps fp32/bf16 against the CPU losses;
+#   2. kumiko bench kernels: each kernel next to cuBLASLt / cuDNN / the copy bandwidth;
+#   3. gpt2-124m training throughput (B=16, T=1024, bf16) with kumiko's kernels and with
+#      the vendor paths (cuBLASLt + cuDNN): tokens/s and MFU;
+# then prints one summary table. Logs and tables go to $OUT (or ./gpu-check-out).
+# Budget: under 8 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+OUT="${OUT:-$ROOT/gpu-check-out}"
+mkdir -p "$OUT"
+[ -x .device/bin/kumiko ] || { echo "gpu_check: .device/bin/kumiko missing: run scripts/device/build_for_device.sh here and carry .device" >&2; exit 2; }
+
+# CUDA's libraries come from this machine: the toolkit and/or the pip wheels
+# (nvidia-cublas, nvidia-cudnn-cu13, nvidia-nccl-cu13, nvidia-cuda-runtime).
+LIBS="$ROOT/.device/lib"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && LIBS="$LIBS:$d"; done
+NV=$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2>/dev/null || true)
+if [ -n "$NV" ]; then
+  LIBS="$LIBS:$(find "$NV" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)"
+fi
+export LD_LIBRARY_PATH="$LIBS:${LD_LIBRARY_PATH:-}"
+export KUMIKO_SOURCE_DIR="$ROOT"
+if ldd .device/bin/* | grep -q "not found"; then
+  echo "gpu_check: unresolved shared libraries:" >&2
+  ldd .device/bin/* | grep "not found" | sort -u >&2
+  exit 2
+fi
+
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
+# Dense bf16 tensor-core peak for MFU (NVIDIA datasheets, SXM parts): H100 and H200 989 TFLOP/s.
+case "$GPU" in
+  *H100*PCIe*) PEAK=756000 ;;
+  *H100*|*H200*) PEAK=989000 ;;
+  *A100*) PEAK=312000 ;;
+  *) PEAK=0 ;;
+esac
+
+summary=()
+run_tests() {  # name binary timeout
+  local log="$OUT/$1.log"
+  timeout "$3" ".device/bin/$2" --gtest_brief=1 >"$log" 2>&1
+  local rc=$?
+  local passed failed skipped
+  passed=$(grep -oP '\[  PASSED  \] \K[0-9]+' "$log" | tail -1)
+  failed=$(grep -oP '\[  FAILED  \] \K[0-9]+(?= test)' "$log" | tail -1)
+  skipped=$(grep -oP '\[  SKIPPED \] \K[0-9]+' "$log" | tail -1)
+  summary+=("tests $1: rc=$rc passed=${passed:-0} failed=${failed:-0} skipped=${skipped:-0}")
+  grep -E '^\[  FAILED  \]|Failure|error' "$log" | head -40
+}
+echo "== gpu tests"
+run_tests kernels_cuda_test kernels_cuda_test 200
+run_tests gpu_model_test gpu_model_test 200
+
+echo "== kumiko bench kernels"
+timeout 150 .device/bin/kumiko bench kernels --markdown "$OUT/kernels.md" 2>&1 | tee "$OUT/bench.log"
+
+echo "== gpt2-124m training throughput (B=16, T=1024, bf16, random tokens)"
+train_rate() {  # label matmul attention
+  local dir=/tmp/kumiko-gpu-check-$1
+  rm -rf "$dir"
+  timeout 100 .device/bin/kumiko train --config configs/gpt2-124m.ini --data.synthetic=true \
+    --data.seq_len=1024 --train.global_batch=16 --train.micro_batch=16 --train.steps=15 \
+    --train.eval_every=0 --checkpoint.every_steps=0 --checkpoint.dir="$dir/ckpt" --log.run_dir="$dir" \
+    --log.every_steps=5 --backend.device=cuda --backend.dtype=bf16 --backend.matmul="$2" \
+    --backend.attention="$3" --backend.peak_gflops=$PEAK >"$OUT/train-$1.log" 2>&1
+  local rc=$?
+  # Median tokens/s and MFU over steps 4..15 (the first steps warm up).
+  local stats
+  stats=$(python3 - "$dir/metrics.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
+rows = [r for r in rows if r["step"] >= 4]
+if rows:
+    print("%.0f tok/s, MFU %.1f%%, step %.3f s" % (statistics.median(r["tokens_per_s"] for r in rows),
+          100 * statistics.median(r["mfu"] for r in rows), statistics.median(r["step_s"] for r in rows)))
+PY
+)
+  summary+=("train gpt2-124m bf16 $1: rc=$rc ${stats:-no metrics (see train-$1.log)}")
+  tail -3 "$OUT/train-$1.log"
+}
+train_rate kumiko kumiko kumiko
+train_rate vendor cublas cudnn
+
+echo
+echo "== summary ($GPU, $(date -u +%Y-%m-%d))"
+[ -f "$OUT/kernels.md" ] && cat "$OUT/kernels.md"
+printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
