@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds, on this (Debian) machine, what gpu_check.sh runs on a GPU machine that has
-# CUDA, PyTorch and Python but none of the Debian libraries, and gathers it in
-# .device/ (git-ignored; name it in the device tool's `carry`):
-#   .device/bin  kumiko, kernels_cuda_test, gpu_model_test (sm_90, stripped)
-#   .device/lib  the Debian shared libraries they link (HDF5, SentencePiece, spdlog,
-#                fmt, OpenBLAS, OpenMP, libstdc++ ...), not the CUDA ones: the GPU
-#                machine has its own cudart, cuBLASLt, cuDNN and NCCL.
+# CUDA, PyTorch and Python but none of the Debian libraries, and packs it into
+# .device/kumiko-device.tar.xz (git-ignored; name .device in the device tool's
+# `carry`; about 17 MB, the tool carries at most 64 MiB):
+#   bin/  kumiko, kernels_cuda_test, gpu_model_test (sm_90, stripped)
+#   lib/  the Debian shared libraries they link (HDF5, SentencePiece, spdlog, fmt,
+#         OpenBLAS, OpenMP, libstdc++ ...), not the CUDA ones: the GPU machine has
+#         its own cudart, cuBLASLt, cuDNN and NCCL.
 # The build is single-process (KUMIKO_MPI=OFF): the check runs on one GPU.
 # Usage: scripts/device/build_for_device.sh   (then scripts/device/gpu_check.sh there)
 set -euo pipefail
@@ -15,19 +16,20 @@ command -v nvcc >/dev/null || { echo "build_for_device: nvcc not found (install 
 cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DKUMIKO_MPI=OFF \
   -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
 cmake --build build-device -j "${KUMIKO_JOBS:-$(nproc)}" --target kumiko kernels_cuda_test gpu_model_test
-rm -rf .device && mkdir -p .device/bin .device/lib
-for b in build-device/kumiko build-device/tests/kernels/cuda/kernels_cuda_test build-device/tests/gpu/gpu_model_test; do
-  cp "$b" .device/bin/
-done
-strip .device/bin/*
+STAGE=build-device/stage
+rm -rf "$STAGE" .device && mkdir -p "$STAGE/bin" "$STAGE/lib" .device
+cp build-device/bin/kumiko build-device/bin/kernels_cuda_test build-device/bin/gpu_model_test "$STAGE/bin/"
+strip "$STAGE"/bin/*
 # Shared libraries: everything ldd resolves except glibc's own and CUDA's.
-ldd .device/bin/* | awk '/=> \// {print $3}' | sort -u | while read -r lib; do
+ldd "$STAGE"/bin/* | awk '/=> \// {print $3}' | sort -u | while read -r lib; do
   case "$(basename "$lib")" in
     libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libresolv.so*) ;;
     libcuda.so*|libcudart.so*|libcublas*|libcudnn*|libnccl*|libnvrtc*|libnvJitLink*) ;;
-    *) cp -L "$lib" .device/lib/ ;;
+    *) cp -L "$lib" "$STAGE/lib/" ;;
   esac
 done
-grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
-du -sh .device/bin .device/lib
+echo "packing (xz, about a minute)..."
+tar -C "$STAGE" -cf - bin lib | xz -9 -T"${KUMIKO_JOBS:-$(nproc)}" > .device/kumiko-device.tar.xz
+git rev-parse HEAD > .device/commit 2>/dev/null || true
+du -sh .device/kumiko-device.tar.xz
 echo "ready: carry .device and run scripts/device/gpu_check.sh on the GPU machine"

@@ -14,11 +14,16 @@ cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 OUT="${OUT:-$ROOT/gpu-check-out}"
 mkdir -p "$OUT"
-[ -x .device/bin/kumiko ] || { echo "gpu_check: .device/bin/kumiko missing: run scripts/device/build_for_device.sh here and carry .device" >&2; exit 2; }
+[ -f .device/kumiko-device.tar.xz ] || { echo "gpu_check: .device/kumiko-device.tar.xz missing: run scripts/device/build_for_device.sh on the build machine and carry .device" >&2; exit 2; }
+# Unpack the binaries and their Debian libraries (Python's tarfile: no xz tool needed).
+DEV=/tmp/kumiko-device
+rm -rf "$DEV" && mkdir -p "$DEV"
+python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' .device/kumiko-device.tar.xz "$DEV" || exit 2
+echo "binaries built from commit $(cat .device/commit 2>/dev/null || echo unknown); tree at $(git rev-parse HEAD 2>/dev/null || echo unknown)"
 
 # CUDA's libraries come from this machine: the toolkit and/or the pip wheels
 # (nvidia-cublas, nvidia-cudnn-cu13, nvidia-nccl-cu13, nvidia-cuda-runtime).
-LIBS="$ROOT/.device/lib"
+LIBS="$DEV/lib"
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && LIBS="$LIBS:$d"; done
 NV=$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2>/dev/null || true)
 if [ -n "$NV" ]; then
@@ -26,9 +31,9 @@ if [ -n "$NV" ]; then
 fi
 export LD_LIBRARY_PATH="$LIBS:${LD_LIBRARY_PATH:-}"
 export KUMIKO_SOURCE_DIR="$ROOT"
-if ldd .device/bin/* | grep -q "not found"; then
+if ldd $DEV/bin/* | grep -q "not found"; then
   echo "gpu_check: unresolved shared libraries:" >&2
-  ldd .device/bin/* | grep "not found" | sort -u >&2
+  ldd $DEV/bin/* | grep "not found" | sort -u >&2
   exit 2
 fi
 
@@ -45,7 +50,7 @@ esac
 summary=()
 run_tests() {  # name binary timeout
   local log="$OUT/$1.log"
-  timeout "$3" ".device/bin/$2" --gtest_brief=1 >"$log" 2>&1
+  timeout "$3" "$DEV/bin/$2" --gtest_brief=1 >"$log" 2>&1
   local rc=$?
   local passed failed skipped
   passed=$(grep -oP '\[  PASSED  \] \K[0-9]+' "$log" | tail -1)
@@ -59,14 +64,14 @@ run_tests kernels_cuda_test kernels_cuda_test 200
 run_tests gpu_model_test gpu_model_test 200
 
 echo "== kumiko bench kernels"
-timeout 150 .device/bin/kumiko bench kernels --markdown "$OUT/kernels.md" 2>&1 | tee "$OUT/bench.log"
+timeout 150 $DEV/bin/kumiko bench kernels --markdown "$OUT/kernels.md" 2>&1 | tee "$OUT/bench.log"
 
 echo "== gpt2-124m training throughput (B=16, T=1024, bf16, random tokens)"
 train_rate() {  # label matmul attention
   local dir=/tmp/kumiko-gpu-check-$1
   rm -rf "$dir"
-  timeout 100 .device/bin/kumiko train --config configs/gpt2-124m.ini --data.synthetic=true \
-    --data.seq_len=1024 --train.global_batch=16 --train.micro_batch=16 --train.steps=15 \
+  timeout 100 $DEV/bin/kumiko train --config configs/gpt2-124m.ini --data.synthetic=true \
+    --data.seq_len=1024 --train.global_batch=16 --train.micro_batch=16 --train.steps=15 --train.warmup_steps=2 \
     --train.eval_every=0 --checkpoint.every_steps=0 --checkpoint.dir="$dir/ckpt" --log.run_dir="$dir" \
     --log.every_steps=5 --backend.device=cuda --backend.dtype=bf16 --backend.matmul="$2" \
     --backend.attention="$3" --backend.peak_gflops=$PEAK >"$OUT/train-$1.log" 2>&1
