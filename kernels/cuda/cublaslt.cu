@@ -20,6 +20,7 @@
 //   - bias_gelu with `pre` and N % 8 != 0 (the aux ld must be a multiple of 8): cuBLASLt
 //     adds the bias, our kernel copies pre = C and applies GELU (for bf16 the GELU then
 //     sees the bf16-rounded pre-activation);
+//   - fp32 bias_gelu: cuBLASLt adds the bias, our kernel applies an exact-fp32 GELU;
 //   - a fused epilogue for which the heuristic finds no algorithm: plain matmul + ours.
 // K = 0 (nothing for cuBLASLt to multiply) is handed to kumiko::cuda::gemm.
 //
@@ -223,6 +224,11 @@ struct CublasLt::Impl {
     } else if (key.epilogue == Epilogue::bias_gelu) {
       if (!bias_native) {
         own_bias = own_gelu = true;
+      } else if (key.tout == CUDA_R_32F) {
+        // fp32: cuBLASLt's fused GELU may use a hardware tanh approximation (~2^-11
+        // relative), too coarse for the fp32 path's 1e-5 parity; ours uses tanhf.
+        epi = CUBLASLT_EPILOGUE_BIAS;
+        own_gelu = true;
       } else if (!key.has_pre) {
         epi = CUBLASLT_EPILOGUE_GELU_BIAS;
       } else if (key.N % 8 == 0) {

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Train a kumiko-shaped model with PyTorch on CPU and report throughput.
+"""Train a kumiko-shaped model with PyTorch on CPU (or a GPU) and report throughput.
 
 Usage: /usr/bin/python3 scripts/bench/torch_train.py --arch gpt2 --layers 4 --heads 4 \
          --d-model 256 --seq 256 --batch 8 --vocab 8192 --steps 10 --threads 2
@@ -7,10 +7,13 @@ Usage: /usr/bin/python3 scripts/bench/torch_train.py --arch gpt2 --layers 4 --he
 fp32, AdamW (lr 3e-4, betas 0.9/0.95, wd 0.1 on linear weights), grad clip 1.0, random tokens
 drawn fresh each step. One step = forward + backward + clip + optimizer step. Prints one line
 per step on stderr and, last on stdout, `tokens_per_s=<median over the steps after warmup>`.
+--device cuda --amp bf16: the same on a GPU with bf16 autocast (fp32 master weights and
+AdamW state, fused AdamW), the peer of kumiko's backend.device = cuda, dtype = bf16.
 The model is scripts/reference/torch_model.py with torch's fused LayerNorm/GELU (fast=True);
 attention uses F.scaled_dot_product_attention when this torch has it, else explicit matmuls.
 """
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -56,6 +59,8 @@ def main(argv=None):
   ap.add_argument("--lr", type=float, default=3e-4)
   ap.add_argument("--grad-clip", type=float, default=1.0)
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--device", default="cpu", help="cpu or cuda")
+  ap.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast dtype (cuda)")
   a = ap.parse_args(argv)
   if a.steps <= a.warmup:
     ap.error(f"--steps ({a.steps}) must exceed --warmup ({a.warmup})")
@@ -71,10 +76,16 @@ def main(argv=None):
                        d_ff=a.d_ff or 4 * a.d_model, vocab_size=a.vocab, max_seq_len=a.seq,
                        tie_embeddings=not a.untie, norm_eps=1e-5, rope_theta=10000.0)
   p = tm.random_params(cfg, seed=a.seed, std=0.02, dtype=torch.float32)
+  cuda = a.device == "cuda"
+  if cuda:
+    p = {n: t.detach().to("cuda").requires_grad_(True) for n, t in p.items()}
   n_params = sum(t.numel() for t in p.values())
   tc = tm.TrainConfig(lr=a.lr, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
                       grad_clip=a.grad_clip)
   opt = tm.make_adamw(tc, p)
+  if cuda:  # the same groups with the fused kernel users get on GPUs
+    opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups],
+                            lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, fused=True)
   params = list(p.values())
   gen = torch.Generator().manual_seed(a.seed + 1)
   tokens = a.batch * a.seq
@@ -86,13 +97,20 @@ def main(argv=None):
   for step in range(1, a.steps + 1):
     stream = torch.randint(0, a.vocab, (a.batch, a.seq + 1), generator=gen)
     x, y = stream[:, :-1], stream[:, 1:]
+    if cuda:
+      x, y = x.to("cuda"), y.to("cuda")
+      torch.cuda.synchronize()
     t0 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
-    loss = tm.loss_fn(cfg, p, x, y, fast=True)
+    amp = cuda and a.amp == "bf16"
+    with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+      loss = tm.loss_fn(cfg, p, x, y, fast=True)
     loss.backward()
     if a.grad_clip > 0:
       torch.nn.utils.clip_grad_norm_(params, max_norm=a.grad_clip)
     opt.step()
+    if cuda:
+      torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     rates.append(tokens / dt)
     print(f"step {step} loss {loss.item():.4f} time {dt * 1e3:.1f} ms "

@@ -6,9 +6,10 @@
 #      against the CPU model, 50 tiny-config steps fp32/bf16 against the CPU losses;
 #   2. kumiko bench kernels: each kernel next to cuBLASLt / cuDNN / the copy bandwidth;
 #   3. gpt2-124m training throughput (B=16, T=1024, bf16) with kumiko's kernels and with
-#      the vendor paths (cuBLASLt + cuDNN): tokens/s and MFU;
+#      the vendor paths (cuBLASLt + cuDNN), and PyTorch on the same shape: tokens/s and MFU;
 # then prints one summary table. Logs and tables go to $OUT (or ./gpu-check-out).
-# Budget: under 8 minutes.
+# Budget: under 8 minutes when all goes well; every step has its own timeout (at most
+# 550 s in all), so a hang still leaves the tables of the steps before it.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -60,20 +61,20 @@ run_tests() {  # name binary timeout
   grep -E '^\[  FAILED  \]|Failure|error' "$log" | head -40
 }
 echo "== gpu tests"
-run_tests kernels_cuda_test kernels_cuda_test 200
-run_tests gpu_model_test gpu_model_test 200
+run_tests kernels_cuda_test kernels_cuda_test 120
+run_tests gpu_model_test gpu_model_test 120
 
 echo "== kumiko bench kernels"
-timeout 150 $DEV/bin/kumiko bench kernels --markdown "$OUT/kernels.md" 2>&1 | tee "$OUT/bench.log"
+timeout 100 $DEV/bin/kumiko bench kernels --markdown "$OUT/kernels.md" 2>&1 | tee "$OUT/bench.log"
 
 echo "== gpt2-124m training throughput (B=16, T=1024, bf16, random tokens)"
 train_rate() {  # label matmul attention
   local dir=/tmp/kumiko-gpu-check-$1
   rm -rf "$dir"
-  timeout 100 $DEV/bin/kumiko train --config configs/gpt2-124m.ini --data.synthetic=true \
+  timeout 70 $DEV/bin/kumiko train --config configs/gpt2-124m.ini --data.synthetic=true \
     --data.seq_len=1024 --train.global_batch=16 --train.micro_batch=16 --train.steps=15 --train.warmup_steps=2 \
     --train.eval_every=0 --checkpoint.every_steps=0 --checkpoint.dir="$dir/ckpt" --log.run_dir="$dir" \
-    --log.every_steps=5 --backend.device=cuda --backend.dtype=bf16 --backend.matmul="$2" \
+    --log.every_steps=5 --parallel.zero=0 --backend.device=cuda --backend.dtype=bf16 --backend.matmul="$2" \
     --backend.attention="$3" --backend.peak_gflops=$PEAK >"$OUT/train-$1.log" 2>&1
   local rc=$?
   # Median tokens/s and MFU over steps 4..15 (the first steps warm up).
@@ -92,6 +93,21 @@ PY
 }
 train_rate kumiko kumiko kumiko
 train_rate vendor cublas cudnn
+
+# The peer users would otherwise pick: PyTorch eager, bf16 autocast, SDPA (flash)
+# attention, fused AdamW, the same model (scripts/reference/torch_model.py).
+echo "== PyTorch gpt2-124m (same shape)"
+torch_rate=$(timeout 70 python3 scripts/bench/torch_train.py --arch gpt2 --layers 12 --heads 12 --d-model 768 \
+  --seq 1024 --batch 16 --vocab 50304 --steps 12 --warmup 3 --device cuda --amp bf16 2>"$OUT/torch.log" \
+  | sed -n 's/^tokens_per_s=//p')
+if [ -n "$torch_rate" ]; then
+  # MFU with kumiko's FLOP count (6 N_matmul + 12 L H D T per token, docs/training.md).
+  mfu=$(python3 -c "L,C,V,T=12,768,50304,1024; f=6*(L*12*C*C+V*C)+12*L*C*T; print('%.1f' % (100*$torch_rate*f/($PEAK*1e9)) if $PEAK else 'n/a')")
+  summary+=("train gpt2-124m bf16 pytorch $(python3 -c 'import torch; print(torch.__version__)'): ${torch_rate%.*} tok/s, MFU ${mfu}%")
+else
+  summary+=("train gpt2-124m bf16 pytorch: failed (see torch.log)")
+  tail -5 "$OUT/torch.log"
+fi
 
 echo
 echo "== summary ($GPU, $(date -u +%Y-%m-%d))"

@@ -147,7 +147,9 @@ RunSummary Trainer::run() {
   if (on_gpu) {
     // The GPU backend runs one model per GPU with data parallelism over NCCL; tensor
     // and pipeline parallelism and ZeRO-1 run on the cpu backend only (so far).
-    KUMIKO_USER_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1 && cfg.parallel.zero == 0,
+    // (ZeRO-1 with dp = 1 shards nothing: it is the same run.)
+    const int zero = cfg.parallel.dp > 1 ? cfg.parallel.zero : 0;
+    KUMIKO_USER_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1 && zero == 0,
                       "backend.device = cuda supports data parallelism only: parallel.tp = ", cfg.parallel.tp,
                       ", parallel.pp = ", cfg.parallel.pp, ", parallel.zero = ", cfg.parallel.zero,
                       " (expected 1, 1 and 0; use backend.device = cpu for tensor or pipeline parallelism or ZeRO-1)");
