@@ -264,8 +264,10 @@ int run_kernel_benchmarks(const KernelBenchOptions& o) {
       const double fwd = 4.0 * B * s.H * s.T * s.T * s.D / 2.0, flops = fwd * 3.5;
       Row r;
       r.kernel = "attention fwd+bwd";
-      r.shape = "B" + std::to_string(B) + " T" + std::to_string(s.T) + " H" + std::to_string(s.H) + " d" +
-                std::to_string(s.D);
+      char shape[64];  // (snprintf: GCC 12 warns falsely on "literal" + std::string chains here)
+      std::snprintf(shape, sizeof shape, "B%ld T%ld H%ld d%ld", static_cast<long>(B), static_cast<long>(s.T),
+                    static_cast<long>(s.H), static_cast<long>(s.D));
+      r.shape = shape;
       r.unit = "TFLOP/s";
       r.peer = "cuDNN";
       r.ms = time_ms(stream, warmup, iters, [&] {

@@ -43,14 +43,6 @@ using cuda::Layout;
 
 namespace {
 
-// Parameter indices of one block; -1 where the architecture has none.
-struct Block {
-  int norm1_w = -1, norm1_b = -1, qkv_w = -1, qkv_b = -1, proj_w = -1, proj_b = -1;
-  int norm2_w = -1, norm2_b = -1;
-  int fc_w = -1, fc_b = -1, mproj_w = -1, mproj_b = -1;  // gpt2
-  int gate_w = -1, up_w = -1, down_w = -1;               // llama
-};
-
 // Pinned host memory (asynchronous copies need it).
 template <typename X>
 class Pinned {
@@ -137,8 +129,7 @@ class Model final : public GpuModel {
   std::vector<model::ParameterSpec> specs_;
   std::vector<int64_t> offsets_;
   int64_t P_ = 0;
-  Block* blocks_ = nullptr;
-  std::vector<Block> block_index_;
+  std::vector<model::BlockIndex> block_index_;
   int tokens_ = -1, positions_ = -1, normf_w_ = -1, normf_b_ = -1, head_ = -1;
 
   cudaStream_t stream_{};
@@ -204,26 +195,7 @@ Model<T>::Model(const model::Dims& dims, int64_t batch, int64_t seq_len, const G
   normf_w_ = idx("final_norm.weight");
   normf_b_ = idx("final_norm.bias");
   head_ = d_.tied ? tokens_ : idx("head.weight");
-  for (int64_t l = 0; l < d_.L; ++l) {
-    const std::string p = "blocks." + std::to_string(l);
-    Block b;
-    b.norm1_w = idx(p + ".norm1.weight");
-    b.norm1_b = idx(p + ".norm1.bias");
-    b.qkv_w = idx(p + ".attn.qkv.weight");
-    b.qkv_b = idx(p + ".attn.qkv.bias");
-    b.proj_w = idx(p + ".attn.proj.weight");
-    b.proj_b = idx(p + ".attn.proj.bias");
-    b.norm2_w = idx(p + ".norm2.weight");
-    b.norm2_b = idx(p + ".norm2.bias");
-    b.fc_w = idx(p + ".mlp.fc.weight");
-    b.fc_b = idx(p + ".mlp.fc.bias");
-    b.mproj_w = idx(p + ".mlp.proj.weight");
-    b.mproj_b = idx(p + ".mlp.proj.bias");
-    b.gate_w = idx(p + ".mlp.gate.weight");
-    b.up_w = idx(p + ".mlp.up.weight");
-    b.down_w = idx(p + ".mlp.down.weight");
-    block_index_.push_back(b);
-  }
+  for (int64_t l = 0; l < d_.L; ++l) block_index_.push_back(model::block_index(l, idx));
   // Backward's units as flat ranges: the tensors after the last block, each block
   // from the last, then the embeddings (which precede block 0 in the flat layout).
   const int first_block = idx("blocks.0.norm1.weight");
@@ -451,7 +423,7 @@ void Model<T>::forward(int64_t B, int64_t Tn) {
   KUMIKO_CHECK(d_.llama || Tn <= d_.max_T, "sequence of ", Tn, " tokens > model.max_seq_len ", d_.max_T);
   cuda::embedding_forward(layers_[0].res, ids_, W(tokens_), Wmaybe(positions_), N, Tn, C, stream_);
   for (int64_t l = 0; l < d_.L; ++l) {
-    const Block& b = block_index_[l];
+    const model::BlockIndex& b = block_index_[l];
     Layer& a = layers_[l];
     T* out = l + 1 < d_.L ? layers_[l + 1].res : resL_;
     norm_forward(a.ln1, a.mean1, a.rstd1, a.res, b.norm1_w, b.norm1_b, N);
@@ -509,7 +481,7 @@ void Model<T>::backward(int64_t B, int64_t Tn, bool last_micro_batch) {
   norm_backward(dres_, normf_w_, normf_b_, dln_, resL_, meanf_, rstdf_, N);
   grads_ready(0);
   for (int64_t l = d_.L - 1; l >= 0; --l) {
-    const Block& b = block_index_[l];
+    const model::BlockIndex& b = block_index_[l];
     Layer& a = layers_[l];
     // dres: the gradient w.r.t. the block output = w.r.t. mid + the MLP output.
     if (d_.llama) {

@@ -159,15 +159,26 @@ double train_flops_per_token(const Dims& d, int64_t T) {
   return 6.0 * n_matmul + 12.0 * d.L * d.Hq * d.D * static_cast<double>(T);
 }
 
-namespace {
-// Parameter indices of one block; -1 where the architecture has none.
-struct BlockIndex {
-  int norm1_w = -1, norm1_b = -1, qkv_w = -1, qkv_b = -1, proj_w = -1, proj_b = -1;
-  int norm2_w = -1, norm2_b = -1;
-  int fc_w = -1, fc_b = -1, mproj_w = -1, mproj_b = -1;  // gpt2
-  int gate_w = -1, up_w = -1, down_w = -1;               // llama
-};
-}  // namespace
+BlockIndex block_index(int64_t layer, const std::function<int(const std::string&)>& idx) {
+  const std::string p = "blocks." + std::to_string(layer);
+  BlockIndex b;
+  b.norm1_w = idx(p + ".norm1.weight");
+  b.norm1_b = idx(p + ".norm1.bias");
+  b.qkv_w = idx(p + ".attn.qkv.weight");
+  b.qkv_b = idx(p + ".attn.qkv.bias");
+  b.proj_w = idx(p + ".attn.proj.weight");
+  b.proj_b = idx(p + ".attn.proj.bias");
+  b.norm2_w = idx(p + ".norm2.weight");
+  b.norm2_b = idx(p + ".norm2.bias");
+  b.fc_w = idx(p + ".mlp.fc.weight");
+  b.fc_b = idx(p + ".mlp.fc.bias");
+  b.mproj_w = idx(p + ".mlp.proj.weight");
+  b.mproj_b = idx(p + ".mlp.proj.bias");
+  b.gate_w = idx(p + ".mlp.gate.weight");
+  b.up_w = idx(p + ".mlp.up.weight");
+  b.down_w = idx(p + ".mlp.down.weight");
+  return b;
+}
 
 template <typename T>
 struct Transformer<T>::Activations {
@@ -230,26 +241,7 @@ Transformer<T>::Transformer(const Dims& dims, int64_t batch, int64_t seq_len, Te
   ix.normf_w = idx("final_norm.weight");
   ix.normf_b = idx("final_norm.bias");
   ix.head = d.tied ? ix.tokens : idx("head.weight");
-  for (int64_t l = 0; l < d.L; ++l) {
-    const std::string p = "blocks." + std::to_string(l);
-    BlockIndex b;
-    b.norm1_w = idx(p + ".norm1.weight");
-    b.norm1_b = idx(p + ".norm1.bias");
-    b.qkv_w = idx(p + ".attn.qkv.weight");
-    b.qkv_b = idx(p + ".attn.qkv.bias");
-    b.proj_w = idx(p + ".attn.proj.weight");
-    b.proj_b = idx(p + ".attn.proj.bias");
-    b.norm2_w = idx(p + ".norm2.weight");
-    b.norm2_b = idx(p + ".norm2.bias");
-    b.fc_w = idx(p + ".mlp.fc.weight");
-    b.fc_b = idx(p + ".mlp.fc.bias");
-    b.mproj_w = idx(p + ".mlp.proj.weight");
-    b.mproj_b = idx(p + ".mlp.proj.bias");
-    b.gate_w = idx(p + ".mlp.gate.weight");
-    b.up_w = idx(p + ".mlp.up.weight");
-    b.down_w = idx(p + ".mlp.down.weight");
-    ix.blocks.push_back(b);
-  }
+  for (int64_t l = 0; l < d.L; ++l) ix.blocks.push_back(block_index(l, idx));
 
   const int64_t N = batch * seq_len, Ns = tp_.sequence_parallel ? N / n : N, C = d.C;
   const int64_t F = d.F / n, W = d.qkv_width() / n, A = d.Hq / n * d.D, V = d.V / n;

@@ -72,6 +72,17 @@ PipelineStage pipeline_stage(const Dims& d, int pp, int chunks, int rank, const 
 std::vector<ParameterSpec> parameter_specs(const Dims& d, int tp = 1, int rank = 0,
                                            const PipelineStage* stage = nullptr);
 
+// Parameter indices of one block (-1 where the architecture has none), looked up
+// by name with `index_of` (returning -1 for an absent name). Shared by the CPU and
+// GPU models so that both read the same tensors.
+struct BlockIndex {
+  int norm1_w = -1, norm1_b = -1, qkv_w = -1, qkv_b = -1, proj_w = -1, proj_b = -1;
+  int norm2_w = -1, norm2_b = -1;
+  int fc_w = -1, fc_b = -1, mproj_w = -1, mproj_b = -1;  // gpt2
+  int gate_w = -1, up_w = -1, down_w = -1;               // llama
+};
+BlockIndex block_index(int64_t layer, const std::function<int(const std::string&)>& index_of);
+
 // FLOPs per trained token (forward + backward), PaLM appendix B:
 // 6 * N_matmul + 12 * L * Hq * D * T (attention scores and values).
 double train_flops_per_token(const Dims& d, int64_t T);
