@@ -18,17 +18,14 @@
 #include <algorithm>
 #include <cfloat>
 
+#include "kernels/cuda/vector_util.cuh"
+
 namespace kumiko::cuda {
 
 namespace {
 
-constexpr int kVec = 8;
+constexpr int kVec = 8;  // elements per vector access (vec::load_f: 16 or 32 bytes)
 constexpr int kMaxThreads = 512;
-
-template <typename T>
-struct alignas(16) Pack8 {
-  T v[kVec];
-};
 
 // Running softmax normaliser: sum of exp(x - m) over the elements seen. m starts at
 // -FLT_MAX rather than -inf so that merging two empty states never computes inf - inf.
@@ -67,11 +64,8 @@ __device__ __forceinline__ MaxSum ms_merge(MaxSum a, MaxSum b) {
   return r;
 }
 
-// Merge over the block (blockDim.x a multiple of 32); every thread gets the same
-// result. Contains __syncthreads.
-__device__ __forceinline__ MaxSum block_merge(MaxSum a) {
-  __shared__ float sm[32], ss[32];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+// Merge over the warp in a fixed butterfly; every lane gets the same result.
+__device__ __forceinline__ MaxSum warp_merge(MaxSum a) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     MaxSum b;
@@ -79,6 +73,15 @@ __device__ __forceinline__ MaxSum block_merge(MaxSum a) {
     b.s = __shfl_xor_sync(0xffffffffu, a.s, o);
     a = ms_merge(a, b);
   }
+  return a;
+}
+
+// Merge over the block (blockDim.x a multiple of 32); every thread gets the same
+// result. Contains __syncthreads.
+__device__ __forceinline__ MaxSum block_merge(MaxSum a) {
+  __shared__ float sm[32], ss[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  a = warp_merge(a);
   if (lane == 0) {
     sm[warp] = a.m;
     ss[warp] = a.s;
@@ -89,29 +92,7 @@ __device__ __forceinline__ MaxSum block_merge(MaxSum a) {
     w.m = sm[lane];
     w.s = ss[lane];
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    MaxSum b;
-    b.m = __shfl_xor_sync(0xffffffffu, w.m, o);
-    b.s = __shfl_xor_sync(0xffffffffu, w.s, o);
-    w = ms_merge(w, b);
-  }
-  return w;
-}
-
-template <typename T>
-__device__ __forceinline__ void load8(float (&dst)[kVec], const T* src) {
-  const Pack8<T> p = *reinterpret_cast<const Pack8<T>*>(src);
-#pragma unroll
-  for (int i = 0; i < kVec; ++i) dst[i] = to_f(p.v[i]);
-}
-
-template <typename T>
-__device__ __forceinline__ void store8(T* dst, const float (&src)[kVec]) {
-  Pack8<T> p;
-#pragma unroll
-  for (int i = 0; i < kVec; ++i) p.v[i] = from_f<T>(src[i]);
-  *reinterpret_cast<Pack8<T>*>(dst) = p;
+  return warp_merge(w);
 }
 
 // The (max, sum exp) of one row of V elements, merged over the block.
@@ -121,7 +102,7 @@ __device__ __forceinline__ MaxSum row_stats(const T* row, int64_t V) {
   if constexpr (kVectorised) {
     for (int64_t i = threadIdx.x; i < V / kVec; i += blockDim.x) {
       float x[kVec];
-      load8(x, row + i * kVec);
+      vec::load_f<kVec>(row, i, x);
       ms_add8(a, x);
     }
   } else {
@@ -136,12 +117,12 @@ __device__ __forceinline__ void row_gradient(T* row, int64_t V, float lse, int64
   if constexpr (kVectorised) {
     for (int64_t i = threadIdx.x; i < V / kVec; i += blockDim.x) {
       float x[kVec];
-      load8(x, row + i * kVec);
+      vec::load_f<kVec>(row, i, x);
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         x[k] = (expf(x[k] - lse) - (i * kVec + k == target ? 1.0f : 0.0f)) * scale;
       }
-      store8(row + i * kVec, x);
+      vec::store_f<kVec>(row, i, x);
     }
   } else {
     for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
@@ -198,9 +179,7 @@ int row_threads(int64_t V) {
   return static_cast<int>(std::clamp<int64_t>(ceil_div(ceil_div(V, kVec), 32) * 32, 32, kMaxThreads));
 }
 
-bool vectorised(const void* logits, int64_t V) {
-  return V % kVec == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0;
-}
+bool vectorised(const void* logits, int64_t V) { return V % kVec == 0 && vec::aligned(logits, 16); }
 
 }  // namespace
 

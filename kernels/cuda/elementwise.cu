@@ -1,7 +1,7 @@
 // Casts, residual additions, scaling and poisoning, elementwise in fp32. Grid-stride
 // over vectors (16 bytes of the wider type) when every pointer is aligned to its
-// vector, element-wise otherwise (vec::launch_pointwise). Each element is read and
-// written by one thread, inputs first, so outputs may alias inputs.
+// vector, element-wise otherwise (vec::launch_map). Each element is read and written
+// by one thread, inputs first, so outputs may alias inputs.
 #include "kernels/cuda/elementwise.cuh"
 
 #include <type_traits>
@@ -12,51 +12,19 @@ namespace kumiko::cuda {
 
 namespace {
 
-template <typename Tout, typename Tin>
-struct Cast {
-  Tout* out;
-  const Tin* in;
-  template <int kM>
-  __device__ void apply(int64_t j) const {
-    float v[kM];
-    vec::load_f<kM>(in, j, v);  // bf16 -> fp32 exact; fp32 -> bf16 rounds to nearest even
-    vec::store_f<kM>(out, j, v);
-  }
+// bf16 -> fp32 is exact; fp32 -> bf16 (the store) rounds to nearest even.
+struct Identity {
+  __device__ __forceinline__ float operator()(float v) const { return v; }
 };
 
-template <typename T>
-struct Add {
-  T* out;
-  const T* a;
-  const T* b;
-  template <int kM>
-  __device__ void apply(int64_t j) const {
-    float x[kM], y[kM];
-    vec::load_f<kM>(a, j, x);
-    vec::load_f<kM>(b, j, y);
-#pragma unroll
-    for (int e = 0; e < kM; ++e) x[e] += y[e];
-    vec::store_f<kM>(out, j, x);
-  }
+struct Plus {
+  __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
 };
 
-struct Scale {
-  float* x;
+struct Times {
   float s;
-  template <int kM>
-  __device__ void apply(int64_t j) const {
-    float v[kM];
-    vec::load_f<kM>(x, j, v);
-#pragma unroll
-    for (int e = 0; e < kM; ++e) v[e] *= s;
-    vec::store_f<kM>(x, j, v);
-  }
+  __device__ __forceinline__ float operator()(float v) const { return v * s; }
 };
-
-template <typename T>
-void add_impl(T* out, const T* a, const T* b, int64_t n, cudaStream_t stream) {
-  vec::launch_pointwise<vec::kVec16<T>>(Add<T>{out, a, b}, n, vec::aligned16({out, a, b}), stream);
-}
 
 }  // namespace
 
@@ -69,25 +37,22 @@ void cast(Tout* out, const Tin* in, int64_t n, cudaStream_t stream) {
     }
   } else {
     // A vector is 16 bytes of the wider type (4 elements): the narrower side moves 8.
-    constexpr int kN = int(16 / (sizeof(Tout) > sizeof(Tin) ? sizeof(Tout) : sizeof(Tin)));
-    const bool vectorise =
-        vec::aligned(out, kN * sizeof(Tout)) && vec::aligned(in, kN * sizeof(Tin));
-    vec::launch_pointwise<kN>(Cast<Tout, Tin>{out, in}, n, vectorise, stream);
+    vec::launch_map(Identity{}, out, {in}, n, stream);
   }
 }
 
 template <typename T>
 void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t stream) {
-  add_impl(out, a, b, n, stream);
+  vec::launch_map(Plus{}, out, {a, b}, n, stream);
 }
 
 template <typename T>
 void add_inplace(T* out, const T* a, int64_t n, cudaStream_t stream) {
-  add_impl(out, out, a, n, stream);
+  vec::launch_map(Plus{}, out, {out, a}, n, stream);
 }
 
 void scale_inplace(float* x, float s, int64_t n, cudaStream_t stream) {
-  vec::launch_pointwise<vec::kVec16<float>>(Scale{x, s}, n, vec::aligned16({x}), stream);
+  vec::launch_map(Times{s}, x, {x}, n, stream);
 }
 
 void poison(void* p, size_t bytes, cudaStream_t stream) {

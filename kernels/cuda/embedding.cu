@@ -15,6 +15,7 @@
 #include <limits>
 #include <numeric>
 
+#include "kernels/cuda/vector_util.cuh"
 #include "kumiko/core/error.h"
 
 namespace kumiko::cuda {
@@ -22,72 +23,57 @@ namespace kumiko::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kVec = 8;  // columns per vectorised thread
-
-// Eight elements moved as 16-byte (bf16) or 2 x 16-byte (float) accesses.
-template <typename T>
-struct alignas(16) Pack8 {
-  T v[kVec];
-};
-
-template <typename T>
-__device__ __forceinline__ void load8(float (&dst)[kVec], const T* src) {
-  const Pack8<T> p = *reinterpret_cast<const Pack8<T>*>(src);
-#pragma unroll
-  for (int i = 0; i < kVec; ++i) dst[i] = to_f(p.v[i]);
-}
-
-template <typename T>
-__device__ __forceinline__ void store8(T* dst, const float (&src)[kVec]) {
-  Pack8<T> p;
-#pragma unroll
-  for (int i = 0; i < kVec; ++i) p.v[i] = from_f<T>(src[i]);
-  *reinterpret_cast<Pack8<T>*>(dst) = p;
-}
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+constexpr int kVec = 8;  // columns per vectorised thread (16-byte or 2 x 16-byte accesses)
 
 // Grid for a flat grid-stride loop over `work` items.
 unsigned flat_blocks(int64_t work) {
   return static_cast<unsigned>(std::min<int64_t>(ceil_div(work, kThreads), int64_t{1} << 20));
 }
 
-// kVectorised: 8 columns per thread (C % 8 == 0, aligned pointers); otherwise one.
-template <typename T, bool kVectorised>
+// kW columns per thread: kVec (C % kVec == 0, aligned pointers) or 1. Column group g
+// of a row is its columns [g kW, (g + 1) kW).
+template <typename T, int kW>
 __global__ void embedding_forward_kernel(T* __restrict__ out, const int32_t* __restrict__ ids,
                                          const T* __restrict__ table, const T* __restrict__ pos, int64_t N,
                                          int64_t T_, int64_t C) {
-  constexpr int W = kVectorised ? kVec : 1;
-  const int64_t groups = C / W;  // column groups per row
+  const int64_t groups = C / kW;  // column groups per row
   const int64_t total = N * groups;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t n = i / groups, c = (i - n * groups) * W;
-    const T* src = table + int64_t{ids[n]} * C + c;
-    const T* p = pos ? pos + (n % T_) * C + c : nullptr;
-    T* dst = out + n * C + c;
-    if constexpr (kVectorised) {
-      float a[kVec];
-      load8(a, src);
-      if (p) {
-        float b[kVec];
-        load8(b, p);
+    const int64_t n = i / groups, g = i - n * groups;
+    float a[kW];
+    vec::load_f<kW>(table + int64_t{ids[n]} * C, g, a);
+    if (pos) {
+      float b[kW];
+      vec::load_f<kW>(pos + (n % T_) * C, g, b);
 #pragma unroll
-        for (int k = 0; k < kVec; ++k) a[k] += b[k];
-      }
-      store8(dst, a);
-    } else {
-      float a = to_f(*src);
-      if (p) a += to_f(*p);
-      *dst = from_f<T>(a);
+      for (int k = 0; k < kW; ++k) a[k] += b[k];
     }
+    vec::store_f<kW>(out + n * C, g, a);
   }
 }
 
-template <typename T, bool kVectorised>
+// Column group g of dst (fp32) += the sum over k < count of column group g of row(k),
+// summed in fp32 in order of k.
+template <int kW, typename Row>
+__device__ __forceinline__ void add_rows_sum(float* dst, int64_t g, int64_t count, Row row) {
+  float acc[kW] = {};
+  for (int64_t k = 0; k < count; ++k) {
+    float x[kW];
+    vec::load_f<kW>(row(k), g, x);
+#pragma unroll
+    for (int e = 0; e < kW; ++e) acc[e] += x[e];
+  }
+  float d[kW];
+  vec::load_f<kW>(dst, g, d);
+#pragma unroll
+  for (int e = 0; e < kW; ++e) d[e] += acc[e];
+  vec::store_f<kW>(dst, g, d);
+}
+
+template <typename T, int kW>
 __global__ void embedding_backward_kernel(float* __restrict__ dtable, const T* __restrict__ dout,
                                           const int32_t* __restrict__ groups, int64_t C) {
-  constexpr int W = kVectorised ? kVec : 1;
   const int64_t U = groups[0];
   const int64_t u = blockIdx.x;
   if (u >= U) return;
@@ -95,59 +81,23 @@ __global__ void embedding_backward_kernel(float* __restrict__ dtable, const T* _
   const int32_t* offsets = groups + 1 + U;
   const int32_t* positions = groups + 2 + 2 * U;
   const int64_t p0 = offsets[u], p1 = offsets[u + 1];
-  float* drow = dtable + id * C;
-  const int64_t col_groups = C / W;
+  const int64_t col_groups = C / kW;
   for (int64_t g = blockIdx.y * int64_t{blockDim.x} + threadIdx.x; g < col_groups;
        g += int64_t{gridDim.y} * blockDim.x) {
-    const int64_t c = g * W;
-    if constexpr (kVectorised) {
-      float acc[kVec] = {};
-      for (int64_t p = p0; p < p1; ++p) {
-        float x[kVec];
-        load8(x, dout + int64_t{positions[p]} * C + c);
-#pragma unroll
-        for (int k = 0; k < kVec; ++k) acc[k] += x[k];
-      }
-      float d[kVec];
-      load8(d, drow + c);
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) d[k] += acc[k];
-      store8(drow + c, d);
-    } else {
-      float acc = 0.0f;
-      for (int64_t p = p0; p < p1; ++p) acc += to_f(dout[int64_t{positions[p]} * C + c]);
-      drow[c] += acc;
-    }
+    add_rows_sum<kW>(dtable + id * C, g, p1 - p0,
+                        [&](int64_t k) { return dout + int64_t{positions[p0 + k]} * C; });
   }
 }
 
-template <typename T, bool kVectorised>
+template <typename T, int kW>
 __global__ void add_positions_backward_kernel(float* __restrict__ dpos, const T* __restrict__ dout, int64_t B,
                                               int64_t T_, int64_t C) {
-  constexpr int W = kVectorised ? kVec : 1;
-  const int64_t total = T_ * C / W;  // (t, column group) pairs; row t starts at t * C
+  const int64_t total = T_ * C / kW;  // (t, column group) pairs; row t starts at t * C
   const int64_t stride_b = T_ * C;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t off = i * W;  // = t * C + c since W divides C
-    if constexpr (kVectorised) {
-      float acc[kVec] = {};
-      for (int64_t b = 0; b < B; ++b) {
-        float x[kVec];
-        load8(x, dout + b * stride_b + off);
-#pragma unroll
-        for (int k = 0; k < kVec; ++k) acc[k] += x[k];
-      }
-      float d[kVec];
-      load8(d, dpos + off);
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) d[k] += acc[k];
-      store8(dpos + off, d);
-    } else {
-      float acc = 0.0f;
-      for (int64_t b = 0; b < B; ++b) acc += to_f(dout[b * stride_b + off]);
-      dpos[off] += acc;
-    }
+    // Group i of dpos viewed as one row of T_ C elements (kW divides C).
+    add_rows_sum<kW>(dpos, i, B, [&](int64_t b) { return dout + b * stride_b; });
   }
 }
 
@@ -157,12 +107,13 @@ template <typename T>
 void embedding_forward(T* out, const int32_t* ids, const T* table, const T* pos, int64_t N, int64_t T_,
                        int64_t C, cudaStream_t stream) {
   if (N <= 0 || C <= 0) return;
-  const bool vec = C % kVec == 0 && aligned16(out) && aligned16(table) && (!pos || aligned16(pos));
-  const int64_t work = N * (vec ? C / kVec : C);
-  if (vec) {
-    embedding_forward_kernel<T, true><<<flat_blocks(work), kThreads, 0, stream>>>(out, ids, table, pos, N, T_, C);
+  // A null pos counts as aligned.
+  const bool vectorise = C % kVec == 0 && vec::aligned16({out, table, pos});
+  const int64_t work = N * (vectorise ? C / kVec : C);
+  if (vectorise) {
+    embedding_forward_kernel<T, kVec><<<flat_blocks(work), kThreads, 0, stream>>>(out, ids, table, pos, N, T_, C);
   } else {
-    embedding_forward_kernel<T, false><<<flat_blocks(work), kThreads, 0, stream>>>(out, ids, table, pos, N, T_, C);
+    embedding_forward_kernel<T, 1><<<flat_blocks(work), kThreads, 0, stream>>>(out, ids, table, pos, N, T_, C);
   }
   KUMIKO_CUDA_LAUNCH_CHECK();
 }
@@ -197,16 +148,16 @@ template <typename T>
 void embedding_backward(float* dtable, const T* dout, const int32_t* groups, int64_t max_unique, int64_t C,
                         cudaStream_t stream) {
   if (max_unique <= 0 || C <= 0) return;
-  const bool vec = C % kVec == 0 && aligned16(dtable) && aligned16(dout);
-  const int64_t col_groups = vec ? C / kVec : C;
+  const bool vectorise = C % kVec == 0 && vec::aligned16({dtable, dout});
+  const int64_t col_groups = vectorise ? C / kVec : C;
   // Small rows get a block sized to them rather than idle threads.
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, ceil_div(col_groups, 32) * 32));
   const dim3 grid(static_cast<unsigned>(max_unique),
                   static_cast<unsigned>(std::min<int64_t>(ceil_div(col_groups, threads), 65535)));
-  if (vec) {
-    embedding_backward_kernel<T, true><<<grid, threads, 0, stream>>>(dtable, dout, groups, C);
+  if (vectorise) {
+    embedding_backward_kernel<T, kVec><<<grid, threads, 0, stream>>>(dtable, dout, groups, C);
   } else {
-    embedding_backward_kernel<T, false><<<grid, threads, 0, stream>>>(dtable, dout, groups, C);
+    embedding_backward_kernel<T, 1><<<grid, threads, 0, stream>>>(dtable, dout, groups, C);
   }
   KUMIKO_CUDA_LAUNCH_CHECK();
 }
@@ -214,12 +165,12 @@ void embedding_backward(float* dtable, const T* dout, const int32_t* groups, int
 template <typename T>
 void add_positions_backward(float* dpos, const T* dout, int64_t B, int64_t T_, int64_t C, cudaStream_t stream) {
   if (T_ <= 0 || C <= 0) return;
-  const bool vec = C % kVec == 0 && aligned16(dpos) && aligned16(dout);
-  const int64_t work = T_ * (vec ? C / kVec : C);
-  if (vec) {
-    add_positions_backward_kernel<T, true><<<flat_blocks(work), kThreads, 0, stream>>>(dpos, dout, B, T_, C);
+  const bool vectorise = C % kVec == 0 && vec::aligned16({dpos, dout});
+  const int64_t work = T_ * (vectorise ? C / kVec : C);
+  if (vectorise) {
+    add_positions_backward_kernel<T, kVec><<<flat_blocks(work), kThreads, 0, stream>>>(dpos, dout, B, T_, C);
   } else {
-    add_positions_backward_kernel<T, false><<<flat_blocks(work), kThreads, 0, stream>>>(dpos, dout, B, T_, C);
+    add_positions_backward_kernel<T, 1><<<flat_blocks(work), kThreads, 0, stream>>>(dpos, dout, B, T_, C);
   }
   KUMIKO_CUDA_LAUNCH_CHECK();
 }

@@ -1,7 +1,7 @@
 // GELU, tanh approximation (kumiko::cpu::gelu_*), elementwise in fp32 with tanhf
 // (a few ulp, unlike the hardware tanh.approx whose 2^-11 error would show in fp32).
 // Grid-stride over 16-byte vectors when every pointer is 16-byte aligned, element-wise
-// otherwise (vec::launch_pointwise). Each element is read and written by one thread,
+// otherwise (vec::launch_map). Each element is read and written by one thread,
 // its inputs read first: dx may alias dout.
 #include "kernels/cuda/gelu.cuh"
 
@@ -14,50 +14,24 @@ namespace {
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kCubic = 0.044715f;
 
-template <typename T>
 struct GeluForward {
-  T* out;
-  const T* x;
-  template <int kM>
-  __device__ void apply(int64_t j) const {
-    float v[kM];
-    vec::load_f<kM>(x, j, v);
-#pragma unroll
-    for (int e = 0; e < kM; ++e) {
-      const float u = kSqrt2OverPi * (v[e] + kCubic * v[e] * v[e] * v[e]);
-      v[e] = 0.5f * v[e] * (1.0f + tanhf(u));
-    }
-    vec::store_f<kM>(out, j, v);
+  __device__ __forceinline__ float operator()(float x) const {
+    const float u = kSqrt2OverPi * (x + kCubic * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(u));
   }
 };
 
-// dx = (overwrite ? 0 : dx) + dout * gelu'(x); dx is not read when overwriting (it may
-// hold garbage, or alias dout).
-template <typename T, bool kOverwrite>
+// dout gelu'(x), plus dx when accumulating (dx then a third input; when overwriting dx
+// is not read: it may hold garbage, or alias dout).
 struct GeluBackward {
-  T* dx;
-  const T* dout;
-  const T* x;
-  template <int kM>
-  __device__ void apply(int64_t j) const {
-    float xv[kM], g[kM], d[kM];
-    vec::load_f<kM>(x, j, xv);
-    vec::load_f<kM>(dout, j, g);
-    if constexpr (!kOverwrite) vec::load_f<kM>(dx, j, d);
-#pragma unroll
-    for (int e = 0; e < kM; ++e) {
-      const float xi = xv[e];
-      const float th = tanhf(kSqrt2OverPi * (xi + kCubic * xi * xi * xi));
-      const float sech2 = 1.0f - th * th;
-      const float grad =
-          0.5f * (1.0f + th) + 0.5f * xi * sech2 * kSqrt2OverPi * (1.0f + 3.0f * kCubic * xi * xi);
-      if constexpr (kOverwrite) {
-        d[e] = g[e] * grad;
-      } else {
-        d[e] += g[e] * grad;
-      }
-    }
-    vec::store_f<kM>(dx, j, d);
+  __device__ __forceinline__ float operator()(float x, float g) const { return g * grad(x); }
+  __device__ __forceinline__ float operator()(float x, float g, float d) const {
+    return d + g * grad(x);
+  }
+  __device__ __forceinline__ static float grad(float x) {
+    const float th = tanhf(kSqrt2OverPi * (x + kCubic * x * x * x));
+    const float sech2 = 1.0f - th * th;
+    return 0.5f * (1.0f + th) + 0.5f * x * sech2 * kSqrt2OverPi * (1.0f + 3.0f * kCubic * x * x);
   }
 };
 
@@ -65,19 +39,16 @@ struct GeluBackward {
 
 template <typename T>
 void gelu_forward(T* out, const T* x, int64_t n, cudaStream_t stream) {
-  vec::launch_pointwise<vec::kVec16<T>>(GeluForward<T>{out, x}, n, vec::aligned16({out, x}),
-                                        stream);
+  vec::launch_map(GeluForward{}, out, {x}, n, stream);
 }
 
 template <typename T>
 void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, bool overwrite,
                    cudaStream_t stream) {
-  constexpr int kN = vec::kVec16<T>;
-  const bool vectorise = vec::aligned16({dx, dout, x});
   if (overwrite) {
-    vec::launch_pointwise<kN>(GeluBackward<T, true>{dx, dout, x}, n, vectorise, stream);
+    vec::launch_map(GeluBackward{}, dx, {x, dout}, n, stream);
   } else {
-    vec::launch_pointwise<kN>(GeluBackward<T, false>{dx, dout, x}, n, vectorise, stream);
+    vec::launch_map(GeluBackward{}, dx, {x, dout, dx}, n, stream);
   }
 }
 

@@ -1,7 +1,8 @@
 // SwiGLU gate (kumiko::cpu::swiglu_*): out = silu(gate) up, elementwise in fp32 with
 // expf. Grid-stride over 16-byte vectors when every pointer is 16-byte aligned,
-// element-wise otherwise (vec::launch_pointwise). Each element is read and written by
-// one thread, all its inputs read first, so outputs may alias inputs element for element.
+// element-wise otherwise (vec::launch_map; the backward, with two outputs, is its own
+// vec::launch_pointwise op). Each element is read and written by one thread, all its
+// inputs read first, so outputs may alias inputs element for element.
 #include "kernels/cuda/swiglu.cuh"
 
 #include "kernels/cuda/vector_util.cuh"
@@ -12,20 +13,8 @@ namespace {
 
 __device__ __forceinline__ float sigmoid(float g) { return 1.0f / (1.0f + expf(-g)); }
 
-template <typename T>
 struct SwigluForward {
-  T* out;
-  const T* gate;
-  const T* up;
-  template <int kM>
-  __device__ void apply(int64_t j) const {
-    float g[kM], u[kM];
-    vec::load_f<kM>(gate, j, g);
-    vec::load_f<kM>(up, j, u);
-#pragma unroll
-    for (int e = 0; e < kM; ++e) g[e] = g[e] * sigmoid(g[e]) * u[e];
-    vec::store_f<kM>(out, j, g);
-  }
+  __device__ __forceinline__ float operator()(float g, float u) const { return g * sigmoid(g) * u; }
 };
 
 // dgate (+)= dout up silu'(gate), silu'(g) = sg (1 + g (1 - sg)); dup (+)= dout silu(gate).
@@ -69,8 +58,7 @@ struct SwigluBackward {
 
 template <typename T>
 void swiglu_forward(T* out, const T* gate, const T* up, int64_t n, cudaStream_t stream) {
-  vec::launch_pointwise<vec::kVec16<T>>(SwigluForward<T>{out, gate, up}, n,
-                                        vec::aligned16({out, gate, up}), stream);
+  vec::launch_map(SwigluForward{}, out, {gate, up}, n, stream);
 }
 
 template <typename T>

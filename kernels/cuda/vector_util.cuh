@@ -1,17 +1,19 @@
 #pragma once
-// Internal helpers (nvcc only) of the pointwise and row-normalisation kernels
-// (gelu, swiglu, elementwise, layernorm, rmsnorm):
-//   - load_f / store_f: kN elements moved in one vector access (16 or 8 bytes) and
-//     converted to or from fp32 registers;
+// Internal helpers (nvcc only) of the pointwise, row-normalisation, embedding and
+// cross-entropy kernels:
+//   - load_f / store_f: kN elements moved in one vector access (16 or 8 bytes), or in
+//     several 16-byte ones, and converted to or from fp32 registers;
 //   - pointwise launcher: a grid-stride loop calling op.apply<kN>(i) on aligned vectors
 //     and op.apply<1>(i) on the n % kN tail, or op.apply<1> throughout when a pointer
-//     is not aligned (checked at run time by the launcher's caller);
+//     is not aligned (checked at run time by the launcher's caller); launch_map builds
+//     such an op from a function of each element's fp32 inputs and checks the alignment;
 //   - row chunks and the in-order chunk sum behind the deterministic dw/db reductions;
 //   - block_sum2 and the dynamic shared memory opt-in used by the block-per-row kernels.
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/cuda/common.cuh"
 #include "kumiko/core/error.h"
@@ -60,12 +62,23 @@ __device__ __forceinline__ uint2 join_words(const unsigned (&u)[2]) {
 // access indexes a pointer to the word vector type by j: written as (p + j kN) cast to
 // that type, the compiler sometimes splits it into scalar accesses.
 //
-// v[0..kN) = vector j of p as fp32; for kN > 1 p must be aligned to kN * sizeof(T).
+// v[0..kN) = vector j of p as fp32; for kN > 1 p must be aligned to kN * sizeof(T), or
+// to 16 bytes when the vector is wider (then moved as kN * sizeof(T) / 16 accesses).
 template <int kN, typename T>
 __device__ __forceinline__ void load_f(const T* p, int64_t j, float (&v)[kN]) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>);
   if constexpr (kN == 1) {
     v[0] = to_f(p[j]);
+  } else if constexpr (kN > kVec16<T>) {
+    constexpr int kParts = kN / kVec16<T>;
+    static_assert(kN % kVec16<T> == 0);
+#pragma unroll
+    for (int q = 0; q < kParts; ++q) {
+      float part[kVec16<T>];
+      load_f<kVec16<T>>(p, j * kParts + q, part);
+#pragma unroll
+      for (int i = 0; i < kVec16<T>; ++i) v[q * kVec16<T> + i] = part[i];
+    }
   } else {
     using W = Word<int(sizeof(T)) * kN>;
     unsigned u[W::kWords];
@@ -87,6 +100,16 @@ __device__ __forceinline__ void store_f(T* p, int64_t j, const float (&v)[kN]) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>);
   if constexpr (kN == 1) {
     p[j] = from_f<T>(v[0]);
+  } else if constexpr (kN > kVec16<T>) {
+    constexpr int kParts = kN / kVec16<T>;
+    static_assert(kN % kVec16<T> == 0);
+#pragma unroll
+    for (int q = 0; q < kParts; ++q) {
+      float part[kVec16<T>];
+#pragma unroll
+      for (int i = 0; i < kVec16<T>; ++i) part[i] = v[q * kVec16<T> + i];
+      store_f<kVec16<T>>(p, j * kParts + q, part);
+    }
   } else {
     using W = Word<int(sizeof(T)) * kN>;
     unsigned u[W::kWords];
@@ -137,6 +160,48 @@ void launch_pointwise(const Op& op, int64_t n, bool vectorise, cudaStream_t stre
     pointwise_kernel<1><<<blocks, kPointwiseThreads, 0, stream>>>(op, n);
   }
   KUMIKO_CUDA_LAUNCH_CHECK();
+}
+
+// The op of launch_map: out[i] = f(in[0][i], ..., in[kIn - 1][i]) in fp32, the result
+// rounded once to Tout. All of an element's inputs are read before its output is
+// written, so out may alias an input.
+template <typename Tout, typename Tin, int kIn, typename F>
+struct Map {
+  Tout* out;
+  const Tin* in[kIn];
+  F f;
+
+  template <int kM>
+  __device__ void apply(int64_t j) const {
+    float v[kIn][kM], o[kM];
+#pragma unroll
+    for (int q = 0; q < kIn; ++q) load_f<kM>(in[q], j, v[q]);
+#pragma unroll
+    for (int e = 0; e < kM; ++e) o[e] = call(v, e, std::make_integer_sequence<int, kIn>{});
+    store_f<kM>(out, j, o);
+  }
+
+  template <int kM, int... kQ>
+  __device__ __forceinline__ float call(const float (&v)[kIn][kM], int e,
+                                        std::integer_sequence<int, kQ...>) const {
+    return f(v[kQ][e]...);
+  }
+};
+
+// out[i] = f(in[0][i], ...) for i < n (f: a functor with a __device__ operator() taking
+// kIn floats). Vectors are 16 bytes of the wider of Tout and Tin (the narrower side
+// moves 8), used when every pointer is aligned to its vector; element-wise otherwise.
+template <typename F, typename Tout, typename Tin, int kIn>
+void launch_map(const F& f, Tout* out, const Tin* const (&in)[kIn], int64_t n,
+                cudaStream_t stream) {
+  constexpr int kN = int(16 / (sizeof(Tout) > sizeof(Tin) ? sizeof(Tout) : sizeof(Tin)));
+  Map<Tout, Tin, kIn, F> op{out, {}, f};
+  bool vectorise = aligned(out, kN * sizeof(Tout));
+  for (int q = 0; q < kIn; ++q) {
+    op.in[q] = in[q];
+    vectorise = vectorise && aligned(in[q], kN * sizeof(Tin));
+  }
+  launch_pointwise<kN>(op, n, vectorise, stream);
 }
 
 // ---- row reductions ----------------------------------------------------------------

@@ -1,14 +1,17 @@
 #pragma once
 // Helpers for the CUDA kernel tests (ctest label gpu): skip with a message when no
 // GPU is visible, device buffers that are poisoned (NaN) before a kernel writes
-// them, and host-side bf16 rounding so that the CPU reference sees exactly the
-// inputs the GPU sees.
+// them (also viewed off their alignment), host-side bf16 rounding so that the CPU
+// reference sees exactly the inputs the GPU sees, and the output tolerance per type.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
@@ -32,6 +35,21 @@ inline float bf16_round(float x) { return __bfloat162float(__float2bfloat16_rn(x
 inline std::vector<float> bf16_round(std::vector<float> v) {
   for (auto& x : v) x = bf16_round(x);
   return v;
+}
+
+// Host values as the GPU sees them in element type T (float or bf16).
+template <typename T>
+std::vector<float> as_seen(std::vector<float> v) {
+  if constexpr (std::is_same_v<T, cuda::bf16>) v = bf16_round(std::move(v));
+  return v;
+}
+
+// Relative bound for an output of element type T against a double reference: fp32
+// outputs are a few fp32 roundings off (1e-5); a bf16 output is rounded once to 8
+// significant bits (2^-9 relative, 1e-2 with margin).
+template <typename T>
+constexpr double out_tol() {
+  return std::is_same_v<T, cuda::bf16> ? 1e-2 : 1e-5;
 }
 
 // A device array of T (float or bf16) moved to and from host float vectors.
@@ -75,6 +93,29 @@ class DeviceBuffer {
  private:
   T* p_ = nullptr;
   size_t n_ = 0;
+};
+
+// A device array whose element 0 sits `off` elements into its allocation: off = 1
+// breaks the 16-byte alignment and forces a kernel's element-wise variant.
+template <typename T>
+class OffsetBuffer {
+ public:
+  OffsetBuffer(const std::vector<float>& host, size_t off) : buf_(padded(host, off)), off_(off) {}
+  OffsetBuffer(size_t n, size_t off) : buf_(n + off), off_(off) {}  // poisoned
+  T* get() { return buf_.get() + off_; }
+  std::vector<float> download() const {
+    const auto all = buf_.download();
+    return {all.begin() + std::ptrdiff_t(off_), all.end()};
+  }
+
+ private:
+  static std::vector<float> padded(const std::vector<float>& v, size_t off) {
+    std::vector<float> p(off, 0.0f);
+    p.insert(p.end(), v.begin(), v.end());
+    return p;
+  }
+  DeviceBuffer<T> buf_;
+  size_t off_;
 };
 
 // Raw bytes (workspaces), poisoned.

@@ -6,8 +6,6 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
-#include <type_traits>
-#include <utility>
 #include <vector>
 
 #include "kernels/cuda/cross_entropy.cuh"
@@ -18,10 +16,11 @@
 namespace kumiko::cuda {
 namespace {
 
-using test::bf16_round;
+using test::as_seen;
 using test::cast_vec;
 using test::DeviceBuffer;
 using test::DeviceIds;
+using test::out_tol;
 using test::random_ids;
 using test::random_vec;
 
@@ -36,8 +35,8 @@ struct Problem {
 
 template <typename T>
 Problem make_problem(int64_t N, int64_t V, double stddev, uint32_t seed) {
-  Problem p{N, V, random_vec(size_t(N * V), seed, stddev), random_ids(size_t(N), int32_t(V), seed + 1), {}, {}, {}};
-  if constexpr (std::is_same_v<T, bf16>) p.logits = bf16_round(std::move(p.logits));
+  Problem p{N, V, as_seen<T>(random_vec(size_t(N * V), seed, stddev)), random_ids(size_t(N), int32_t(V), seed + 1),
+            {}, {}, {}};
   p.losses.resize(static_cast<size_t>(N));
   p.dlogits.resize(size_t(N * V));
   cpu::cross_entropy_forward_backward<double>(p.losses.data(), p.dlogits.data(), cast_vec<double>(p.logits).data(),
@@ -95,11 +94,6 @@ void expect_dlogits_close(const std::vector<float>& got, const Problem& p, doubl
 }
 
 template <typename T>
-constexpr double out_rtol() {
-  return std::is_same_v<T, bf16> ? 1e-2 : 1e-5;  // bf16 rounds to nearest: <= 2^-8 relative
-}
-
-template <typename T>
 void check_full(int64_t N, int64_t V, double stddev) {
   const std::string what = "cross_entropy N=" + std::to_string(N) + " V=" + std::to_string(V) +
                            " std=" + std::to_string(int(stddev));
@@ -116,7 +110,7 @@ void check_full(int64_t N, int64_t V, double stddev) {
   DeviceBuffer<float> d_losses(static_cast<size_t>(N));
   cross_entropy<T>(d_losses.get(), d_logits.get(), d_targets.get(), N, V, true, kScale, cudaStream_t{});
   expect_losses_close(d_losses.download(), p, what);
-  expect_dlogits_close(d_logits.download(), p, out_rtol<T>(), what);
+  expect_dlogits_close(d_logits.download(), p, out_tol<T>(), what);
 }
 
 template <typename T>
@@ -198,7 +192,7 @@ void check_sharded(int64_t N, int64_t V, double stddev) {
       std::copy_n(shard.begin() + n * Vk, Vk, dlogits.begin() + n * V + b);
     }
   }
-  expect_dlogits_close(dlogits, p, out_rtol<T>(), what);
+  expect_dlogits_close(dlogits, p, out_tol<T>(), what);
 }
 
 template <typename T>

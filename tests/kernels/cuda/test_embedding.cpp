@@ -4,7 +4,6 @@
 // element-wise path, C = 128 the 8-wide vector path.
 #include <string>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 #include "kernels/cuda/embedding.cuh"
@@ -15,20 +14,13 @@
 namespace kumiko::cuda {
 namespace {
 
-using test::bf16_round;
+using test::as_seen;
 using test::cast_vec;
 using test::DeviceBuffer;
 using test::DeviceIds;
 using test::expect_close;
 using test::random_ids;
 using test::random_vec;
-
-// Host values as the GPU sees them in element type T.
-template <typename T>
-std::vector<float> as_seen(std::vector<float> v) {
-  if constexpr (std::is_same_v<T, bf16>) v = bf16_round(std::move(v));
-  return v;
-}
 
 template <typename T>
 void check_forward(int64_t C, bool with_pos) {

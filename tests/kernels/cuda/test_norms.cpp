@@ -20,43 +20,15 @@
 namespace kumiko::cuda {
 namespace {
 
-using test::bf16_round;
+using test::as_seen;
 using test::cast_vec;
 using test::DeviceBuffer;
 using test::DeviceBytes;
 using test::expect_bitwise_equal;
 using test::expect_close;
+using test::OffsetBuffer;
+using test::out_tol;
 using test::random_vec;
-
-// Host values as the GPU sees them in element type T.
-template <typename T>
-std::vector<float> as_seen(std::vector<float> v) {
-  if constexpr (std::is_same_v<T, bf16>) v = bf16_round(std::move(v));
-  return v;
-}
-
-// A device array whose element 0 sits `off` elements into its allocation: off = 1
-// breaks the 16-byte alignment and forces the element-wise variant.
-template <typename T>
-class OffsetBuffer {
- public:
-  OffsetBuffer(const std::vector<float>& host, size_t off) : buf_(padded(host, off)), off_(off) {}
-  OffsetBuffer(size_t n, size_t off) : buf_(n + off), off_(off) {}  // poisoned
-  T* get() { return buf_.get() + off_; }
-  std::vector<float> download() const {
-    const auto all = buf_.download();
-    return {all.begin() + std::ptrdiff_t(off_), all.end()};
-  }
-
- private:
-  static std::vector<float> padded(const std::vector<float>& v, size_t off) {
-    std::vector<float> p(off, 0.0f);
-    p.insert(p.end(), v.begin(), v.end());
-    return p;
-  }
-  DeviceBuffer<T> buf_;
-  size_t off_;
-};
 
 struct Shape {
   int64_t N, C;
@@ -85,14 +57,11 @@ const std::vector<Shape>& shapes() {
   return s;
 }
 
-// Tolerances: fp32 outputs are a few roundings from the double reference (sums of at
-// most 12800 terms, tree-reduced, stay far below 1e-5 relative); a bf16 output is
-// rounded once to 8 bits (2^-9 relative). Statistics and weight gradients are fp32 in
-// both precisions, computed from the same (bf16-exact) inputs as the reference.
-template <typename T>
-constexpr double out_tol() {
-  return std::is_same_v<T, bf16> ? 1e-2 : 1e-5;
-}
+// Tolerances: outputs within out_tol<T>(): fp32 outputs are a few roundings from the
+// double reference (sums of at most 12800 terms, tree-reduced, stay far below 1e-5
+// relative); a bf16 output is rounded once to 8 bits (2^-9 relative). Statistics and
+// weight gradients are fp32 in both precisions, computed from the same (bf16-exact)
+// inputs as the reference.
 constexpr double kStatTol = 1e-5;
 // dw/db: fp32 sums over up to 5000 rows (in chunks of a few rows, then over chunks);
 // the rounding error grows with the row count, so allow 2e-5.

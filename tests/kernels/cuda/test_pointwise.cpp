@@ -11,7 +11,6 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 #include "kernels/cuda/elementwise.cuh"
@@ -29,42 +28,15 @@
 namespace kumiko::cuda {
 namespace {
 
+using test::as_seen;
 using test::bf16_round;
 using test::cast_vec;
 using test::DeviceBuffer;
 using test::expect_bitwise_equal;
 using test::expect_close;
+using test::OffsetBuffer;
+using test::out_tol;
 using test::random_vec;
-
-// Host values as the GPU sees them in element type T.
-template <typename T>
-std::vector<float> as_seen(std::vector<float> v) {
-  if constexpr (std::is_same_v<T, bf16>) v = bf16_round(std::move(v));
-  return v;
-}
-
-// A device array whose element 0 sits `off` elements into its allocation: off = 1
-// breaks the 16-byte alignment and forces the element-wise variant.
-template <typename T>
-class OffsetBuffer {
- public:
-  OffsetBuffer(const std::vector<float>& host, size_t off) : buf_(padded(host, off)), off_(off) {}
-  OffsetBuffer(size_t n, size_t off) : buf_(n + off), off_(off) {}  // poisoned
-  T* get() { return buf_.get() + off_; }
-  std::vector<float> download() const {
-    const auto all = buf_.download();
-    return {all.begin() + std::ptrdiff_t(off_), all.end()};
-  }
-
- private:
-  static std::vector<float> padded(const std::vector<float>& v, size_t off) {
-    std::vector<float> p(off, 0.0f);
-    p.insert(p.end(), v.begin(), v.end());
-    return p;
-  }
-  DeviceBuffer<T> buf_;
-  size_t off_;
-};
 
 const std::vector<int64_t> kSizes = {1, 7, 1001, (int64_t{1} << 20) + 3};
 const std::vector<size_t> kOffsets = {0, 1};
@@ -73,12 +45,8 @@ std::string name(const char* op, int64_t n, size_t off) {
   return std::string(op) + " n=" + std::to_string(n) + " off=" + std::to_string(off);
 }
 
-// fp32: a few roundings of fp32 arithmetic (tanhf, expf within a few ulp); bf16: the
-// output rounded once to 8 bits (2^-9 relative).
-template <typename T>
-constexpr double tol() {
-  return std::is_same_v<T, bf16> ? 1e-2 : 1e-5;
-}
+// Outputs are checked within out_tol<T>(): fp32, a few roundings of fp32 arithmetic
+// (tanhf, expf within a few ulp); bf16, the output rounded once to 8 bits (2^-9 relative).
 
 // ---- gelu --------------------------------------------------------------------------
 
@@ -101,26 +69,26 @@ void check_gelu(int64_t n, size_t off, uint32_t seed) {
   gelu_forward<T>(d_out.get(), d_x.get(), n, cudaStream_t{});
   std::vector<double> out_r(un);
   cpu::gelu_forward<double>(out_r.data(), xd.data(), n);
-  expect_close(d_out.download(), out_r, tol<T>(), what + " out");
+  expect_close(d_out.download(), out_r, out_tol<T>(), what + " out");
 
   // Accumulate onto a random dx.
   OffsetBuffer<T> d_dx(dx0, off);
   gelu_backward<T>(d_dx.get(), d_dout.get(), d_x.get(), n, false, cudaStream_t{});
   auto dx_r = cast_vec<double>(dx0);
   cpu::gelu_backward<double>(dx_r.data(), doutd.data(), xd.data(), n);
-  expect_close(d_dx.download(), dx_r, tol<T>(), what + " dx accumulate");
+  expect_close(d_dx.download(), dx_r, out_tol<T>(), what + " dx accumulate");
 
   // Overwrite a poisoned dx: NaN must not leak in.
   std::vector<double> grad_r(un, 0.0);
   cpu::gelu_backward<double>(grad_r.data(), doutd.data(), xd.data(), n);
   OffsetBuffer<T> d_fresh(un, off);
   gelu_backward<T>(d_fresh.get(), d_dout.get(), d_x.get(), n, true, cudaStream_t{});
-  expect_close(d_fresh.download(), grad_r, tol<T>(), what + " dx overwrite");
+  expect_close(d_fresh.download(), grad_r, out_tol<T>(), what + " dx overwrite");
 
   // Overwrite in place: dx aliases dout.
   OffsetBuffer<T> d_inplace(dout, off);
   gelu_backward<T>(d_inplace.get(), d_inplace.get(), d_x.get(), n, true, cudaStream_t{});
-  expect_close(d_inplace.download(), grad_r, tol<T>(), what + " dx overwrite aliasing dout");
+  expect_close(d_inplace.download(), grad_r, out_tol<T>(), what + " dx overwrite aliasing dout");
 }
 
 TEST(CudaGelu, Float) {
@@ -157,7 +125,7 @@ void check_swiglu(int64_t n, size_t off, uint32_t seed) {
   swiglu_forward<T>(d_out.get(), d_gate.get(), d_up.get(), n, cudaStream_t{});
   std::vector<double> out_r(un);
   cpu::swiglu_forward<double>(out_r.data(), gd.data(), ud.data(), n);
-  expect_close(d_out.download(), out_r, tol<T>(), what + " out");
+  expect_close(d_out.download(), out_r, out_tol<T>(), what + " out");
 
   // Accumulate onto random gradients.
   OffsetBuffer<T> d_dg(dg0, off), d_du(du0, off);
@@ -165,8 +133,8 @@ void check_swiglu(int64_t n, size_t off, uint32_t seed) {
                      cudaStream_t{});
   auto dg_r = cast_vec<double>(dg0), du_r = cast_vec<double>(du0);
   cpu::swiglu_backward<double>(dg_r.data(), du_r.data(), doutd.data(), gd.data(), ud.data(), n);
-  expect_close(d_dg.download(), dg_r, tol<T>(), what + " dgate accumulate");
-  expect_close(d_du.download(), du_r, tol<T>(), what + " dup accumulate");
+  expect_close(d_dg.download(), dg_r, out_tol<T>(), what + " dgate accumulate");
+  expect_close(d_du.download(), du_r, out_tol<T>(), what + " dup accumulate");
 
   // Overwrite poisoned gradients.
   OffsetBuffer<T> d_dg2(un, off), d_du2(un, off);
@@ -174,8 +142,8 @@ void check_swiglu(int64_t n, size_t off, uint32_t seed) {
                      cudaStream_t{});
   std::vector<double> dg2_r(un, 0.0), du2_r(un, 0.0);
   cpu::swiglu_backward<double>(dg2_r.data(), du2_r.data(), doutd.data(), gd.data(), ud.data(), n);
-  expect_close(d_dg2.download(), dg2_r, tol<T>(), what + " dgate overwrite");
-  expect_close(d_du2.download(), du2_r, tol<T>(), what + " dup overwrite");
+  expect_close(d_dg2.download(), dg2_r, out_tol<T>(), what + " dgate overwrite");
+  expect_close(d_du2.download(), du2_r, out_tol<T>(), what + " dup overwrite");
 }
 
 TEST(CudaSwiglu, Float) {
@@ -215,7 +183,7 @@ void check_rope(const RopeShape& s, uint32_t seed) {
   const auto got = d_qkv.download();
   auto ref = cast_vec<double>(qkv);
   cpu::rope_forward<double>(ref.data(), s.B, s.T, s.Hq, s.Hkv, s.D, s.theta);
-  expect_close(got, ref, tol<T>(), what + " forward");
+  expect_close(got, ref, out_tol<T>(), what + " forward");
   size_t v_changed = 0;
   for (size_t i = 0; i < n; ++i)
     v_changed += int64_t(i % size_t(row)) >= rotated && got[i] != qkv[i];
@@ -227,14 +195,14 @@ void check_rope(const RopeShape& s, uint32_t seed) {
   const auto dgot = d_dqkv.download();
   auto dref = cast_vec<double>(dqkv);
   cpu::rope_backward<double>(dref.data(), s.B, s.T, s.Hq, s.Hkv, s.D, s.theta);
-  expect_close(dgot, dref, tol<T>(), what + " backward");
+  expect_close(dgot, dref, out_tol<T>(), what + " backward");
   for (size_t i = 0; i < n; ++i)
     v_changed += int64_t(i % size_t(row)) >= rotated && dgot[i] != dqkv[i];
   EXPECT_EQ(v_changed, 0u) << what << ": v gradient heads modified";
 
   // Backward undoes forward (two roundings to T in bf16).
   rope_backward<T>(d_qkv.get(), s.B, s.T, s.Hq, s.Hkv, s.D, s.theta, cudaStream_t{});
-  expect_close(d_qkv.download(), cast_vec<double>(qkv), 2 * tol<T>(),
+  expect_close(d_qkv.download(), cast_vec<double>(qkv), 2 * out_tol<T>(),
                what + " backward(forward(x))");
 }
 
