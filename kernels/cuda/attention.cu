@@ -33,11 +33,17 @@
 //   3. dQ: block = (query tile, q head, batch) loops over key tiles up to the diagonal,
 //      dQ += dS K.
 // Query tiles are scheduled longest-first (the last tiles have the most key tiles).
+//
+// Dispatch: bf16 calls with D = 64 or 128 and 16-byte aligned pointers run on the tensor-core
+// kernels of attention_tc.cu (after this file's delta pre-pass in the backward); everything
+// else runs here. attention_*_simt force this file's kernels (tests compare the two paths).
 #include "kernels/cuda/attention.cuh"
 
 #include <climits>
 #include <cmath>
+#include <type_traits>
 
+#include "kernels/cuda/attention_tc.cuh"
 #include "kumiko/core/error.h"
 
 namespace kumiko::cuda {
@@ -511,6 +517,40 @@ void launch_backward(T* dqkv, const T* dout, const T* qkv, const float* lse, con
   KUMIKO_CUDA_LAUNCH_CHECK();
 }
 
+template <typename T>
+void forward_simt(T* out, float* lse, const T* qkv, int64_t B, const Shape& s,
+                  cudaStream_t stream) {
+  if (s.hd <= 64)
+    launch_forward<T, 64>(out, lse, qkv, B, s, stream);
+  else
+    launch_forward<T, 128>(out, lse, qkv, B, s, stream);
+}
+
+// allow_tc: bf16 may take the tensor-core kernels (after the shared delta pre-pass).
+template <typename T>
+void backward(bool allow_tc, T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse,
+              int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D, void* workspace,
+              cudaStream_t stream) {
+  const Shape s = make_shape(B, T_, Hq, Hkv, D);
+  if (B == 0 || T_ == 0) return;
+  float* delta = static_cast<float*>(workspace);
+  const int64_t rows = B * T_ * Hq;
+  constexpr int kWarps = 8;
+  attention_delta_kernel<T><<<unsigned(ceil_div(rows, kWarps)), kWarps * 32, 0, stream>>>(
+      delta, dout, out, rows, s.T, s.Hq, s.hd);
+  KUMIKO_CUDA_LAUNCH_CHECK();
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (allow_tc && attention_tc_supported(T_, D, {dqkv, dout, qkv})) {
+      attention_backward_tc(dqkv, dout, qkv, lse, delta, B, T_, Hq, Hkv, D, stream);
+      return;
+    }
+  }
+  if (D <= 64)
+    launch_backward<T, 64>(dqkv, dout, qkv, lse, delta, B, s, stream);
+  else
+    launch_backward<T, 128>(dqkv, dout, qkv, lse, delta, B, s, stream);
+}
+
 }  // namespace
 
 template <typename T>
@@ -518,10 +558,21 @@ void attention_forward(T* out, float* lse, const T* qkv, int64_t B, int64_t T_, 
                        int64_t Hkv, int64_t D, cudaStream_t stream) {
   const Shape s = make_shape(B, T_, Hq, Hkv, D);
   if (B == 0 || T_ == 0) return;
-  if (D <= 64)
-    launch_forward<T, 64>(out, lse, qkv, B, s, stream);
-  else
-    launch_forward<T, 128>(out, lse, qkv, B, s, stream);
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (attention_tc_supported(T_, D, {out, qkv})) {
+      attention_forward_tc(out, lse, qkv, B, T_, Hq, Hkv, D, stream);
+      return;
+    }
+  }
+  forward_simt(out, lse, qkv, B, s, stream);
+}
+
+template <typename T>
+void attention_forward_simt(T* out, float* lse, const T* qkv, int64_t B, int64_t T_, int64_t Hq,
+                            int64_t Hkv, int64_t D, cudaStream_t stream) {
+  const Shape s = make_shape(B, T_, Hq, Hkv, D);
+  if (B == 0 || T_ == 0) return;
+  forward_simt(out, lse, qkv, B, s, stream);
 }
 
 size_t attention_backward_workspace_bytes(int64_t B, int64_t T_, int64_t Hq, int64_t /*Hkv*/,
@@ -533,18 +584,14 @@ template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse,
                         int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D, void* workspace,
                         cudaStream_t stream) {
-  const Shape s = make_shape(B, T_, Hq, Hkv, D);
-  if (B == 0 || T_ == 0) return;
-  float* delta = static_cast<float*>(workspace);
-  const int64_t rows = B * T_ * Hq;
-  constexpr int kWarps = 8;
-  attention_delta_kernel<T><<<unsigned(ceil_div(rows, kWarps)), kWarps * 32, 0, stream>>>(
-      delta, dout, out, rows, s.T, s.Hq, s.hd);
-  KUMIKO_CUDA_LAUNCH_CHECK();
-  if (D <= 64)
-    launch_backward<T, 64>(dqkv, dout, qkv, lse, delta, B, s, stream);
-  else
-    launch_backward<T, 128>(dqkv, dout, qkv, lse, delta, B, s, stream);
+  backward(true, dqkv, dout, qkv, out, lse, B, T_, Hq, Hkv, D, workspace, stream);
+}
+
+template <typename T>
+void attention_backward_simt(T* dqkv, const T* dout, const T* qkv, const T* out, const float* lse,
+                             int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D,
+                             void* workspace, cudaStream_t stream) {
+  backward(false, dqkv, dout, qkv, out, lse, B, T_, Hq, Hkv, D, workspace, stream);
 }
 
 template void attention_forward<float>(float*, float*, const float*, int64_t, int64_t, int64_t,
@@ -557,5 +604,15 @@ template void attention_backward<float>(float*, const float*, const float*, cons
 template void attention_backward<bf16>(bf16*, const bf16*, const bf16*, const bf16*, const float*,
                                        int64_t, int64_t, int64_t, int64_t, int64_t, void*,
                                        cudaStream_t);
+template void attention_forward_simt<float>(float*, float*, const float*, int64_t, int64_t, int64_t,
+                                            int64_t, int64_t, cudaStream_t);
+template void attention_forward_simt<bf16>(bf16*, float*, const bf16*, int64_t, int64_t, int64_t,
+                                           int64_t, int64_t, cudaStream_t);
+template void attention_backward_simt<float>(float*, const float*, const float*, const float*,
+                                             const float*, int64_t, int64_t, int64_t, int64_t,
+                                             int64_t, void*, cudaStream_t);
+template void attention_backward_simt<bf16>(bf16*, const bf16*, const bf16*, const bf16*,
+                                            const float*, int64_t, int64_t, int64_t, int64_t,
+                                            int64_t, void*, cudaStream_t);
 
 }  // namespace kumiko::cuda

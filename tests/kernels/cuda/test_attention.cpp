@@ -15,6 +15,7 @@
 
 #include "gpu_test.h"
 #include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/attention_tc.cuh"
 #include "kernels/cuda/cudnn_attention.cuh"
 #include "kumiko/core/error.h"
 #include "kumiko/ops/attention.h"
@@ -149,6 +150,75 @@ TEST(CudaAttention, RejectsUnsupportedShapes) {
                Error);  // D > 128
   EXPECT_THROW(attention_forward<float>(nullptr, nullptr, nullptr, 1, 8, 4, 3, 64, nullptr),
                Error);  // Hq % Hkv
+}
+
+// bf16 calls with D = 64 or 128 and 16-byte aligned pointers run on the tensor-core kernels
+// (attention_tc.cu); the CUDA-core kernels stay reachable as attention_*_simt. On a larger
+// case (5 query tiles, the last one partial; GQA) both paths must match the double reference
+// and each other, the tensor-core backward must be deterministic, and unaligned pointers must
+// fall back to the CUDA-core kernels (bitwise the results of attention_*_simt).
+TEST(CudaAttention, TensorCoresMatchCudaCores) {
+  KUMIKO_REQUIRE_GPU();
+  const Tolerance tol = kernel_tolerance<bf16>();
+  uint32_t seed = 6000;
+  for (int64_t D : {64, 128}) {
+    const Shape s{2, 300, 4, 2, D};
+    const Case c = make_case<bf16>(s, seed += 3);
+    const std::string tag = s.tag();
+
+    DeviceBuffer<bf16> qkv(c.qkv), out_tc(s.out()), out_simt(s.out());
+    DeviceBuffer<float> lse_tc(s.lse()), lse_simt(s.lse());
+    EXPECT_TRUE(attention_tc_supported(s.T, s.D, {qkv.get(), out_tc.get()})) << tag;
+    EXPECT_FALSE(attention_tc_supported(s.T, 96, {qkv.get(), out_tc.get()})) << tag;
+    attention_forward<bf16>(out_tc.get(), lse_tc.get(), qkv.get(), s.B, s.T, s.Hq, s.Hkv, s.D,
+                            nullptr);
+    attention_forward_simt<bf16>(out_simt.get(), lse_simt.get(), qkv.get(), s.B, s.T, s.Hq, s.Hkv,
+                                 s.D, nullptr);
+    const auto out_a = out_tc.download(), out_b = out_simt.download();
+    const auto lse_a = lse_tc.download(), lse_b = lse_simt.download();
+    expect_close(out_a, c.out_ref, tol.out, "tensor-core out" + tag);
+    expect_close(lse_a, c.lse_ref, tol.lse, "tensor-core lse" + tag);
+    expect_close(out_b, c.out_ref, tol.out, "cuda-core out" + tag);
+    expect_close(lse_b, c.lse_ref, tol.lse, "cuda-core lse" + tag);
+    // Both round nearly the same fp32 value to bf16: at most one bf16 ulp (2^-7) apart.
+    expect_close(out_a, out_b, 1e-2, "tensor-core vs cuda-core out" + tag);
+    expect_close(lse_a, lse_b, tol.lse, "tensor-core vs cuda-core lse" + tag);
+
+    DeviceBuffer<bf16> dout(c.dout), out_in(c.out_in), dqkv(s.qkv());
+    DeviceBuffer<float> lse_in(c.lse_in);
+    DeviceBytes workspace(attention_backward_workspace_bytes(s.B, s.T, s.Hq, s.Hkv, s.D));
+    auto backward = [&](bool simt) {
+      dqkv.poison();
+      if (simt)
+        attention_backward_simt<bf16>(dqkv.get(), dout.get(), qkv.get(), out_in.get(), lse_in.get(),
+                                      s.B, s.T, s.Hq, s.Hkv, s.D, workspace.get(), nullptr);
+      else
+        attention_backward<bf16>(dqkv.get(), dout.get(), qkv.get(), out_in.get(), lse_in.get(), s.B,
+                                 s.T, s.Hq, s.Hkv, s.D, workspace.get(), nullptr);
+      return dqkv.download();
+    };
+    const auto grad_a = backward(false), grad_b = backward(true);
+    expect_close(grad_a, c.dqkv_ref, tol.grad, "tensor-core dqkv" + tag);
+    expect_close(grad_b, c.dqkv_ref, tol.grad, "cuda-core dqkv" + tag);
+    expect_close(grad_a, grad_b, 1e-2, "tensor-core vs cuda-core dqkv" + tag);
+    expect_bitwise_equal(backward(false), grad_a, "tensor-core dqkv" + tag);
+
+    // The same data one element (2 bytes) into its buffers: not 16-byte aligned.
+    std::vector<float> shifted(1, 0.5f);
+    shifted.insert(shifted.end(), c.qkv.begin(), c.qkv.end());
+    DeviceBuffer<bf16> qkv_u(shifted), out_u(s.out() + 1), dqkv_u(s.qkv() + 1);
+    EXPECT_FALSE(attention_tc_supported(s.T, s.D, {qkv_u.get() + 1, out_u.get() + 1})) << tag;
+    attention_forward<bf16>(out_u.get() + 1, lse_tc.get(), qkv_u.get() + 1, s.B, s.T, s.Hq, s.Hkv,
+                            s.D, nullptr);
+    auto out_c = out_u.download();
+    out_c.erase(out_c.begin());
+    expect_bitwise_equal(out_c, out_b, "unaligned out" + tag);
+    attention_backward<bf16>(dqkv_u.get() + 1, dout.get(), qkv_u.get() + 1, out_in.get(),
+                             lse_in.get(), s.B, s.T, s.Hq, s.Hkv, s.D, workspace.get(), nullptr);
+    auto grad_c = dqkv_u.download();
+    grad_c.erase(grad_c.begin());
+    expect_bitwise_equal(grad_c, grad_b, "unaligned dqkv" + tag);
+  }
 }
 
 // cuDNN's bf16 kernels round P and dS to bf16 before their matrix products (on top of the
