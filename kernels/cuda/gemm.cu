@@ -14,17 +14,20 @@
 //   Global loads are float4 when the leading dimensions are multiples of 4 and the
 //   pointers 16-byte aligned, element-wise with bounds checks otherwise.
 //
-// <bf16, bf16>, <bf16, float>: tensor cores through WMMA (16x16x16 bf16 fragments, fp32
-//   accumulation). Block tile 128x128x32, 8 warps in a 2 (m) x 4 (n) grid, each warp a
-//   64x32 tile = 4x2 accumulator fragments. Shared tiles keep each operand's stored
-//   orientation and the fragment layout absorbs the transpose: A RK is matrix_a row_major,
-//   A KR col_major, B KR matrix_b row_major, B RK col_major. Rows are padded by 8 bf16
-//   (16 bytes) so that the 16-byte fragment row loads of 8 consecutive rows fall in
-//   distinct banks. Fast path (leading dimensions multiples of 8, 16-byte aligned
-//   pointers): 16-byte cp.async into two stages, the next tile in flight while the
-//   current one is multiplied; a chunk is either wholly inside the matrix or zero-filled,
-//   so any M, N, K works. Slow path (any other shape): element-wise bounds-checked loads
-//   prefetched through registers into the same two stages.
+// <bf16, bf16>, <bf16, float>: the mma.sync + ldmatrix kernel of gemm_mma.cu whenever
+//   gemm_mma_supported holds (leading dimensions of A and B multiples of 8, every pointer
+//   16-byte aligned); otherwise, and through gemm_wmma for the tests, the kernel here:
+//   tensor cores through WMMA (16x16x16 bf16 fragments, fp32 accumulation). Block tile
+//   128x128x32, 8 warps in a 2 (m) x 4 (n) grid, each warp a 64x32 tile = 4x2 accumulator
+//   fragments. Shared tiles keep each operand's stored orientation and the fragment layout
+//   absorbs the transpose: A RK is matrix_a row_major, A KR col_major, B KR matrix_b
+//   row_major, B RK col_major. Rows are padded by 8 bf16 (16 bytes) so that the 16-byte
+//   fragment row loads of 8 consecutive rows fall in distinct banks. Fast path (leading
+//   dimensions multiples of 8, 16-byte aligned A and B; from gemm only when C, bias or pre
+//   is not 16-byte aligned): 16-byte cp.async into two stages, the next tile in flight
+//   while the current one is multiplied; a chunk is either wholly inside the matrix or
+//   zero-filled, so any M, N, K works. Slow path (any other shape): element-wise
+//   bounds-checked loads prefetched through registers into the same two stages.
 //   Epilogue: each warp stores one accumulator fragment at a time into its own fp32 patch
 //   of the (then idle) pipeline memory; each lane then finishes 8 consecutive columns of
 //   one row: (+C) (+bias) (pre, GELU), bounds-checked, converted to Tout.
@@ -39,6 +42,7 @@
 #include <climits>
 #include <type_traits>
 
+#include "kernels/cuda/gemm_mma.cuh"
 #include "kumiko/core/error.h"
 
 namespace kumiko::cuda {
@@ -505,13 +509,8 @@ void launch(const GemmArgs& args, const Tin* A, const Tin* B, const EpiloguePara
   KUMIKO_CUDA_LAUNCH_CHECK();
 }
 
-}  // namespace
-
-template <typename Tin, typename Tout>
-void gemm(const GemmArgs& args, const Tin* A, const Tin* B, Tout* C, const Tin* bias, Tout* pre,
-          cudaStream_t stream) {
-  static_assert((std::is_same_v<Tin, float> && std::is_same_v<Tout, float>) || std::is_same_v<Tin, bf16>,
-                "gemm runs <float, float>, <bf16, bf16> and <bf16, float>");
+template <typename Tin>
+void check_args(const GemmArgs& args, const Tin* bias) {
   // Tile indices and in-tile coordinates are int; offsets are int64.
   constexpr int64_t kMaxDim = INT_MAX - 256;
   KUMIKO_CHECK(args.M >= 0 && args.N >= 0 && args.K >= 0 && args.M <= kMaxDim && args.N <= kMaxDim &&
@@ -521,7 +520,12 @@ void gemm(const GemmArgs& args, const Tin* A, const Tin* B, Tout* C, const Tin* 
   KUMIKO_CHECK(args.epilogue == Epilogue::none || bias != nullptr, "gemm: the epilogue needs a bias");
   KUMIKO_CHECK(!(args.accumulate && args.epilogue == Epilogue::bias_gelu),
                "gemm: accumulate is only defined with Epilogue::none or bias");
-  if (args.M == 0 || args.N == 0) return;
+}
+
+// The SIMT kernel (float) or the WMMA kernel (bf16); args already checked, M, N > 0.
+template <typename Tin, typename Tout>
+void launch_here(const GemmArgs& args, const Tin* A, const Tin* B, Tout* C, const Tin* bias,
+                 Tout* pre, cudaStream_t stream) {
   const auto p = make_params(args, C, bias, pre, std::is_same_v<Tin, float> ? 4 : 8);
   switch (args.layout) {
     case Layout::NT:
@@ -536,11 +540,41 @@ void gemm(const GemmArgs& args, const Tin* A, const Tin* B, Tout* C, const Tin* 
   }
 }
 
+}  // namespace
+
+template <typename Tin, typename Tout>
+void gemm(const GemmArgs& args, const Tin* A, const Tin* B, Tout* C, const Tin* bias, Tout* pre,
+          cudaStream_t stream) {
+  static_assert((std::is_same_v<Tin, float> && std::is_same_v<Tout, float>) || std::is_same_v<Tin, bf16>,
+                "gemm runs <float, float>, <bf16, bf16> and <bf16, float>");
+  check_args<Tin>(args, bias);
+  if (args.M == 0 || args.N == 0) return;
+  if constexpr (std::is_same_v<Tin, bf16>) {
+    if (gemm_mma_supported<Tout>(args, A, B, C, bias, pre)) {
+      gemm_mma<Tout>(args, A, B, C, bias, pre, stream);
+      return;
+    }
+  }
+  launch_here<Tin, Tout>(args, A, B, C, bias, pre, stream);
+}
+
+template <typename Tout>
+void gemm_wmma(const GemmArgs& args, const bf16* A, const bf16* B, Tout* C, const bf16* bias,
+               Tout* pre, cudaStream_t stream) {
+  check_args<bf16>(args, bias);
+  if (args.M == 0 || args.N == 0) return;
+  launch_here<bf16, Tout>(args, A, B, C, bias, pre, stream);
+}
+
 template void gemm<float, float>(const GemmArgs&, const float*, const float*, float*, const float*, float*,
                                  cudaStream_t);
 template void gemm<bf16, bf16>(const GemmArgs&, const bf16*, const bf16*, bf16*, const bf16*, bf16*,
                                cudaStream_t);
 template void gemm<bf16, float>(const GemmArgs&, const bf16*, const bf16*, float*, const bf16*, float*,
                                 cudaStream_t);
+template void gemm_wmma<bf16>(const GemmArgs&, const bf16*, const bf16*, bf16*, const bf16*, bf16*,
+                              cudaStream_t);
+template void gemm_wmma<float>(const GemmArgs&, const bf16*, const bf16*, float*, const bf16*,
+                               float*, cudaStream_t);
 
 }  // namespace kumiko::cuda

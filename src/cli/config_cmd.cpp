@@ -5,6 +5,8 @@
 
 #include "cli/commands.h"
 #include "kumiko/config/config.h"
+#include "kumiko/gpu/model.h"
+#include "kumiko/model/transformer.h"
 
 namespace kumiko::cli {
 
@@ -23,8 +25,19 @@ void add_config_command(CLI::App& app, Registry& registry) {
                     std::fflush(stdout);
                   }
                   kumiko::config::validate(*config);
-                  if (!*dump)
+                  if (!*dump) {
                     std::printf("config OK: %s\n", kumiko::config::summary(*config).c_str());
+                    const auto& c = *config;
+                    if (c.backend.device == "cuda" && gpu::cuda_built()) {
+                      // What each GPU's arena will take (no GPU needed to compute it).
+                      const size_t bytes = gpu::planned_device_bytes(
+                          model::Dims::from(c.model), c.train.micro_batch, c.data.seq_len,
+                          {c.backend.dtype, c.backend.matmul, c.backend.attention});
+                      std::printf("GPU memory per process: %.2f GiB in the arena (micro_batch %d x seq_len %d, "
+                                  "%s), plus the vendor libraries' workspaces\n",
+                                  bytes / 1073741824.0, c.train.micro_batch, c.data.seq_len, c.backend.dtype.c_str());
+                    }
+                  }
                   return 0;
                 },
                 [config](const CLI::ParseError& e) {

@@ -61,11 +61,71 @@ class Pinned {
 
 }  // namespace
 
+std::vector<int64_t> flat_offsets(const std::vector<model::ParameterSpec>& specs, int64_t* total) {
+  // model::ParameterStore<float>'s layout: every tensor starts on a 64-byte boundary
+  // (a multiple of 16 floats), zero padding in between.
+  constexpr int64_t kAlign = 64 / static_cast<int64_t>(sizeof(float));
+  std::vector<int64_t> offsets;
+  int64_t p = 0;
+  for (const auto& s : specs) {
+    offsets.push_back(p);
+    p += (numel_of(s.shape) + kAlign - 1) / kAlign * kAlign;
+  }
+  *total = p;
+  return offsets;
+}
+
+std::vector<std::pair<int64_t, int64_t>> backward_units(const model::Dims& dims) {
+  const auto specs = model::parameter_specs(dims);
+  int64_t total = 0;
+  const auto offsets = flat_offsets(specs, &total);
+  auto flat = [&](const std::string& name) {
+    for (size_t i = 0; i < specs.size(); ++i)
+      if (specs[i].name == name) return offsets[i];
+    KUMIKO_CHECK(false, "backward_units: no parameter ", name);
+    return int64_t{0};
+  };
+  // The tensors after the last block (final norm, untied head), each block from the
+  // last, then the embeddings (which precede block 0 in the flat layout).
+  std::vector<std::pair<int64_t, int64_t>> units;
+  const int64_t after_blocks = flat("final_norm.weight");
+  units.push_back({after_blocks, total});
+  for (int64_t l = dims.L - 1; l >= 0; --l) {
+    const int64_t begin = flat("blocks." + std::to_string(l) + ".norm1.weight");
+    const int64_t end = l + 1 < dims.L ? flat("blocks." + std::to_string(l + 1) + ".norm1.weight") : after_blocks;
+    units.push_back({begin, end});
+  }
+  units.push_back({0, flat("blocks.0.norm1.weight")});
+  return units;
+}
+
+std::vector<GradientBucket> gradient_buckets(const std::vector<std::pair<int64_t, int64_t>>& units,
+                                             int64_t bucket_bytes) {
+  // Consecutive units are adjacent in the flat layout, so a bucket is one range.
+  std::vector<GradientBucket> buckets;
+  GradientBucket current;
+  current.begin = std::numeric_limits<int64_t>::max();
+  for (size_t u = 0; u < units.size(); ++u) {
+    current.begin = std::min(current.begin, units[u].first);
+    current.end = std::max(current.end, units[u].second);
+    current.last_unit = static_cast<int>(u);
+    const int64_t bytes = (current.end - current.begin) * static_cast<int64_t>(sizeof(float));
+    if (bytes >= bucket_bytes || u + 1 == units.size()) {
+      buckets.push_back(current);
+      current = GradientBucket{};
+      current.begin = std::numeric_limits<int64_t>::max();
+    }
+  }
+  return buckets;
+}
+
 // T: the activation and working-weight type (float or bf16).
 template <typename T>
 class Model final : public GpuModel {
  public:
-  Model(const model::Dims& dims, int64_t batch, int64_t seq_len, const GpuOptions& options);
+  // plan_only: compute the layout and the arena size without touching a device.
+  Model(const model::Dims& dims, int64_t batch, int64_t seq_len, const GpuOptions& options, bool plan_only = false);
+  size_t planned_bytes() const { return planned_bytes_; }
   ~Model() override;
 
   int64_t total_numel() const override { return P_; }
@@ -134,6 +194,7 @@ class Model final : public GpuModel {
 
   cudaStream_t stream_{};
   std::unique_ptr<DeviceArena> arena_;
+  size_t planned_bytes_ = 0;
   // Parameters: fp32 master weights, gradients and moments; T working copy (the
   // master itself in fp32).
   float *master_ = nullptr, *grads_ = nullptr, *m_ = nullptr, *v_ = nullptr;
@@ -175,16 +236,9 @@ class Model final : public GpuModel {
 };
 
 template <typename T>
-Model<T>::Model(const model::Dims& dims, int64_t batch, int64_t seq_len, const GpuOptions& options)
+Model<T>::Model(const model::Dims& dims, int64_t batch, int64_t seq_len, const GpuOptions& options, bool plan_only)
     : d_(dims), batch_(batch), seq_len_(seq_len), opt_(options), specs_(model::parameter_specs(dims)) {
-  // The flat layout of model::ParameterStore<float> (the trainer's host buffers, the
-  // checkpoint and weights-file scatter/gather use it): every tensor starts on a
-  // 64-byte boundary, i.e. a multiple of 16 floats, with zero padding in between.
-  constexpr int64_t kAlign = 64 / static_cast<int64_t>(sizeof(float));
-  for (const auto& s : specs_) {
-    offsets_.push_back(P_);
-    P_ += (numel_of(s.shape) + kAlign - 1) / kAlign * kAlign;
-  }
+  offsets_ = flat_offsets(specs_, &P_);
   auto idx = [&](const std::string& name) {
     for (size_t i = 0; i < specs_.size(); ++i)
       if (specs_[i].name == name) return static_cast<int>(i);
@@ -196,30 +250,26 @@ Model<T>::Model(const model::Dims& dims, int64_t batch, int64_t seq_len, const G
   normf_b_ = idx("final_norm.bias");
   head_ = d_.tied ? tokens_ : idx("head.weight");
   for (int64_t l = 0; l < d_.L; ++l) block_index_.push_back(model::block_index(l, idx));
-  // Backward's units as flat ranges: the tensors after the last block, each block
-  // from the last, then the embeddings (which precede block 0 in the flat layout).
-  const int first_block = idx("blocks.0.norm1.weight");
-  const int after_blocks = normf_w_;
-  auto flat = [&](int i) { return i < static_cast<int>(offsets_.size()) ? offsets_[i] : P_; };
-  units_.push_back({flat(after_blocks), P_});
-  for (int64_t l = d_.L - 1; l >= 0; --l) {
-    const int begin = idx("blocks." + std::to_string(l) + ".norm1.weight");
-    const int end = l + 1 < d_.L ? idx("blocks." + std::to_string(l + 1) + ".norm1.weight") : after_blocks;
-    units_.push_back({flat(begin), flat(end)});
-  }
-  units_.push_back({0, flat(first_block)});
+  units_ = backward_units(dims);
 
   KUMIKO_USER_CHECK(opt_.attention != "cudnn" || kBf16,
                     "backend.attention = cudnn needs backend.dtype = bf16 (cuDNN's fused attention has no fp32 "
                     "kernels); got backend.dtype = fp32");
   KUMIKO_USER_CHECK(d_.D % 8 == 0 && d_.D <= 128, "backend.device = cuda: the head dimension d_model / n_heads = ",
                     d_.D, " must be a multiple of 8 and at most 128");
+  if (plan_only) {  // sizes only: no device, no vendor handles (planned_device_bytes)
+    DeviceArena sizing;
+    plan(sizing);
+    planned_bytes_ = sizing.used();
+    return;
+  }
   if (opt_.matmul == "cublas") cublas_ = std::make_unique<cuda::CublasLt>();
   if (opt_.attention == "cudnn") cudnn_ = std::make_unique<cuda::CudnnAttention>();
   KUMIKO_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 
   DeviceArena sizing;
   plan(sizing);
+  planned_bytes_ = sizing.used();
   arena_ = std::make_unique<DeviceArena>(sizing.used(), "model (parameters, optimizer state and activations)");
   plan(*arena_);
   KUMIKO_CUDA_CHECK(cudaMemsetAsync(m_, 0, P_ * sizeof(float), stream_));
@@ -546,21 +596,13 @@ void Model<T>::enable_data_parallel(comm::Communicator* nccl, int64_t bucket_byt
     return;
   }
   nccl_stream_ = static_cast<cudaStream_t>(comm::nccl_stream(*nccl_));
-  // Buckets: consecutive backward units until each holds at least bucket_bytes.
-  // Consecutive units are adjacent in the flat layout, so a bucket is one range.
   buckets_.clear();
-  Bucket current;
-  current.begin = std::numeric_limits<int64_t>::max();
-  for (size_t u = 0; u < units_.size(); ++u) {
-    current.begin = std::min(current.begin, units_[u].first);
-    current.end = std::max(current.end, units_[u].second);
-    current.last_unit = static_cast<int>(u);
-    const int64_t bytes = (current.end - current.begin) * static_cast<int64_t>(sizeof(float));
-    if (bytes >= bucket_bytes || u + 1 == units_.size()) {
-      buckets_.push_back(std::move(current));
-      current = Bucket{};
-      current.begin = std::numeric_limits<int64_t>::max();
-    }
+  for (const auto& g : gradient_buckets(units_, bucket_bytes)) {
+    Bucket b;
+    b.begin = g.begin;
+    b.end = g.end;
+    b.last_unit = g.last_unit;
+    buckets_.push_back(std::move(b));
   }
   for (auto e : bucket_events_) cudaEventDestroy(e);
   bucket_events_.assign(buckets_.size(), nullptr);
@@ -666,6 +708,11 @@ std::unique_ptr<GpuModel> make_gpu_model(const model::Dims& dims, int64_t batch,
                     "' (expected fp32 or bf16)");
   if (options.dtype == "bf16") return std::make_unique<Model<bf16>>(dims, batch, seq_len, options);
   return std::make_unique<Model<float>>(dims, batch, seq_len, options);
+}
+
+size_t planned_device_bytes(const model::Dims& dims, int64_t batch, int64_t seq_len, const GpuOptions& options) {
+  if (options.dtype == "bf16") return Model<bf16>(dims, batch, seq_len, options, true).planned_bytes();
+  return Model<float>(dims, batch, seq_len, options, true).planned_bytes();
 }
 
 bool cuda_built() { return true; }

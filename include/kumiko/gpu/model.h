@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kumiko/comm/communicator.h"
@@ -75,6 +76,29 @@ class GpuModel {
 // for an unsupported option combination or when the GPU memory does not suffice.
 std::unique_ptr<GpuModel> make_gpu_model(const model::Dims& dims, int64_t batch, int64_t seq_len,
                                          const GpuOptions& options);
+// Device memory (bytes) the GPU model takes in its arena for micro-batches of
+// `batch` x `seq_len`: parameters, optimizer state, activations and kernel workspace.
+// Computed on the host, no GPU needed; cuDNN's own workspace (attention = cudnn) and
+// cuBLASLt's (32 MiB) are not included.
+size_t planned_device_bytes(const model::Dims& dims, int64_t batch, int64_t seq_len, const GpuOptions& options);
+
+// The flat offsets of model::ParameterStore<float>'s layout for `specs` (each tensor
+// on a multiple of 16 floats) and, in *total, its size in floats.
+std::vector<int64_t> flat_offsets(const std::vector<model::ParameterSpec>& specs, int64_t* total);
+// The flat ranges whose gradients backward completes together, in the order it
+// completes them: [final norm, head], block L-1, ..., block 0, [embeddings]. Each is
+// contiguous and adjacent to the next, and together they cover the flat layout.
+std::vector<std::pair<int64_t, int64_t>> backward_units(const model::Dims& dims);
+// Data-parallel buckets: runs of consecutive units holding at least bucket_bytes of
+// fp32 gradients (the last may hold less); a bucket is reduced when backward has
+// completed its `last_unit`.
+struct GradientBucket {
+  int64_t begin = 0, end = 0;  // flat range
+  int last_unit = 0;
+};
+std::vector<GradientBucket> gradient_buckets(const std::vector<std::pair<int64_t, int64_t>>& units,
+                                             int64_t bucket_bytes);
+
 // True when this build has the CUDA backend (kumiko was configured with nvcc).
 bool cuda_built();
 // Devices visible (0 without a driver or without the CUDA backend).

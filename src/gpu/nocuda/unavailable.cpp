@@ -20,6 +20,8 @@ int run_kernel_benchmarks(const KernelBenchOptions&) {
   throw UserError(std::string("kumiko bench kernels: ") + kNoCuda);
 }
 
+size_t planned_device_bytes(const model::Dims&, int64_t, int64_t, const GpuOptions&) { return 0; }
+
 bool cuda_built() { return false; }
 
 int visible_devices() { return 0; }

@@ -8,6 +8,8 @@
 // K = 0. Epilogues: none, bias, bias_gelu with and without `pre` (checked too), and
 // accumulate onto random C with none and bias. Outputs start poisoned (NaN).
 // bias_backward: odd N and C, accumulation onto a random dbias, bitwise determinism.
+// The two bf16 kernels side by side: the mma.sync kernel (what gemm runs on aligned
+// operands) against the WMMA kernel (gemm_wmma), each against the reference and each other.
 #include <algorithm>
 #include <cstddef>
 #include <memory>
@@ -18,6 +20,7 @@
 #include "kernels/cpu/reference/activations.h"
 #include "kernels/cuda/cublaslt.cuh"
 #include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/gemm_mma.cuh"
 #include "kernels/cuda/linear.cuh"
 #include "tests/kernels/cpu/test_util.h"
 #include "tests/support/gpu_test.h"
@@ -30,6 +33,7 @@ using test::DeviceBuffer;
 using test::DeviceBytes;
 using test::expect_bitwise_equal;
 using test::expect_close;
+using test::OffsetBuffer;
 using test::random_vec;
 
 enum class Impl { kumiko, cublas };
@@ -191,6 +195,107 @@ INSTANTIATE_TEST_SUITE_P(Impls, Gemm, ::testing::Values(Impl::kumiko, Impl::cubl
                          [](const ::testing::TestParamInfo<Impl>& p) {
                            return std::string(p.param == Impl::kumiko ? "kumiko" : "cublas");
                          });
+
+// The mma.sync kernel against the WMMA kernel. Both sum in fp32 but in different orders, so
+// they agree to fp32 rounding (and bf16 outputs to one bf16 rounding), not bitwise: each is
+// checked against the double reference and the two against each other, within rtol.
+// Shapes: 384x256x200 in every layout (three block rows, two block columns, 7 k-tiles: the
+// 4-stage pipeline wraps, and the last k-tile is ragged) and, in NT (the only layout whose
+// eligibility leaves N free), 130x45x72: an odd N, which the mma kernel finishes element by
+// element, and a two-row last block row. Also through gemm with C one element off its
+// alignment: gemm then falls back to the WMMA kernel's cp.async path, which it otherwise no
+// longer takes.
+template <typename Tout>
+void check_mma_against_wmma(double rtol) {
+  struct Case {
+    Layout layout;
+    Shape s;
+  };
+  const Case cases[] = {{Layout::NT, {384, 256, 200}},
+                        {Layout::NN, {384, 256, 200}},
+                        {Layout::TN, {384, 256, 200}},
+                        {Layout::NT, {130, 45, 72}}};
+  struct Epi {
+    Epilogue epi;
+    bool accumulate;
+    const char* name;
+  };
+  const Epi epis[] = {{Epilogue::none, true, "none+C"},
+                      {Epilogue::bias, false, "bias"},
+                      {Epilogue::bias_gelu, false, "bias_gelu+pre"}};
+  uint32_t seed = 5000;
+  for (const Case& c : cases) {
+    const Shape& s = c.s;
+    const size_t MN = size_t(s.M * s.N);
+    const auto A = as_seen<bf16>(random_vec(size_t(s.M * s.K), ++seed));
+    const auto B = as_seen<bf16>(random_vec(size_t(s.K * s.N), ++seed));
+    const auto bias = as_seen<bf16>(random_vec(size_t(s.N), ++seed));
+    const auto C0 = as_seen<Tout>(random_vec(MN, ++seed));
+    const auto P = product(c.layout, s, A, B);
+    DeviceBuffer<bf16> dA(A), dB(B), dbias(bias);
+    for (const Epi& e : epis) {
+      const std::string what = std::string(layout_name(c.layout)) + " M=" + std::to_string(s.M) +
+                               " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K) + " " +
+                               e.name;
+      std::vector<double> pre_ref(MN);
+      for (int64_t m = 0; m < s.M; ++m)
+        for (int64_t n = 0; n < s.N; ++n) {
+          const size_t i = size_t(m * s.N + n);
+          double v = P[i];
+          if (e.accumulate) v += C0[i];
+          if (e.epi != Epilogue::none) v += bias[size_t(n)];
+          pre_ref[i] = v;
+        }
+      std::vector<double> ref = pre_ref;
+      if (e.epi == Epilogue::bias_gelu)
+        cpu::reference::gelu_forward(ref.data(), pre_ref.data(), int64_t(MN));
+
+      const GemmArgs args{c.layout, s.M, s.N, s.K, e.accumulate, e.epi};
+      const bf16* b = e.epi == Epilogue::none ? nullptr : dbias.get();
+      const bool with_pre = e.epi == Epilogue::bias_gelu;
+      DeviceBuffer<Tout> dC_mma(MN), dpre_mma(MN), dC_wmma(MN), dpre_wmma(MN);  // poisoned
+      if (e.accumulate) {
+        dC_mma.upload(C0);
+        dC_wmma.upload(C0);
+      }
+      Tout* const pre_mma = with_pre ? dpre_mma.get() : nullptr;
+      Tout* const pre_wmma = with_pre ? dpre_wmma.get() : nullptr;
+      ASSERT_TRUE(gemm_mma_supported<Tout>(args, dA.get(), dB.get(), dC_mma.get(), b, pre_mma))
+          << what;
+      gemm<bf16, Tout>(args, dA.get(), dB.get(), dC_mma.get(), b, pre_mma, cudaStream_t{});
+      gemm_wmma<Tout>(args, dA.get(), dB.get(), dC_wmma.get(), b, pre_wmma, cudaStream_t{});
+      const auto got_mma = dC_mma.download();
+      const auto got_wmma = dC_wmma.download();
+      expect_close(got_mma, ref, rtol, what + " mma");
+      expect_close(got_wmma, ref, rtol, what + " wmma");
+      expect_close(got_mma, got_wmma, rtol, what + " mma vs wmma");
+      if (with_pre) {
+        const auto pre_got_mma = dpre_mma.download();
+        const auto pre_got_wmma = dpre_wmma.download();
+        expect_close(pre_got_mma, pre_ref, rtol, what + " mma pre");
+        expect_close(pre_got_wmma, pre_ref, rtol, what + " wmma pre");
+        expect_close(pre_got_mma, pre_got_wmma, rtol, what + " mma vs wmma pre");
+      }
+
+      auto dC_off = e.accumulate ? OffsetBuffer<Tout>(C0, 1) : OffsetBuffer<Tout>(MN, 1);
+      ASSERT_FALSE(gemm_mma_supported<Tout>(args, dA.get(), dB.get(), dC_off.get(), b, nullptr))
+          << what;
+      gemm<bf16, Tout>(args, dA.get(), dB.get(), dC_off.get(), b, nullptr, cudaStream_t{});
+      expect_close(dC_off.download(), ref, rtol, what + " misaligned C (wmma)");
+    }
+  }
+}
+
+// Tolerances as Gemm.Bf16Bf16 and Gemm.Bf16Float (K = 200 fp32 sums: ~1e-6 relative).
+TEST(CudaGemmKernels, MmaMatchesWmmaBf16) {
+  KUMIKO_REQUIRE_GPU();
+  check_mma_against_wmma<bf16>(1e-2);
+}
+
+TEST(CudaGemmKernels, MmaMatchesWmmaFloat) {
+  KUMIKO_REQUIRE_GPU();
+  check_mma_against_wmma<float>(1e-4);
+}
 
 // dbias (random start) += column sums of dy; returns dbias.
 template <typename T>
