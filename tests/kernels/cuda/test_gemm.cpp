@@ -202,7 +202,9 @@ INSTANTIATE_TEST_SUITE_P(Impls, Gemm, ::testing::Values(Impl::kumiko, Impl::cubl
 // Shapes: 384x256x200 in every layout (three block rows, two block columns, 7 k-tiles: the
 // 4-stage pipeline wraps, and the last k-tile is ragged) and, in NT (the only layout whose
 // eligibility leaves N free), 130x45x72: an odd N, which the mma kernel finishes element by
-// element, and a two-row last block row. Also through gemm with C one element off its
+// element, and a two-row last block row; TN 136x72x45: a K that is not a multiple of 8 (TN
+// leaves K free; the k-rows past K are zero-filled one by one in both operands); NN
+// 45x136x40: an odd M (NN leaves M free). Also through gemm with C one element off its
 // alignment: gemm then falls back to the WMMA kernel's cp.async path, which it otherwise no
 // longer takes.
 template <typename Tout>
@@ -214,7 +216,9 @@ void check_mma_against_wmma(double rtol) {
   const Case cases[] = {{Layout::NT, {384, 256, 200}},
                         {Layout::NN, {384, 256, 200}},
                         {Layout::TN, {384, 256, 200}},
-                        {Layout::NT, {130, 45, 72}}};
+                        {Layout::NT, {130, 45, 72}},
+                        {Layout::TN, {136, 72, 45}},
+                        {Layout::NN, {45, 136, 40}}};
   struct Epi {
     Epilogue epi;
     bool accumulate;
