@@ -80,7 +80,9 @@ train_rate() {  # label matmul attention
   # Median tokens/s and MFU over steps 4..15 (the first steps warm up).
   local stats
   stats=$(python3 - "$dir/metrics.jsonl" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
+if not os.path.exists(sys.argv[1]):
+    sys.exit(0)
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
 rows = [r for r in rows if r["step"] >= 4]
 if rows:
