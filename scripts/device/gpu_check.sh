@@ -7,14 +7,19 @@
 #   2. kumiko bench kernels: each kernel next to cuBLASLt / cuDNN / the copy bandwidth;
 #   3. gpt2-124m training throughput (B=16, T=1024, bf16) with kumiko's kernels and with
 #      the vendor paths (cuBLASLt + cuDNN), and PyTorch on the same shape: tokens/s and MFU;
-# then prints one summary table. Logs and tables go to $OUT (or ./gpu-check-out).
+# then prints one summary table. The tables and logs.tar.gz go to $OUT (or
+# ./gpu-check-out).
 # Budget: under 8 minutes when all goes well; every step has its own timeout (at most
-# 550 s in all), so a hang still leaves the tables of the steps before it.
+# 540 s in all), so a hang still leaves the tables of the steps before it.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 OUT="${OUT:-$ROOT/gpu-check-out}"
 mkdir -p "$OUT"
+# Every log goes to $LOGS, packed into $OUT/logs.tar.gz at the end (the device tool
+# brings back only a few files from $OUT).
+LOGS=/tmp/kumiko-gpu-check-logs
+rm -rf "$LOGS" && mkdir -p "$LOGS"
 [ -f .device/kumiko-device.tar.xz ] || { echo "gpu_check: .device/kumiko-device.tar.xz missing: run scripts/device/build_for_device.sh on the build machine and carry .device" >&2; exit 2; }
 # Unpack the binaries and their Debian libraries (Python's tarfile: no xz tool needed).
 DEV=/tmp/kumiko-device
@@ -49,23 +54,45 @@ case "$GPU" in
 esac
 
 summary=()
-run_tests() {  # name binary timeout
-  local log="$OUT/$1.log"
-  timeout "$3" "$DEV/bin/$2" --gtest_brief=1 >"$log" 2>&1
-  local rc=$?
-  local passed failed skipped
-  passed=$(grep -oP '\[  PASSED  \] \K[0-9]+' "$log" | tail -1)
-  failed=$(grep -oP '\[  FAILED  \] \K[0-9]+(?= test)' "$log" | tail -1)
-  skipped=$(grep -oP '\[  SKIPPED \] \K[0-9]+' "$log" | tail -1)
-  summary+=("tests $1: rc=$rc passed=${passed:-0} failed=${failed:-0} skipped=${skipped:-0}")
-  grep -E '^\[  FAILED  \]|Failure|error' "$log" | head -40
+# Each test suite in its own process: a kernel that faults (an illegal address poisons
+# the CUDA context) then loses only its own suite. A failed suite is rerun under
+# compute-sanitizer's memcheck when the toolkit has it, for the exact faulting access.
+SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+run_tests() {  # binary budget_seconds
+  local bin="$DEV/bin/$1" deadline=$((SECONDS + $2)) suites suite log rc
+  local passed=0 failed=0 skipped=0 crashed=""
+  suites=$("$bin" --gtest_list_tests 2>/dev/null | grep -v '^ ' | grep '\.$' | grep -v '^Running')
+  for suite in $suites; do
+    local left=$((deadline - SECONDS))
+    if [ "$left" -le 5 ]; then crashed="$crashed ${suite%.}(no time left)"; continue; fi
+    log="$LOGS/$1-${suite//\//_}log"
+    timeout "$left" "$bin" --gtest_filter="${suite}*" --gtest_brief=1 >"$log" 2>&1
+    rc=$?
+    local p k f
+    p=$(grep -oP '\[  PASSED  \] \K[0-9]+' "$log" | tail -1)
+    k=$(grep -oP '\[  SKIPPED \] \K[0-9]+' "$log" | tail -1)
+    f=$(grep -oP '\[  FAILED  \] \K[0-9]+(?= test)' "$log" | tail -1)
+    passed=$((passed + ${p:-0}))
+    skipped=$((skipped + ${k:-0}))
+    failed=$((failed + ${f:-0}))
+    if [ "$rc" -ne 0 ]; then
+      [ -z "$f" ] && crashed="$crashed ${suite%.}(rc=$rc)"
+      grep -E '^\[  FAILED  \]|Failure|error|Error' "$log" | head -12
+      if [ -n "$SANITIZER" ] && [ $((deadline - SECONDS)) -gt 30 ]; then
+        timeout 30 "$SANITIZER" --tool memcheck --print-limit 5 "$bin" --gtest_filter="${suite}*" \
+          >"${log%.log}.memcheck.log" 2>&1
+        grep -E '^=========' "${log%.log}.memcheck.log" | head -8
+      fi
+    fi
+  done
+  summary+=("tests $1: passed=$passed failed=$failed skipped=$skipped${crashed:+ crashed/unrun:$crashed}")
 }
 echo "== gpu tests"
-run_tests kernels_cuda_test kernels_cuda_test 120
-run_tests gpu_model_test gpu_model_test 120
+run_tests kernels_cuda_test 130
+run_tests gpu_model_test 110
 
 echo "== kumiko bench kernels"
-timeout 100 $DEV/bin/kumiko bench kernels --markdown "$OUT/kernels.md" 2>&1 | tee "$OUT/bench.log"
+timeout 90 $DEV/bin/kumiko bench kernels --markdown "$OUT/kernels.md" 2>&1 | tee "$LOGS/bench.log"
 
 echo "== gpt2-124m training throughput (B=16, T=1024, bf16, random tokens)"
 train_rate() {  # label matmul attention
@@ -75,7 +102,7 @@ train_rate() {  # label matmul attention
     --data.seq_len=1024 --train.global_batch=16 --train.micro_batch=16 --train.steps=15 --train.warmup_steps=2 \
     --train.eval_every=0 --checkpoint.every_steps=0 --checkpoint.dir="$dir/ckpt" --log.run_dir="$dir" \
     --log.every_steps=5 --parallel.zero=0 --backend.device=cuda --backend.dtype=bf16 --backend.matmul="$2" \
-    --backend.attention="$3" --backend.peak_gflops=$PEAK >"$OUT/train-$1.log" 2>&1
+    --backend.attention="$3" --backend.peak_gflops=$PEAK >"$LOGS/train-$1.log" 2>&1
   local rc=$?
   # Median tokens/s and MFU over steps 4..15 (the first steps warm up).
   local stats
@@ -91,7 +118,7 @@ if rows:
 PY
 )
   summary+=("train gpt2-124m bf16 $1: rc=$rc ${stats:-no metrics (see train-$1.log)}")
-  tail -3 "$OUT/train-$1.log"
+  tail -3 "$LOGS/train-$1.log"
 }
 train_rate kumiko kumiko kumiko
 train_rate vendor cublas cudnn
@@ -100,7 +127,7 @@ train_rate vendor cublas cudnn
 # attention, fused AdamW, the same model (scripts/reference/torch_model.py).
 echo "== PyTorch gpt2-124m (same shape)"
 torch_rate=$(timeout 70 python3 scripts/bench/torch_train.py --arch gpt2 --layers 12 --heads 12 --d-model 768 \
-  --seq 1024 --batch 16 --vocab 50304 --steps 12 --warmup 3 --device cuda --amp bf16 2>"$OUT/torch.log" \
+  --seq 1024 --batch 16 --vocab 50304 --steps 12 --warmup 3 --device cuda --amp bf16 2>"$LOGS/torch.log" \
   | sed -n 's/^tokens_per_s=//p')
 if [ -n "$torch_rate" ]; then
   # MFU with kumiko's FLOP count (6 N_matmul + 12 L H D T per token, docs/training.md).
@@ -108,10 +135,11 @@ if [ -n "$torch_rate" ]; then
   summary+=("train gpt2-124m bf16 pytorch $(python3 -c 'import torch; print(torch.__version__)'): ${torch_rate%.*} tok/s, MFU ${mfu}%")
 else
   summary+=("train gpt2-124m bf16 pytorch: failed (see torch.log)")
-  tail -5 "$OUT/torch.log"
+  tail -5 "$LOGS/torch.log"
 fi
 
 echo
 echo "== summary ($GPU, $(date -u +%Y-%m-%d))"
 [ -f "$OUT/kernels.md" ] && cat "$OUT/kernels.md"
 printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
+tar -C "$LOGS" -czf "$OUT/logs.tar.gz" .
