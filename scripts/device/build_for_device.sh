@@ -30,6 +30,9 @@ ldd "$STAGE"/bin/* | awk '/=> \// {print $3}' | sort -u | while read -r lib; do
 done
 echo "packing (xz, about a minute)..."
 tar -C "$STAGE" -cf - bin lib | xz -9 -T"${KUMIKO_JOBS:-$(nproc)}" > .device/kumiko-device.tar.xz
-git rev-parse HEAD > .device/commit 2>/dev/null || true
+# The commit, marked when the tree had changes (then the binaries are not that commit).
+rev=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- 2>/dev/null || rev="$rev+uncommitted"
+echo "$rev" > .device/commit
 du -sh .device/kumiko-device.tar.xz
 echo "ready: carry .device and run scripts/device/gpu_check.sh on the GPU machine"

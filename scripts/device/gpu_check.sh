@@ -9,8 +9,10 @@
 #      the vendor paths (cuBLASLt + cuDNN), and PyTorch on the same shape: tokens/s and MFU;
 # then prints one summary table. The tables and logs.tar.gz go to $OUT (or
 # ./gpu-check-out).
-# Budget: under 8 minutes when all goes well; every step has its own timeout (at most
-# 540 s in all), so a hang still leaves the tables of the steps before it.
+# Budget: under 8 minutes when all goes well; every step has its own timeout (TERM, then
+# KILL 5 s later) and all of them end by GPU_CHECK_BUDGET seconds (default 540) after
+# the start, so a hang still leaves the tables of the steps before it. summary.txt and
+# logs.tar.gz in $OUT are rewritten after every step (a run cut off keeps them).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -20,85 +22,133 @@ mkdir -p "$OUT"
 # brings back only a few files from $OUT).
 LOGS=/tmp/kumiko-gpu-check-logs
 rm -rf "$LOGS" && mkdir -p "$LOGS"
-[ -f .device/kumiko-device.tar.xz ] || { echo "gpu_check: .device/kumiko-device.tar.xz missing: run scripts/device/build_for_device.sh on the build machine and carry .device" >&2; exit 2; }
+rm -f "$OUT/summary.txt" "$OUT/kernels.md"
+END=$((SECONDS + ${GPU_CHECK_BUDGET:-540} - 10))  # 10 s kept for the summary and the archive
+# Seconds a step may run: its own cap, less when the overall budget is short.
+step_time() {
+  local left=$((END - SECONDS))
+  [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
+}
+summary=()
+note() {  # one summary line, kept in $OUT at once
+  summary+=("$1")
+  printf '%s\n' "$1" >>"$OUT/summary.txt"
+}
+pack_logs() { tar -C "$LOGS" -czf "$OUT/logs.tar.gz" . 2>/dev/null || true; }
+fail() { echo "$1" >&2; note "$1"; pack_logs; exit 2; }
+[ -f .device/kumiko-device.tar.xz ] || fail "gpu_check: .device/kumiko-device.tar.xz missing: run scripts/device/build_for_device.sh on the build machine and carry .device"
 # Unpack the binaries and their Debian libraries (Python's tarfile: no xz tool needed).
 DEV=/tmp/kumiko-device
 rm -rf "$DEV" && mkdir -p "$DEV"
-python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' .device/kumiko-device.tar.xz "$DEV" || exit 2
+python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' .device/kumiko-device.tar.xz "$DEV" ||
+  fail "gpu_check: cannot unpack .device/kumiko-device.tar.xz"
 echo "binaries built from commit $(cat .device/commit 2>/dev/null || echo unknown); tree at $(git rev-parse HEAD 2>/dev/null || echo unknown)"
 
+# Python (PyTorch) runs with this machine's own library path: the Debian libstdc++,
+# libssl, libffi ... in $DEV/lib are for kumiko's binaries only.
+if [ -n "${LD_LIBRARY_PATH:-}" ]; then PYENV=(env LD_LIBRARY_PATH="$LD_LIBRARY_PATH"); else PYENV=(env -u LD_LIBRARY_PATH); fi
 # CUDA's libraries come from this machine: the toolkit and/or the pip wheels
-# (nvidia-cublas, nvidia-cudnn-cu13, nvidia-nccl-cu13, nvidia-cuda-runtime).
+# (nvidia-cublas, nvidia-cudnn-cu13, nvidia-nccl-cu13, nvidia-cuda-runtime; CUDA 13
+# wheels keep theirs in nvidia/cu13/lib): every folder holding lib*.so*, not stubs.
 LIBS="$DEV/lib"
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && LIBS="$LIBS:$d"; done
-NV=$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2>/dev/null || true)
-if [ -n "$NV" ]; then
-  LIBS="$LIBS:$(find "$NV" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)"
-fi
-export LD_LIBRARY_PATH="$LIBS:${LD_LIBRARY_PATH:-}"
+while IFS= read -r d; do
+  [ -n "$d" ] && LIBS="$LIBS:$d"
+done < <(python3 -c 'import nvidia; print("\n".join(nvidia.__path__))' 2>/dev/null |
+  while IFS= read -r nv; do [ -d "$nv" ] && find "$nv" -name 'lib*.so*' -not -path '*/stubs/*' -printf '%h\n'; done |
+  sort -u)
+export LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 export KUMIKO_SOURCE_DIR="$ROOT"
-if ldd $DEV/bin/* | grep -q "not found"; then
-  echo "gpu_check: unresolved shared libraries:" >&2
-  ldd $DEV/bin/* | grep "not found" | sort -u >&2
-  exit 2
+ldd "$DEV"/bin/* >"$LOGS/ldd.log" 2>&1
+# Debian 12's libstdc++ and libgcc_s need glibc 2.36 and 2.35 (arc4random,
+# _dl_find_object): on an older glibc (Ubuntu 22.04: 2.35) use this machine's own.
+if grep -q "GLIBC_[0-9.]*' not found" "$LOGS/ldd.log"; then
+  mkdir -p "$DEV/lib-unused"
+  mv "$DEV/lib/libstdc++.so.6" "$DEV/lib/libgcc_s.so.1" "$DEV/lib-unused/" 2>/dev/null
+  echo "gpu_check: this glibc is older than Debian 12's: using the system libstdc++ and libgcc_s"
+  ldd "$DEV"/bin/* >"$LOGS/ldd.log" 2>&1
+fi
+if grep -q "not found" "$LOGS/ldd.log"; then
+  fail "gpu_check: unresolved shared libraries: $(grep "not found" "$LOGS/ldd.log" | sort -u | tr -s ' \t\n' ' ')"
 fi
 
-GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
+GPU=$(timeout -k 5 30 nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+timeout -k 5 30 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv |
+  tee "$OUT/gpu.txt"
 # Dense bf16 tensor-core peak for MFU (NVIDIA datasheets, SXM parts): H100 and H200 989 TFLOP/s.
 case "$GPU" in
   *H100*PCIe*) PEAK=756000 ;;
+  *H100*NVL*|*H200*NVL*) PEAK=835000 ;;
   *H100*|*H200*) PEAK=989000 ;;
   *A100*) PEAK=312000 ;;
   *) PEAK=0 ;;
 esac
 
-summary=()
 # Each test suite in its own process: a kernel that faults (an illegal address poisons
 # the CUDA context) then loses only its own suite. A failed suite is rerun under
 # compute-sanitizer's memcheck when the toolkit has it, for the exact faulting access.
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 run_tests() {  # binary budget_seconds
-  local bin="$DEV/bin/$1" deadline=$((SECONDS + $2)) suites suite log rc
+  local bin="$DEV/bin/$1" deadline=$((SECONDS + $(step_time "$2"))) suites suite log rc
   local passed=0 failed=0 skipped=0 crashed=""
-  suites=$("$bin" --gtest_list_tests 2>/dev/null | grep -v '^ ' | grep '\.$' | grep -v '^Running')
+  # Suite lines: "Suite." or "Prefix/Suite/0.  # TypeParam = ..." (test lines are indented).
+  suites=$(timeout -k 5 30 "$bin" --gtest_list_tests 2>"$LOGS/$1-list.log" | awk '/^[^ ]/ && $1 ~ /\.$/ {print $1}')
+  rc=$?
+  if [ -z "$suites" ]; then
+    note "tests $1: no test suites listed (rc=$rc, see $1-list.log)"
+    tail -5 "$LOGS/$1-list.log"
+    return
+  fi
   for suite in $suites; do
     local left=$((deadline - SECONDS))
     if [ "$left" -le 5 ]; then crashed="$crashed ${suite%.}(no time left)"; continue; fi
     log="$LOGS/$1-${suite//\//_}log"
-    timeout "$left" "$bin" --gtest_filter="${suite}*" --gtest_brief=1 >"$log" 2>&1
+    timeout -k 5 "$left" "$bin" --gtest_filter="${suite}*" --gtest_brief=1 >"$log" 2>&1
     rc=$?
     local p k f
-    p=$(grep -oP '\[  PASSED  \] \K[0-9]+' "$log" | tail -1)
-    k=$(grep -oP '\[  SKIPPED \] \K[0-9]+' "$log" | tail -1)
-    f=$(grep -oP '\[  FAILED  \] \K[0-9]+(?= test)' "$log" | tail -1)
+    p=$(sed -n 's/^\[  PASSED  \] \([0-9][0-9]*\) test.*/\1/p' "$log" | tail -1)
+    k=$(sed -n 's/^\[  SKIPPED \] \([0-9][0-9]*\) test.*/\1/p' "$log" | tail -1)
+    f=$(sed -n 's/^\[  FAILED  \] \([0-9][0-9]*\) test.*/\1/p' "$log" | tail -1)
     passed=$((passed + ${p:-0}))
     skipped=$((skipped + ${k:-0}))
     failed=$((failed + ${f:-0}))
     if [ "$rc" -ne 0 ]; then
       [ -z "$f" ] && crashed="$crashed ${suite%.}(rc=$rc)"
       grep -E '^\[  FAILED  \]|Failure|error|Error' "$log" | head -12
-      if [ -n "$SANITIZER" ] && [ $((deadline - SECONDS)) -gt 30 ]; then
-        timeout 30 "$SANITIZER" --tool memcheck --print-limit 5 "$bin" --gtest_filter="${suite}*" \
+      # (not after a timeout, 124/137: under memcheck the hang would only be slower)
+      if [ -n "$SANITIZER" ] && [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ] && [ $((deadline - SECONDS)) -gt 30 ]; then
+        timeout -k 5 30 "$SANITIZER" --tool memcheck --print-limit 5 "$bin" --gtest_filter="${suite}*" \
           >"${log%.log}.memcheck.log" 2>&1
         grep -E '^=========' "${log%.log}.memcheck.log" | head -8
       fi
     fi
   done
-  summary+=("tests $1: passed=$passed failed=$failed skipped=$skipped${crashed:+ crashed/unrun:$crashed}")
+  note "tests $1: passed=$passed failed=$failed skipped=$skipped${crashed:+ crashed/unrun:$crashed}"
+  pack_logs
 }
 echo "== gpu tests"
 run_tests kernels_cuda_test 130
 run_tests gpu_model_test 110
 
 echo "== kumiko bench kernels"
-timeout 90 $DEV/bin/kumiko bench kernels --markdown "$OUT/kernels.md" 2>&1 | tee "$LOGS/bench.log"
+t=$(step_time 90)
+if [ "$t" -ge 15 ]; then
+  timeout -k 5 "$t" "$DEV/bin/kumiko" bench kernels --markdown "$OUT/kernels.md" 2>&1 | tee "$LOGS/bench.log"
+  rc=${PIPESTATUS[0]}
+  note "bench kernels: rc=$rc$([ -f "$OUT/kernels.md" ] || echo ', no table (see bench.log)')"
+else
+  note "bench kernels: not run (no time left)"
+fi
+pack_logs
 
 echo "== gpt2-124m training throughput (B=16, T=1024, bf16, random tokens)"
 train_rate() {  # label matmul attention
-  local dir=/tmp/kumiko-gpu-check-$1
+  local dir=/tmp/kumiko-gpu-check-$1 t
   rm -rf "$dir"
-  timeout 70 $DEV/bin/kumiko train --config configs/gpt2-124m.ini --data.synthetic=true \
+  t=$(step_time 70)
+  if [ "$t" -lt 20 ]; then note "train gpt2-124m bf16 $1: not run (no time left)"; return; fi
+  timeout -k 5 "$t" "$DEV/bin/kumiko" train --config configs/gpt2-124m.ini --data.synthetic=true \
     --data.seq_len=1024 --train.global_batch=16 --train.micro_batch=16 --train.steps=15 --train.warmup_steps=2 \
     --train.eval_every=0 --checkpoint.every_steps=0 --checkpoint.dir="$dir/ckpt" --log.run_dir="$dir" \
     --log.every_steps=5 --parallel.zero=0 --backend.device=cuda --backend.dtype=bf16 --backend.matmul="$2" \
@@ -106,7 +156,8 @@ train_rate() {  # label matmul attention
   local rc=$?
   # Median tokens/s and MFU over steps 4..15 (the first steps warm up).
   local stats
-  stats=$(python3 - "$dir/metrics.jsonl" <<'PY'
+  cp "$dir/metrics.jsonl" "$LOGS/metrics-$1.jsonl" 2>/dev/null
+  stats=$("${PYENV[@]}" python3 - "$dir/metrics.jsonl" <<'PY'
 import json, os, statistics, sys
 if not os.path.exists(sys.argv[1]):
     sys.exit(0)
@@ -117,8 +168,10 @@ if rows:
           100 * statistics.median(r["mfu"] for r in rows), statistics.median(r["step_s"] for r in rows)))
 PY
 )
-  summary+=("train gpt2-124m bf16 $1: rc=$rc ${stats:-no metrics (see train-$1.log)}")
+  note "train gpt2-124m bf16 $1: rc=$rc ${stats:-no metrics (see train-$1.log)}"
   tail -3 "$LOGS/train-$1.log"
+  rm -rf "$dir"  # its checkpoint and weights files (about 2.5 GB)
+  pack_logs
 }
 train_rate kumiko kumiko kumiko
 train_rate vendor cublas cudnn
@@ -126,20 +179,25 @@ train_rate vendor cublas cudnn
 # The peer users would otherwise pick: PyTorch eager, bf16 autocast, SDPA (flash)
 # attention, fused AdamW, the same model (scripts/reference/torch_model.py).
 echo "== PyTorch gpt2-124m (same shape)"
-torch_rate=$(timeout 70 python3 scripts/bench/torch_train.py --arch gpt2 --layers 12 --heads 12 --d-model 768 \
+torch_rate=""
+t=$(step_time 70)
+[ "$t" -ge 20 ] && torch_rate=$(timeout -k 5 "$t" "${PYENV[@]}" python3 scripts/bench/torch_train.py --arch gpt2 --layers 12 --heads 12 --d-model 768 \
   --seq 1024 --batch 16 --vocab 50304 --steps 12 --warmup 3 --device cuda --amp bf16 2>"$LOGS/torch.log" \
   | sed -n 's/^tokens_per_s=//p')
 if [ -n "$torch_rate" ]; then
   # MFU with kumiko's FLOP count (6 N_matmul + 12 L H D T per token, docs/training.md).
-  mfu=$(python3 -c "L,C,V,T=12,768,50304,1024; f=6*(L*12*C*C+V*C)+12*L*C*T; print('%.1f' % (100*$torch_rate*f/($PEAK*1e9)) if $PEAK else 'n/a')")
-  summary+=("train gpt2-124m bf16 pytorch $(python3 -c 'import torch; print(torch.__version__)'): ${torch_rate%.*} tok/s, MFU ${mfu}%")
+  mfu=$("${PYENV[@]}" python3 -c "L,C,V,T=12,768,50304,1024; f=6*(L*12*C*C+V*C)+12*L*C*T; print('%.1f%%' % (100*$torch_rate*f/($PEAK*1e9)) if $PEAK else 'n/a')")
+  note "train gpt2-124m bf16 pytorch $(sed -n 's/^torch \([^ ]*\) threads=.*/\1/p' "$LOGS/torch.log" | head -1): ${torch_rate%.*} tok/s, MFU ${mfu}"
+elif [ "$t" -lt 20 ]; then
+  note "train gpt2-124m bf16 pytorch: not run (no time left)"
 else
-  summary+=("train gpt2-124m bf16 pytorch: failed (see torch.log)")
+  note "train gpt2-124m bf16 pytorch: failed (see torch.log)"
   tail -5 "$LOGS/torch.log"
 fi
+pack_logs
 
 echo
 echo "== summary ($GPU, $(date -u +%Y-%m-%d))"
 [ -f "$OUT/kernels.md" ] && cat "$OUT/kernels.md"
 printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
-tar -C "$LOGS" -czf "$OUT/logs.tar.gz" .
+pack_logs
