@@ -32,9 +32,13 @@ void add_version_command(CLI::App& app, Registry& registry) {
   CLI::App* sub = app.add_subcommand("version", "Print the version and the compiled-in backends");
   registry.add({sub, [] {
                   std::printf("kumiko 0.1.0\n");
-                  if (gpu::cuda_built())
-                    std::printf("cuda: compiled in, %d device(s) visible\n", gpu::visible_devices());
-                  else
+                  if (gpu::cuda_built()) {
+                    const int n = gpu::visible_devices();
+                    if (n < 0)
+                      std::printf("cuda: compiled in; the CUDA driver could not be initialised (no GPU here)\n");
+                    else
+                      std::printf("cuda: compiled in, %d device(s) visible\n", n);
+                  } else
                     std::printf("cuda: not compiled in\n");
                   return 0;
                 },

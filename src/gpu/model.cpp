@@ -717,6 +717,6 @@ size_t planned_device_bytes(const model::Dims& dims, int64_t batch, int64_t seq_
 
 bool cuda_built() { return true; }
 
-int visible_devices() { return std::max(0, cuda::device_count()); }
+int visible_devices() { return cuda::device_count(); }
 
 }  // namespace kumiko::gpu

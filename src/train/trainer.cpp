@@ -205,7 +205,26 @@ RunSummary Trainer::run() {
       AdamWSettings{cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});
   s.model->set_grad_ready_hook([&](int i) { s.dp->on_grad_ready(i); });
   if (on_gpu) {
-    s.gpu = gpu::make_gpu_model(dims, MB, T, {cfg.backend.dtype, cfg.backend.matmul, cfg.backend.attention});
+    // Every rank learns whether every rank got its GPU (a card without enough free
+    // memory on one node must not leave the others waiting in NCCL's setup).
+    std::string gpu_error;
+    bool user_error = false;
+    try {
+      s.gpu = gpu::make_gpu_model(dims, MB, T, {cfg.backend.dtype, cfg.backend.matmul, cfg.backend.attention});
+    } catch (const UserError& e) {
+      gpu_error = e.what();
+      user_error = true;
+    } catch (const Error& e) {
+      gpu_error = e.what();
+    }
+    int32_t failed[2] = {!gpu_error.empty(), user_error};
+    world_.all_reduce(failed, 2, comm::ReduceOp::max);
+    if (failed[0]) {
+      if (gpu_error.empty())
+        gpu_error = "backend.device = cuda: another rank could not set up its GPU (its own message says why)";
+      if (failed[1]) throw UserError(gpu_error);
+      throw Error(gpu_error);
+    }
     if (dp > 1) {
       s.dp_nccl = comm::make_nccl(s.grid->dp_group(), "dp-nccl");
       s.gpu->enable_data_parallel(s.dp_nccl.get(), static_cast<int64_t>(cfg.parallel.bucket_mb * 1e6));

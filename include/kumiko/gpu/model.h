@@ -101,7 +101,8 @@ std::vector<GradientBucket> gradient_buckets(const std::vector<std::pair<int64_t
 
 // True when this build has the CUDA backend (kumiko was configured with nvcc).
 bool cuda_built();
-// Devices visible (0 without a driver or without the CUDA backend).
+// Devices visible: 0 without the CUDA backend or without devices, -1 when the CUDA
+// driver cannot be initialised (no driver, or one too old for this build).
 int visible_devices();
 
 }  // namespace kumiko::gpu
