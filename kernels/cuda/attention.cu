@@ -37,6 +37,8 @@
 // Dispatch: bf16 calls with D = 64 or 128 and 16-byte aligned pointers run on the tensor-core
 // kernels of attention_tc.cu (after this file's delta pre-pass in the backward); everything
 // else runs here. attention_*_simt force this file's kernels (tests compare the two paths).
+#include <string>
+
 #include "kernels/cuda/attention.cuh"
 
 #include <climits>
@@ -44,6 +46,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/attention_tc.cuh"
+#include "kernels/cuda/vector_util.cuh"
 #include "kumiko/core/error.h"
 
 namespace kumiko::cuda {
@@ -187,16 +190,6 @@ __device__ __forceinline__ void store_block(T* dst, int64_t stride, int n_rows, 
   }
 }
 
-__device__ __forceinline__ float sum16(float v) {
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float max16(float v) {
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads)
@@ -248,7 +241,7 @@ __global__ void __launch_bounds__(kThreads)
         p[a][c] = (j0 + tx + 16 * c > i) ? -INFINITY : p[a][c] * s.scale_log2;
         mx = fmaxf(mx, p[a][c]);
       }
-      const float m_new = fmaxf(m[a], max16(mx));
+      const float m_new = fmaxf(m[a], warp_max<16>(mx));
       const float corr = exp2f(m[a] - m_new);  // 0 on the first tile (m = -inf)
       m[a] = m_new;
       float sum = 0.0f;
@@ -272,7 +265,7 @@ __global__ void __launch_bounds__(kThreads)
   float inv[4];
 #pragma unroll
   for (int a = 0; a < 4; ++a) {
-    const float total = sum16(l[a]);
+    const float total = warp_sum<16>(l[a]);
     inv[a] = 1.0f / total;
     const int i = i0 + ty * 4 + a;
     if (tx == 0 && i < s.T) lse[(int64_t(b) * s.Hq + h) * s.T + i] = (m[a] + log2f(total)) * kLn2;
@@ -478,18 +471,12 @@ Shape make_shape(int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D) {
   return s;
 }
 
-// Opts the kernel into `bytes` of dynamic shared memory (needed above 48 KiB), with a clear
-// error on devices that have less per block than the kernel needs.
+// Opts the kernel into `bytes` of dynamic shared memory, with a clear error on devices
+// that have less per block than the kernel needs.
 template <typename Kernel>
-void set_smem(Kernel kernel, size_t bytes, int64_t D) {
-  int device = 0, optin = 0;
-  KUMIKO_CUDA_CHECK(cudaGetDevice(&device));
-  KUMIKO_CUDA_CHECK(
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  KUMIKO_CHECK(bytes <= size_t(optin), "attention: head dim ", D, " needs ", bytes,
-               " bytes of shared memory per block; this device allows ", optin);
-  KUMIKO_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+void set_smem(Kernel* kernel, size_t bytes, int64_t D) {
+  const std::string what = "attention (head dim " + std::to_string(D) + ")";
+  vec::allow_dynamic_smem(kernel, bytes, what.c_str());
 }
 
 template <typename T, int D>

@@ -61,6 +61,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/cuda/vector_util.cuh"
 #include "kumiko/core/error.h"
 
 namespace kumiko::cuda {
@@ -68,6 +69,9 @@ namespace kumiko::cuda {
 namespace {
 
 namespace wmma = nvcuda::wmma;
+using vec::cp_async16;
+using vec::cp_async_commit;
+using vec::cp_async_wait;
 
 constexpr int kTile = 64;  // query rows per query tile, keys per key tile
 constexpr int kWarps = 4;  // warp w owns rows 16w..16w+15 of the block's tile
@@ -160,19 +164,6 @@ struct TcShape {
   float scale_log2;  // log2(e) / sqrt(D)
 };
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;  // 0: nothing is read, the 16 bytes are zero-filled
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
 
 // Issues the copy of rows [0, kTile) of a head slice (row r at src + r * stride, D
 // elements) into dst [kTile][LD]; rows >= n_rows are zero-filled and pass row 0 (a tile
@@ -695,18 +686,9 @@ TcShape make_tc_shape(int64_t T_, int64_t Hq, int64_t Hkv, int64_t D) {
   return s;
 }
 
-// Opts the kernel into `bytes` of dynamic shared memory (needed above 48 KiB), with a clear
-// error on devices that have less per block.
 template <typename Kernel>
-void set_smem(Kernel kernel, size_t bytes) {
-  int device = 0, optin = 0;
-  KUMIKO_CUDA_CHECK(cudaGetDevice(&device));
-  KUMIKO_CUDA_CHECK(
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  KUMIKO_CHECK(bytes <= size_t(optin), "attention (tensor cores) needs ", bytes,
-               " bytes of shared memory per block; this device allows ", optin);
-  KUMIKO_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+void set_smem(Kernel* kernel, size_t bytes) {
+  vec::allow_dynamic_smem(kernel, bytes, "attention (tensor cores)");
 }
 
 template <int D>

@@ -29,6 +29,7 @@
 // heuristic only on its first call; later calls only update the bias/aux pointers.
 // Calls are serialized by a mutex (the cached descriptors are updated per call); the one
 // workspace is shared, so calls on different streams must not run concurrently.
+#include "kernels/cuda/gelu.cuh"
 #include "kernels/cuda/cublaslt.cuh"
 
 #include <cublasLt.h>
@@ -64,10 +65,6 @@ uint32_t align_log2(const void* p) {
   return k;
 }
 
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-  return 0.5f * x * (1.0f + tanhf(u));
-}
 
 // The epilogue steps cuBLASLt did not do: C already holds acc (+ C) (+ bias when
 // !add_bias); adds bias[n] and/or applies GELU, writing pre first.

@@ -1,4 +1,4 @@
-// Casts, residual additions, scaling and poisoning, elementwise in fp32. Grid-stride
+// Casts and the residual addition, elementwise in fp32. Grid-stride
 // over vectors (16 bytes of the wider type) when every pointer is aligned to its
 // vector, element-wise otherwise (vec::launch_map). Each element is read and written
 // by one thread, inputs first, so outputs may alias inputs.
@@ -21,11 +21,6 @@ struct Plus {
   __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
 };
 
-struct Times {
-  float s;
-  __device__ __forceinline__ float operator()(float v) const { return v * s; }
-};
-
 }  // namespace
 
 template <typename Tout, typename Tin>
@@ -42,29 +37,14 @@ void cast(Tout* out, const Tin* in, int64_t n, cudaStream_t stream) {
 }
 
 template <typename T>
-void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t stream) {
-  vec::launch_map(Plus{}, out, {a, b}, n, stream);
-}
-
-template <typename T>
 void add_inplace(T* out, const T* a, int64_t n, cudaStream_t stream) {
   vec::launch_map(Plus{}, out, {out, a}, n, stream);
-}
-
-void scale_inplace(float* x, float s, int64_t n, cudaStream_t stream) {
-  vec::launch_map(Times{s}, x, {x}, n, stream);
-}
-
-void poison(void* p, size_t bytes, cudaStream_t stream) {
-  if (bytes > 0) KUMIKO_CUDA_CHECK(cudaMemsetAsync(p, 0xFF, bytes, stream));
 }
 
 template void cast<bf16, float>(bf16*, const float*, int64_t, cudaStream_t);
 template void cast<float, bf16>(float*, const bf16*, int64_t, cudaStream_t);
 template void cast<float, float>(float*, const float*, int64_t, cudaStream_t);
 template void cast<bf16, bf16>(bf16*, const bf16*, int64_t, cudaStream_t);
-template void add<float>(float*, const float*, const float*, int64_t, cudaStream_t);
-template void add<bf16>(bf16*, const bf16*, const bf16*, int64_t, cudaStream_t);
 template void add_inplace<float>(float*, const float*, int64_t, cudaStream_t);
 template void add_inplace<bf16>(bf16*, const bf16*, int64_t, cudaStream_t);
 

@@ -11,14 +11,11 @@ namespace kumiko::cuda {
 
 namespace {
 
-constexpr float kSqrt2OverPi = 0.7978845608028654f;
-constexpr float kCubic = 0.044715f;
+constexpr float kSqrt2OverPi = kGeluSqrt2OverPi;
+constexpr float kCubic = kGeluCubic;
 
 struct GeluForward {
-  __device__ __forceinline__ float operator()(float x) const {
-    const float u = kSqrt2OverPi * (x + kCubic * x * x * x);
-    return 0.5f * x * (1.0f + tanhf(u));
-  }
+  __device__ __forceinline__ float operator()(float x) const { return gelu_tanh(x); }
 };
 
 // dout gelu'(x), plus dx when accumulating (dx then a third input; when overwriting dx

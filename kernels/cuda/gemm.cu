@@ -35,6 +35,7 @@
 // GELU is the tanh approximation 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as
 // kumiko::cpu::gelu_forward; with bias_gelu, `pre` receives acc + bias in Tout and C the
 // GELU of the fp32 value.
+#include "kernels/cuda/gelu.cuh"
 #include "kernels/cuda/gemm.cuh"
 
 #include <mma.h>
@@ -43,6 +44,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/gemm_mma.cuh"
+#include "kernels/cuda/vector_util.cuh"
 #include "kumiko/core/error.h"
 
 namespace kumiko::cuda {
@@ -58,10 +60,6 @@ constexpr Storage b_storage(Layout l) { return l == Layout::NT ? Storage::RK : S
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-  return 0.5f * x * (1.0f + tanhf(u));
-}
 
 // ---------------------------------------------------------------------------------------
 // Epilogue shared by both kernels: W consecutive outputs of one row.
@@ -268,6 +266,9 @@ __global__ void __launch_bounds__(kThreads)
 namespace tc {
 
 namespace wmma = nvcuda::wmma;
+using vec::cp_async16;
+using vec::cp_async_commit;
+using vec::cp_async_wait;
 
 constexpr int BM = 128, BN = 128, BK = 32, PAD = 8;
 constexpr int kWarpsM = 2, kWarpsN = 4;
@@ -291,17 +292,6 @@ static_assert(kWarpsM * kWarpsN * 16 * kEpiLd * 4 <= kSmemBytes<Storage::KR, Sto
 static_assert(kTileElems<Storage::RK> * 2 % 32 == 0 && kTileElems<Storage::KR> * 2 % 32 == 0, "");
 static_assert(16 * kEpiLd * 4 % 32 == 0, "");
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;  // 0: nothing is read, the 16 bytes are zero-filled
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
 
 // Fast path: the k-tile of one operand as 512 16-byte chunks, two per thread. RK: chunk c
 // is row c/4, k (c%4)*8; KR: k c/16, rows (c%16)*8. Requires ld % 8 == 0 and a 16-byte

@@ -26,6 +26,7 @@
 //     of rows g and g+8 (g = lane / 4, t = lane % 4) and finishes them as gemm.cu's kernels
 //     do: (+C) (+bias) (pre, GELU), converted to Tout, as pairs when N is even,
 //     bounds-checked element by element otherwise.
+#include "kernels/cuda/gelu.cuh"
 #include "kernels/cuda/gemm_mma.cuh"
 
 #include "kernels/cuda/vector_util.cuh"
@@ -34,6 +35,9 @@
 namespace kumiko::cuda {
 
 namespace {
+using vec::cp_async16;
+using vec::cp_async_commit;
+using vec::cp_async_wait;
 
 constexpr int kThreads = 256;
 constexpr int BM = 128, BN = 128, BK = 32, kStages = 4;
@@ -55,11 +59,6 @@ enum class Storage { RK, KR };
 constexpr Storage a_storage(Layout l) { return l == Layout::TN ? Storage::KR : Storage::RK; }
 constexpr Storage b_storage(Layout l) { return l == Layout::NT ? Storage::RK : Storage::KR; }
 
-// Same formula as gemm.cu's epilogue (kumiko::cpu::gelu_forward's tanh approximation).
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-  return 0.5f * x * (1.0f + tanhf(u));
-}
 
 // Byte offset, within one operand's tile, of 16-byte chunk c of shared row r.
 // RK: r = row of M or N (0..127), 4 chunks of 8 k; KR: r = k (0..31), 16 chunks of 8 rows.
@@ -72,18 +71,6 @@ __device__ __forceinline__ uint32_t chunk_offset(int r, int c) {
   }
 }
 
-__device__ __forceinline__ void cp_async16(uint32_t smem, const void* gmem, bool valid) {
-  const int bytes = valid ? 16 : 0;  // 0: nothing is read, the 16 bytes are zero-filled
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
 
 // Four 8x8 b16 matrices; lane l supplies the address of row l % 8 of matrix l / 8 and
 // receives, of matrix i in r[i], row l / 4, columns 2 (l % 4) and +1 (with kTrans: column

@@ -8,7 +8,9 @@
 //     is not aligned (checked at run time by the launcher's caller); launch_map builds
 //     such an op from a function of each element's fp32 inputs and checks the alignment;
 //   - row chunks and the in-order chunk sum behind the deterministic dw/db reductions;
-//   - block_sum2 and the dynamic shared memory opt-in used by the block-per-row kernels.
+//   - block_sum2 and the dynamic shared memory opt-in used by the block-per-row kernels;
+//   - cp.async (16-byte global -> shared copies, zero-filled when out of range), its
+//     commit and wait, for the GEMM and attention pipelines.
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
@@ -19,6 +21,23 @@
 #include "kumiko/core/error.h"
 
 namespace kumiko::cuda::vec {
+
+// 16 bytes global -> shared without registers (.cg: cached in L2 only). valid = false
+// reads nothing and zero-fills the 16 bytes (gmem must still be a valid address).
+__device__ __forceinline__ void cp_async16(uint32_t smem, const void* gmem, bool valid) {
+  const int bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  cp_async16(static_cast<uint32_t>(__cvta_generic_to_shared(smem)), gmem, valid);
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most kPending of this thread's committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
 
 // Elements of T in one 16-byte access.
 template <typename T>

@@ -147,7 +147,6 @@ class Model final : public GpuModel {
   void adamw(const AdamWHyper& h, double grad_scale, int64_t step) override;
   void poison_gradient() override;
   std::string describe() const override;
-  size_t arena_bytes() const override { return arena_ ? arena_->capacity() : 0; }
 
  private:
   static constexpr bool kBf16 = std::is_same_v<T, bf16>;
@@ -222,10 +221,8 @@ class Model final : public GpuModel {
   // Data parallelism: units of parameters in the order backward completes them
   // (head and final norm, block L-1, ..., block 0, embeddings), each a contiguous
   // flat range; buckets are runs of consecutive units.
-  struct Bucket {
-    int64_t begin = 0, end = 0;  // flat range
-    int last_unit = 0;           // the bucket is complete when this unit is
-    std::unique_ptr<comm::Request> request;
+  struct Bucket : GradientBucket {
+    std::unique_ptr<comm::Request> request;  // the all-reduce in flight
   };
   std::vector<std::pair<int64_t, int64_t>> units_;
   comm::Communicator* nccl_ = nullptr;
@@ -597,13 +594,7 @@ void Model<T>::enable_data_parallel(comm::Communicator* nccl, int64_t bucket_byt
   }
   nccl_stream_ = static_cast<cudaStream_t>(comm::nccl_stream(*nccl_));
   buckets_.clear();
-  for (const auto& g : gradient_buckets(units_, bucket_bytes)) {
-    Bucket b;
-    b.begin = g.begin;
-    b.end = g.end;
-    b.last_unit = g.last_unit;
-    buckets_.push_back(std::move(b));
-  }
+  for (const auto& g : gradient_buckets(units_, bucket_bytes)) buckets_.push_back(Bucket{g, nullptr});
   for (auto e : bucket_events_) cudaEventDestroy(e);
   bucket_events_.assign(buckets_.size(), nullptr);
   for (auto& e : bucket_events_) KUMIKO_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));

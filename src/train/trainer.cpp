@@ -200,10 +200,13 @@ RunSummary Trainer::run() {
   stage = s.model->pipeline_stage();
   auto& params = s.model->params();
   params.initialize(cfg.train.seed);
-  s.dp = std::make_unique<parallel::DataParallel>(
-      s.grid->dp_group(), params, cfg.parallel.zero, static_cast<int64_t>(cfg.parallel.bucket_mb * 1e6),
-      AdamWSettings{cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});
-  s.model->set_grad_ready_hook([&](int i) { s.dp->on_grad_ready(i); });
+  // The CPU backend's optimizer and gradient reduction (with cuda both live on the GPU).
+  if (!on_gpu) {
+    s.dp = std::make_unique<parallel::DataParallel>(
+        s.grid->dp_group(), params, cfg.parallel.zero, static_cast<int64_t>(cfg.parallel.bucket_mb * 1e6),
+        AdamWSettings{cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});
+    s.model->set_grad_ready_hook([&](int i) { s.dp->on_grad_ready(i); });
+  }
   if (on_gpu) {
     // Every rank learns whether every rank got its GPU (a card without enough free
     // memory on one node must not leave the others waiting in NCCL's setup).
@@ -352,8 +355,10 @@ RunSummary Trainer::run() {
     model::scatter_logical(*s.model, values, params.flat_values().data());
     model::scatter_logical(*s.model, lm, m.data());
     model::scatter_logical(*s.model, lv, v.data());
-    s.dp->scatter_moments(m.data(), v.data());
-    s.dp->set_optimizer_steps(s.train.optimizer_steps);
+    if (s.dp) {
+      s.dp->scatter_moments(m.data(), v.data());
+      s.dp->set_optimizer_steps(s.train.optimizer_steps);
+    }
     if (s.gpu) {
       s.gpu->set_parameters(params.flat_values().data());  // resumed
       s.gpu->set_moments(m.data(), v.data());

@@ -30,7 +30,6 @@ class DeviceArena {
   void* take_bytes(size_t bytes);
   size_t used() const { return used_; }
   size_t capacity() const { return capacity_; }
-  bool counting() const { return base_ == nullptr; }
 
  private:
   char* base_ = nullptr;

@@ -68,7 +68,6 @@ class GpuModel {
   virtual void poison_gradient() = 0;
 
   virtual std::string describe() const = 0;  // device, dtype, paths, arena size
-  virtual size_t arena_bytes() const = 0;
 };
 
 // Selects the GPU (node-local rank % visible devices) and builds the model for
