@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kumiko needs to build, test and run. Idempotent:
 # packages already present are skipped without touching apt.
+#   scripts/install_deps.sh           build and run (the demo)
+#   scripts/install_deps.sh --tests   also what only the test suite uses: Slurm's
+#                                     daemons and client, for the train.sbatch test on a
+#                                     two-node Slurm cluster built on this machine
 set -euo pipefail
 
 PACKAGES=(
@@ -13,6 +17,11 @@ PACKAGES=(
   libopenblas-openmp-dev
   iproute2 procps python3   # test scripts: network namespaces, pgrep, metrics comparison
 )
+case "${1:-}" in
+  --tests) PACKAGES+=(slurmctld slurmd slurm-client) ;;  # tests/distributed/slurm
+  "") ;;
+  *) echo "install_deps: unknown option '$1' (expected --tests or nothing)" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${PACKAGES[@]}"; do

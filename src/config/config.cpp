@@ -296,6 +296,9 @@ void add_options(CLI::App& app, Config& config) {
         std::string description = help;
         if (choices != nullptr) description += std::string(" (") + choices + ")";
         CLI::Option* option = app.add_option(std::string("--") + key, field, description);
+        // A key given twice takes its last value, so that a wrapper script can pass a
+        // default that the user's own later option replaces (scripts/slurm/train.sbatch).
+        option->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
         option->capture_default_str();
         if constexpr (std::is_same_v<std::decay_t<decltype(field)>, bool>)
           option->default_str(field ? "true" : "false");

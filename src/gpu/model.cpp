@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -691,9 +692,11 @@ std::string Model<T>::describe() const {
 std::unique_ptr<GpuModel> make_gpu_model(const model::Dims& dims, int64_t batch, int64_t seq_len,
                                          const GpuOptions& options) {
   const int n = cuda::device_count();
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
   KUMIKO_USER_CHECK(n > 0, "backend.device = cuda: no CUDA device is visible to this process",
-                    n < 0 ? " (the CUDA driver could not be initialised)" : "",
-                    "; check CUDA_VISIBLE_DEVICES and nvidia-smi, or use backend.device = cpu");
+                    n < 0 ? " (the CUDA driver could not be initialised)" : "", "; CUDA_VISIBLE_DEVICES ",
+                    visible != nullptr ? detail::concat("= '", visible, "'") : std::string("is not set"),
+                    "; check nvidia-smi, or use backend.device = cpu");
   KUMIKO_CUDA_CHECK(cudaSetDevice(comm::local_rank_from_launcher() % n));
   KUMIKO_USER_CHECK(options.dtype == "fp32" || options.dtype == "bf16", "backend.dtype: '", options.dtype,
                     "' (expected fp32 or bf16)");

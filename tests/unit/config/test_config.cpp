@@ -90,6 +90,20 @@ TEST(ConfigParse, CommandLineWithoutFile) {
   EXPECT_TRUE(c.file_keys.empty());
 }
 
+TEST(ConfigParse, RepeatedKeyTakesLastValue) {
+  TempIni ini(kSample);
+  Config c;
+  ASSERT_EQ(parse(c, {"--log.run_dir=runs/a", "--config", ini.path(), "--train.lr=1e-2",
+                      "--log.run_dir", "runs/b", "--train.lr=2e-2"}),
+            "");
+  EXPECT_EQ(c.log.run_dir, "runs/b");
+  EXPECT_DOUBLE_EQ(c.train.lr, 2e-2);
+  // Every value is still checked, not only the one that is kept.
+  Config bad;
+  EXPECT_NE(parse(bad, {"--train.steps=abc", "--train.steps=10"}).find("--train.steps"),
+            std::string::npos);
+}
+
 // ---- errors in the file: every message names the file ---------------------------------
 
 std::string file_error(const std::string& text) {
