@@ -11,12 +11,15 @@
 #            every rank checkpoints and exits 75, the script requeues the job, the job
 #            starts again, resumes from the checkpoint and completes (exit 0). Its losses
 #            after the resume equal an uninterrupted job's within 1e-6 relative.
-#   gpus     --gpus-per-node=2 --ntasks-per-node=2: the script adds
-#            --backend.device=cuda; Slurm hands each rank CUDA_VISIBLE_DEVICES=0,1, which
+#   gpus     --gpus-per-node=1 --ntasks-per-node=1: the script adds
+#            --backend.device=cuda; Slurm hands each rank CUDA_VISIBLE_DEVICES=0, which
 #            the error names; every rank fails with the one-line error, the job ends
 #            FAILED with exit code 2 and is not requeued.
 #   cpu      the same GPU job with --backend.device=cpu: the script adds nothing and the
-#            4 ranks train on the CPUs to the end.
+#            ranks train on the CPUs to the end.
+# Every job runs one rank per node: with two ranks per node, Open MPI 4.1.4 under srun
+# here crashes inside MPI_Init in about 1 job step of 100-300, with or without kumiko
+# (docs/launch.md, "Known problems").
 # Skips with a message when not root, when network namespaces are refused, or when
 # Slurm is not installed (scripts/install_deps.sh --tests installs it).
 set -uo pipefail
@@ -174,31 +177,30 @@ PY
 fi
 
 # ---- gpus: the script picks cuda; no GPU here, so every rank fails with exit 2 -------
-gjob=$(submit gpus --nodes=2 --gpus-per-node=2 --ntasks-per-node=2 --cpus-per-task=1 -- \
-         --train.global_batch=16 --train.steps=20)
+gjob=$(submit gpus --nodes=2 --gpus-per-node=1 --ntasks-per-node=1 --cpus-per-task=1 -- --train.steps=20)
 wait_state "$gjob" 60 COMPLETED FAILED CANCELLED || bad "job $gjob did not end"
 out="$WORK/gpus/job.out"
-grep -q "2 GPU(s) per node: adding --backend.device=cuda --parallel.zero=0" "$out" ||
+grep -q "1 GPU(s) per node: adding --backend.device=cuda --parallel.zero=0" "$out" ||
   bad "job $gjob: the script did not switch to the cuda backend"
-errors=$(grep -c "kumiko: error (rank [0-3]): backend.device = cuda" "$out")
-[ "$errors" -eq 4 ] || bad "job $gjob: $errors of 4 ranks printed the cuda error"
+errors=$(grep -c "kumiko: error (rank [01]): backend.device = cuda" "$out")
+[ "$errors" -eq 2 ] || bad "job $gjob: $errors of 2 ranks printed the cuda error"
 if ! grep -q "built without the CUDA backend" "$out"; then   # a CUDA build names what Slurm gave
-  grep -q "CUDA_VISIBLE_DEVICES = '0,1'" "$out" || bad "job $gjob: the error does not name CUDA_VISIBLE_DEVICES = '0,1'"
+  grep -q "CUDA_VISIBLE_DEVICES = '0'" "$out" || bad "job $gjob: the error does not name CUDA_VISIBLE_DEVICES = '0'"
 fi
 [ "$(field "$gjob" JobState) $(field "$gjob" ExitCode) $(field "$gjob" Restarts)" = "FAILED 2:0 0" ] ||
   bad "job $gjob: $(field "$gjob" JobState) exit $(field "$gjob" ExitCode) restarts $(field "$gjob" Restarts), expected FAILED 2:0 0"
 note "job $gjob: $errors ranks refused cuda with one line each: $(grep -m1 'kumiko: error' "$out")"
 
 # ---- cpu: the caller keeps the CPUs on GPU nodes -------------------------------------
-cjob=$(submit cpu --nodes=2 --gpus-per-node=2 --ntasks-per-node=2 --cpus-per-task=1 -- \
-         --train.global_batch=16 --train.steps=20 --backend.device=cpu)
+cjob=$(submit cpu --nodes=2 --gpus-per-node=1 --ntasks-per-node=1 --cpus-per-task=1 -- \
+         --train.steps=20 --backend.device=cpu)
 wait_state "$cjob" 120 COMPLETED FAILED CANCELLED || bad "job $cjob did not end"
 grep -q "adding --backend.device" "$WORK/cpu/job.out" && bad "job $cjob: the script added a device despite --backend.device=cpu"
 [ "$(field "$cjob" JobState) $(field "$cjob" ExitCode)" = "COMPLETED 0:0" ] || bad "job $cjob did not complete"
 last=$(losses "$WORK/cpu/run/metrics.jsonl" | tail -n1 | cut -d' ' -f1)
 [ "$last" = "20" ] || bad "job $cjob: last logged step ${last:-none}, expected 20"
-grep -q "4 ranks" "$WORK/cpu/job.out" || bad "job $cjob: not 4 ranks"
-note "job $cjob: 4 ranks on 2 nodes trained 20 steps on the CPUs"
+grep -q "2 ranks" "$WORK/cpu/job.out" || bad "job $cjob: not 2 ranks"
+note "job $cjob: 2 ranks on 2 GPU nodes trained 20 steps on the CPUs"
 
 if [ $fail -ne 0 ]; then
   for f in "$WORK"/*/job.out; do echo "== $f"; tail -n 25 "$f"; done
