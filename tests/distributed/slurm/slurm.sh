@@ -31,6 +31,7 @@ for tool in ip nsenter unshare slurmctld slurmd sbatch squeue scontrol scancel; 
 done
 export NC_PREFIX="ks$(($$ % 100000))" NC_NET="10.79.$(($$ % 250))"
 "$CLUSTER" check || { echo "SKIP: 'ip netns add' is refused here (no CAP_SYS_ADMIN?)"; exit 0; }
+unshare --uts true 2>/dev/null || { echo "SKIP: 'unshare --uts' is refused here (nodes need their own hostname)"; exit 0; }
 rm -rf "$WORK"; mkdir -p "$WORK"/{state,log,spool/kn1,spool/kn2,tmp/kn1,tmp/kn2}
 trap '"$CLUSTER" down' EXIT
 "$CLUSTER" up 2 >/dev/null || { echo "FAIL: could not create the namespaces"; exit 1; }
