@@ -52,7 +52,9 @@ PY
 # rank_pid HOST RANK: the pid of that rank (a kumiko process inside the host's namespace)
 rank_pid() {
   for pid in $("$CLUSTER" pids "$1"); do
-    tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2" &&
+    # grep -z on the file itself: `tr | grep -q` under pipefail fails whenever grep
+    # exits before tr has written all of a large environment (SIGPIPE).
+    grep -qzx "OMPI_COMM_WORLD_RANK=$2" "/proc/$pid/environ" 2>/dev/null &&
       [ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" = "$KUMIKO_EXE" ] && { echo "$pid"; return; }
   done
 }

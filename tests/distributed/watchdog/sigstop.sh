@@ -19,7 +19,7 @@ for _ in $(seq 1 600); do
 done
 rank1=""
 for pid in $(pgrep -f "kumiko train .*--log.run_dir=$WORK/run"); do
-  tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1' && rank1=$pid
+  grep -qzx 'OMPI_COMM_WORLD_RANK=1' "/proc/$pid/environ" 2>/dev/null && rank1=$pid  # not tr | grep -q (SIGPIPE)
 done
 [ -n "$rank1" ] || { echo "FAIL: rank 1 not found"; cat "$WORK/log.txt"; exit 1; }
 kill -STOP "$rank1"
