@@ -79,16 +79,7 @@ constexpr size_t dq_smem() {
   return size_t(4 * kTile * ld<D>() + 2 * kTile) * sizeof(float);
 }
 
-struct Shape {
-  int T;             // sequence length
-  int Hq, Hkv;       // query and kv heads
-  int hd;            // actual head dim (<= the template D)
-  int group;         // Hq / Hkv
-  int64_t W;         // qkv row stride: (Hq + 2 * Hkv) * hd
-  int64_t OW;        // out / dout row stride: Hq * hd
-  float scale;       // 1 / sqrt(hd)
-  float scale_log2;  // log2(e) / sqrt(hd)
-};
+using Shape = AttentionShape;  // hd <= the template D
 
 // Rows [0, n_rows) of a head slice (row r at src + r * stride, hd elements) into the fp32
 // shared tile dst [kTile][D + 4]. Rows >= n_rows and columns >= hd are zero, so padding
@@ -528,7 +519,7 @@ void backward(bool allow_tc, T* dqkv, const T* dout, const T* qkv, const T* out,
   KUMIKO_CUDA_LAUNCH_CHECK();
   if constexpr (std::is_same_v<T, bf16>) {
     if (allow_tc && attention_tc_supported(T_, D, {dqkv, dout, qkv})) {
-      attention_backward_tc(dqkv, dout, qkv, lse, delta, B, T_, Hq, Hkv, D, stream);
+      attention_backward_tc(dqkv, dout, qkv, lse, delta, B, s, stream);
       return;
     }
   }
@@ -547,7 +538,7 @@ void attention_forward(T* out, float* lse, const T* qkv, int64_t B, int64_t T_, 
   if (B == 0 || T_ == 0) return;
   if constexpr (std::is_same_v<T, bf16>) {
     if (attention_tc_supported(T_, D, {out, qkv})) {
-      attention_forward_tc(out, lse, qkv, B, T_, Hq, Hkv, D, stream);
+      attention_forward_tc(out, lse, qkv, B, s, stream);
       return;
     }
   }

@@ -154,16 +154,7 @@ using FragBRow = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_majo
 using FragBCol = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;  // B^T [n][k]
 using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
-struct TcShape {
-  int T;             // sequence length
-  int Hq, Hkv;       // query and kv heads
-  int group;         // Hq / Hkv
-  int64_t W;         // qkv row stride: (Hq + 2 * Hkv) * D
-  int64_t OW;        // out / dout row stride: Hq * D
-  float scale;       // 1 / sqrt(D)
-  float scale_log2;  // log2(e) / sqrt(D)
-};
-
+using Shape = AttentionShape;  // hd equals the template D here
 
 // Issues the copy of rows [0, kTile) of a head slice (row r at src + r * stride, D
 // elements) into dst [kTile][LD]; rows >= n_rows are zero-filled and pass row 0 (a tile
@@ -333,7 +324,7 @@ __device__ __forceinline__ void store_rows(bf16* dst, int64_t stride, int n_rows
 
 template <int D>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
-    attention_forward_tc_kernel(bf16* out, float* lse, const bf16* qkv, TcShape s) {
+    attention_forward_tc_kernel(bf16* out, float* lse, const bf16* qkv, Shape s) {
   constexpr int LD = ld<D>(), NF = D / 16, TE = tile_elems<D>();
   extern __shared__ __align__(128) unsigned char smem[];
   SmemCursor cursor{smem};
@@ -447,7 +438,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
 template <int D>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
     attention_dkdv_tc_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                             const float* delta, TcShape s) {
+                             const float* delta, Shape s) {
   constexpr int LD = ld<D>(), NF = D / 16, TE = tile_elems<D>();
   extern __shared__ __align__(128) unsigned char smem[];
   SmemCursor cursor{smem};
@@ -563,7 +554,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
 template <int D>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
     attention_dq_tc_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                           const float* delta, TcShape s) {
+                           const float* delta, Shape s) {
   constexpr int LD = ld<D>(), NF = D / 16, TE = tile_elems<D>();
   extern __shared__ __align__(128) unsigned char smem[];
   SmemCursor cursor{smem};
@@ -672,27 +663,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
                 s.scale);
 }
 
-TcShape make_tc_shape(int64_t T_, int64_t Hq, int64_t Hkv, int64_t D) {
-  KUMIKO_CHECK(D == 64 || D == 128, "attention (tensor cores): head dim ", D, " is not 64 or 128");
-  TcShape s;
-  s.T = int(T_);
-  s.Hq = int(Hq);
-  s.Hkv = int(Hkv);
-  s.group = int(Hq / Hkv);
-  s.W = (Hq + 2 * Hkv) * D;
-  s.OW = Hq * D;
-  s.scale = float(1.0 / std::sqrt(double(D)));
-  s.scale_log2 = float(1.4426950408889634 / std::sqrt(double(D)));
-  return s;
-}
-
 template <typename Kernel>
 void set_smem(Kernel* kernel, size_t bytes) {
   vec::allow_dynamic_smem(kernel, bytes, "attention (tensor cores)");
 }
 
 template <int D>
-void launch_forward(bf16* out, float* lse, const bf16* qkv, int64_t B, const TcShape& s,
+void launch_forward(bf16* out, float* lse, const bf16* qkv, int64_t B, const Shape& s,
                     cudaStream_t stream) {
   const dim3 grid(unsigned(s.Hq), unsigned(B), unsigned(ceil_div(s.T, kTile)));
   set_smem(attention_forward_tc_kernel<D>, forward_smem<D>());
@@ -702,7 +679,7 @@ void launch_forward(bf16* out, float* lse, const bf16* qkv, int64_t B, const TcS
 
 template <int D>
 void launch_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                     const float* delta, int64_t B, const TcShape& s, cudaStream_t stream) {
+                     const float* delta, int64_t B, const Shape& s, cudaStream_t stream) {
   const unsigned tiles = unsigned(ceil_div(s.T, kTile));
   set_smem(attention_dkdv_tc_kernel<D>, dkdv_smem<D>());
   attention_dkdv_tc_kernel<D>
@@ -721,27 +698,24 @@ void launch_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const float*
 bool attention_tc_supported(int64_t T_, int64_t D, std::initializer_list<const void*> pointers) {
   if (D != 64 && D != 128) return false;
   if (ceil_div(T_, kTile) > 65535) return false;  // grid z
-  for (const void* p : pointers)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
-  return true;
+  return vec::aligned16(pointers);
 }
 
-void attention_forward_tc(bf16* out, float* lse, const bf16* qkv, int64_t B, int64_t T_, int64_t Hq,
-                          int64_t Hkv, int64_t D, cudaStream_t stream) {
-  const TcShape s = make_tc_shape(T_, Hq, Hkv, D);
-  if (B == 0 || T_ == 0) return;
-  if (D == 64)
+void attention_forward_tc(bf16* out, float* lse, const bf16* qkv, int64_t B, const AttentionShape& s,
+                          cudaStream_t stream) {
+  KUMIKO_CHECK(s.hd == 64 || s.hd == 128, "attention (tensor cores): head dim ", s.hd, " is not 64 or 128");
+  if (B == 0 || s.T == 0) return;
+  if (s.hd == 64)
     launch_forward<64>(out, lse, qkv, B, s, stream);
   else
     launch_forward<128>(out, lse, qkv, B, s, stream);
 }
 
 void attention_backward_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                           const float* delta, int64_t B, int64_t T_, int64_t Hq, int64_t Hkv,
-                           int64_t D, cudaStream_t stream) {
-  const TcShape s = make_tc_shape(T_, Hq, Hkv, D);
-  if (B == 0 || T_ == 0) return;
-  if (D == 64)
+                           const float* delta, int64_t B, const AttentionShape& s, cudaStream_t stream) {
+  KUMIKO_CHECK(s.hd == 64 || s.hd == 128, "attention (tensor cores): head dim ", s.hd, " is not 64 or 128");
+  if (B == 0 || s.T == 0) return;
+  if (s.hd == 64)
     launch_backward<64>(dqkv, dout, qkv, lse, delta, B, s, stream);
   else
     launch_backward<128>(dqkv, dout, qkv, lse, delta, B, s, stream);
