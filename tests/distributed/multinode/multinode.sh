@@ -29,25 +29,8 @@ tiny=(--config configs/tiny.ini --data.synthetic=true --model.n_layers=2 --model
 fail=0
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
-# losses FILE: "step loss" lines of a metrics.jsonl
-losses() { python3 -c 'import json,sys
-for l in open(sys.argv[1]):
-    r = json.loads(l)
-    if "loss" in r: print(r["step"], repr(r["loss"]))' "$1"; }
-
 # compare A B: same steps, losses within 1e-5 relative
-compare() {
-  python3 - "$1" "$2" <<'PY'
-import json, sys
-def read(p):
-    return {r["step"]: r["loss"] for r in map(json.loads, open(p)) if "loss" in r}
-a, b = read(sys.argv[1]), read(sys.argv[2])
-assert a and a.keys() == b.keys(), f"steps differ: {sorted(a)} vs {sorted(b)}"
-worst = max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
-print(f"{len(a)} steps, worst relative loss difference {worst:.2e}")
-sys.exit(0 if worst <= 1e-5 else 1)
-PY
-}
+compare() { python3 "$SRC/tests/support/metrics.py" compare "$1" "$2" --tol 1e-5; }
 
 # rank_pid HOST RANK: the pid of that rank (a kumiko process inside the host's namespace)
 rank_pid() {

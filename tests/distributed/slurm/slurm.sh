@@ -34,6 +34,7 @@ export NC_PREFIX="ks$(($$ % 100000))" NC_NET="10.79.$(($$ % 250))"
 unshare --uts true 2>/dev/null || { echo "SKIP: 'unshare --uts' is refused here (nodes need their own hostname)"; exit 0; }
 rm -rf "$WORK"; mkdir -p "$WORK"/{state,log,spool/kn1,spool/kn2,tmp/kn1,tmp/kn2}
 trap '"$CLUSTER" down' EXIT
+trap 'exit 1' TERM INT   # ctest's timeout sends TERM: still tear the cluster down
 "$CLUSTER" up 2 >/dev/null || { echo "FAIL: could not create the namespaces"; exit 1; }
 KUMIKO=$(readlink -f "$KUMIKO")
 fail=0
@@ -124,10 +125,7 @@ wait_state() {
   done
   echo "job $job is $s after ${limit}s (waited for $*)"; return 1
 }
-losses() { python3 -c 'import json,sys
-for l in open(sys.argv[1]):
-    r = json.loads(l)
-    if "loss" in r: print(r["step"], repr(r["loss"]))' "$1"; }
+metrics() { python3 "$SRC/tests/support/metrics.py" "$@"; }
 
 # ---- preempt: USR1, checkpoint, exit 75, requeue, resume, complete -------------------
 STEPS=600
@@ -138,6 +136,8 @@ for _ in $(seq 1 600); do
   grep -q '"step":5,' "$WORK/preempt/run/metrics.jsonl" 2>/dev/null && break
   sleep 0.1
 done
+grep -q '"step":5,' "$WORK/preempt/run/metrics.jsonl" 2>/dev/null ||
+  { bad "job $job did not reach step 5 within 60 s"; tail -n 20 "$WORK/preempt/job.out"; dump_logs; exit 1; }
 slurm scancel --batch --signal=USR1 "$job"
 note "USR1 sent to the batch shell of job $job"
 for _ in $(seq 1 300); do grep -q "requeueing job $job" "$WORK/preempt/job.out" && break; sleep 0.1; done
@@ -157,24 +157,8 @@ resumed=$(sed -n 's/.*resumed from .*step_\([0-9]*\)\.h5 at step \([0-9]*\).*/\2
 note "job $job: preempted, requeued, resumed at step ${resumed:-?}, completed"
 # Steps after the resume: the same losses as the uninterrupted job.
 if [ -n "$resumed" ]; then
-  python3 - "$WORK/reference/run/metrics.jsonl" "$WORK/preempt/run/metrics.jsonl" "$resumed" "$STEPS" <<'PY' || fail=1
-import json, sys
-def losses(path):
-    out = {}
-    for line in open(path):
-        r = json.loads(line)
-        if "loss" in r: out[r["step"]] = r["loss"]   # a step logged twice keeps its last value
-    return out
-ref, got, resumed, steps = losses(sys.argv[1]), losses(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-after = [s for s in range(resumed + 1, steps + 1)]
-missing = [s for s in after if s not in got or s not in ref]
-if missing:
-    sys.exit(f"FAIL: steps missing from the metrics: {missing[:5]}")
-worst = max(abs(got[s] - ref[s]) / abs(ref[s]) for s in after)
-print(f"steps {resumed + 1}..{steps} after the resume: largest relative loss difference {worst:.2e}")
-if worst > 1e-6:
-    sys.exit("FAIL: the requeued job's losses differ from the uninterrupted job's")
-PY
+  metrics compare "$WORK/reference/run/metrics.jsonl" "$WORK/preempt/run/metrics.jsonl" --after "$resumed" \
+    --tol 1e-6 || bad "job $job: the requeued job's losses differ from the uninterrupted job's"
 fi
 
 # ---- gpus: the script picks cuda; no GPU here, so every rank fails with exit 2 -------
@@ -198,7 +182,7 @@ cjob=$(submit cpu --nodes=2 --gpus-per-node=1 --ntasks-per-node=1 --cpus-per-tas
 wait_state "$cjob" 120 COMPLETED FAILED CANCELLED || bad "job $cjob did not end"
 grep -q "adding --backend.device" "$WORK/cpu/job.out" && bad "job $cjob: the script added a device despite --backend.device=cpu"
 [ "$(field "$cjob" JobState) $(field "$cjob" ExitCode)" = "COMPLETED 0:0" ] || bad "job $cjob did not complete"
-last=$(losses "$WORK/cpu/run/metrics.jsonl" | tail -n1 | cut -d' ' -f1)
+last=$(metrics last-step "$WORK/cpu/run/metrics.jsonl")
 [ "$last" = "20" ] || bad "job $cjob: last logged step ${last:-none}, expected 20"
 grep -q "2 ranks" "$WORK/cpu/job.out" || bad "job $cjob: not 2 ranks"
 note "job $cjob: 2 ranks on 2 GPU nodes trained 20 steps on the CPUs"
