@@ -1,6 +1,7 @@
 #include "kernels/cuda/common.cuh"
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "kumiko/core/error.h"
 
@@ -16,6 +17,15 @@ int device_count() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) return -1;
   return count;
+}
+
+int require_devices(const std::string& what, const std::string& hint) {
+  const int n = device_count();
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  KUMIKO_USER_CHECK(n > 0, what, ": no CUDA device is visible to this process",
+                    n < 0 ? " (the CUDA driver could not be initialised)" : "", "; CUDA_VISIBLE_DEVICES ",
+                    visible != nullptr ? detail::concat("= '", visible, "'") : std::string("is not set"), hint);
+  return n;
 }
 
 std::string device_description(int device) {

@@ -26,6 +26,9 @@ using bf16 = __nv_bfloat16;
 void check(cudaError_t status, const char* what, const char* file, int line);
 // Number of visible devices, or -1 when the runtime fails (no driver).
 int device_count();
+// device_count(), or a UserError "<what>: no CUDA device is visible to this process ...;
+// CUDA_VISIBLE_DEVICES = '...'<hint>" when there is none.
+int require_devices(const std::string& what, const std::string& hint = "");
 // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)" for device `device`.
 std::string device_description(int device);
 

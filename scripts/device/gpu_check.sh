@@ -9,8 +9,8 @@
 #      the vendor paths (cuBLASLt + cuDNN), and PyTorch on the same shape: tokens/s and MFU;
 # then prints one summary table. The tables and logs.tar.gz go to $OUT (or
 # ./gpu-check-out).
-# Budget: meant to take under 8 minutes (not yet run on a GPU); every step has its own timeout (TERM, then
-# KILL 5 s later) and all of them end by GPU_CHECK_BUDGET seconds (default 540) after
+# Budget: meant to take under 8 minutes (not yet run on a GPU); every step has its own
+# timeout (TERM, then KILL 5 s later) and all of them end by GPU_CHECK_BUDGET seconds (default 540) after
 # the start, so a hang still leaves the tables of the steps before it. summary.txt and
 # logs.tar.gz in $OUT are rewritten after every step (a run cut off keeps them).
 set -uo pipefail

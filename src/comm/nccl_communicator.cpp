@@ -109,6 +109,7 @@ class NcclCommunicator : public Communicator {
   int size() const override { return size_; }
   const std::string& name() const override { return name_; }
   int world_rank() const override { return world_rank_; }
+  cudaStream_t stream() const { return stream_; }  // where its operations are queued
 
   void barrier() override {
     WatchScope watch("barrier", watch_);
@@ -210,11 +211,6 @@ class NcclCommunicator : public Communicator {
   }
   void synchronize(const char* op) { check_cuda(cudaStreamSynchronize(stream_), where(op)); }
 
- public:
-  cudaStream_t stream() const { return stream_; }
-
- private:
-
   ncclComm_t comm_;
   cudaStream_t stream_{};
   std::string name_;
@@ -258,7 +254,17 @@ std::unique_ptr<Communicator> make_nccl(Communicator& bootstrap, const std::stri
   }
   ncclComm_t comm;
   const ncclResult_t rc = ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank());
-  if (rc != ncclSuccess) throw CommError(std::string("NCCL error in ncclCommInitRank: ") + ncclGetErrorString(rc));
+  if (rc != ncclSuccess) {
+    std::string message = std::string("NCCL error in ncclCommInitRank on group '") + name + "': " + ncclGetErrorString(rc);
+    if (const char* last = ncclGetLastError(nullptr); last && *last) message += std::string(": ") + last;
+    if (rc == ncclInvalidUsage) {  // e.g. two ranks on one GPU (more ranks per node than GPUs)
+      int device = -1;
+      cudaGetDevice(&device);
+      message += " (this rank is on GPU " + std::to_string(device) + " of " + std::to_string(devices) +
+                 " visible; ranks of one communicator cannot share a GPU: run one rank per GPU)";
+    }
+    throw CommError(message);
+  }
   return std::make_unique<NcclCommunicator>(comm, name, bootstrap.world_rank(), world_ranks);
 }
 

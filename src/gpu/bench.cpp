@@ -144,8 +144,14 @@ const char* layout_name(cuda::Layout l) {
 }  // namespace
 
 int run_kernel_benchmarks(const KernelBenchOptions& o) {
-  const int devices = cuda::device_count();
-  KUMIKO_USER_CHECK(devices > 0, "kumiko bench kernels: no CUDA device is visible to this process");
+  // Opened first: a bad path fails now, not after minutes of timing.
+  std::ofstream markdown_file;
+  if (!o.markdown.empty()) {
+    markdown_file.open(o.markdown);
+    KUMIKO_USER_CHECK(markdown_file.good(), "kumiko bench kernels: --markdown ", o.markdown,
+                      ": cannot open for writing");
+  }
+  cuda::require_devices("kumiko bench kernels", "; check nvidia-smi");
   int dev = 0;
   KUMIKO_CUDA_CHECK(cudaGetDevice(&dev));
   const std::string device = cuda::device_description(dev);
@@ -376,10 +382,9 @@ int run_kernel_benchmarks(const KernelBenchOptions& o) {
   }
   KUMIKO_CUDA_CHECK(cudaStreamSynchronize(stream));
   cudaStreamDestroy(stream);
-  if (!o.markdown.empty()) {
-    std::ofstream f(o.markdown);
-    KUMIKO_USER_CHECK(f.good(), "kumiko bench kernels: --markdown ", o.markdown, ": cannot open for writing");
-    f << table.markdown(device);
+  if (markdown_file.is_open()) {
+    markdown_file << table.markdown(device);
+    KUMIKO_USER_CHECK(markdown_file.good(), "kumiko bench kernels: --markdown ", o.markdown, ": write failed");
   }
   return 0;
 }

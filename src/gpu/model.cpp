@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -32,7 +31,6 @@
 #include "kernels/cuda/swiglu.cuh"
 #include "kumiko/comm/nccl.h"
 #include "kumiko/core/error.h"
-#include "kumiko/core/log.h"
 #include "kumiko/gpu/arena.h"
 
 namespace kumiko::gpu {
@@ -48,38 +46,22 @@ namespace {
 template <typename X>
 class Pinned {
  public:
-  explicit Pinned(size_t n) : n_(n) { KUMIKO_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&p_), n * sizeof(X))); }
+  explicit Pinned(size_t n) { KUMIKO_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&p_), n * sizeof(X))); }
   ~Pinned() { cudaFreeHost(p_); }
   Pinned(const Pinned&) = delete;
   Pinned& operator=(const Pinned&) = delete;
   X* get() { return p_; }
-  size_t size() const { return n_; }
 
  private:
   X* p_ = nullptr;
-  size_t n_ = 0;
 };
 
 }  // namespace
 
-std::vector<int64_t> flat_offsets(const std::vector<model::ParameterSpec>& specs, int64_t* total) {
-  // model::ParameterStore<float>'s layout: every tensor starts on a 64-byte boundary
-  // (a multiple of 16 floats), zero padding in between.
-  constexpr int64_t kAlign = 64 / static_cast<int64_t>(sizeof(float));
-  std::vector<int64_t> offsets;
-  int64_t p = 0;
-  for (const auto& s : specs) {
-    offsets.push_back(p);
-    p += (numel_of(s.shape) + kAlign - 1) / kAlign * kAlign;
-  }
-  *total = p;
-  return offsets;
-}
-
 std::vector<std::pair<int64_t, int64_t>> backward_units(const model::Dims& dims) {
   const auto specs = model::parameter_specs(dims);
   int64_t total = 0;
-  const auto offsets = flat_offsets(specs, &total);
+  const auto offsets = model::flat_offsets<float>(specs, &total);
   auto flat = [&](const std::string& name) {
     for (size_t i = 0; i < specs.size(); ++i)
       if (specs[i].name == name) return offsets[i];
@@ -168,7 +150,6 @@ class Model final : public GpuModel {
   const T* W(int i) const { return work_ + offsets_[i]; }
   float* G(int i) const { return grads_ + offsets_[i]; }
   const T* Wmaybe(int i) const { return i < 0 ? nullptr : W(i); }
-  float* Gmaybe(int i) const { return i < 0 ? nullptr : G(i); }
 
   // y[N, out] = x[N, in] W^T (+ b), optionally with GELU (pre keeps the pre-activation).
   void linear(T* y, const T* x, int w, int b, int64_t N, int64_t in, int64_t out, T* gelu_pre = nullptr);
@@ -211,7 +192,6 @@ class Model final : public GpuModel {
     *dact_ = nullptr;
   int32_t *ids_ = nullptr, *targets_ = nullptr, *groups_ = nullptr;
   void* workspace_ = nullptr;
-  size_t workspace_bytes_ = 0;
   double* norm_out_ = nullptr;
   std::unique_ptr<Pinned<int32_t>> host_ids_;
   std::unique_ptr<Pinned<float>> host_losses_;
@@ -236,7 +216,7 @@ class Model final : public GpuModel {
 template <typename T>
 Model<T>::Model(const model::Dims& dims, int64_t batch, int64_t seq_len, const GpuOptions& options, bool plan_only)
     : d_(dims), batch_(batch), seq_len_(seq_len), opt_(options), specs_(model::parameter_specs(dims)) {
-  offsets_ = flat_offsets(specs_, &P_);
+  offsets_ = model::flat_offsets<float>(specs_, &P_);
   auto idx = [&](const std::string& name) {
     for (size_t i = 0; i < specs_.size(); ++i)
       if (specs_[i].name == name) return static_cast<int>(i);
@@ -356,7 +336,6 @@ void Model<T>::plan(DeviceArena& a) {
   ws = std::max(ws, cuda::attention_backward_workspace_bytes(batch_, seq_len_, d_.Hq, d_.Hkv, d_.D));
   ws = std::max(ws, cuda::sum_squares_workspace_bytes(P_));
   if (cudnn_) ws = std::max(ws, cudnn_->workspace_bytes(batch_, seq_len_, d_.Hq, d_.Hkv, d_.D));
-  workspace_bytes_ = ws;
   workspace_ = a.take_bytes(ws);
 }
 
@@ -669,7 +648,8 @@ void Model<T>::adamw(const AdamWHyper& h, double grad_scale, int64_t step) {
   s.bias_correction1 = static_cast<float>(1.0 - std::pow(h.beta1, static_cast<double>(step)));
   s.bias_correction2 = static_cast<float>(1.0 - std::pow(h.beta2, static_cast<double>(step)));
   cuda::adamw_multi_tensor(adamw_list_, static_cast<int>(adamw_host_.size()), adamw_max_n_, s, stream_);
-  // The host descriptor array must outlive the copy above.
+  // The step ends on the host too: the trainer times steps and may read the weights next.
+  // (The descriptor copy above reads pageable memory: it is staged before it returns.)
   KUMIKO_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
@@ -691,12 +671,7 @@ std::string Model<T>::describe() const {
 
 std::unique_ptr<GpuModel> make_gpu_model(const model::Dims& dims, int64_t batch, int64_t seq_len,
                                          const GpuOptions& options) {
-  const int n = cuda::device_count();
-  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
-  KUMIKO_USER_CHECK(n > 0, "backend.device = cuda: no CUDA device is visible to this process",
-                    n < 0 ? " (the CUDA driver could not be initialised)" : "", "; CUDA_VISIBLE_DEVICES ",
-                    visible != nullptr ? detail::concat("= '", visible, "'") : std::string("is not set"),
-                    "; check nvidia-smi, or use backend.device = cpu");
+  const int n = cuda::require_devices("backend.device = cuda", "; check nvidia-smi, or use backend.device = cpu");
   KUMIKO_CUDA_CHECK(cudaSetDevice(comm::local_rank_from_launcher() % n));
   KUMIKO_USER_CHECK(options.dtype == "fp32" || options.dtype == "bf16", "backend.dtype: '", options.dtype,
                     "' (expected fp32 or bf16)");

@@ -36,13 +36,7 @@ int ParameterStore<T>::declare(ParameterSpec spec) {
 template <typename T>
 void ParameterStore<T>::allocate() {
   int64_t total = 0;
-  offsets_.clear();
-  for (const auto& s : specs_) {
-    offsets_.push_back(total);
-    // Keep every tensor 64-byte aligned (16 floats / 8 doubles).
-    const int64_t align = 64 / static_cast<int64_t>(sizeof(T));
-    total += (numel_of(s.local_shape()) + align - 1) / align * align;
-  }
+  offsets_ = flat_offsets<T>(specs_, &total);
   values_ = Tensor<T>({total});
   grads_ = Tensor<T>({total});
   values_.zero();

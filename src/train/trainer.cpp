@@ -223,10 +223,15 @@ RunSummary Trainer::run() {
     int32_t failed[2] = {!gpu_error.empty(), user_error};
     world_.all_reduce(failed, 2, comm::ReduceOp::max);
     if (failed[0]) {
-      if (gpu_error.empty())
-        gpu_error = "backend.device = cuda: another rank could not set up its GPU (its own message says why)";
-      if (failed[1]) throw UserError(gpu_error);
-      throw Error(gpu_error);
+      // A rank with its own error reports it as it is; the others say a user error
+      // when any rank had one (exit 2 everywhere), an internal error otherwise.
+      if (!gpu_error.empty()) {
+        if (user_error) throw UserError(gpu_error);
+        throw Error(gpu_error);
+      }
+      const std::string other = "backend.device = cuda: another rank could not set up its GPU (its own message says why)";
+      if (failed[1]) throw UserError(other);
+      throw Error(other);
     }
     if (dp > 1) {
       s.dp_nccl = comm::make_nccl(s.grid->dp_group(), "dp-nccl");

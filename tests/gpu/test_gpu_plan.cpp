@@ -36,7 +36,7 @@ TEST_P(GpuPlan, FlatLayoutIsParameterStores) {
   model::Transformer<float> cpu(dims, 1, 1);
   const auto& p = cpu.params();
   int64_t total = 0;
-  const auto offsets = flat_offsets(model::parameter_specs(dims), &total);
+  const auto offsets = model::flat_offsets<float>(model::parameter_specs(dims), &total);
   ASSERT_EQ(offsets.size(), p.size());
   EXPECT_EQ(total, p.total_numel());
   for (size_t i = 0; i < p.size(); ++i)
@@ -47,7 +47,7 @@ TEST_P(GpuPlan, BackwardUnitsTileTheLayoutInBackwardOrder) {
   const auto dims = model::Dims::from(model_config(GetParam().arch, GetParam().tied));
   int64_t total = 0;
   const auto specs = model::parameter_specs(dims);
-  const auto offsets = flat_offsets(specs, &total);
+  const auto offsets = model::flat_offsets<float>(specs, &total);
   const auto units = backward_units(dims);
   ASSERT_EQ(units.size(), static_cast<size_t>(dims.L + 2));
   EXPECT_EQ(units.front().second, total);  // final norm (+ untied head) at the end
@@ -95,7 +95,7 @@ TEST_P(GpuPlan, ArenaMatchesItemisedCount) {
   const auto dims = model::Dims::from(model_config(GetParam().arch, GetParam().tied));
   const int64_t B = 3, T = 50, N = B * T;
   int64_t P = 0;
-  flat_offsets(model::parameter_specs(dims), &P);
+  model::flat_offsets<float>(model::parameter_specs(dims), &P);
   for (const std::string dtype : {"fp32", "bf16"}) {
     const double e = dtype == "bf16" ? 2 : 4;  // activation bytes
     // Parameters, gradients, m, v (fp32) and the bf16 working copy.

@@ -81,9 +81,6 @@ std::unique_ptr<GpuModel> make_gpu_model(const model::Dims& dims, int64_t batch,
 // cuBLASLt's (32 MiB) are not included.
 size_t planned_device_bytes(const model::Dims& dims, int64_t batch, int64_t seq_len, const GpuOptions& options);
 
-// The flat offsets of model::ParameterStore<float>'s layout for `specs` (each tensor
-// on a multiple of 16 floats) and, in *total, its size in floats.
-std::vector<int64_t> flat_offsets(const std::vector<model::ParameterSpec>& specs, int64_t* total);
 // The flat ranges whose gradients backward completes together, in the order it
 // completes them: [final norm, head], block L-1, ..., block 0, [embeddings]. Each is
 // contiguous and adjacent to the next, and together they cover the flat layout.

@@ -52,6 +52,22 @@ struct ParameterSpec {
   }
 };
 
+// ParameterStore<T>'s flat layout of `specs` (local shapes): each tensor's offset, every
+// tensor starting on a 64-byte boundary with zero padding in between; *total is the
+// padded length. The GPU model lays its buffers out the same way (src/gpu/model.cpp).
+template <typename T>
+std::vector<int64_t> flat_offsets(const std::vector<ParameterSpec>& specs, int64_t* total) {
+  constexpr int64_t kAlign = 64 / static_cast<int64_t>(sizeof(T));
+  std::vector<int64_t> offsets;
+  int64_t p = 0;
+  for (const auto& s : specs) {
+    offsets.push_back(p);
+    p += (numel_of(s.local_shape()) + kAlign - 1) / kAlign * kAlign;
+  }
+  *total = p;
+  return offsets;
+}
+
 template <typename T>
 class ParameterStore {
  public:
