@@ -13,10 +13,10 @@
 set -uo pipefail
 CASE="$1"; KUMIKO="$2"; SRC="$3"; WORK="$4"
 CLUSTER="$SRC/scripts/testing/test_cluster.sh"
-[ "$(id -u)" -eq 0 ] || { echo "SKIP: multinode tests need root (network namespaces)"; exit 0; }
-command -v ip >/dev/null || { echo "SKIP: iproute2 (ip) not installed"; exit 0; }
+[ "$(id -u)" -eq 0 ] || { echo "SKIP: multinode tests need root (network namespaces)"; exit 77; }
+command -v ip >/dev/null || { echo "SKIP: iproute2 (ip) not installed"; exit 77; }
 export NC_PREFIX="km$(($$ % 100000))" NC_NET="10.78.$(($$ % 250))" NC_SLOTS=2
-"$CLUSTER" check || { echo "SKIP: 'ip netns add' is refused here (no CAP_SYS_ADMIN?)"; exit 0; }
+"$CLUSTER" check || { echo "SKIP: 'ip netns add' is refused here (no CAP_SYS_ADMIN?)"; exit 77; }
 rm -rf "$WORK"; mkdir -p "$WORK"; cd "$SRC"
 trap '"$CLUSTER" down' EXIT
 "$CLUSTER" up 2 >/dev/null || { echo "FAIL: could not create the namespaces"; exit 1; }

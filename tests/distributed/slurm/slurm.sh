@@ -25,13 +25,13 @@
 set -uo pipefail
 KUMIKO="$1"; SRC="$2"; WORK="$3"
 CLUSTER="$SRC/scripts/testing/test_cluster.sh"
-[ "$(id -u)" -eq 0 ] || { echo "SKIP: the Slurm test needs root (network namespaces, slurmd)"; exit 0; }
+[ "$(id -u)" -eq 0 ] || { echo "SKIP: the Slurm test needs root (network namespaces, slurmd)"; exit 77; }
 for tool in ip nsenter unshare slurmctld slurmd sbatch squeue scontrol scancel; do
-  command -v "$tool" >/dev/null || { echo "SKIP: $tool not installed (scripts/install_deps.sh --tests)"; exit 0; }
+  command -v "$tool" >/dev/null || { echo "SKIP: $tool not installed (scripts/install_deps.sh --tests)"; exit 77; }
 done
 export NC_PREFIX="ks$(($$ % 100000))" NC_NET="10.79.$(($$ % 250))"
-"$CLUSTER" check || { echo "SKIP: 'ip netns add' is refused here (no CAP_SYS_ADMIN?)"; exit 0; }
-unshare --uts true 2>/dev/null || { echo "SKIP: 'unshare --uts' is refused here (nodes need their own hostname)"; exit 0; }
+"$CLUSTER" check || { echo "SKIP: 'ip netns add' is refused here (no CAP_SYS_ADMIN?)"; exit 77; }
+unshare --uts true 2>/dev/null || { echo "SKIP: 'unshare --uts' is refused here (nodes need their own hostname)"; exit 77; }
 rm -rf "$WORK"; mkdir -p "$WORK"/{state,log,spool/kn1,spool/kn2,tmp/kn1,tmp/kn2}
 trap '"$CLUSTER" down' EXIT
 trap 'exit 1' TERM INT   # ctest's timeout sends TERM: still tear the cluster down

@@ -99,10 +99,9 @@ void check_layernorm(const Shape& s, uint32_t seed) {
   // variance, xhat and dx (whose scale is rstd) to the rounding of the mean: allow 1e-4.
   const bool tiny = C < 8;
   const double tol = tiny && std::is_same_v<T, float> ? 1e-4 : out_tol<T>();
-  const double stat_tol = tiny ? 1e-4 : kStatTol;
   expect_close(d_out.download(), out_r, tol, what + " out");
-  expect_close(d_mean.download(), mean_r, stat_tol, what + " mean");
-  expect_close(d_rstd.download(), rstd_r, stat_tol, what + " rstd");
+  expect_close(d_mean.download(), mean_r, kStatTol, what + " mean");  // a short sum: exact enough
+  expect_close(d_rstd.download(), rstd_r, tiny ? 1e-4 : kStatTol, what + " rstd");
 
   struct Grads {
     std::vector<float> dx, dw, db;
