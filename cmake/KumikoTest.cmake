@@ -2,9 +2,13 @@
 #
 #   kumiko_add_test(NAME <name> SOURCES <files...> LIBS <targets...>
 #                   LABELS <unit|mpi|gpu|slow|...> [NP <ranks...>] [TIMEOUT <s>] [ARGS ...])
-#     builds one GoogleTest executable; with NP it runs under mpirun once per listed
-#     rank count (oversubscribed, root allowed: tests are tiny). A source whose name
-#     contains "main" provides its own main(); otherwise gtest_main is linked.
+#     builds one GoogleTest executable. Without NP every GoogleTest case is its own
+#     ctest entry (<name>.<Suite>.<Case>; a GTEST_SKIP shows as skipped). With NP the
+#     binary runs under mpirun once per listed rank count (oversubscribed, root
+#     allowed: tests are tiny), one ctest entry per count; its main()
+#     (testing::mpi_test_main) exits 77 when every case skipped, which ctest reports
+#     as skipped. A source whose name contains "main" provides its own main();
+#     otherwise gtest_main is linked.
 #
 #   kumiko_add_test(NAME <name> SCRIPT <file.sh> ARGS <...> LABELS <...> [TIMEOUT <s>])
 #     registers a bash script (integration tests of the kumiko binary); generator
@@ -54,11 +58,14 @@ function(kumiko_add_test)
         COMMAND ${MPIEXEC_EXECUTABLE} --oversubscribe ${MPIEXEC_NUMPROC_FLAG} ${_np}
                 $<TARGET_FILE:${T_NAME}> ${T_ARGS})
       set_tests_properties(${_test} PROPERTIES ENVIRONMENT "${KUMIKO_TEST_MPI_ENV}" LABELS "${T_LABELS}"
-        TIMEOUT ${T_TIMEOUT} WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+        TIMEOUT ${T_TIMEOUT} WORKING_DIRECTORY ${CMAKE_BINARY_DIR} SKIP_RETURN_CODE 77)
     endforeach()
   else()
-    add_test(NAME ${T_NAME} COMMAND ${T_NAME} ${T_ARGS})
-    set_tests_properties(${T_NAME} PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT}
-      WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+    # One ctest entry per GoogleTest case (<name>.<Suite>.<Case>), so a case that
+    # calls GTEST_SKIP (no GPU here) is reported by ctest as skipped, not passed.
+    string(REPLACE ";" "\\;" _labels "${T_LABELS}")
+    gtest_discover_tests(${T_NAME} TEST_PREFIX "${T_NAME}." EXTRA_ARGS ${T_ARGS}
+      DISCOVERY_MODE PRE_TEST DISCOVERY_TIMEOUT 60 NO_PRETTY_VALUES
+      PROPERTIES LABELS "${_labels}" TIMEOUT ${T_TIMEOUT} WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
   endif()
 endfunction()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Configures and builds kumiko (Release) into build/. CUDA sources are compiled
-# when nvcc is found (/usr/local/cuda/bin is added to PATH when present).
+# Configures and builds kumiko (Release) into build/. CUDA sources are compiled with
+# -DKUMIKO_CUDA=ON, or by default where nvcc is found and a GPU is visible
+# (/usr/local/cuda/bin is added to PATH when present).
 # Usage: scripts/build.sh [extra cmake -D options...]
 #   env KUMIKO_TARGET: build only this target (e.g. kumiko); KUMIKO_JOBS: parallel jobs
 set -euo pipefail

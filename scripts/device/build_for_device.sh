@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ -x /usr/local/cuda/bin/nvcc ]; then export PATH="/usr/local/cuda/bin:$PATH"; fi
 command -v nvcc >/dev/null || { echo "build_for_device: nvcc not found (install the CUDA toolkit)" >&2; exit 2; }
-cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DKUMIKO_MPI=OFF \
+cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DKUMIKO_MPI=OFF -DKUMIKO_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
 cmake --build build-device -j "${KUMIKO_JOBS:-$(nproc)}" --target kumiko kernels_cuda_test gpu_model_test
 STAGE=build-device/stage

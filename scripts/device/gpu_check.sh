@@ -164,8 +164,9 @@ if not os.path.exists(sys.argv[1]):
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
 rows = [r for r in rows if r["step"] >= 4]
 if rows:
-    print("%.0f tok/s, MFU %.1f%%, step %.3f s" % (statistics.median(r["tokens_per_s"] for r in rows),
-          100 * statistics.median(r["mfu"] for r in rows), statistics.median(r["step_s"] for r in rows)))
+    mfus = [r["mfu"] for r in rows if r["mfu"] is not None]  # null without a peak
+    print("%.0f tok/s, MFU %s, step %.3f s" % (statistics.median(r["tokens_per_s"] for r in rows),
+          "%.1f%%" % (100 * statistics.median(mfus)) if mfus else "n/a", statistics.median(r["step_s"] for r in rows)))
 PY
 )
   note "train gpt2-124m bf16 $1: rc=$rc ${stats:-no metrics (see train-$1.log)}"

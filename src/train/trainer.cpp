@@ -434,18 +434,31 @@ RunSummary Trainer::run() {
   double train_seconds = 0;
   int64_t steps_here = 0;
 
+  // Validation: the same sequences under every layout, fixed by the config alone:
+  // val windows 0 .. eval_batches x global_batch - 1 (window g mod W_val; see
+  // docs/data-format.md), in micro-batch chunks dealt round-robin over dp. The loss is
+  // the mean over all their tokens.
+  const int64_t eval_sequences = int64_t{cfg.train.eval_batches} * GB;
+  const int64_t val_windows = s.loader ? s.loader->num_windows(data::Split::val) : 0;
+  if (s.loader && val_windows == 0)
+    log->warn("data folder '{}': the val split has {} tokens, fewer than data.seq_len + 1 = {}: no validation "
+              "loss is computed", cfg.data.dir, s.loader->num_tokens(data::Split::val), T + 1);
+  else if (s.loader && eval_sequences > val_windows)
+    log->warn("train.eval_batches x train.global_batch = {} validation sequences, but the val split has {} "
+              "windows of data.seq_len + 1 tokens: some are evaluated more than once",
+              eval_sequences, val_windows);
   auto evaluate = [&](int64_t step) {
-    if (!s.loader || cfg.train.eval_batches <= 0) return;
-    double total = 0;
-    for (int64_t k = dp_rank; k < cfg.train.eval_batches; k += dp) {
-      s.loader->fill(data::Split::val, k, MB, 0, MB, s.inputs.data(), s.targets.data());
-      total += runner  ? runner->run_forward(s.inputs.data(), s.targets.data()) / static_cast<double>(MB * T)
-               : s.gpu ? s.gpu->loss(s.inputs.data(), s.targets.data(), MB, T)
-                       : s.model->loss(s.inputs.data(), s.targets.data(), MB, T);
+    if (val_windows == 0) return;
+    double total = 0;  // sum of token losses
+    for (int64_t chunk = dp_rank; chunk < eval_sequences / MB; chunk += dp) {
+      s.loader->fill(data::Split::val, 0, eval_sequences, chunk * MB, MB, s.inputs.data(), s.targets.data());
+      total += runner  ? runner->run_forward(s.inputs.data(), s.targets.data())
+               : s.gpu ? s.gpu->loss(s.inputs.data(), s.targets.data(), MB, T) * static_cast<double>(MB * T)
+                       : s.model->loss(s.inputs.data(), s.targets.data(), MB, T) * static_cast<double>(MB * T);
     }
     if (pp > 1) s.grid->pp_group().all_reduce(&total, 1, comm::ReduceOp::sum);  // the last stage's
     s.grid->dp_group().all_reduce(&total, 1, comm::ReduceOp::sum);
-    const double val = total / cfg.train.eval_batches;
+    const double val = total / static_cast<double>(eval_sequences * T);
     summary.last_val_loss = val;
     log->info("eval step {} | val_loss {:.4f} | val_ppl {:.2f}", step, val, std::exp(val));
     if (io) {
@@ -588,21 +601,24 @@ RunSummary Trainer::run() {
     summary.steps_taken = s.train.step;
 
     const double tokens_per_s = static_cast<double>(GB * T) / dt;
-    const double mfu = cfg.backend.peak_gflops > 0
-                           ? tokens_per_s * flops_per_token / (cfg.backend.peak_gflops * 1e9 * world_.size())
-                           : 0.0;
+    // MFU needs a peak ([backend] peak_gflops); without one it is undefined: null in
+    // metrics.jsonl and "n/a" in the log, never a 0 that reads as an idle machine.
+    const bool has_peak = cfg.backend.peak_gflops > 0;
+    const double mfu =
+        has_peak ? tokens_per_s * flops_per_token / (cfg.backend.peak_gflops * 1e9 * world_.size()) : 0.0;
     if (io)
       s.metrics << fmt::format(
           "{{\"step\":{},\"loss\":{:.8g},\"lr\":{:.8g},\"grad_norm\":{:.8g},\"tokens_per_s\":{:.1f},"
-          "\"mfu\":{:.6f},\"step_s\":{:.6f},\"comm_s\":{:.6f},\"bubble\":{:.4f}}}\n",
-          s.train.step, loss, lr, norm, tokens_per_s, mfu, dt, comm_s, runner ? runner->bubble_fraction() : 0.0)
+          "\"mfu\":{},\"step_s\":{:.6f},\"comm_s\":{:.6f},\"bubble\":{:.4f}}}\n",
+          s.train.step, loss, lr, norm, tokens_per_s, has_peak ? fmt::format("{:.6f}", mfu) : std::string("null"),
+          dt, comm_s, runner ? runner->bubble_fraction() : 0.0)
                 << std::flush;  // one line per step, visible at once to whoever tails the file
     const bool last = s.train.step == end;
     if (cfg.log.every_steps > 0 && (s.train.step % cfg.log.every_steps == 0 || last)) {
       const double eta = train_seconds / steps_here * static_cast<double>(end - s.train.step);
       log->info("step {:>5}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {:.0f} tok/s | mfu {} | comm {:.0f} ms{} | eta {}",
                 s.train.step, cfg.train.steps, loss, lr, norm, tokens_per_s,
-                cfg.backend.peak_gflops > 0 ? fmt::format("{:.1f}%", 100 * mfu) : std::string("n/a"),
+                has_peak ? fmt::format("{:.1f}%", 100 * mfu) : std::string("n/a"),
                 1e3 * comm_s,
                 runner ? fmt::format(" | bubble {:.0f}%", 100 * runner->bubble_fraction()) : std::string(),
                 format_duration(eta));

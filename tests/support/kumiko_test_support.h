@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -51,16 +52,29 @@ inline config::Config tiny_config(const std::string& arch, const std::string& ru
   return c;
 }
 
+// The exit code of a GoogleTest binary run under mpirun, given whether any rank
+// failed: 1 on a failure, 77 when every case skipped (ctest's SKIP_RETURN_CODE: the
+// run is reported as skipped, e.g. GPU tests on a CPU machine), 0 otherwise.
+inline int mpi_test_exit_code(bool any_rank_failed) {
+  const auto& unit = *::testing::UnitTest::GetInstance();
+  if (any_rank_failed) return 1;
+  return unit.successful_test_count() == 0 && unit.skipped_test_count() > 0 ? 77 : 0;
+}
+
 // main() of a GoogleTest binary run under mpirun: one shared scratch folder (`root`,
-// named after rank 0's pid), gtest's output from rank 0 only, and a failure on any
-// rank fails the test on every rank.
-inline int mpi_test_main(int argc, char** argv, const std::string& prefix, std::string& root) {
+// named after rank 0's pid), `setup` on every rank once it is known (then a barrier),
+// gtest's output from rank 0 only, and a failure on any rank fails the test on every
+// rank.
+inline int mpi_test_main(int argc, char** argv, const std::string& prefix, std::string& root,
+                         const std::function<void()>& setup = {}) {
   ::testing::InitGoogleTest(&argc, argv);
   auto& world = comm::world();
   log::init({world.rank(), world.size(), "error", false});
   int64_t pid = ::getpid();
   world.broadcast(&pid, 1, 0);
   root = (std::filesystem::temp_directory_path() / (prefix + "-" + std::to_string(pid))).string();
+  if (setup) setup();
+  world.barrier();
   if (world.rank() != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
@@ -70,7 +84,7 @@ inline int mpi_test_main(int argc, char** argv, const std::string& prefix, std::
   world.barrier();
   if (world.rank() == 0) std::filesystem::remove_all(root);
   comm::finalize_world();
-  return failed;
+  return mpi_test_exit_code(failed != 0);
 }
 
 }  // namespace kumiko::testing

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "kumiko/comm/nccl.h"
+#include "kumiko_test_support.h"
 
 namespace kumiko::comm {
 namespace {
@@ -78,5 +79,5 @@ int main(int argc, char** argv) {
   kumiko::comm::world();
   const int failed = RUN_ALL_TESTS();
   kumiko::comm::finalize_world();
-  return failed;
+  return kumiko::testing::mpi_test_exit_code(failed != 0);
 }

@@ -1,7 +1,7 @@
 // Finite-difference checks of every op's backward, on the DOUBLE instantiation of the
 // fast kernels: loss = sum(out * r) with random r; the analytic gradient (backward
 // with dout = r, accumulated onto zeros) must match central differences of the
-// forward with eps = 1e-6.
+// forward with eps = 1e-6 at every entry (rule: tests/support/gradcheck.h).
 #include <functional>
 
 #include "kumiko/ops/attention.h"
@@ -13,6 +13,7 @@
 #include "kumiko/ops/rmsnorm.h"
 #include "kumiko/ops/rope.h"
 #include "kumiko/ops/swiglu.h"
+#include "gradcheck.h"
 #include "tests/kernels/cpu/test_util.h"
 
 namespace kumiko::cpu {
@@ -21,36 +22,34 @@ namespace {
 using Vec = std::vector<double>;
 using test::random_vec;
 
-// Checks d(sum(forward(x) * r))/dx against `analytic` for the input x (modified in
-// place during the check and restored).
+// Checks d(sum(forward(x) * r))/dx against `analytic` for every entry of the input x
+// (modified in place during the check and restored), with the agreement rule of
+// tests/support/gradcheck.h; the round-off scale is sum |forward(x) * r|.
 void check_grad(const std::function<Vec()>& forward, Vec& x, const Vec& r, const Vec& analytic,
                 const std::string& what) {
   ASSERT_EQ(x.size(), analytic.size()) << what;
   const double eps = 1e-6;
-  auto loss = [&] {
+  auto loss = [&](bool magnitude) {
     const Vec out = forward();
     double s = 0;
-    for (size_t i = 0; i < out.size(); ++i) s += out[i] * r[i];
+    for (size_t i = 0; i < out.size(); ++i) s += magnitude ? std::abs(out[i] * r[i]) : out[i] * r[i];
     return s;
   };
-  Vec fd(x.size());
+  const test::GradTolerance tol = test::fd_tolerance(loss(true), eps);
+  std::vector<test::GradEntry> entries;
+  double largest = 0;
   for (size_t i = 0; i < x.size(); ++i) {
     const double x0 = x[i];
     x[i] = x0 + eps;
-    const double lp = loss();
+    const double lp = loss(false);
     x[i] = x0 - eps;
-    const double lm = loss();
+    const double lm = loss(false);
     x[i] = x0;
-    fd[i] = (lp - lm) / (2 * eps);
+    entries.push_back({static_cast<int64_t>(i), (lp - lm) / (2 * eps), analytic[i]});
+    largest = std::max(largest, std::abs(entries.back().numeric));
   }
-  double num = 0, den = 0;
-  for (size_t i = 0; i < fd.size(); ++i) {
-    num += (fd[i] - analytic[i]) * (fd[i] - analytic[i]);
-    den += fd[i] * fd[i];
-  }
-  const double rel = std::sqrt(num / std::max(den, 1e-300));
-  EXPECT_LT(rel, 1e-6) << what << ": relative error of the gradient " << rel;
-  EXPECT_GT(den, 0.0) << what << ": finite-difference gradient is all zeros";
+  EXPECT_EQ("", test::grad_disagreements(entries, tol)) << what;
+  EXPECT_GT(largest, 100 * tol.atol) << what << ": the finite-difference gradient is negligible everywhere";
 }
 
 Vec zeros(size_t n) { return Vec(n, 0.0); }

@@ -1,5 +1,6 @@
 // matmul, linear, layernorm, rmsnorm: fast float kernels vs the double reference,
-// plus determinism (two calls bitwise equal; 1 vs 2 threads within rounding).
+// plus determinism (two calls bitwise equal; 1 vs 2 threads bitwise for kumiko's own
+// kernels, within the reordering bound for the GEMMs).
 #include "kernels/cpu/reference/linear.h"
 #include "kernels/cpu/reference/norms.h"
 #include "kumiko/ops/layernorm.h"
@@ -16,6 +17,7 @@ using test::expect_close;
 using test::random_vec;
 
 using test::check_determinism;
+using test::reorder_bound;
 
 TEST(Matmul, AllTransposesMatchReference) {
   const int64_t M = 7, N = 33, K = 19;
@@ -66,10 +68,26 @@ TEST(Linear, ForwardBackwardMatchReference) {
   }
 }
 
+// The GEMMs may sum in another order with another thread count (reorder_bound over
+// K = in for y, out for dx, N for dw); the bias and db are kumiko's own: bitwise.
 TEST(Linear, Deterministic) {
   const int64_t N = 300, in = 65, out = 47;
   const auto x = random_vec(static_cast<size_t>(N * in), 20), w = random_vec(static_cast<size_t>(out * in), 21);
   const auto b = random_vec(static_cast<size_t>(out), 22), dy = random_vec(static_cast<size_t>(N * out), 23);
+  // sum |terms| of every output: the double reference on absolute values.
+  auto abs_of = [](const std::vector<float>& v) {
+    std::vector<double> a(v.size());
+    for (size_t i = 0; i < v.size(); ++i) a[i] = std::abs(double(v[i]));
+    return a;
+  };
+  std::vector<double> my(static_cast<size_t>(N * out)), mdx(static_cast<size_t>(N * in), 0.0),
+      mdw(static_cast<size_t>(out * in), 0.0), mdb(static_cast<size_t>(out), 0.0);
+  reference::linear_forward<double>(my.data(), abs_of(x).data(), abs_of(w).data(), abs_of(b).data(), N, in, out);
+  reference::linear_backward<double>(mdx.data(), mdw.data(), mdb.data(), abs_of(dy).data(), abs_of(x).data(),
+                                     abs_of(w).data(), N, in, out);
+  std::vector<double> bound = reorder_bound(in + 1, my);  // + the bias term
+  for (const auto& part : {reorder_bound(out, mdx), reorder_bound(N, mdw), std::vector<double>(mdb.size(), 0.0)})
+    bound.insert(bound.end(), part.begin(), part.end());
   check_determinism([&] {
     std::vector<float> y(static_cast<size_t>(N * out)), dx(static_cast<size_t>(N * in), 0.f), dw(static_cast<size_t>(out * in), 0.f),
         db(static_cast<size_t>(out), 0.f);
@@ -80,7 +98,7 @@ TEST(Linear, Deterministic) {
     y.insert(y.end(), dw.begin(), dw.end());
     y.insert(y.end(), db.begin(), db.end());
     return y;
-  }, "linear");
+  }, "linear", bound);
 }
 
 void run_layernorm(int64_t N, int64_t C) {

@@ -3,6 +3,9 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
 
 #include <unistd.h>
 
@@ -108,6 +111,32 @@ TEST_P(TrainerArch, WeightsFileRoundTrip) {
   const auto& a = m0.params().flat_values();
   EXPECT_EQ(0, std::memcmp(a.data(), fresh.params().flat_values().data(), a.bytes()));
   EXPECT_NE(0, std::memcmp(a.data(), m.params().flat_values().data(), a.bytes()));
+}
+
+// MFU is undefined without a peak: metrics.jsonl says null, not 0 (a plotted 0 would
+// read as an idle machine); with a peak it is a number.
+TEST(Metrics, MfuIsNullWithoutAPeak) {
+  auto mfu_fields = [](const config::Config& c) {
+    run(c);
+    std::ifstream in(c.log.run_dir + "/metrics.jsonl");
+    std::vector<std::string> fields;
+    for (std::string line; std::getline(in, line);) {
+      const auto at = line.find("\"mfu\":");
+      if (at != std::string::npos) fields.push_back(line.substr(at + 6, line.find(',', at) - at - 6));
+    }
+    return fields;
+  };
+  auto c = tiny_config("gpt2", temp_dir("mfu-none"));
+  c.train.steps = 2;
+  c.backend.peak_gflops = 0;
+  const auto without = mfu_fields(c);
+  ASSERT_EQ(without.size(), 2u);
+  for (const auto& f : without) EXPECT_EQ(f, "null");
+  c.log.run_dir = temp_dir("mfu-peak");
+  c.backend.peak_gflops = 100;
+  const auto with_peak = mfu_fields(c);
+  ASSERT_EQ(with_peak.size(), 2u);
+  for (const auto& f : with_peak) EXPECT_GT(std::stod(f), 0.0) << f;
 }
 
 TEST(Weights, WrongModelIsRefusedNamingTheTensor) {
