@@ -59,6 +59,14 @@ void for_each_field(C& c, F&& f) {
   f("train.inject_nan_count", t.inject_nan_count, "testing only: poisoned steps in a row", nullptr);
   f("train.inject_nan_rank", t.inject_nan_rank, "testing only: the rank whose gradient is poisoned",
     nullptr);
+  f("train.spike_action", t.spike_action, "what a loss spike does", "off|warn|skip|rollback");
+  f("train.spike_factor", t.spike_factor, "spike: loss above this x the running median (0 = off)", nullptr);
+  f("train.spike_window", t.spike_window, "spike: steps in the running median", nullptr);
+  f("train.spike_grad_norm", t.spike_grad_norm, "spike: gradient norm above this (0 = off)", nullptr);
+  f("train.spike_max_rollbacks", t.spike_max_rollbacks, "spike: rollbacks before a spike ends the run (exit 76)",
+    nullptr);
+  f("train.inject_spike_step", t.inject_spike_step, "testing only: poison the batch of this step", nullptr);
+  f("train.inject_spike_scale", t.inject_spike_scale, "testing only: the poisoned batch's loss factor", nullptr);
 
   auto& p = c.parallel;
   f("parallel.dp", p.dp, "data-parallel ranks", nullptr);
@@ -97,6 +105,10 @@ void for_each_field(C& c, F&& f) {
   f("log.sample_every", l.sample_every, "steps between text samples (0 = never)", nullptr);
   f("log.level", l.level, "log level", "trace|debug|info|warn|error|off");
   f("log.all_ranks", l.all_ranks, "every rank logs at log.level, not only rank 0", nullptr);
+  f("log.tensorboard", l.tensorboard, "write TensorBoard event files in <run_dir>/tensorboard", nullptr);
+  f("log.straggler_every", l.straggler_every, "steps between straggler checks (0 = never)", nullptr);
+  f("log.straggler_threshold", l.straggler_threshold, "name a rank this much slower than the median (0.2 = 20%)",
+    nullptr);
 }
 
 }  // namespace kumiko::config::detail

@@ -136,6 +136,14 @@ void check_train(const Config& c, const Checker& check) {
   check.require(t.inject_nan_step >= 0, "train.inject_nan_step", "a step >= 0", num(t.inject_nan_step));
   check.require(t.inject_nan_count >= 1, "train.inject_nan_count", "an integer >= 1", num(t.inject_nan_count));
   check.require(t.inject_nan_rank >= 0, "train.inject_nan_rank", "a rank >= 0", num(t.inject_nan_rank));
+  check.non_negative("train.spike_factor", t.spike_factor);
+  check.positive("train.spike_window", t.spike_window);
+  check.non_negative("train.spike_grad_norm", t.spike_grad_norm);
+  check.non_negative("train.spike_max_rollbacks", t.spike_max_rollbacks);
+  check.non_negative("train.inject_spike_step", t.inject_spike_step);
+  check.positive("train.inject_spike_scale", t.inject_spike_scale);
+  check.non_negative("log.straggler_every", c.log.straggler_every);
+  check.positive("log.straggler_threshold", c.log.straggler_threshold);
   check.require(t.stop_at >= 0 && t.stop_at <= t.steps, "train.stop_at",
                 "0 (run to train.steps) or a step in [1, " + num(t.steps) + "]", num(t.stop_at));
 }

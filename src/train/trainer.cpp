@@ -27,10 +27,13 @@
 #include "kumiko/model/sharding.h"
 #include "kumiko/model/transformer.h"
 #include "kumiko/train/checkpoint.h"
+#include "kumiko/train/metrics.h"
 #include "kumiko/train/optimizer.h"
 #include "kumiko/data/tokenizer.h"
 #include "kumiko/train/sampler.h"
 #include "kumiko/train/schedule.h"
+#include "kumiko/train/spike.h"
+#include "kumiko/train/stragglers.h"
 #include "kumiko/train/weights.h"
 
 namespace kumiko::train {
@@ -99,7 +102,7 @@ struct Trainer::State {
   std::unique_ptr<comm::Communicator> dp_nccl;        // cuda with dp > 1: NCCL over the dp group
   std::unique_ptr<parallel::DataParallel> dp;
   std::unique_ptr<ckpt::Store> store;
-  std::ofstream metrics;
+  std::unique_ptr<MetricsLog> metrics;  // rank 0: metrics.jsonl and TensorBoard
   std::vector<int32_t> inputs, targets;  // [micro_batch, T]
   CheckpointMeta meta;
   TrainState train;
@@ -352,9 +355,11 @@ RunSummary Trainer::run() {
     ckpt_log->info("resume=auto: no checkpoint in {}, starting fresh", s.store->dir());
     return "";
   });
-  if (!resume_path.empty()) {
+  // Loads a checkpoint (any layout's) into this rank's parameters and optimizer state:
+  // on resume and on a loss-spike rollback.
+  auto restore = [&](const std::string& path) {
     auto values = empty_logical(), lm = empty_logical(), lv = empty_logical();
-    s.train = load_checkpoint(resume_path, cfg, s.meta.tokenizer_sha256, stage_specs, mut_ptrs(values),
+    s.train = load_checkpoint(path, cfg, s.meta.tokenizer_sha256, stage_specs, mut_ptrs(values),
                               mut_ptrs(lm), mut_ptrs(lv));
     std::vector<float> m(params.total_numel(), 0.0f), v(params.total_numel(), 0.0f);
     model::scatter_logical(*s.model, values, params.flat_values().data());
@@ -365,9 +370,12 @@ RunSummary Trainer::run() {
       s.dp->set_optimizer_steps(s.train.optimizer_steps);
     }
     if (s.gpu) {
-      s.gpu->set_parameters(params.flat_values().data());  // resumed
+      s.gpu->set_parameters(params.flat_values().data());  // restored
       s.gpu->set_moments(m.data(), v.data());
     }
+  };
+  if (!resume_path.empty()) {
+    restore(resume_path);
     summary.first_step = s.train.step;
     ckpt_log->info("resumed from {} at step {} ({} tokens seen)", resume_path, s.train.step,
                    s.train.tokens_seen);
@@ -378,8 +386,7 @@ RunSummary Trainer::run() {
   }
   if (io) {
     std::ofstream(run_dir / "config.ini") << s.meta.config_ini;
-    s.metrics.open(run_dir / "metrics.jsonl", std::ios::app);
-    KUMIKO_USER_CHECK(s.metrics.good(), (run_dir / "metrics.jsonl").string(), ": cannot open for writing");
+    s.metrics = std::make_unique<MetricsLog>(run_dir.string(), cfg.log.tensorboard);
   }
 
   const double flops_per_token = model::train_flops_per_token(dims, T);
@@ -423,6 +430,8 @@ RunSummary Trainer::run() {
       comm::WatchdogPause writing;
       world_.barrier();
     }
+    // Training time the save took away (gathers, write, commit): every rank waited for it.
+    if (io) s.metrics->write(s.train.step, {{"ckpt_blocked_s", std::chrono::duration<double>(Clock::now() - t0).count()}});
     summary.last_checkpoint = path;
   };
 
@@ -462,9 +471,7 @@ RunSummary Trainer::run() {
     summary.last_val_loss = val;
     log->info("eval step {} | val_loss {:.4f} | val_ppl {:.2f}", step, val, std::exp(val));
     if (io) {
-      s.metrics << fmt::format("{{\"step\":{},\"val_loss\":{:.8g},\"val_ppl\":{:.8g}}}\n", step, val,
-                               std::exp(val));
-      s.metrics.flush();
+      s.metrics->write(step, {{"val_loss", val}, {"val_ppl", std::exp(val)}});
     }
   };
 
@@ -497,6 +504,30 @@ RunSummary Trainer::run() {
 
   int32_t stop = 0;
   int64_t consecutive_skips = 0;
+  SpikeDetector spikes(parse_spike_action(cfg.train.spike_action), cfg.train.spike_factor, cfg.train.spike_window,
+                       cfg.train.spike_grad_norm);
+  int rollbacks = 0;
+  Stragglers stragglers(world_, cfg.log.straggler_every, cfg.log.straggler_threshold);
+  // Discards step `step`'s update on every rank (non-finite values or a spike): the step
+  // and its batch are consumed. True when train.max_skipped_steps were skipped in a row.
+  auto skip_step = [&](int64_t step, int64_t data_step, double loss, double norm, const char* why) {
+    ++consecutive_skips;
+    ++s.train.skipped_steps;
+    s.train.step = step + 1;
+    s.train.loader_step = data_step + 1;
+    s.train.tokens_seen += GB * T;
+    summary.skipped.push_back(step + 1);
+    summary.steps_taken = s.train.step;
+    if (io)
+      s.metrics->write(step + 1, {{"skipped", 1.0}, {"skipped_total", static_cast<double>(s.train.skipped_steps)},
+                                  {"skip_reason", why}, {"skipped_loss", loss}, {"skipped_grad_norm", norm}});
+    if (consecutive_skips < cfg.train.max_skipped_steps) return false;
+    log->error("{} skipped steps in a row (train.max_skipped_steps; the last: {}): stopping with exit code {}; the "
+               "weights were never updated from them; lower train.lr or check the data, then resume",
+               consecutive_skips, why, kExitNonFinite);
+    summary.diverged = true;
+    return true;
+  };
   while (s.train.step < end) {
     comm::Watchdog::set_step(s.train.step + 1);  // the step being computed, for its messages
     // Every rank agrees at the step boundary whether a stop signal arrived anywhere.
@@ -504,6 +535,9 @@ RunSummary Trainer::run() {
     world_.all_reduce(&stop, 1, comm::ReduceOp::max);
     if (stop) break;
     const int64_t step = s.train.step;
+    // The batch this step trains on: the loader's position, which equals the step unless
+    // a loss-spike rollback skipped batches (train/spike.h).
+    const int64_t data_step = s.train.loader_step;
     const auto t0 = Clock::now();
     // With cuda the gradients live on the GPU: the host copy is never written (zeroing
     // it would memset every parameter's gradient, ~0.5 GB for gpt2-124m, each step).
@@ -524,12 +558,15 @@ RunSummary Trainer::run() {
     auto fill = [&](int64_t micro, int32_t* in, int32_t* tg) {
       const int64_t first = dp_rank * local_batch + micro * MB;  // in the global batch
       if (s.loader)
-        s.loader->fill(data::Split::train, step, GB, first, MB, in, tg);
+        s.loader->fill(data::Split::train, data_step, GB, first, MB, in, tg);
       else
-        synthetic_batch(cfg.train.seed, step, first, MB, T, dims.V, in, tg);
+        synthetic_batch(cfg.train.seed, data_step, first, MB, T, dims.V, in, tg);
     };
+    // testing: a poisoned batch, whose loss and gradient are inject_spike_scale times larger
+    const bool poisoned = t.inject_spike_step > 0 && data_step + 1 == t.inject_spike_step;
+    const float step_scale = poisoned ? loss_scale * static_cast<float>(t.inject_spike_scale) : loss_scale;
     if (runner) {
-      loss = runner->run_step([&](int mb, int32_t* in, int32_t* tg) { fill(mb, in, tg); }, loss_scale) /
+      loss = runner->run_step([&](int mb, int32_t* in, int32_t* tg) { fill(mb, in, tg); }, step_scale) /
              static_cast<double>(local_batch * T);
       s.grid->pp_group().all_reduce(&loss, 1, comm::ReduceOp::sum);  // the loss lives on the last stage
       if (embed_member) {
@@ -541,13 +578,15 @@ RunSummary Trainer::run() {
       fill(micro, s.inputs.data(), s.targets.data());
       const bool last_micro = micro == micro_steps - 1;  // reduce buckets during the last backward
       if (s.gpu) {
-        loss += s.gpu->forward_backward(s.inputs.data(), s.targets.data(), MB, T, loss_scale, last_micro) /
+        loss += s.gpu->forward_backward(s.inputs.data(), s.targets.data(), MB, T, step_scale, last_micro) /
                 micro_steps;
         continue;
       }
       if (last_micro) s.dp->arm();
-      loss += s.model->forward_backward(s.inputs.data(), s.targets.data(), MB, T, loss_scale) / micro_steps;
+      loss += s.model->forward_backward(s.inputs.data(), s.targets.data(), MB, T, step_scale) / micro_steps;
     }
+    if (poisoned) loss *= t.inject_spike_scale;
+    stragglers.test_delay();
     double comm_s = s.gpu ? s.gpu->finish_reduction() : s.dp->finish_reduction();
     const auto tc = Clock::now();
     s.grid->dp_group().all_reduce(&loss, 1, comm::ReduceOp::avg);
@@ -557,27 +596,67 @@ RunSummary Trainer::run() {
     int32_t bad = !(std::isfinite(loss) && std::isfinite(norm));
     world_.all_reduce(&bad, 1, comm::ReduceOp::max);
     if (bad) {
-      ++consecutive_skips;
-      ++s.train.skipped_steps;
-      s.train.step = step + 1;
-      s.train.loader_step = step + 1;
-      s.train.tokens_seen += GB * T;
-      summary.skipped.push_back(step + 1);
-      summary.steps_taken = s.train.step;
       log->warn("step {}: non-finite loss {} or gradient norm {}: update skipped on every rank ({} in a row, "
                 "limit train.max_skipped_steps = {})",
-                step + 1, loss, norm, consecutive_skips, cfg.train.max_skipped_steps);
-      if (io) s.metrics << fmt::format("{{\"step\":{},\"skipped\":1,\"skipped_total\":{}}}\n", step + 1,
-                                       s.train.skipped_steps);
-      if (consecutive_skips >= cfg.train.max_skipped_steps) {
-        log->error("{} non-finite steps in a row (train.max_skipped_steps): stopping with exit code {}; the "
-                   "weights were never updated from them; lower train.lr or check the data, then resume",
-                   consecutive_skips, kExitNonFinite);
-        if (io) s.metrics.flush();
-        summary.diverged = true;
-        return summary;
-      }
+                step + 1, loss, norm, consecutive_skips + 1, cfg.train.max_skipped_steps);
+      if (skip_step(step, data_step, loss, norm, "non-finite")) return summary;
       continue;
+    }
+    // A loss spike (train/spike.h): the same verdict on every rank.
+    std::string spike = spikes.check(loss, norm);
+    int32_t is_spike = !spike.empty();
+    world_.all_reduce(&is_spike, 1, comm::ReduceOp::max);
+    if (is_spike) {
+      if (spike.empty()) spike = "another rank saw a spike";
+      summary.spikes.push_back(step + 1);
+      const auto action = spikes.action();
+      if (action == SpikeAction::rollback) {
+        const std::string target = agree(world_, [&]() -> std::string {
+          const auto latest = s.store->latest();
+          return latest ? *latest : "";
+        });
+        if (rollbacks >= cfg.train.spike_max_rollbacks) {
+          log->error("step {}: loss spike ({}) after {} rollbacks (train.spike_max_rollbacks): stopping with exit "
+                     "code {}; resume from {} with a lower train.lr or another train.seed",
+                     step + 1, spike, rollbacks, kExitNonFinite, target.empty() ? "the start" : target);
+          if (io) s.metrics->write(step + 1, {{"spike", 1.0}, {"spike_action", "stop"}, {"spike_loss", loss}});
+          summary.diverged = true;
+          return summary;
+        }
+        if (!target.empty()) {
+          restore(target);
+          const int64_t skip_from = s.train.loader_step;
+          s.train.loader_step = data_step + 1;  // the batches since the checkpoint are never drawn again
+          spikes.forget_after(s.train.step);
+          consecutive_skips = 0;
+          ++rollbacks;
+          summary.rollbacks.push_back({step + 1, s.train.step, skip_from, data_step});
+          log->warn("step {}: loss spike ({}): rolled back to {} (step {}); the batches of loader steps {}..{} "
+                    "are skipped (rollback {} of train.spike_max_rollbacks = {})",
+                    step + 1, spike, target, s.train.step, skip_from, data_step, rollbacks,
+                    cfg.train.spike_max_rollbacks);
+          if (io)
+            s.metrics->write(step + 1, {{"spike", 1.0}, {"spike_action", "rollback"}, {"spike_loss", loss},
+                                        {"spike_grad_norm", norm}, {"rollback_to", static_cast<double>(s.train.step)},
+                                        {"skip_from", static_cast<double>(skip_from)},
+                                        {"skip_to", static_cast<double>(data_step)}});
+          continue;
+        }
+        log->warn("step {}: loss spike ({}), but no checkpoint to roll back to yet: the update is skipped", step + 1,
+                  spike);
+      }
+      if (action == SpikeAction::warn) {
+        log->warn("step {}: loss spike ({}); the update is applied (train.spike_action = warn)", step + 1, spike);
+        if (io) s.metrics->write(step + 1, {{"spike", 1.0}, {"spike_action", "warn"}, {"spike_loss", loss}});
+      } else {
+        log->warn("step {}: loss spike ({}): update skipped on every rank ({} in a row, limit "
+                  "train.max_skipped_steps = {})",
+                  step + 1, spike, consecutive_skips + 1, cfg.train.max_skipped_steps);
+        if (skip_step(step, data_step, loss, norm, "spike")) return summary;
+        continue;
+      }
+    } else {
+      spikes.accept(step + 1, loss);
     }
     consecutive_skips = 0;
     const double clip =
@@ -592,7 +671,7 @@ RunSummary Trainer::run() {
       s.train.optimizer_steps = s.dp->optimizer_steps();
     }
     s.train.step = step + 1;
-    s.train.loader_step = step + 1;
+    s.train.loader_step = data_step + 1;
     s.train.tokens_seen += GB * T;
     ++steps_here;
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -606,13 +685,28 @@ RunSummary Trainer::run() {
     const bool has_peak = cfg.backend.peak_gflops > 0;
     const double mfu =
         has_peak ? tokens_per_s * flops_per_token / (cfg.backend.peak_gflops * 1e9 * world_.size()) : 0.0;
-    if (io)
-      s.metrics << fmt::format(
-          "{{\"step\":{},\"loss\":{:.8g},\"lr\":{:.8g},\"grad_norm\":{:.8g},\"tokens_per_s\":{:.1f},"
-          "\"mfu\":{},\"step_s\":{:.6f},\"comm_s\":{:.6f},\"bubble\":{:.4f}}}\n",
-          s.train.step, loss, lr, norm, tokens_per_s, has_peak ? fmt::format("{:.6f}", mfu) : std::string("null"),
-          dt, comm_s, runner ? runner->bubble_fraction() : 0.0)
-                << std::flush;  // one line per step, visible at once to whoever tails the file
+    std::vector<Metric> fields{{"loss", loss},
+                               {"lr", lr},
+                               {"grad_norm", norm},
+                               {"tokens_per_s", tokens_per_s},
+                               {"mfu", has_peak ? std::optional<double>(mfu) : std::nullopt},
+                               {"step_s", dt},
+                               {"comm_s", comm_s},
+                               {"bubble", runner ? runner->bubble_fraction() : 0.0},
+                               {"mem_peak_mb", peak_rss_mb()}};
+    // Stragglers: every log.straggler_every steps, each rank's compute time per step.
+    if (const auto report = stragglers.after_step(s.train.step, dt - comm_s)) {
+      fields.push_back({"slowest_rank", static_cast<double>(report->slowest_rank)});
+      fields.push_back({"slowest_ms", report->slowest_ms});
+      fields.push_back({"median_ms", report->median_ms});
+      if (report->straggling)
+        log->warn("straggler: rank {} on {} computed {:.1f} ms per step over the last {} steps, {:.0f}% above the "
+                  "median {:.1f} ms (log.straggler_threshold = {:.0f}%)",
+                  report->slowest_rank, report->slowest_host, report->slowest_ms, cfg.log.straggler_every,
+                  100 * (report->slowest_ms / report->median_ms - 1), report->median_ms,
+                  100 * cfg.log.straggler_threshold);
+    }
+    if (io) s.metrics->write(s.train.step, fields);
     const bool last = s.train.step == end;
     if (cfg.log.every_steps > 0 && (s.train.step % cfg.log.every_steps == 0 || last)) {
       const double eta = train_seconds / steps_here * static_cast<double>(end - s.train.step);
@@ -628,8 +722,6 @@ RunSummary Trainer::run() {
     if (cfg.checkpoint.every_steps > 0 && s.train.step % cfg.checkpoint.every_steps == 0 && !last)
       save("periodic");
   }
-  if (io) s.metrics.flush();
-
   if (stop && s.train.step < end) {
     log->warn("received {} at step {}: saving a checkpoint and exiting with code {}",
               stop == SIGTERM ? "SIGTERM" : "SIGUSR1", s.train.step, kExitPreempted);

@@ -62,6 +62,16 @@ struct TrainConfig {
   int64_t inject_nan_step = 0;    // testing only: poison this step's gradient (0 = never)
   int64_t inject_nan_count = 1;   // testing only: ... and this many steps after it in a row
   int inject_nan_rank = 0;        // testing only: on this world rank
+  // Loss spikes (train/spike.h): what to do when a step's loss exceeds spike_factor x
+  // the median of the last spike_window accepted losses or its gradient norm exceeds
+  // spike_grad_norm.
+  std::string spike_action = "warn";  // off|warn|skip|rollback
+  double spike_factor = 3.0;          // 0 = no loss criterion
+  int64_t spike_window = 100;
+  double spike_grad_norm = 0;         // 0 = no gradient-norm criterion
+  int spike_max_rollbacks = 3;        // rollbacks per process run before a spike ends it (exit 76)
+  int64_t inject_spike_step = 0;      // testing only: poison the batch this step draws (0 = never)
+  double inject_spike_scale = 100;    // testing only: ... by scaling its loss and gradient
 };
 
 struct ParallelConfig {
@@ -100,6 +110,9 @@ struct LogConfig {
   int64_t sample_every = 0;    // 0 = never
   std::string level = "info";  // trace|debug|info|warn|error|off
   bool all_ranks = false;
+  bool tensorboard = true;            // rank 0 writes <run_dir>/tensorboard/ event files
+  int64_t straggler_every = 50;       // steps between straggler checks (0 = never)
+  double straggler_threshold = 0.2;   // a rank this much slower than the median is named
 };
 
 struct Config {

@@ -27,8 +27,13 @@ struct RunSummary {
   int64_t steps_taken = 0;     // last completed step
   bool preempted = false;      // stopped by a signal after saving a checkpoint
   bool diverged = false;       // stopped after max_skipped_steps non-finite steps in a row
-  std::vector<int64_t> skipped;  // steps whose update was skipped (non-finite loss or gradient)
+  std::vector<int64_t> skipped;  // steps whose update was skipped (non-finite values or a spike)
   std::string last_checkpoint; // path of the newest checkpoint written, if any
+  std::vector<int64_t> spikes;   // steps detected as loss spikes (train.spike_action)
+  struct Rollback {
+    int64_t spike_step, to_step, skip_from, skip_to;  // loader steps [skip_from, skip_to] never drawn again
+  };
+  std::vector<Rollback> rollbacks;
 };
 
 class Trainer {

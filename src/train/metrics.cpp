@@ -1,0 +1,75 @@
+#include "kumiko/train/metrics.h"
+
+#include <sys/resource.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include <spdlog/fmt/fmt.h>
+
+#include "kumiko/core/error.h"
+#include "kumiko/core/tensorboard.h"
+
+namespace kumiko::train {
+
+namespace {
+
+// A JSON string literal: quotes, backslashes and control characters escaped.
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += fmt::format("\\u{:04x}", static_cast<int>(c));
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
+MetricsLog::MetricsLog(const std::string& run_dir, bool tensorboard)
+    : path_((std::filesystem::path(run_dir) / "metrics.jsonl").string()) {
+  jsonl_.open(path_, std::ios::app);
+  KUMIKO_USER_CHECK(jsonl_.good(), path_, ": cannot open for writing");
+  if (tensorboard)
+    events_ = std::make_unique<tensorboard::EventWriter>((std::filesystem::path(run_dir) / "tensorboard").string());
+}
+
+MetricsLog::~MetricsLog() = default;
+
+std::string MetricsLog::json_line(int64_t step, const std::vector<Metric>& fields) {
+  std::string line = fmt::format("{{\"step\":{}", step);
+  for (const auto& f : fields) {
+    line += ',';  // (appended piece by piece: GCC 12 warns falsely about "," + ... here)
+    line += json_string(f.name);
+    line += ':';
+    if (f.is_text)
+      line += json_string(f.text);
+    else if (f.is_null || !std::isfinite(*f.number))  // JSON has no NaN or infinity
+      line += "null";
+    else
+      line += fmt::format("{:.8g}", *f.number);
+  }
+  return line + "}";
+}
+
+void MetricsLog::write(int64_t step, const std::vector<Metric>& fields) {
+  jsonl_ << json_line(step, fields) << '\n' << std::flush;
+  if (!events_) return;
+  for (const auto& f : fields)
+    if (!f.is_text && !f.is_null) events_->scalar(f.name, step, *f.number);
+  events_->flush();
+}
+
+double peak_rss_mb() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+}  // namespace kumiko::train
