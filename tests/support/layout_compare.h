@@ -3,6 +3,7 @@
 // of ranks, read its final weights as logical tensors, and compare losses and
 // weights with another run within 1e-5 relative.
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,15 @@ struct LayoutResult {
   model::LogicalTensors weights;  // final, logical, in parameter_specs order
   std::vector<std::string> names;
 };
+
+// This rank's group for a run of layout `c` when `world` is cut into groups of
+// dp x tp x pp ranks (several copies of a small layout run side by side); the group's
+// index is appended to c.log.run_dir so that the copies write apart.
+inline std::unique_ptr<comm::Communicator> layout_group(comm::Communicator& world, config::Config& c) {
+  const int ranks = c.parallel.dp * c.parallel.tp * c.parallel.pp;
+  c.log.run_dir += "-" + std::to_string(world.rank() / ranks);
+  return world.split(world.rank() / ranks, world.rank() % ranks, "layout");
+}
 
 // Trains `c` on the ranks of `group` and reads <run_dir>/weights_final.h5.
 inline LayoutResult train_on(comm::Communicator& group, const config::Config& c) {

@@ -23,6 +23,7 @@
 #include "kumiko/model/transformer.h"
 #include "kumiko/train/trainer.h"
 #include "kumiko_test_support.h"
+#include "layout_compare.h"
 
 namespace kumiko {
 namespace {
@@ -88,7 +89,6 @@ TEST_P(EvalLayouts, ValLossIsTheSameForEveryLayout) {
   const std::string arch = GetParam();
   auto& world = comm::world();
   ASSERT_EQ(world.size(), 4);
-  const int r = world.rank();
   const auto base = tiny(arch, "");
   const double direct = direct_val_loss(base, kEvalBatches * kGlobalBatch);
   // Other windows give another value: the comparisons below can fail.
@@ -97,9 +97,7 @@ TEST_P(EvalLayouts, ValLossIsTheSameForEveryLayout) {
   auto layout = [&](const std::string& name, auto&& set) {
     auto c = tiny(arch, g_root + "/" + arch + "-" + name);
     set(c);
-    const int ranks = c.parallel.dp * c.parallel.tp * c.parallel.pp;
-    auto group = world.split(r / ranks, r % ranks, "layout");
-    c.log.run_dir += "-" + std::to_string(r / ranks);
+    auto group = testing::layout_group(world, c);
     train::Trainer t(c, *group);
     const double val = t.run().last_val_loss;
     EXPECT_NEAR(val, direct, 1e-6 * direct) << arch << " " << name;

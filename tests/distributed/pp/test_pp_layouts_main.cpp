@@ -56,9 +56,7 @@ TEST_P(Pipeline, LayoutsMatchOneProcess) {
   auto layout = [&](const std::string& name, auto&& set) {
     auto c = tiny(arch, g_root + "/" + arch + "-" + name);
     set(c);
-    const int ranks = c.parallel.dp * c.parallel.tp * c.parallel.pp;
-    auto group = world.split(r / ranks, r % ranks, "layout");
-    c.log.run_dir += "-" + std::to_string(r / ranks);
+    auto group = testing::layout_group(world, c);
     testing::expect_same_run(testing::train_on(*group, c), ref, arch + " " + name);
   };
   if (world.size() == 8) {
