@@ -11,7 +11,7 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libopenmpi-dev openmpi-bin
   libhdf5-dev
-  libspdlog-dev libcli11-dev
+  libspdlog-dev libcli11-dev nlohmann-json3-dev
   libsentencepiece-dev
   libgtest-dev
   libopenblas-openmp-dev
