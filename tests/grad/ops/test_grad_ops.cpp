@@ -3,6 +3,7 @@
 // with dout = r, accumulated onto zeros) must match central differences of the
 // forward with eps = 1e-6 at every entry (rule: tests/support/gradcheck.h).
 #include <functional>
+#include <iostream>
 
 #include "kumiko/ops/attention.h"
 #include "kumiko/ops/cross_entropy.h"
@@ -49,6 +50,8 @@ void check_grad(const std::function<Vec()>& forward, Vec& x, const Vec& r, const
     largest = std::max(largest, std::abs(entries.back().numeric));
   }
   EXPECT_EQ("", test::grad_disagreements(entries, tol)) << what;
+  std::cout << "[ NOTE     ] " << what << ": atol " << tol.atol << ", the largest discrepancy used "
+            << test::grad_worst_ratio(entries, tol) << " of the allowed difference\n";
   EXPECT_GT(largest, 100 * tol.atol) << what << ": the finite-difference gradient is negligible everywhere";
 }
 
