@@ -15,6 +15,7 @@
 
 #include "kumiko/core/error.h"
 #include "kumiko/core/log.h"
+#include "kumiko/core/progress.h"
 #include "kumiko/core/sha256.h"
 #include "kumiko/data/shard.h"
 #include "kumiko/data/tokenizer.h"
@@ -220,14 +221,15 @@ PrepareSummary prepare(const PrepareOptions& o) {
   summary.tokenizer_sha256 = tokenizer.sha256();
   Sha256Digest sha{};
   from_hex(tokenizer.sha256(), sha);
-  const auto t_tok = std::chrono::steady_clock::now();
 
   // 3. Encode every part in line-aligned chunks on all threads, in order, into shards.
   ShardWriter train(o.out, SplitId::train, o.shard_tokens, summary.vocab_size, sha);
   ShardWriter val(o.out, SplitId::val, o.shard_tokens, summary.vocab_size, sha);
   const int32_t eos = tokenizer.eos_id();
-  int64_t bytes_done = 0;
-  auto last_report = std::chrono::steady_clock::now();
+  ProgressOptions progress_options;
+  progress_options.subsystem = "data";
+  if (!o.progress) progress_options.mode = ProgressMode::off;
+  Progress progress("prepare: encoding", summary.input_bytes, "B", progress_options);
   for (size_t d = 0; d < docs.size(); ++d) {
     const std::string_view doc = docs[d];
     for (int part = 0; part < 2; ++part) {
@@ -240,25 +242,18 @@ PrepareSummary prepare(const PrepareOptions& o) {
       for (size_t c0 = 0; c0 < chunks.size(); c0 += batch) {
         const auto n = static_cast<int64_t>(std::min(batch, chunks.size() - c0));
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-        for (int64_t i = 0; i < n; ++i) encoded[i] = tokenizer.encode(chunks[c0 + i]);
         for (int64_t i = 0; i < n; ++i) {
-          writer.append(encoded[i]);
-          bytes_done += static_cast<int64_t>(chunks[c0 + i].size());
+          encoded[i] = tokenizer.encode(chunks[c0 + i]);
+          progress.advance(static_cast<int64_t>(chunks[c0 + i].size()));
         }
-        const auto now = std::chrono::steady_clock::now();
-        if (o.progress && now - last_report > std::chrono::seconds(1)) {
-          const double secs = std::chrono::duration<double>(now - t_tok).count();
-          logger->info("encoding: {:5.1f}% of {:.1f} MB, {:.1f} MB/s",
-                       100.0 * bytes_done / summary.input_bytes, summary.input_bytes / 1e6,
-                       bytes_done / 1e6 / secs);
-          last_report = now;
-        }
+        for (int64_t i = 0; i < n; ++i) writer.append(encoded[i]);
       }
       writer.append(std::span<const int32_t>(&eos, 1));  // a document ends with eos
     }
   }
   train.finish();
   val.finish();
+  progress.finish();
   summary.train_tokens = train.tokens_written();
   summary.val_tokens = val.tokens_written();
   summary.train_shards = train.shards_written();

@@ -9,6 +9,7 @@
 
 #include "kumiko/ckpt/h5file.h"
 #include "kumiko/core/error.h"
+#include "kumiko/core/progress.h"
 
 namespace kumiko::train {
 namespace {
@@ -40,6 +41,28 @@ std::map<std::string, std::string> ini_values(const std::string& text) {
     out[section + "." + trim(line.substr(0, eq))] = value;
   }
   return out;
+}
+
+// A file with at least this many tensor bytes shows progress while it is written or
+// read (core/progress.h); small checkpoints (tests, tiny models) print nothing extra.
+constexpr int64_t kProgressMinBytes = int64_t{64} << 20;
+
+// Bytes of the values and the two moments of every tensor.
+int64_t tensor_bytes(const std::vector<model::ParameterSpec>& specs) {
+  int64_t bytes = 0;
+  for (const auto& spec : specs) bytes += 3 * numel_of(spec.shape) * int64_t{sizeof(float)};
+  return bytes;
+}
+
+// "checkpoint: saving step_00001000.h5", counting the tensor bytes on the ckpt logger.
+Progress tensor_progress(const char* verb, const std::string& path,
+                         const std::vector<model::ParameterSpec>& specs) {
+  const int64_t bytes = tensor_bytes(specs);
+  ProgressOptions options;
+  options.subsystem = "ckpt";
+  if (bytes < kProgressMinBytes) options.mode = ProgressMode::off;
+  const std::string file = std::filesystem::path(path).filename().string();
+  return Progress(std::string("checkpoint: ") + verb + " " + file, bytes, "B", options);
 }
 
 void write_scalar(ckpt::H5Writer& w, const std::string& name, int64_t v) { w.write_i64(name, {1}, &v); }
@@ -114,11 +137,16 @@ int64_t save_checkpoint(const std::string& path, const LogicalState& t, const Tr
   w.set_attr("tokenizer_sha256", meta.tokenizer_sha256);
   w.set_attr("tokenizer_path", meta.tokenizer_path);
   w.write_string("/config", meta.config_ini);
+  Progress progress = tensor_progress("saving", path, t.specs);
   for (size_t i = 0; i < t.specs.size(); ++i) {
     const auto& spec = t.specs[i];
+    const int64_t bytes = numel_of(spec.shape) * int64_t{sizeof(float)};
     w.write_f32("/model/" + spec.name, spec.shape, t.values[i]);
+    progress.advance(bytes);
     w.write_f32("/optim/m/" + spec.name, spec.shape, t.m[i]);
+    progress.advance(bytes);
     w.write_f32("/optim/v/" + spec.name, spec.shape, t.v[i]);
+    progress.advance(bytes);
     if (write_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(write_delay_ms));
   }
   write_scalar(w, "/state/step", state.step);
@@ -127,7 +155,8 @@ int64_t save_checkpoint(const std::string& path, const LogicalState& t, const Tr
   write_scalar(w, "/state/loader_step", state.loader_step);
   write_scalar(w, "/state/seed", static_cast<int64_t>(state.seed));
   write_scalar(w, "/state/skipped_steps", state.skipped_steps);
-  w.commit();
+  w.commit();  // the summary's time includes the flush and fsync
+  progress.finish();
   return static_cast<int64_t>(std::filesystem::file_size(path));
 }
 
@@ -157,14 +186,20 @@ TrainState load_checkpoint(const std::string& path, const config::Config& config
                     stored_sha.empty() ? "(none, synthetic data)" : stored_sha, ", data.dir ",
                     tokenizer_sha256.empty() ? "(none, synthetic data)" : tokenizer_sha256);
 
+  Progress progress = tensor_progress("loading", path, specs);
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto& spec = specs[i];
+    const int64_t bytes = numel_of(spec.shape) * int64_t{sizeof(float)};
     for (const char* group : {"/model/", "/optim/m/", "/optim/v/"})
       KUMIKO_USER_CHECK(r.has(group + spec.name), path, ": missing tensor '", group + spec.name, "'");
     r.read_f32("/model/" + spec.name, spec.shape, values[i]);
+    progress.advance(bytes);
     r.read_f32("/optim/m/" + spec.name, spec.shape, m[i]);
+    progress.advance(bytes);
     r.read_f32("/optim/v/" + spec.name, spec.shape, v[i]);
+    progress.advance(bytes);
   }
+  progress.finish();
   TrainState s;
   s.step = read_scalar(r, "/state/step");
   s.tokens_seen = read_scalar(r, "/state/tokens_seen");

@@ -18,7 +18,7 @@ struct PrepareOptions {
   int64_t shard_tokens = 100'000'000;
   int threads = 0;                  // 0 = all cores
   double character_coverage = 0.0;  // 0 = automatic (see TokenizerTrainOptions)
-  bool progress = true;             // log progress lines while encoding
+  bool progress = true;             // show progress while encoding (core/progress.h)
 };
 
 struct PrepareSummary {
