@@ -22,6 +22,7 @@
 #include "kumiko/parallel/pipeline.h"
 #include "kumiko/core/error.h"
 #include "kumiko/core/log.h"
+#include "kumiko/core/progress.h"
 #include "kumiko/core/rng.h"
 #include "kumiko/data/loader.h"
 #include "kumiko/model/sharding.h"
@@ -70,13 +71,6 @@ class SignalGuard {
  private:
   struct sigaction old_term_ {}, old_usr1_ {};
 };
-
-std::string format_duration(double seconds) {
-  const int64_t s = static_cast<int64_t>(seconds + 0.5);
-  if (s >= 3600) return fmt::format("{}h{:02}m", s / 3600, s / 60 % 60);
-  if (s >= 60) return fmt::format("{}m{:02}s", s / 60, s % 60);
-  return fmt::format("{}s", s);
-}
 
 // Random tokens for benchmarks ([data] synthetic): a pure function of (seed, step, index).
 void synthetic_batch(uint64_t seed, int64_t step, int64_t first, int64_t count, int64_t T, int64_t V,

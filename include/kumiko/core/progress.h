@@ -84,7 +84,7 @@ class Progress {
 std::string format_bytes(double bytes);
 // "950", "1.21k", "3.10M": three significant digits (k, M, G, T).
 std::string format_count(double count);
-// An ETA as the trainer prints it: "5s", "1m02s", "3h05m".
+// A duration as progress lines and the trainer print it: "5s", "1m02s", "3h05m".
 std::string format_duration(double seconds);
 
 }  // namespace kumiko
