@@ -51,6 +51,7 @@ void for_each_field(C& c, F&& f) {
   f("train.beta2", t.beta2, "AdamW beta2", nullptr);
   f("train.eps", t.eps, "AdamW epsilon", nullptr);
   f("train.seed", t.seed, "seed of weights init and data order", nullptr);
+  f("train.init_from", t.init_from, "start from this weights file (empty = initialize from the seed)", nullptr);
   f("train.eval_every", t.eval_every, "steps between evaluations (0 = never)", nullptr);
   f("train.eval_batches", t.eval_batches, "batches per evaluation", nullptr);
   f("train.stop_at", t.stop_at, "stop after this step (0 = run to steps)", nullptr);

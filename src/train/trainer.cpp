@@ -9,10 +9,12 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
 #include <sstream>
 #include <limits>
 
 #include "kumiko/ckpt/store.h"
+#include "kumiko/config/load.h"
 #include "kumiko/comm/communicator.h"
 #include "kumiko/comm/nccl.h"
 #include "kumiko/gpu/model.h"
@@ -84,6 +86,36 @@ void synthetic_batch(uint64_t seed, int64_t step, int64_t first, int64_t count, 
       if (t < T) inputs[s * T + t] = tok;
       if (t > 0) targets[s * T + t - 1] = tok;
     }
+}
+
+// train.init_from: the whole model's logical tensors from a weights file (kumiko
+// import-hf, or another run's weights_final.h5), split for this rank's layout.
+void init_from_weights(const config::Config& cfg, const std::string& tokenizer_sha256,
+                       const std::vector<model::ParameterSpec>& logical_specs,
+                       const std::vector<model::ParameterSpec>& stage_specs, model::Transformer<float>& m) {
+  const std::string& path = cfg.train.init_from;
+  KUMIKO_USER_CHECK(std::filesystem::exists(path), "train.init_from: ", path, ": no such weights file");
+  const WeightsInfo info = read_weights_info(path);
+  // The stored [model] must be this run's (init_std aside: it is not used).
+  auto same = cfg;
+  same.model.init_std = config::from_text(info.config_ini, path).model.init_std;
+  const std::string diff = model_config_diff(info.config_ini, config::to_ini(same));
+  KUMIKO_USER_CHECK(diff.empty(), "train.init_from: ", path, " holds another model: ",
+                    std::regex_replace(diff, std::regex("checkpoint "), "file "));
+  KUMIKO_USER_CHECK(info.tokenizer_sha256.empty() || tokenizer_sha256.empty() || info.tokenizer_sha256 == tokenizer_sha256,
+                    "train.init_from: ", path, " was trained with tokenizer ", info.tokenizer_sha256, " but data.dir's is ",
+                    tokenizer_sha256, " (prepare the data with kumiko prepare --tokenizer ", info.tokenizer_path, ")");
+  model::LogicalTensors whole;
+  std::vector<float*> ptrs;
+  for (const auto& spec : logical_specs) whole.emplace_back(static_cast<size_t>(numel_of(spec.shape)));
+  for (auto& w : whole) ptrs.push_back(w.data());
+  read_weights(path, logical_specs, ptrs);
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < logical_specs.size(); ++i) index[logical_specs[i].name] = i;
+  model::LogicalTensors mine;
+  for (const auto& spec : stage_specs) mine.push_back(whole[index.at(spec.name)]);
+  model::scatter_logical(m, mine, m.params().flat_values().data());
+  log::get("train")->info("initialized from {} (its step {})", path, info.step);
 }
 
 }  // namespace
@@ -374,6 +406,8 @@ RunSummary Trainer::run() {
     ckpt_log->info("resumed from {} at step {} ({} tokens seen)", resume_path, s.train.step,
                    s.train.tokens_seen);
   } else {
+    if (!cfg.train.init_from.empty()) init_from_weights(cfg, s.meta.tokenizer_sha256, logical_specs, stage_specs,
+                                                        *s.model);
     // Initial: uploaded before the weights file, whose sync_host_params() reads the GPU.
     if (s.gpu) s.gpu->set_parameters(params.flat_values().data());
     write_weights_file(run_dir / "weights_init.h5", 0);

@@ -55,6 +55,7 @@ struct TrainConfig {
   double beta2 = 0.95;
   double eps = 1e-8;
   uint64_t seed = 1234;
+  std::string init_from;  // "" = counter-based init from seed; else a weights file (kumiko import-hf, weights_final.h5)
   int64_t eval_every = 100;  // 0 = never
   int eval_batches = 8;
   int64_t stop_at = 0;  // 0 = run to steps; else stop (as if preempted) after this step
