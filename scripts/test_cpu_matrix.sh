@@ -28,6 +28,17 @@ read -r -a cores <<<"${KUMIKO_MATRIX_CORES:-native Haswell SkylakeX Zen Sandybri
 read -r -a threads <<<"${KUMIKO_MATRIX_THREADS:-1 2}"
 read -r -a marches <<<"${KUMIKO_MATRIX_MARCH:-native}"
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+flags=" $(sed -n 's/^flags[[:space:]]*: //p' /proc/cpuinfo | head -1) "
+# The instructions each OpenBLAS kernel family uses (x86 flag names in /proc/cpuinfo).
+declare -A needs=([native]="" [Sandybridge]="avx" [Haswell]="avx2 fma" [Zen]="avx2 fma"
+                  [SkylakeX]="avx512f avx512bw avx512vl" [Cooperlake]="avx512f avx512_bf16"
+                  [SapphireRapids]="avx512f avx512_bf16 amx_bf16")
+cpu_can_run() {
+  local f
+  for f in ${needs[$1]-}; do
+    [[ "$flags" == *" $f "* ]] || return 1
+  done
+}
 rows=()
 failed=0
 for march in "${marches[@]}"; do
@@ -43,7 +54,14 @@ for march in "${marches[@]}"; do
   for core in "${cores[@]}"; do
     coretype=()
     [ "$core" = native ] || coretype=(OPENBLAS_CORETYPE="$core")
-    # What OpenBLAS really loads for this setting (it falls back when the CPU lacks the ISA).
+    # A family whose instructions this CPU lacks is not run (OpenBLAS does not always
+    # refuse it: a forced family could die of SIGILL).
+    if ! cpu_can_run "$core"; then
+      echo "cpu-matrix: -march=$march $core: not run (this CPU lacks its instructions: ${needs[$core]})"
+      rows+=("| $march | $core | - | not run: the CPU lacks ${needs[$core]} | |")
+      continue
+    fi
+    # What OpenBLAS really loads for this setting (an unknown name falls back).
     chosen=$(env "${coretype[@]}" OPENBLAS_VERBOSE=2 "$build/bin/kumiko" version 2>&1 | sed -n 's/^Core: //p' | head -1)
     if [ "$core" != native ] && [ "$chosen" != "$core" ]; then
       echo "cpu-matrix: -march=$march $core: not run (this CPU cannot run it; OpenBLAS chose ${chosen:-?})"

@@ -80,7 +80,8 @@ std::string format_count(double count) {
 }
 
 std::string format_duration(double seconds) {
-  const auto s = static_cast<int64_t>(std::max(seconds, 0.0) + 0.5);
+  if (!std::isfinite(seconds)) return "?";
+  const auto s = static_cast<int64_t>(std::min(std::max(seconds, 0.0), 1e12) + 0.5);
   if (s >= 3600) return fmt::format("{}h{:02}m", s / 3600, s / 60 % 60);
   if (s >= 60) return fmt::format("{}m{:02}s", s / 60, s % 60);
   return fmt::format("{}s", s);

@@ -8,6 +8,7 @@
 #include <spdlog/fmt/fmt.h>
 
 #include "kumiko/core/error.h"
+#include "kumiko/core/log.h"
 #include "kumiko/core/tensorboard.h"
 
 namespace kumiko::train {
@@ -52,6 +53,8 @@ std::string MetricsLog::json_line(int64_t step, const std::vector<Metric>& field
       line += json_string(f.text);
     else if (f.is_null || !std::isfinite(*f.number))  // JSON has no NaN or infinity
       line += "null";
+    else if (*f.number == std::trunc(*f.number) && std::abs(*f.number) < 9007199254740992.0)  // 2^53
+      line += fmt::format("{}", static_cast<int64_t>(*f.number));  // counts and steps exactly
     else
       line += fmt::format("{:.8g}", *f.number);
   }
@@ -61,9 +64,16 @@ std::string MetricsLog::json_line(int64_t step, const std::vector<Metric>& field
 void MetricsLog::write(int64_t step, const std::vector<Metric>& fields) {
   jsonl_ << json_line(step, fields) << '\n' << std::flush;
   if (!events_) return;
-  for (const auto& f : fields)
-    if (!f.is_text && !f.is_null) events_->scalar(f.name, step, *f.number);
-  events_->flush();
+  try {
+    for (const auto& f : fields)
+      if (!f.is_text && !f.is_null) events_->scalar(f.name, step, *f.number);
+    events_->flush();
+  } catch (const UserError& e) {
+    // A full disk or a lost file system must not end a training job that can still
+    // checkpoint: TensorBoard output stops, metrics.jsonl goes on.
+    log::get("train")->warn("TensorBoard output stopped: {}", e.what());
+    events_.reset();
+  }
 }
 
 double peak_rss_mb() {

@@ -381,6 +381,9 @@ RunSummary Trainer::run() {
     ckpt_log->info("resume=auto: no checkpoint in {}, starting fresh", s.store->dir());
     return "";
   });
+  // The checkpoint a loss-spike rollback returns to: one this run resumed from or
+  // wrote (never a stale `latest` of an earlier run in the same folder).
+  std::string rollback_point;
   // Loads a checkpoint (any layout's) into this rank's parameters and optimizer state:
   // on resume and on a loss-spike rollback.
   auto restore = [&](const std::string& path) {
@@ -402,6 +405,7 @@ RunSummary Trainer::run() {
   };
   if (!resume_path.empty()) {
     restore(resume_path);
+    rollback_point = resume_path;
     summary.first_step = s.train.step;
     ckpt_log->info("resumed from {} at step {} ({} tokens seen)", resume_path, s.train.step,
                    s.train.tokens_seen);
@@ -461,6 +465,7 @@ RunSummary Trainer::run() {
     // Training time the save took away (gathers, write, commit): every rank waited for it.
     if (io) s.metrics->write(s.train.step, {{"ckpt_blocked_s", std::chrono::duration<double>(Clock::now() - t0).count()}});
     summary.last_checkpoint = path;
+    rollback_point = path;
   };
 
   s.inputs.resize(MB * T);
@@ -639,14 +644,11 @@ RunSummary Trainer::run() {
       summary.spikes.push_back(step + 1);
       const auto action = spikes.action();
       if (action == SpikeAction::rollback) {
-        const std::string target = agree(world_, [&]() -> std::string {
-          const auto latest = s.store->latest();
-          return latest ? *latest : "";
-        });
-        if (rollbacks >= cfg.train.spike_max_rollbacks) {
+        const std::string& target = rollback_point;  // the same on every rank
+        if (!target.empty() && rollbacks >= cfg.train.spike_max_rollbacks) {
           log->error("step {}: loss spike ({}) after {} rollbacks (train.spike_max_rollbacks): stopping with exit "
                      "code {}; resume from {} with a lower train.lr or another train.seed",
-                     step + 1, spike, rollbacks, kExitNonFinite, target.empty() ? "the start" : target);
+                     step + 1, spike, rollbacks, kExitNonFinite, target);
           if (io) s.metrics->write(step + 1, {{"spike", 1.0}, {"spike_action", "stop"}, {"spike_loss", loss}});
           summary.diverged = true;
           return summary;
@@ -674,6 +676,8 @@ RunSummary Trainer::run() {
                   spike);
       }
       if (action == SpikeAction::warn) {
+        // Applied, so it joins the median: a lasting change of level stops being a spike.
+        spikes.accept(step + 1, loss);
         log->warn("step {}: loss spike ({}); the update is applied (train.spike_action = warn)", step + 1, spike);
         if (io) s.metrics->write(step + 1, {{"spike", 1.0}, {"spike_action", "warn"}, {"spike_loss", loss}});
       } else {

@@ -55,10 +55,13 @@ inline config::Config tiny_config(const std::string& arch, const std::string& ru
 // The exit code of a GoogleTest binary run under mpirun, given whether any rank
 // failed: 1 on a failure, 77 when every case skipped (ctest's SKIP_RETURN_CODE: the
 // run is reported as skipped, e.g. GPU tests on a CPU machine), 0 otherwise.
-inline int mpi_test_exit_code(bool any_rank_failed) {
+inline int mpi_test_exit_code(comm::Communicator& world, bool any_rank_failed) {
   const auto& unit = *::testing::UnitTest::GetInstance();
+  // Skipped only when every case skipped on every rank (collective).
+  int32_t ran = !(unit.successful_test_count() == 0 && unit.skipped_test_count() > 0);
+  world.all_reduce(&ran, 1, comm::ReduceOp::max);
   if (any_rank_failed) return 1;
-  return unit.successful_test_count() == 0 && unit.skipped_test_count() > 0 ? 77 : 0;
+  return ran ? 0 : 77;
 }
 
 // main() of a GoogleTest binary run under mpirun: one shared scratch folder (`root`,
@@ -83,8 +86,9 @@ inline int mpi_test_main(int argc, char** argv, const std::string& prefix, std::
   world.all_reduce(&failed, 1, comm::ReduceOp::max);
   world.barrier();
   if (world.rank() == 0) std::filesystem::remove_all(root);
+  const int code = mpi_test_exit_code(world, failed != 0);
   comm::finalize_world();
-  return mpi_test_exit_code(failed != 0);
+  return code;
 }
 
 }  // namespace kumiko::testing

@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   kumiko::comm::world();
   const int failed = RUN_ALL_TESTS();
+  const int code = kumiko::testing::mpi_test_exit_code(kumiko::comm::world(), failed != 0);
   kumiko::comm::finalize_world();
-  return kumiko::testing::mpi_test_exit_code(failed != 0);
+  return code;
 }
