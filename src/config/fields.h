@@ -53,7 +53,8 @@ void for_each_field(C& c, F&& f) {
   f("train.seed", t.seed, "seed of weights init and data order", nullptr);
   f("train.init_from", t.init_from, "start from this weights file (empty = initialize from the seed)", nullptr);
   f("train.eval_every", t.eval_every, "steps between evaluations (0 = never)", nullptr);
-  f("train.eval_batches", t.eval_batches, "batches per evaluation", nullptr);
+  f("train.eval_batches", t.eval_batches, "global batches per evaluation (val windows 0 .. eval_batches x global_batch - 1)",
+    nullptr);
   f("train.stop_at", t.stop_at, "stop after this step (0 = run to steps)", nullptr);
   f("train.max_skipped_steps", t.max_skipped_steps, "non-finite steps in a row before exit 76", nullptr);
   f("train.inject_nan_step", t.inject_nan_step, "testing only: poison this step's gradient", nullptr);

@@ -186,13 +186,22 @@ config::ModelConfig model_config(const std::string& path) {
     require_value(!value_or<bool>(j, "mlp_bias", false, path), path, "mlp_bias", j, "false");
     require_value(!j.contains("rope_scaling") || j["rope_scaling"].is_null(), path, "rope_scaling", j,
                   "null: kumiko computes plain RoPE");
-    require_value(value_or<int>(j, "head_dim", m.d_model / m.n_heads, path) * m.n_heads == m.d_model, path,
-                  "head_dim", j, "hidden_size / num_attention_heads");
+    require_value(!j.contains("head_dim") || j["head_dim"].is_null() ||
+                      value_or<int64_t>(j, "head_dim", 0, path) * m.n_heads == m.d_model,
+                  path, "head_dim", j, "hidden_size / num_attention_heads");
   } else {
     KUMIKO_USER_CHECK(false, path, ": model_type '", type, "' cannot be imported (kumiko has gpt2 and llama)");
   }
-  KUMIKO_USER_CHECK(m.n_heads > 0 && m.d_model % m.n_heads == 0, path, ": the width ", m.d_model,
-                    " is not a multiple of the ", m.n_heads, " heads");
+  // kumiko's own checks of a [model] section (positive sizes, heads dividing the width,
+  // kv heads dividing the heads), named by their config.json origin.
+  config::Config c;
+  c.model = m;
+  c.data.seq_len = std::max(1, std::min(c.data.seq_len, m.max_seq_len));
+  try {
+    config::validate(c);
+  } catch (const UserError& e) {
+    KUMIKO_USER_CHECK(false, path, ": the model it describes is not valid for kumiko: ", e.what());
+  }
   return m;
 }
 
@@ -268,9 +277,7 @@ std::vector<std::string> import_folder(const std::string& dir, const std::string
   }
   std::vector<const float*> ptrs;
   for (const auto& v : in.values) ptrs.push_back(v.data());
-  const std::string tmp = out_h5 + ".partial";
-  write_weights(tmp, in.specs, ptrs, info);
-  fs::rename(tmp, out_h5);
+  write_weights(out_h5, in.specs, ptrs, info);  // a temporary file renamed when complete
   const fs::path ini = fs::path(out).replace_extension(".ini");
   std::ofstream(ini) << "# The model imported from " << dir << " into " << out_h5 << ".\n"
                      << "# Start a config from this section and train with --train.init_from=" << out_h5 << "\n"

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include <nlohmann/json.hpp>
 #include <spdlog/fmt/fmt.h>
 
 #include "kumiko/core/error.h"
@@ -15,35 +16,11 @@ namespace kumiko::train {
 
 namespace {
 
-// A JSON string literal: quotes, backslashes and control characters escaped.
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (const char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", static_cast<int>(c));
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
+// A JSON string literal (nlohmann-json escapes it).
+std::string json_string(const std::string& s) { return nlohmann::json(s).dump(); }
 
-}  // namespace
-
-MetricsLog::MetricsLog(const std::string& run_dir, bool tensorboard)
-    : path_((std::filesystem::path(run_dir) / "metrics.jsonl").string()) {
-  jsonl_.open(path_, std::ios::app);
-  KUMIKO_USER_CHECK(jsonl_.good(), path_, ": cannot open for writing");
-  if (tensorboard)
-    events_ = std::make_unique<tensorboard::EventWriter>((std::filesystem::path(run_dir) / "tensorboard").string());
-}
-
-MetricsLog::~MetricsLog() = default;
-
-std::string MetricsLog::json_line(int64_t step, const std::vector<Metric>& fields) {
+// One record as a JSON object on one line: {"step":N, fields in order}.
+std::string json_line(int64_t step, const std::vector<Metric>& fields) {
   std::string line = fmt::format("{{\"step\":{}", step);
   for (const auto& f : fields) {
     line += ',';  // (appended piece by piece: GCC 12 warns falsely about "," + ... here)
@@ -60,6 +37,18 @@ std::string MetricsLog::json_line(int64_t step, const std::vector<Metric>& field
   }
   return line + "}";
 }
+
+}  // namespace
+
+MetricsLog::MetricsLog(const std::string& run_dir, bool tensorboard)
+    : path_((std::filesystem::path(run_dir) / "metrics.jsonl").string()) {
+  jsonl_.open(path_, std::ios::app);
+  KUMIKO_USER_CHECK(jsonl_.good(), path_, ": cannot open for writing");
+  if (tensorboard)
+    events_ = std::make_unique<tensorboard::EventWriter>((std::filesystem::path(run_dir) / "tensorboard").string());
+}
+
+MetricsLog::~MetricsLog() = default;
 
 void MetricsLog::write(int64_t step, const std::vector<Metric>& fields) {
   jsonl_ << json_line(step, fields) << '\n' << std::flush;

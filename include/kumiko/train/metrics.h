@@ -42,8 +42,6 @@ class MetricsLog {
 
   // {"step":step, <fields in order>}; numbers also go to TensorBoard (tag = name).
   void write(int64_t step, const std::vector<Metric>& fields);
-  // The JSON line of a record (no newline): exposed for tests.
-  static std::string json_line(int64_t step, const std::vector<Metric>& fields);
 
  private:
   std::ofstream jsonl_;

@@ -132,6 +132,12 @@ TEST(HfImport, RefusesWhatKumikoCannotCompute) {
                     {"config.json", "rope_scaling"});
   expect_user_error(edited_copy("gpt2", "erf", [](auto& c) { c["activation_function"] = "gelu"; }),
                     {"config.json", "activation_function"});
+  // Sizes kumiko cannot build (no heads, heads not dividing the width) are one-line
+  // errors, not a division by zero.
+  expect_user_error(edited_copy("llama", "noheads", [](auto& c) { c["num_attention_heads"] = 0; }),
+                    {"config.json", "model.n_heads"});
+  expect_user_error(edited_copy("gpt2", "oddheads", [](auto& c) { c["n_head"] = 5; }),
+                    {"config.json", "n_heads"});
   // A model with more layers than the file holds: the missing tensor is named.
   expect_user_error(edited_copy("llama", "deeper", [](auto& c) { c["num_hidden_layers"] = 3; }),
                     {"model.layers.2.", "missing"});
