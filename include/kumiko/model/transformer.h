@@ -2,8 +2,8 @@
 // The decoder-only transformer, GPT-2 or Llama family ([model] arch), with an
 // explicit forward and backward per layer (no autograd engine).
 //
-// Templated on the element type: float for training, double for the
-// finite-difference gradient checks of the same code path.
+// Templated on the backend (CPU: float for training, double for the
+// finite-difference gradient checks; CUDA: fp32 or bf16 mixed precision).
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
@@ -12,7 +12,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include "kumiko/backend/cpu.h"
 #include "kumiko/comm/communicator.h"
+#include "kumiko/core/arena.h"
 #include "kumiko/config/config.h"
 #include "kumiko/core/tensor.h"
 #include "kumiko/model/parameters.h"
@@ -87,27 +89,61 @@ BlockIndex block_index(int64_t layer, const std::function<int(const std::string&
 // 6 * N_matmul + 12 * L * Hq * D * T (attention scores and values).
 double train_flops_per_token(const Dims& d, int64_t T);
 
-template <typename T>
-class Transformer {
+// The transformer over a backend (backend/cpu.h, and the CUDA backend in
+// src/gpu/): the layers' sequence, tensor-parallel collectives, pipeline stage
+// slicing and the loss are written once here; the backend owns memory, kernels and
+// streams and does not know about layers. Activations of every chunk and slot,
+// the scratch buffers, and (off the host) the parameters and gradients are carved
+// from one arena planned at construction.
+//
+// Parameters: params() is the host ParameterStore in the logical flat layout
+// (flat_offsets). On a host backend it is the live memory; on a device backend it
+// is a mirror refreshed by download_parameters() / upload_parameters(), while the
+// model trains on the backend's master weights, working copy and gradients
+// (flat_master(), flat_work(), flat_grads(), same offsets).
+template <typename Backend>
+class BasicTransformer {
  public:
+  using Act = typename Backend::Act;
+  using Grad = typename Backend::Grad;
+  using Stat = typename Backend::Stat;
+  using T = Grad;  // the element type of params()
+
   // Activations are allocated for up to `batch` sequences of up to `seq_len` tokens.
-  Transformer(const Dims& dims, int64_t batch, int64_t seq_len, TensorParallel tp = {},
-              PipelineStage stage = {});
-  ~Transformer();
+  // `backend` (not owned; nullptr: the model makes its own) must outlive the model.
+  BasicTransformer(const Dims& dims, int64_t batch, int64_t seq_len, TensorParallel tp = {},
+                   PipelineStage stage = {}, Backend* backend = nullptr);
+  ~BasicTransformer();
+  BasicTransformer(const BasicTransformer&) = delete;
+  BasicTransformer& operator=(const BasicTransformer&) = delete;
 
   const Dims& dims() const { return dims_; }
+  Backend& backend() { return *backend_; }
   ParameterStore<T>& params() { return params_; }
   const ParameterStore<T>& params() const { return params_; }
+  // The backend's parameter memory in the flat layout of params() (on a host
+  // backend the same memory as params()).
+  Grad* flat_master() { return master_; }
+  Act* flat_work() { return work_; }
+  Grad* flat_grads() { return grads_; }
+  int64_t flat_size() const { return params_.total_numel(); }
+  int64_t offset(int i) const { return offsets_[i]; }
+  // Bytes of the backend arena (activations, scratch and, off the host, parameters).
+  size_t arena_bytes() const { return arena_bytes_; }
+  void download_parameters();  // backend master weights -> params() values
+  void upload_parameters();    // params() values -> backend master weights and working copy
+  void download_grads();       // backend gradients -> params() grads
+  void zero_grads();           // on the backend
 
   // Forward and backward on one micro-batch of B sequences of length Tn (B <= batch,
-  // Tn <= seq_len); inputs, targets: [B, Tn]. Gradients are ACCUMULATED into
-  // params().grad with the loss scaled by `loss_scale` (e.g. 1 / global tokens).
-  // Returns the mean cross-entropy of this micro-batch (unscaled).
+  // Tn <= seq_len); inputs, targets: host arrays [B, Tn]. Gradients are ACCUMULATED
+  // with the loss scaled by `loss_scale` (e.g. 1 / global tokens). Returns the mean
+  // cross-entropy of this micro-batch (unscaled).
   double forward_backward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
-                          T loss_scale);
+                          double loss_scale);
   // Mean cross-entropy without touching gradients.
   double loss(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn);
-  // Logits of the last position of each sequence: out [B, V] (all of the
+  // Logits of the last position of each sequence: host out [B, V] (all of the
   // vocabulary, gathered over the tp group).
   void last_logits(const int32_t* inputs, int64_t B, int64_t Tn, T* out);
   const TensorParallel& tensor_parallel() const { return tp_; }
@@ -115,17 +151,17 @@ class Transformer {
 
   // Pipeline stages. stage_forward runs chunk `chunk` on activation set `slot`: from
   // the token embedding when the chunk starts the model, else from `input` [rows, C]
-  // (the previous stage's output; rows = activation_rows(B, Tn)). When the chunk ends
-  // the model it computes the loss (with `train`, the logits' gradient too) and
-  // returns the loss sum over the micro-batch's tokens; else 0.
+  // in backend memory (the previous stage's output; rows = activation_rows(B, Tn)).
+  // When the chunk ends the model it computes the loss (with `train`, the logits'
+  // gradient too) and returns the loss sum over the micro-batch's tokens; else 0.
   double stage_forward(int chunk, int slot, const int32_t* inputs, const int32_t* targets, int64_t B,
-                       int64_t Tn, T loss_scale, const T* input, bool train);
-  const T* stage_output(int chunk, int slot) const;
+                       int64_t Tn, double loss_scale, const Act* input, bool train);
+  const Act* stage_output(int chunk, int slot) const;
   // Backward of chunk `chunk` on `slot`: from the loss when the chunk ends the model,
-  // else from `output_grad` [rows, C]; leaves the gradient w.r.t. its input in
-  // stage_input_grad (unless the chunk starts the model).
-  void stage_backward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn, const T* output_grad);
-  const T* stage_input_grad(int chunk, int slot) const;
+  // else from `output_grad` [rows, C] (backend memory); leaves the gradient w.r.t.
+  // its input in stage_input_grad (unless the chunk starts the model).
+  void stage_backward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn, const Act* output_grad);
+  const Act* stage_input_grad(int chunk, int slot) const;
   int64_t activation_rows(int64_t B, int64_t Tn) const;
   int num_chunks() const { return static_cast<int>(stage_.chunks.size()); }
 
@@ -136,29 +172,44 @@ class Transformer {
  private:
   struct Activations;
   struct Index;
-  void forward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn, const T* input);
-  void backward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn, const T* output_grad);
+  void plan(Arena& arena);
+  Act* wt(int i) const { return i < 0 ? nullptr : work_ + offsets_[i]; }
+  Grad* gr(int i) const { return i < 0 ? nullptr : grads_ + offsets_[i]; }
+  void forward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn, const Act* input);
+  void backward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn, const Act* output_grad);
   bool starts_model(int chunk) const;
   bool ends_model(int chunk) const;
   void notify(std::initializer_list<int> indices);
-  // Cross-entropy over the vocabulary shards of the tp group; with dlogits the
+  // Cross-entropy over the vocabulary shards of the tp group; with backward the
   // gradient (softmax - onehot) * scale overwrites the logits. Returns the loss sum.
-  double vocab_parallel_cross_entropy(Activations& a, const int32_t* targets, int64_t N, bool backward, T scale);
+  double vocab_parallel_cross_entropy(Activations& a, const int32_t* targets, int64_t N, bool backward, double scale);
   // Sequence parallelism helpers: full [N, C] <-> this rank's [N/tp, C] rows.
-  void gather_sequence(const T* shard, T* full, int64_t N, int64_t C);
-  void scatter_sequence_sum(T* full, T* shard, int64_t N, int64_t C);
-  void tp_sum(T* x, int64_t n);  // all-reduce over tp (no-op without tp)
+  void gather_sequence(const Act* shard, Act* full, int64_t N, int64_t C);
+  void scatter_sequence_sum(Act* full, Act* shard, int64_t N, int64_t C);
+  template <typename X>
+  void tp_sum(X* x, int64_t n);  // all-reduce over tp (no-op without tp)
 
   Dims dims_;
   TensorParallel tp_;
   PipelineStage stage_;
   int64_t batch_;
   int64_t seq_len_;
+  std::unique_ptr<Backend> own_backend_;
+  Backend* backend_;
   ParameterStore<T> params_;
+  std::vector<int64_t> offsets_;
+  Grad* master_ = nullptr;
+  Act* work_ = nullptr;
+  Grad* grads_ = nullptr;
+  size_t arena_bytes_ = 0;
   std::unique_ptr<Index> index_;
   std::vector<std::vector<std::unique_ptr<Activations>>> acts_;  // [chunk][slot]
   std::function<void(int)> grad_ready_;
-  std::unordered_map<int, std::vector<T>> stash_;  // sequence parallelism: see backward()
+  // Sequence parallelism: gradients of replicated parameters set aside (see backward()).
+  std::vector<Grad*> stash_;  // by parameter index; nullptr for others
 };
+
+template <typename T>
+using Transformer = BasicTransformer<backend::Cpu<T>>;
 
 }  // namespace kumiko::model

@@ -1,0 +1,272 @@
+#pragma once
+// The CPU backend: the ops the model calls (backend.h lists them) on host memory,
+// run by kumiko's OpenMP kernels (kernels/cpu) and CBLAS. T = float for training,
+// double for the finite-difference gradient checks of the same model code.
+//
+// Activations, working weights, master weights and gradients are all T; the norms'
+// statistics and the losses too. Collectives run on the calling thread (MPI).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kumiko/comm/communicator.h"
+#include "kumiko/core/error.h"
+#include "kumiko/ops/adamw.h"
+#include "kumiko/ops/attention.h"
+#include "kumiko/ops/cross_entropy.h"
+#include "kumiko/ops/elementwise.h"
+#include "kumiko/ops/embedding.h"
+#include "kumiko/ops/gelu.h"
+#include "kumiko/ops/layernorm.h"
+#include "kumiko/ops/linear.h"
+#include "kumiko/ops/rmsnorm.h"
+#include "kumiko/ops/rope.h"
+#include "kumiko/ops/swiglu.h"
+
+namespace kumiko::backend {
+
+template <typename T>
+class Cpu {
+ public:
+  using Act = T;   // activations and the weights the matmuls read
+  using Grad = T;  // gradients, master weights, optimizer state
+  using Stat = T;  // norm statistics, log-sum-exp, losses
+  static constexpr bool kHost = true;
+  static constexpr const char* kName = "cpu";
+
+  // ---- memory ----
+  // One zeroed, 64-byte aligned host block (the model's arena).
+  void* allocate(size_t bytes) {
+    const size_t n = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, n);
+    KUMIKO_CHECK(p != nullptr, "out of memory allocating ", n, " bytes of activations");
+    std::memset(p, 0, n);
+    blocks_.emplace_back(static_cast<char*>(p), &std::free);
+    return p;
+  }
+  template <typename X>
+  void zero(X* x, int64_t n) {
+    std::fill(x, x + n, X(0));
+  }
+  template <typename X>
+  void copy(X* dst, const X* src, int64_t n) {
+    std::copy_n(src, n, dst);
+  }
+  template <typename X>
+  void add_inplace(X* out, const X* a, int64_t n) {
+    cpu::add_inplace(out, a, n);
+  }
+  // Host <-> backend copies (the host is the backend here).
+  template <typename X>
+  void to_host(X* host, const X* x, int64_t n) {
+    if (host != x) std::copy_n(x, n, host);
+  }
+  template <typename X>
+  void from_host(X* x, const X* host, int64_t n) {
+    if (host != x) std::copy_n(host, n, x);
+  }
+  // Token ids of a micro-batch where the kernels read them (host ids as they are).
+  const int32_t* tokens(int32_t* /*slot*/, const int32_t* host, int64_t /*n*/) { return host; }
+  void synchronize() {}
+
+  // ---- layers' ops ----
+  // y[N, out] = x[N, in] w^T (+ b); with gelu_pre, y = GELU(pre) and pre keeps x w^T + b.
+  void linear(Act* y, const Act* x, const Act* w, const Act* b, int64_t N, int64_t in, int64_t out,
+              Act* gelu_pre = nullptr) {
+    if (!gelu_pre) return cpu::linear_forward(y, x, w, b, N, in, out);
+    cpu::linear_forward(gelu_pre, x, w, b, N, in, out);
+    cpu::gelu_forward(y, gelu_pre, N * out);
+  }
+  // dx[N, in] (= or += ) dy w; dw += dy^T x; db += column sums of dy (nullable).
+  void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, Grad* db, const Act* dy, const Act* x, const Act* w,
+                       int64_t N, int64_t in, int64_t out) {
+    if (!accumulate_dx) zero(dx, N * in);
+    cpu::linear_backward(dx, dw, db, dy, x, w, N, in, out);
+  }
+  // out[rows, C] += b[C] per row; db[C] += column sums of dy[rows, C].
+  void add_bias(Act* out, const Act* b, int64_t rows, int64_t C) { cpu::add_positions_forward(out, b, rows, int64_t{1}, C); }
+  void bias_backward(Grad* db, const Act* dy, int64_t rows, int64_t C) {
+    cpu::add_positions_backward(db, dy, rows, int64_t{1}, C);
+  }
+  void gelu_backward(Act* dx, const Act* dy, const Act* pre, int64_t n) {  // dx overwritten
+    zero(dx, n);
+    cpu::gelu_backward(dx, dy, pre, n);
+  }
+  void swiglu_forward(Act* out, const Act* gate, const Act* up, int64_t n) { cpu::swiglu_forward(out, gate, up, n); }
+  void swiglu_backward(Act* dgate, Act* dup, const Act* dy, const Act* gate, const Act* up, int64_t n) {
+    zero(dgate, n);
+    zero(dup, n);
+    cpu::swiglu_backward(dgate, dup, dy, gate, up, n);
+  }
+  // LayerNorm (gpt2; saves mean and rstd) or RMSNorm (llama; saves rstd).
+  void norm_forward(bool rms, Act* out, Stat* mean, Stat* rstd, const Act* x, const Act* w, const Act* b, int64_t N,
+                    int64_t C, double eps) {
+    if (rms)
+      cpu::rmsnorm_forward(out, rstd, x, w, N, C, static_cast<T>(eps));
+    else
+      cpu::layernorm_forward(out, mean, rstd, x, w, b, N, C, static_cast<T>(eps));
+  }
+  // dx += (accumulates: the residual stream's gradient), dw, db +=.
+  void norm_backward(bool rms, Act* dx, Grad* dw, Grad* db, const Act* dy, const Act* x, const Act* w,
+                     const Stat* mean, const Stat* rstd, int64_t N, int64_t C) {
+    if (rms)
+      cpu::rmsnorm_backward(dx, dw, dy, x, w, rstd, N, C);
+    else
+      cpu::layernorm_backward(dx, dw, db, dy, x, w, mean, rstd, N, C);
+  }
+  void rope_forward(Act* qkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
+    cpu::rope_forward(qkv, B, Tn, Hq, Hkv, D, theta);
+  }
+  void rope_backward(Act* dqkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
+    cpu::rope_backward(dqkv, B, Tn, Hq, Hkv, D, theta);
+  }
+  void attention_forward(Act* out, Stat* lse, const Act* qkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv,
+                         int64_t D) {
+    cpu::attention_forward(out, lse, qkv, B, Tn, Hq, Hkv, D);
+  }
+  void attention_backward(Act* dqkv, const Act* dy, const Act* qkv, const Act* out, const Stat* lse, int64_t B,
+                          int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D) {  // dqkv overwritten
+    zero(dqkv, B * Tn * (Hq + 2 * Hkv) * D);
+    cpu::attention_backward(dqkv, dy, qkv, out, lse, B, Tn, Hq, Hkv, D);
+  }
+  // out[N, C] = rows of table for ids in [v0, v0 + Vl) (zero rows for other ids).
+  void embed(Act* out, const int32_t* ids, const Act* table, int64_t N, int64_t C, int64_t v0, int64_t Vl,
+             int64_t V) {
+    if (v0 == 0 && Vl == V) return cpu::embedding_forward(out, ids, table, N, C);
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t id = ids[i] - v0;
+      if (id >= 0 && id < Vl)
+        std::copy_n(table + id * C, C, out + i * C);
+      else
+        zero(out + i * C, C);
+    }
+  }
+  // x[rows, C] += pos[(first + i) % Tn] for row i.
+  void add_positions(Act* x, const Act* pos, int64_t first, int64_t rows, int64_t Tn, int64_t C) {
+    for (int64_t i = 0; i < rows; ++i) cpu::add_inplace(x + i * C, pos + ((first + i) % Tn) * C, C);
+  }
+  // dtable[id - v0] += dx[i] for ids in the shard; host_ids are the host copy.
+  void embed_backward(Grad* dtable, const Act* dx, const int32_t* host_ids, int64_t N, int64_t C, int64_t v0,
+                      int64_t Vl, int64_t V) {
+    if (v0 == 0 && Vl == V) return cpu::embedding_backward(dtable, dx, host_ids, N, C);
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t id = host_ids[i] - v0;
+      if (id >= 0 && id < Vl) cpu::add_inplace(dtable + id * C, dx + i * C, C);
+    }
+  }
+  void positions_backward(Grad* dpos, const Act* dx, int64_t B, int64_t Tn, int64_t C) {
+    cpu::add_positions_backward(dpos, dx, B, Tn, C);
+  }
+
+  // ---- cross-entropy ----
+  // Whole vocabulary: losses[N]; with backward the logits become (softmax - onehot) * scale.
+  void cross_entropy(Stat* losses, Act* logits, const int32_t* targets, int64_t N, int64_t V, bool backward,
+                     double scale) {
+    if (backward)
+      cpu::cross_entropy_forward_backward(losses, logits, logits, targets, N, V, static_cast<T>(scale));
+    else
+      cpu::cross_entropy_forward(losses, logits, targets, N, V);
+  }
+  // Vocabulary shards [v0, v0 + Vl) (Megatron's vocab-parallel cross-entropy), in
+  // three steps around the model's all-reduces: the row maxima (then max over ranks),
+  // sums of exponentials and target logits (then sum), the losses and gradients.
+  void ce_row_max(Stat* mx, const Act* logits, int64_t N, int64_t Vl) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      const T* row = logits + i * Vl;
+      mx[i] = *std::max_element(row, row + Vl);
+    }
+  }
+  void ce_sums(Stat* sum, Stat* tgt, const Act* logits, const Stat* mx, const int32_t* targets, int64_t N,
+               int64_t Vl, int64_t v0) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      const T* row = logits + i * Vl;
+      double s = 0;
+      for (int64_t j = 0; j < Vl; ++j) s += std::exp(static_cast<double>(row[j] - mx[i]));
+      sum[i] = static_cast<T>(s);
+      const int64_t t = targets[i] - v0;
+      tgt[i] = t >= 0 && t < Vl ? row[t] : T(0);
+    }
+  }
+  void ce_finish(Stat* losses, Act* logits, const Stat* mx, const Stat* sum, const Stat* tgt, const int32_t* targets,
+                 int64_t N, int64_t Vl, int64_t v0, bool backward, double scale) {
+    const T s = static_cast<T>(scale);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      losses[i] = std::log(sum[i]) + mx[i] - tgt[i];
+      if (!backward) continue;
+      T* row = logits + i * Vl;
+      const int64_t t = targets[i] - v0;
+      for (int64_t j = 0; j < Vl; ++j) row[j] = (std::exp(row[j] - mx[i]) / sum[i] - (j == t ? T(1) : T(0))) * s;
+    }
+  }
+  // Sum of n losses, in order, in double (on the host).
+  double sum(const Stat* x, int64_t n) {
+    double total = 0;
+    for (int64_t i = 0; i < n; ++i) total += x[i];
+    return total;
+  }
+
+  // ---- optimizer ----
+  // Squares of x[n] summed in double.
+  double sum_squares(const Grad* x, int64_t n) { return cpu::sum_squares(x, n); }
+  void scale(Grad* x, double s, int64_t n) { cpu::scale_inplace(x, static_cast<T>(s), n); }
+  struct AdamW {
+    double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0, grad_scale = 1;
+    int64_t step = 1;
+  };
+  // One range: param (master), its working copy (the same memory here), grad, moments.
+  void adamw(Grad* param, Act* /*work*/, const Grad* grad, Grad* m, Grad* v, int64_t n, const AdamW& h) {
+    cpu::adamw_update(param, grad, m, v, n, h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.grad_scale, h.step);
+  }
+  // The working copy of master weights (nothing to do when they are the same memory).
+  void refresh_work(Act* /*work*/, const Grad* /*master*/, int64_t /*n*/) {}
+
+  // ---- collectives (tensor parallelism and the data-parallel reduction) ----
+  template <typename X>
+  void all_reduce(comm::Communicator& g, X* x, int64_t n, comm::ReduceOp op) {
+    g.all_reduce(x, n, op);
+  }
+  template <typename X>
+  void all_gather(comm::Communicator& g, X* x, const std::vector<int64_t>& counts) {
+    g.all_gather(x, counts);
+  }
+  template <typename X>
+  void reduce_scatter(comm::Communicator& g, const X* send, X* recv, const std::vector<int64_t>& counts) {
+    g.reduce_scatter(send, recv, counts, comm::ReduceOp::sum);
+  }
+  template <typename X>
+  std::unique_ptr<comm::Request> iall_reduce(comm::Communicator& g, X* x, int64_t n) {
+    return g.iall_reduce(x, n, comm::ReduceOp::sum);
+  }
+  template <typename X>
+  std::unique_ptr<comm::Request> ireduce_scatter(comm::Communicator& g, const X* send, X* recv,
+                                                 const std::vector<int64_t>& counts) {
+    return g.ireduce_scatter(send, recv, counts, comm::ReduceOp::sum);
+  }
+  template <typename X>
+  std::unique_ptr<comm::Request> iall_gather(comm::Communicator& g, X* x, const std::vector<int64_t>& counts) {
+    return g.iall_gather(x, counts);
+  }
+  template <typename X>
+  std::unique_ptr<comm::Request> isend(comm::Communicator& g, const X* x, int64_t n, int peer, int tag) {
+    return g.isend(x, n, peer, tag);
+  }
+  template <typename X>
+  void recv(comm::Communicator& g, X* x, int64_t n, int peer, int tag) {
+    g.recv(x, n, peer, tag);
+  }
+
+  std::string describe() const { return "cpu"; }
+
+ private:
+  std::vector<std::unique_ptr<char, decltype(&std::free)>> blocks_;
+};
+
+}  // namespace kumiko::backend

@@ -1,0 +1,527 @@
+#pragma once
+// BasicTransformer<Backend>'s member definitions: the one model, included by the
+// files that instantiate it for a backend (src/model/transformer.cpp for the CPU,
+// src/gpu/transformer_cuda.cpp for CUDA). Every op goes through the backend; the
+// tensor-parallel collectives go through the backend's stream-aware collectives.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <type_traits>
+
+#include "kumiko/model/transformer.h"
+
+namespace kumiko::model {
+
+template <typename B>
+struct BasicTransformer<B>::Activations {
+  // N = batch * seq_len tokens; Ns = N / tp with sequence parallelism, else N
+  // (the rows of the residual stream this rank holds). Local widths: W = qkv
+  // width, A = Hq*D, F and V divided by tp.
+  std::vector<Act*> residual;  // L+1 x [Ns, C]: input of each block, then the output
+  std::vector<Act*> mid;       // L x [Ns, C]: residual after attention
+  std::vector<Act*> ln1, ln2;  // L x [N, C]: normalized inputs of attention / MLP (full sequence)
+  std::vector<Stat*> mean1, rstd1, mean2, rstd2;  // L x [Ns]
+  std::vector<Act*> qkv;       // L x [N, W], q and k after RoPE
+  std::vector<Act*> att;       // L x [N, A]
+  std::vector<Stat*> lse;      // L x [B, Hq/tp, T]
+  std::vector<Act*> h1, h2, hact;  // L x [N, F]: fc / gate (pre-activation), (llama) up, activation
+  Act* lnf = nullptr;          // [N, C]
+  Stat *meanf = nullptr, *rstdf = nullptr;  // [Ns]
+  Act* logits = nullptr;       // [N, V], overwritten by dlogits in backward
+  Stat* losses = nullptr;      // [N]
+  Stat* ce = nullptr;          // [3N] scratch: vocab-parallel max, sum, target logit
+  Act* full = nullptr;         // [N, C] scratch: row-parallel partial sums, gathered gradients
+  Act* shard = nullptr;        // [Ns, C] scratch: norm output / reduced gradient shard
+  int32_t *ids = nullptr, *targets = nullptr;  // [N] token ids where the kernels read them
+  // Backward scratch.
+  Act *dres = nullptr, *dln = nullptr, *datt = nullptr, *dqkv = nullptr, *dh1 = nullptr, *dh2 = nullptr,
+      *dact = nullptr;  // [Ns, C] [N, C] [N, A] [N, W] [N, F] x3
+};
+
+template <typename B>
+struct BasicTransformer<B>::Index {
+  std::vector<BlockIndex> blocks;  // [L]; only the stage's layers are filled in
+  int tokens = -1, positions = -1, normf_w = -1, normf_b = -1, head = -1;
+};
+
+template <typename B>
+bool BasicTransformer<B>::starts_model(int chunk) const {
+  return stage_.chunks[chunk].first == 0 && stage_.has_embedding;
+}
+template <typename B>
+bool BasicTransformer<B>::ends_model(int chunk) const {
+  return stage_.chunks[chunk].second == dims_.L && stage_.has_head;
+}
+
+template <typename B>
+BasicTransformer<B>::BasicTransformer(const Dims& dims, int64_t batch, int64_t seq_len, TensorParallel tp,
+                                      PipelineStage stage, B* backend)
+    : dims_(dims), tp_(tp), stage_(std::move(stage)), batch_(batch), seq_len_(seq_len),
+      index_(std::make_unique<Index>()) {
+  if (!backend) {
+    own_backend_ = std::make_unique<B>();
+    backend = own_backend_.get();
+  }
+  backend_ = backend;
+  const Dims& d = dims_;
+  const int n = tp_.size();
+  if (stage_.chunks.empty()) stage_.chunks = {{0, d.L}};
+  KUMIKO_CHECK(stage_.slots >= 1, "pipeline stage needs at least one activation slot");
+  KUMIKO_CHECK(d.llama || seq_len <= d.max_T, "seq_len ", seq_len, " > max_seq_len ", d.max_T);
+  KUMIKO_USER_CHECK(!tp_.sequence_parallel || (batch * seq_len) % n == 0,
+                    "parallel.sequence_parallel: micro_batch x seq_len = ", batch * seq_len,
+                    " tokens must be divisible by parallel.tp = ", n);
+  for (auto& spec : parameter_specs(d, n, tp_.rank(), &stage_)) params_.declare(std::move(spec));
+  params_.allocate();
+  std::vector<ParameterSpec> specs;
+  for (size_t i = 0; i < params_.size(); ++i) specs.push_back(params_.spec(static_cast<int>(i)));
+  int64_t total = 0;
+  offsets_ = flat_offsets<T>(specs, &total);
+
+  auto& ix = *index_;
+  auto idx = [&](const std::string& name) { return params_.contains(name) ? params_.index(name) : -1; };
+  ix.tokens = idx("embed.tokens.weight");
+  ix.positions = idx("embed.positions.weight");
+  ix.normf_w = idx("final_norm.weight");
+  ix.normf_b = idx("final_norm.bias");
+  ix.head = d.tied ? ix.tokens : idx("head.weight");
+  for (int64_t l = 0; l < d.L; ++l) ix.blocks.push_back(block_index(l, idx));
+
+  // Plan twice: count, then carve the backend's one block.
+  Arena sizing;
+  plan(sizing);
+  arena_bytes_ = sizing.used();
+  Arena arena(backend_->allocate(arena_bytes_), arena_bytes_);
+  plan(arena);
+  if constexpr (B::kHost) {
+    static_assert(std::is_same_v<Act, Grad>, "a host backend trains on its master weights");
+    master_ = params_.flat_values().data();
+    work_ = master_;
+    grads_ = params_.flat_grads().data();
+  } else {
+    upload_parameters();
+    zero_grads();
+  }
+}
+
+template <typename B>
+void BasicTransformer<B>::plan(Arena& ar) {
+  const Dims& d = dims_;
+  const int n = tp_.size();
+  const int64_t P = params_.total_numel();
+  if constexpr (!B::kHost) {
+    master_ = ar.take<Grad>(P);
+    grads_ = ar.take<Grad>(P);
+    if constexpr (std::is_same_v<Act, Grad>)
+      work_ = master_;
+    else
+      work_ = ar.take<Act>(P);
+  }
+  // Sequence parallelism: room to set aside the replicated tensors' gradients.
+  stash_.assign(params_.size(), nullptr);
+  if (tp_.sequence_parallel && n > 1)
+    for (size_t i = 0; i < params_.size(); ++i) {
+      const auto& s = params_.spec(static_cast<int>(i));
+      if (s.split == Split::none && s.name != "embed.positions.weight")
+        stash_[i] = ar.take<Grad>(params_.numel(static_cast<int>(i)));
+    }
+
+  const int64_t N = batch_ * seq_len_, Ns = tp_.sequence_parallel ? N / n : N, C = d.C;
+  const int64_t F = d.F / n, W = d.qkv_width() / n, A = d.Hq / n * d.D, V = d.V / n;
+  acts_.clear();
+  for (int c = 0; c < num_chunks(); ++c) {
+    const int64_t layers = stage_.chunks[c].second - stage_.chunks[c].first;
+    const bool head = ends_model(c);
+    acts_.emplace_back();
+    for (int slot = 0; slot < stage_.slots; ++slot) {
+      auto act = std::make_unique<Activations>();
+      auto& a = *act;
+      for (int64_t l = 0; l <= layers; ++l) a.residual.push_back(ar.take<Act>(Ns * C));
+      for (int64_t l = 0; l < layers; ++l) {
+        a.mid.push_back(ar.take<Act>(Ns * C));
+        a.ln1.push_back(ar.take<Act>(N * C));
+        a.ln2.push_back(ar.take<Act>(N * C));
+        a.mean1.push_back(ar.take<Stat>(Ns));
+        a.rstd1.push_back(ar.take<Stat>(Ns));
+        a.mean2.push_back(ar.take<Stat>(Ns));
+        a.rstd2.push_back(ar.take<Stat>(Ns));
+        a.qkv.push_back(ar.take<Act>(N * W));
+        a.att.push_back(ar.take<Act>(N * A));
+        a.lse.push_back(ar.take<Stat>(batch_ * (d.Hq / n) * seq_len_));
+        a.h1.push_back(ar.take<Act>(N * F));
+        a.h2.push_back(d.llama ? ar.take<Act>(N * F) : nullptr);
+        a.hact.push_back(ar.take<Act>(N * F));
+      }
+      if (head) {
+        a.lnf = ar.take<Act>(N * C);
+        a.meanf = ar.take<Stat>(Ns);
+        a.rstdf = ar.take<Stat>(Ns);
+        a.logits = ar.take<Act>(N * V);
+        a.losses = ar.take<Stat>(N);
+        a.ce = ar.take<Stat>(3 * N);
+      }
+      a.ids = ar.take<int32_t>(N);
+      a.targets = ar.take<int32_t>(N);
+      a.full = ar.take<Act>(N * C);
+      a.shard = ar.take<Act>(Ns * C);
+      a.dres = ar.take<Act>(Ns * C);
+      a.dln = ar.take<Act>(N * C);
+      a.datt = ar.take<Act>(N * A);
+      a.dqkv = ar.take<Act>(N * W);
+      a.dh1 = ar.take<Act>(N * F);
+      a.dh2 = ar.take<Act>(N * F);
+      a.dact = ar.take<Act>(N * F);
+      acts_.back().push_back(std::move(act));
+    }
+  }
+}
+
+template <typename B>
+BasicTransformer<B>::~BasicTransformer() = default;
+
+template <typename B>
+void BasicTransformer<B>::download_parameters() {
+  if constexpr (!B::kHost) backend_->to_host(params_.flat_values().data(), master_, flat_size());
+}
+
+template <typename B>
+void BasicTransformer<B>::upload_parameters() {
+  if constexpr (!B::kHost) {
+    backend_->from_host(master_, params_.flat_values().data(), flat_size());
+    backend_->refresh_work(work_, master_, flat_size());
+  }
+}
+
+template <typename B>
+void BasicTransformer<B>::download_grads() {
+  if constexpr (!B::kHost) backend_->to_host(params_.flat_grads().data(), grads_, flat_size());
+}
+
+template <typename B>
+void BasicTransformer<B>::zero_grads() {
+  backend_->zero(grads_, flat_size());
+}
+
+template <typename B>
+void BasicTransformer<B>::forward(int chunk, int slot, const int32_t* inputs, int64_t Bn, int64_t Tn,
+                                  const Act* input) {
+  KUMIKO_CHECK(Bn <= batch_ && Tn <= seq_len_, "micro-batch [", Bn, ", ", Tn, "] exceeds [", batch_, ", ",
+               seq_len_, "]");
+  const Dims& d = dims_;
+  B& be = *backend_;
+  auto& a = *acts_[chunk][slot];
+  const auto& ix = *index_;
+  const auto [first_layer, last_layer] = stage_.chunks[chunk];
+  const int n = tp_.size();
+  const bool sp = tp_.sequence_parallel;
+  const int64_t N = Bn * Tn, Ns = sp ? N / n : N, C = d.C;
+  KUMIKO_CHECK(!sp || N % n == 0, "sequence parallelism needs N % tp == 0");
+  const int64_t F = d.F / n, W = d.qkv_width() / n, A = d.Hq / n * d.D, V = d.V / n, Hq = d.Hq / n,
+                Hkv = d.Hkv / n;
+
+  // Runs a row-parallel linear (input features split over tp) into out [Ns, C]:
+  // partial sums reduced over tp (all-reduce, or reduce-scatter along the sequence),
+  // then the replicated bias.
+  auto row_parallel = [&](Act* out, const Act* x, int w, int bias, int64_t in) {
+    if (n == 1) return be.linear(out, x, wt(w), wt(bias), N, in, C);
+    if (sp) {
+      be.linear(a.full, x, wt(w), nullptr, N, in, C);
+      scatter_sequence_sum(a.full, out, N, C);
+    } else {
+      be.linear(out, x, wt(w), nullptr, N, in, C);
+      tp_sum(out, N * C);
+    }
+    if (bias >= 0) be.add_bias(out, wt(bias), Ns, C);
+  };
+  // Normalizes rows x [Ns, C] into out [N, C] (gathered along the sequence with sp).
+  auto norm = [&](Act* out, Stat* mean, Stat* rstd, const Act* x, int w, int b) {
+    Act* dst = sp ? a.shard : out;
+    be.norm_forward(d.llama, dst, mean, rstd, x, wt(w), wt(b), Ns, C, d.eps);
+    if (sp) gather_sequence(dst, out, N, C);
+  };
+
+  // Embedding: vocab-parallel lookup (+ learned positions for gpt2); a later
+  // pipeline stage starts from the previous stage's output instead.
+  Act* x0 = a.residual[0];  // [Ns, C]
+  if (!starts_model(chunk)) {
+    KUMIKO_CHECK(input != nullptr, "pipeline stage without its input activation");
+    be.copy(x0, input, Ns * C);
+  } else {
+    const int32_t* ids = be.tokens(a.ids, inputs, N);
+    if (n == 1) {
+      be.embed(x0, ids, wt(ix.tokens), N, C, 0, d.V, d.V);
+    } else {
+      Act* dst = sp ? a.full : x0;  // [N, C] partial: rows of tokens this rank's shard holds
+      be.embed(dst, ids, wt(ix.tokens), N, C, tp_.rank() * V, V, d.V);
+      if (sp)
+        scatter_sequence_sum(dst, x0, N, C);
+      else
+        tp_sum(dst, N * C);
+    }
+    if (ix.positions >= 0) be.add_positions(x0, wt(ix.positions), sp ? tp_.rank() * Ns : 0, Ns, Tn, C);
+  }
+
+  for (int64_t l = first_layer; l < last_layer; ++l) {
+    const BlockIndex& b = ix.blocks[l];
+    const int64_t j = l - first_layer;  // the layer's index inside this chunk
+    const Act* x = a.residual[j];       // [Ns, C]
+    // Attention branch: column-parallel qkv (heads split), row-parallel projection.
+    norm(a.ln1[j], a.mean1[j], a.rstd1[j], x, b.norm1_w, b.norm1_b);
+    be.linear(a.qkv[j], a.ln1[j], wt(b.qkv_w), wt(b.qkv_b), N, C, W);
+    if (d.llama) be.rope_forward(a.qkv[j], Bn, Tn, Hq, Hkv, d.D, d.rope_theta);
+    be.attention_forward(a.att[j], a.lse[j], a.qkv[j], Bn, Tn, Hq, Hkv, d.D);
+    Act* mid = a.mid[j];  // [Ns, C]
+    row_parallel(mid, a.att[j], b.proj_w, b.proj_b, A);
+    be.add_inplace(mid, x, Ns * C);
+    // MLP branch: column-parallel up-projection(s), row-parallel down-projection.
+    norm(a.ln2[j], a.mean2[j], a.rstd2[j], mid, b.norm2_w, b.norm2_b);
+    Act* out = a.residual[j + 1];  // [Ns, C]
+    if (d.llama) {
+      be.linear(a.h1[j], a.ln2[j], wt(b.gate_w), nullptr, N, C, F);
+      be.linear(a.h2[j], a.ln2[j], wt(b.up_w), nullptr, N, C, F);
+      be.swiglu_forward(a.hact[j], a.h1[j], a.h2[j], N * F);
+      row_parallel(out, a.hact[j], b.down_w, -1, F);
+    } else {
+      be.linear(a.hact[j], a.ln2[j], wt(b.fc_w), wt(b.fc_b), N, C, F, /*gelu_pre=*/a.h1[j]);
+      row_parallel(out, a.hact[j], b.mproj_w, b.mproj_b, F);
+    }
+    be.add_inplace(out, mid, Ns * C);
+  }
+
+  if (!ends_model(chunk)) return;
+  norm(a.lnf, a.meanf, a.rstdf, a.residual[last_layer - first_layer], ix.normf_w, ix.normf_b);
+  // Vocab-parallel head: this rank's logits [N, V/tp].
+  be.linear(a.logits, a.lnf, wt(ix.head), nullptr, N, C, V);
+}
+
+template <typename B>
+void BasicTransformer<B>::backward(int chunk, int slot, const int32_t* inputs, int64_t Bn, int64_t Tn,
+                                   const Act* output_grad) {
+  const Dims& d = dims_;
+  B& be = *backend_;
+  auto& a = *acts_[chunk][slot];
+  const auto& ix = *index_;
+  const auto [first_layer, last_layer] = stage_.chunks[chunk];
+  const int n = tp_.size();
+  const bool sp = tp_.sequence_parallel;
+  const int64_t N = Bn * Tn, Ns = sp ? N / n : N, C = d.C;
+  const int64_t F = d.F / n, W = d.qkv_width() / n, A = d.Hq / n * d.D, V = d.V / n, Hq = d.Hq / n,
+                Hkv = d.Hkv / n;
+
+  // The gradient w.r.t. a row-parallel output, for the whole sequence [N, C].
+  auto full_grad = [&]() -> const Act* {
+    if (!sp) return a.dres;
+    gather_sequence(a.dres, a.full, N, C);
+    return a.full;
+  };
+  // Backward of a row-parallel linear whose output gradient is dres: input
+  // gradient dx [N, in] (overwritten), weight gradient, replicated bias gradient.
+  auto row_parallel_backward = [&](Act* dx, const Act* x, int w, int bias, int64_t in) {
+    const Act* dy = full_grad();
+    if (n == 1) return be.linear_backward(dx, false, gr(w), gr(bias), dy, x, wt(w), N, in, C);
+    be.linear_backward(dx, false, gr(w), nullptr, dy, x, wt(w), N, in, C);
+    if (bias >= 0) be.bias_backward(gr(bias), a.dres, Ns, C);
+  };
+  // The gradient w.r.t. the normalized input (dln [N, C], partial over tp after a
+  // column-parallel layer), reduced and backpropagated through the norm into dres.
+  auto norm_backward_into_dres = [&](const Act* x, int w, int b, const Stat* mean, const Stat* rstd) {
+    Act* dn = a.dln;
+    if (sp) {
+      scatter_sequence_sum(dn, a.shard, N, C);
+      dn = a.shard;
+    } else if (n > 1) {
+      tp_sum(dn, N * C);
+    }
+    be.norm_backward(d.llama, a.dres, gr(w), gr(b), dn, x, wt(w), mean, rstd, Ns, C);
+  };
+  // With sequence parallelism the replicated parameters see only this rank's tokens:
+  // their gradient from this micro-batch is summed over tp. Earlier micro-batches'
+  // (already summed) gradients are set aside first and added back after the sum.
+  auto stash_replicated = [&](std::initializer_list<int> indices) {
+    if (!sp) return;
+    for (int i : indices) {
+      if (i < 0) continue;
+      be.copy(stash_[i], gr(i), params_.numel(i));
+      be.zero(gr(i), params_.numel(i));
+    }
+  };
+  auto reduce_replicated = [&](std::initializer_list<int> indices) {
+    if (!sp) return;
+    for (int i : indices) {
+      if (i < 0) continue;
+      tp_sum(gr(i), params_.numel(i));
+      be.add_inplace(gr(i), stash_[i], params_.numel(i));
+    }
+  };
+
+  if (ends_model(chunk)) {
+    // Head: a.logits holds dlogits [N, V/tp] here.
+    stash_replicated({ix.normf_w, ix.normf_b});
+    be.linear_backward(a.dln, false, gr(ix.head), nullptr, a.logits, a.lnf, wt(ix.head), N, C, V);
+    be.zero(a.dres, Ns * C);
+    norm_backward_into_dres(a.residual[last_layer - first_layer], ix.normf_w, ix.normf_b, a.meanf, a.rstdf);
+    reduce_replicated({ix.normf_w, ix.normf_b});
+    notify({ix.normf_w, ix.normf_b, d.tied ? -1 : ix.head});
+  } else {
+    // A later pipeline stage sent the gradient w.r.t. this chunk's output.
+    KUMIKO_CHECK(output_grad != nullptr, "pipeline stage without its output gradient");
+    be.copy(a.dres, output_grad, Ns * C);
+  }
+
+  for (int64_t l = last_layer - 1; l >= first_layer; --l) {
+    const BlockIndex& b = ix.blocks[l];
+    const int64_t j = l - first_layer;
+    stash_replicated({b.norm1_w, b.norm1_b, b.norm2_w, b.norm2_b, b.proj_b, b.mproj_b});
+    // dres is the gradient w.r.t. the block output = w.r.t. mid (residual) + MLP output.
+    if (d.llama) {
+      row_parallel_backward(a.dact, a.hact[j], b.down_w, -1, F);
+      be.swiglu_backward(a.dh1, a.dh2, a.dact, a.h1[j], a.h2[j], N * F);
+      be.linear_backward(a.dln, false, gr(b.gate_w), nullptr, a.dh1, a.ln2[j], wt(b.gate_w), N, C, F);
+      be.linear_backward(a.dln, true, gr(b.up_w), nullptr, a.dh2, a.ln2[j], wt(b.up_w), N, C, F);
+    } else {
+      row_parallel_backward(a.dact, a.hact[j], b.mproj_w, b.mproj_b, F);
+      be.gelu_backward(a.dh1, a.dact, a.h1[j], N * F);
+      be.linear_backward(a.dln, false, gr(b.fc_w), gr(b.fc_b), a.dh1, a.ln2[j], wt(b.fc_w), N, C, F);
+    }
+    norm_backward_into_dres(a.mid[j], b.norm2_w, b.norm2_b, a.mean2[j], a.rstd2[j]);
+    // dres is now the gradient w.r.t. mid = x + proj(att).
+    row_parallel_backward(a.datt, a.att[j], b.proj_w, b.proj_b, A);
+    be.attention_backward(a.dqkv, a.datt, a.qkv[j], a.att[j], a.lse[j], Bn, Tn, Hq, Hkv, d.D);
+    if (d.llama) be.rope_backward(a.dqkv, Bn, Tn, Hq, Hkv, d.D, d.rope_theta);
+    be.linear_backward(a.dln, false, gr(b.qkv_w), gr(b.qkv_b), a.dqkv, a.ln1[j], wt(b.qkv_w), N, C, W);
+    norm_backward_into_dres(a.residual[j], b.norm1_w, b.norm1_b, a.mean1[j], a.rstd1[j]);
+    reduce_replicated({b.norm1_w, b.norm1_b, b.norm2_w, b.norm2_b, b.proj_b, b.mproj_b});
+    notify({b.norm1_w, b.norm1_b, b.qkv_w, b.qkv_b, b.proj_w, b.proj_b, b.norm2_w, b.norm2_b, b.fc_w, b.fc_b,
+            b.mproj_w, b.mproj_b, b.gate_w, b.up_w, b.down_w});
+  }
+
+  // a.dres now holds the gradient w.r.t. the chunk's input (sent to the previous
+  // pipeline stage) unless the chunk starts the model.
+  if (!starts_model(chunk)) return;
+  // Embedding: the gradient of the whole sequence reaches every rank's vocabulary shard.
+  const Act* dx0 = full_grad();  // [N, C]
+  if (ix.positions >= 0) be.positions_backward(gr(ix.positions), dx0, Bn, Tn, C);
+  be.embed_backward(gr(ix.tokens), dx0, inputs, N, C, n == 1 ? 0 : tp_.rank() * V, n == 1 ? d.V : V, d.V);
+  notify({ix.tokens, ix.positions});
+}
+
+template <typename B>
+void BasicTransformer<B>::notify(std::initializer_list<int> indices) {
+  if (!grad_ready_) return;
+  for (int i : indices)
+    if (i >= 0) grad_ready_(i);
+}
+
+template <typename B>
+template <typename X>
+void BasicTransformer<B>::tp_sum(X* x, int64_t n) {
+  if (tp_.size() > 1) backend_->all_reduce(*tp_.group, x, n, comm::ReduceOp::sum);
+}
+
+template <typename B>
+void BasicTransformer<B>::gather_sequence(const Act* shard, Act* full, int64_t N, int64_t C) {
+  const int n = tp_.size();
+  const int64_t rows = N / n;
+  backend_->copy(full + tp_.rank() * rows * C, shard, rows * C);
+  backend_->all_gather(*tp_.group, full, std::vector<int64_t>(n, rows * C));
+}
+
+template <typename B>
+void BasicTransformer<B>::scatter_sequence_sum(Act* full, Act* shard, int64_t N, int64_t C) {
+  const int n = tp_.size();
+  backend_->reduce_scatter(*tp_.group, full, shard, std::vector<int64_t>(n, N / n * C));
+}
+
+template <typename B>
+double BasicTransformer<B>::vocab_parallel_cross_entropy(Activations& a, const int32_t* targets, int64_t N,
+                                                         bool backward, double scale) {
+  B& be = *backend_;
+  const int64_t V = dims_.V / tp_.size();
+  const int32_t* tgt = be.tokens(a.targets, targets, N);
+  if (tp_.size() == 1) {
+    be.cross_entropy(a.losses, a.logits, tgt, N, V, backward, scale);
+  } else {
+    // Megatron's vocab-parallel cross-entropy: the row maximum, the sum of
+    // exponentials and the target's logit are reduced over the tp group; no rank
+    // ever holds the full [N, V] logits.
+    const int64_t v0 = tp_.rank() * V;
+    Stat* mx = a.ce;
+    Stat* sum = mx + N;
+    Stat* target_logit = sum + N;
+    be.ce_row_max(mx, a.logits, N, V);
+    be.all_reduce(*tp_.group, mx, N, comm::ReduceOp::max);
+    be.ce_sums(sum, target_logit, a.logits, mx, tgt, N, V, v0);
+    be.all_reduce(*tp_.group, sum, 2 * N, comm::ReduceOp::sum);  // sums and target logits together
+    be.ce_finish(a.losses, a.logits, mx, sum, target_logit, tgt, N, V, v0, backward, scale);
+  }
+  return be.sum(a.losses, N);
+}
+
+template <typename B>
+double BasicTransformer<B>::forward_backward(const int32_t* inputs, const int32_t* targets, int64_t Bn,
+                                             int64_t Tn, double loss_scale) {
+  KUMIKO_CHECK(num_chunks() == 1 && starts_model(0) && ends_model(0), "forward_backward needs the whole model");
+  forward(0, 0, inputs, Bn, Tn, nullptr);
+  const double sum = vocab_parallel_cross_entropy(*acts_[0][0], targets, Bn * Tn, true, loss_scale);
+  backward(0, 0, inputs, Bn, Tn, nullptr);
+  return sum / static_cast<double>(Bn * Tn);
+}
+
+template <typename B>
+double BasicTransformer<B>::loss(const int32_t* inputs, const int32_t* targets, int64_t Bn, int64_t Tn) {
+  KUMIKO_CHECK(num_chunks() == 1 && starts_model(0) && ends_model(0), "loss needs the whole model");
+  forward(0, 0, inputs, Bn, Tn, nullptr);
+  return vocab_parallel_cross_entropy(*acts_[0][0], targets, Bn * Tn, false, 0.0) / static_cast<double>(Bn * Tn);
+}
+
+template <typename B>
+double BasicTransformer<B>::stage_forward(int chunk, int slot, const int32_t* inputs, const int32_t* targets,
+                                          int64_t Bn, int64_t Tn, double loss_scale, const Act* input, bool train) {
+  forward(chunk, slot, inputs, Bn, Tn, input);
+  if (!ends_model(chunk)) return 0.0;
+  return vocab_parallel_cross_entropy(*acts_[chunk][slot], targets, Bn * Tn, train, loss_scale);
+}
+
+template <typename B>
+auto BasicTransformer<B>::stage_output(int chunk, int slot) const -> const Act* {
+  return acts_[chunk][slot]->residual.back();
+}
+
+template <typename B>
+void BasicTransformer<B>::stage_backward(int chunk, int slot, const int32_t* inputs, int64_t Bn, int64_t Tn,
+                                         const Act* output_grad) {
+  backward(chunk, slot, inputs, Bn, Tn, output_grad);
+}
+
+template <typename B>
+auto BasicTransformer<B>::stage_input_grad(int chunk, int slot) const -> const Act* {
+  return acts_[chunk][slot]->dres;
+}
+
+template <typename B>
+int64_t BasicTransformer<B>::activation_rows(int64_t Bn, int64_t Tn) const {
+  return tp_.sequence_parallel ? Bn * Tn / tp_.size() : Bn * Tn;
+}
+
+template <typename B>
+void BasicTransformer<B>::last_logits(const int32_t* inputs, int64_t Bn, int64_t Tn, T* out) {
+  KUMIKO_CHECK(num_chunks() == 1 && starts_model(0) && ends_model(0), "last_logits needs the whole model");
+  static_assert(std::is_same_v<Act, T> || !B::kHost);
+  forward(0, 0, inputs, Bn, Tn, nullptr);
+  const auto& a = *acts_[0][0];
+  const int n = tp_.size();
+  KUMIKO_CHECK(n == 1 || B::kHost, "last_logits with tensor parallelism needs a host backend");
+  const int64_t V = dims_.V / n;
+  // This rank's vocabulary columns of each sequence's last row, then gathered.
+  std::vector<Act> mine(static_cast<size_t>(n * Bn * V));
+  for (int64_t b = 0; b < Bn; ++b)
+    backend_->to_host(mine.data() + tp_.rank() * Bn * V + b * V, a.logits + ((b * Tn) + Tn - 1) * V, V);
+  if constexpr (B::kHost)
+    if (n > 1) tp_.group->all_gather(mine.data(), std::vector<int64_t>(n, Bn * V));
+  for (int r = 0; r < n; ++r)
+    for (int64_t b = 0; b < Bn; ++b)
+      for (int64_t v = 0; v < V; ++v)
+        out[b * dims_.V + r * V + v] = static_cast<T>(mine[static_cast<size_t>(r * Bn * V + b * V + v)]);
+}
+
+}  // namespace kumiko::model
