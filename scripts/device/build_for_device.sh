@@ -3,7 +3,7 @@
 # CUDA, PyTorch and Python but none of the Debian libraries, and packs it into
 # .device/kumiko-device.tar.xz (git-ignored; name .device in the device tool's
 # `carry`; about 17 MB, the tool carries at most 64 MiB):
-#   bin/  kumiko, kernels_cuda_test, gpu_model_test (sm_90, stripped)
+#   bin/  kumiko, kernels_cuda_test, gpu_model_test, test_gpu_layouts (sm_90, stripped)
 #   lib/  the Debian shared libraries they link (HDF5, SentencePiece, spdlog, fmt,
 #         OpenBLAS, OpenMP, libstdc++ ...), not the CUDA ones: the GPU machine has
 #         its own cudart, cuBLASLt, cuDNN and NCCL.
@@ -15,10 +15,11 @@ if [ -x /usr/local/cuda/bin/nvcc ]; then export PATH="/usr/local/cuda/bin:$PATH"
 command -v nvcc >/dev/null || { echo "build_for_device: nvcc not found (install the CUDA toolkit)" >&2; exit 2; }
 cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DKUMIKO_MPI=OFF -DKUMIKO_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
-cmake --build build-device -j "${KUMIKO_JOBS:-$(nproc)}" --target kumiko kernels_cuda_test gpu_model_test
+cmake --build build-device -j "${KUMIKO_JOBS:-$(nproc)}" --target kumiko kernels_cuda_test gpu_model_test test_gpu_layouts
 STAGE=build-device/stage
 rm -rf "$STAGE" .device && mkdir -p "$STAGE/bin" "$STAGE/lib" .device
-cp build-device/bin/kumiko build-device/bin/kernels_cuda_test build-device/bin/gpu_model_test "$STAGE/bin/"
+cp build-device/bin/kumiko build-device/bin/kernels_cuda_test build-device/bin/gpu_model_test \
+  build-device/bin/test_gpu_layouts "$STAGE/bin/"
 strip "$STAGE"/bin/*
 # Shared libraries: everything ldd resolves except glibc's own and CUDA's.
 ldd "$STAGE"/bin/* | awk '/=> \// {print $3}' | sort -u | while read -r lib; do

@@ -2,8 +2,10 @@
 # The GPU check of the CUDA backend, in one call on a machine with one H100 or H200,
 # CUDA 13, PyTorch and Python (and none of the Debian libraries). It runs what
 # scripts/device/build_for_device.sh gathered in .device/ (carry it):
-#   1. the gpu-labelled tests: every kernel against the CPU reference, the GPU model
-#      against the CPU model, 50 tiny-config steps fp32/bf16 against the CPU losses;
+#   1. the gpu-labelled tests: every kernel against the CPU reference, the one model
+#      over the CUDA backend against the CPU backend, 50 tiny-config steps fp32/bf16
+#      against the CPU losses, and the parallel layouts on the CUDA backend
+#      (test_gpu_layouts: two ranks sharing the GPU when mpirun exists);
 #   2. kumiko bench kernels: each kernel next to cuBLASLt / cuDNN / the copy bandwidth;
 #   3. gpt2-124m training throughput (B=16, T=1024, bf16) with kumiko's kernels and with
 #      the vendor paths (cuBLASLt + cuDNN), and PyTorch on the same shape: tokens/s and MFU;
@@ -130,6 +132,17 @@ run_tests() {  # binary budget_seconds
 echo "== gpu tests"
 run_tests kernels_cuda_test 130
 run_tests gpu_model_test 110
+# The layouts on the CUDA backend (tests/distributed/gpu_layouts): under mpirun -np 2
+# when the machine has one (both ranks share the GPU through the host-staged
+# communicator); without it one rank runs the CUDA-vs-CPU checks and the layouts skip.
+if command -v mpirun >/dev/null; then
+  t=$(step_time 150)
+  timeout -k 5 "$t" mpirun --allow-run-as-root --oversubscribe -np 2 "$DEV/bin/test_gpu_layouts" --gtest_brief=1 \
+    >"$LOGS/test_gpu_layouts.log" 2>&1
+  note "tests test_gpu_layouts (mpirun -np 2): rc=$? $(grep -cE '^\[  FAILED  \]' "$LOGS/test_gpu_layouts.log") failed lines"
+else
+  run_tests test_gpu_layouts 90
+fi
 
 echo "== kumiko bench kernels"
 t=$(step_time 90)

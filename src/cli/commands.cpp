@@ -3,7 +3,7 @@
 #include <cstdio>
 
 #include "kumiko/core/error.h"
-#include "kumiko/gpu/model.h"
+#include "kumiko/gpu/engine.h"
 
 namespace kumiko::cli {
 

@@ -5,7 +5,7 @@
 
 #include "cli/commands.h"
 #include "kumiko/config/config.h"
-#include "kumiko/gpu/model.h"
+#include "kumiko/gpu/engine.h"
 #include "kumiko/model/transformer.h"
 
 namespace kumiko::cli {

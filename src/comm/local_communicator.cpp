@@ -6,7 +6,6 @@
 namespace kumiko::comm {
 namespace {
 
-size_t element_size(DType t) { return t == DType::f32 || t == DType::i32 ? 4 : 8; }
 
 class DoneRequest : public Request {
  public:
@@ -35,7 +34,7 @@ class LocalCommunicator : public Communicator {
   std::unique_ptr<Request> ireduce_scatter_raw(const void* send, void* recv, const std::vector<int64_t>& counts,
                                                DType t, ReduceOp) override {
     KUMIKO_CHECK(counts.size() == 1, "reduce_scatter on 1 rank needs 1 count, got ", counts.size());
-    if (send != recv) std::memmove(recv, send, static_cast<size_t>(counts[0]) * element_size(t));
+    if (send != recv) std::memmove(recv, send, static_cast<size_t>(counts[0]) * dtype_bytes(t));
     return std::make_unique<DoneRequest>();
   }
   std::unique_ptr<Request> iall_gather_raw(void*, const std::vector<int64_t>& counts, DType) override {

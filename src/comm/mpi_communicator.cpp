@@ -19,10 +19,44 @@ MPI_Datatype mpi_type(DType t) {
     case DType::f64: return MPI_DOUBLE;
     case DType::i32: return MPI_INT32_T;
     case DType::i64: return MPI_INT64_T;
+    case DType::bf16: return MPI_UINT16_T;  // reduced by the user ops below
   }
   return MPI_DATATYPE_NULL;
 }
-MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::max ? MPI_MAX : MPI_SUM; }
+
+// bfloat16 <-> fp32 on the host (round to nearest even; NaN stays NaN).
+float bf16_to_float(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+// MPI has no bfloat16: sum and max are user ops over MPI_UINT16_T, in fp32.
+extern "C" void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = float_to_bf16(bf16_to_float(a[i]) + bf16_to_float(b[i]));
+}
+extern "C" void bf16_max(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i)
+    if (bf16_to_float(a[i]) > bf16_to_float(b[i])) b[i] = a[i];
+}
+MPI_Op mpi_op(ReduceOp op, DType t) {
+  if (t == DType::bf16) {
+    static MPI_Op sum = [] { MPI_Op o; MPI_Op_create(&bf16_sum, 1, &o); return o; }();
+    static MPI_Op max = [] { MPI_Op o; MPI_Op_create(&bf16_max, 1, &o); return o; }();
+    return op == ReduceOp::max ? max : sum;
+  }
+  return op == ReduceOp::max ? MPI_MAX : MPI_SUM;
+}
 
 int to_int(int64_t n, const char* what) {
   if (n < 0 || n > INT_MAX) throw CommError(std::string(what) + ": element count " + std::to_string(n) +
@@ -37,6 +71,12 @@ void scale_avg(void* data, int64_t n, DType t, int size) {
     case DType::f64: for (int64_t i = 0; i < n; ++i) static_cast<double*>(data)[i] /= size; break;
     case DType::i32: for (int64_t i = 0; i < n; ++i) static_cast<int32_t*>(data)[i] /= size; break;
     case DType::i64: for (int64_t i = 0; i < n; ++i) static_cast<int64_t*>(data)[i] /= size; break;
+    case DType::bf16:
+      for (int64_t i = 0; i < n; ++i) {
+        auto& b = static_cast<uint16_t*>(data)[i];
+        b = float_to_bf16(bf16_to_float(b) / static_cast<float>(size));
+      }
+      break;
   }
 }
 
@@ -184,14 +224,14 @@ void MpiCommunicator::abort(int code) {
 
 void MpiCommunicator::all_reduce_raw(void* data, int64_t n, DType t, ReduceOp op) {
   WatchScope watch("all_reduce", watch_);
-  check(MPI_Allreduce(MPI_IN_PLACE, data, to_int(n, "all_reduce"), mpi_type(t), mpi_op(op), impl_->comm),
+  check(MPI_Allreduce(MPI_IN_PLACE, data, to_int(n, "all_reduce"), mpi_type(t), mpi_op(op, t), impl_->comm),
         where("all_reduce"));
   if (op == ReduceOp::avg) scale_avg(data, n, t, size_);
 }
 
 std::unique_ptr<Request> MpiCommunicator::iall_reduce_raw(void* data, int64_t n, DType t, ReduceOp op) {
   MPI_Request r;
-  check(MPI_Iallreduce(MPI_IN_PLACE, data, to_int(n, "all_reduce"), mpi_type(t), mpi_op(op), impl_->comm, &r),
+  check(MPI_Iallreduce(MPI_IN_PLACE, data, to_int(n, "all_reduce"), mpi_type(t), mpi_op(op, t), impl_->comm, &r),
         where("all_reduce"));
   const int size = size_;
   return std::make_unique<MpiRequest>(r, where("all_reduce"), Watchdog::begin("all_reduce", watch_), [=] {
@@ -207,7 +247,7 @@ std::unique_ptr<Request> MpiCommunicator::ireduce_scatter_raw(const void* send, 
   auto icounts = std::make_shared<std::vector<int>>();
   for (int64_t c : counts) icounts->push_back(to_int(c, "reduce_scatter"));
   MPI_Request r;
-  check(MPI_Ireduce_scatter(send, recv, icounts->data(), mpi_type(t), mpi_op(op), impl_->comm, &r),
+  check(MPI_Ireduce_scatter(send, recv, icounts->data(), mpi_type(t), mpi_op(op, t), impl_->comm, &r),
         where("reduce_scatter"));
   const int64_t mine = counts[rank_];
   const int size = size_;

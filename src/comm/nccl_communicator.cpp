@@ -26,12 +26,12 @@ ncclDataType_t nccl_type(DType t) {
   switch (t) {
     case DType::f32: return ncclFloat32;
     case DType::f64: return ncclFloat64;
+    case DType::bf16: return ncclBfloat16;
     case DType::i32: return ncclInt32;
     case DType::i64: return ncclInt64;
   }
   return ncclFloat32;
 }
-size_t element_size(DType t) { return t == DType::f32 || t == DType::i32 ? 4 : 8; }
 ncclRedOp_t nccl_op(ReduceOp op) {
   switch (op) {
     case ReduceOp::sum: return ncclSum;
@@ -110,6 +110,7 @@ class NcclCommunicator : public Communicator {
   const std::string& name() const override { return name_; }
   int world_rank() const override { return world_rank_; }
   cudaStream_t stream() const { return stream_; }  // where its operations are queued
+  void* device_stream() override { return stream_; }
 
   void barrier() override {
     WatchScope watch("barrier", watch_);
@@ -152,7 +153,7 @@ class NcclCommunicator : public Communicator {
       check(ncclGroupStart(), where("reduce_scatter"));
       int64_t offset = 0;
       for (int r = 0; r < size_; ++r) {
-        const char* src = static_cast<const char*>(send) + offset * element_size(t);
+        const char* src = static_cast<const char*>(send) + offset * dtype_bytes(t);
         check(ncclReduce(src, r == rank_ ? recv : nullptr, static_cast<size_t>(counts[r]), nccl_type(t),
                          nccl_op(op), r, comm_, stream_),
               where("reduce_scatter"));
@@ -169,7 +170,7 @@ class NcclCommunicator : public Communicator {
     check(ncclGroupStart(), where("all_gather"));
     int64_t offset = 0;
     for (int r = 0; r < size_; ++r) {
-      char* block = static_cast<char*>(data) + offset * element_size(t);
+      char* block = static_cast<char*>(data) + offset * dtype_bytes(t);
       check(ncclBroadcast(block, block, static_cast<size_t>(counts[r]), nccl_type(t), r, comm_, stream_),
             where("all_gather"));
       offset += counts[r];
@@ -227,6 +228,12 @@ int local_rank_from_launcher() {
   return 0;
 }
 
+int local_size_from_launcher() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "MPI_LOCALNRANKS", "LOCAL_WORLD_SIZE"})
+    if (const char* v = std::getenv(var)) return std::max(1, std::atoi(v));
+  return 1;
+}
+
 std::unique_ptr<Communicator> make_nccl(Communicator& bootstrap, const std::string& name) {
   int devices = 0;
   check_cuda(cudaGetDeviceCount(&devices), "cudaGetDeviceCount");
@@ -282,6 +289,7 @@ void* nccl_stream(Communicator& comm) {
 
 namespace kumiko::comm {
 int local_rank_from_launcher() { return 0; }
+int local_size_from_launcher() { return 1; }
 std::unique_ptr<Communicator> make_nccl(Communicator&, const std::string&) {
   throw UserError("the NCCL communicator needs a build with CUDA (KUMIKO_CUDA=ON, nvcc found)");
 }

@@ -86,4 +86,15 @@ void finalize_world() {
   g_world.reset();
 }
 
+size_t dtype_bytes(DType t) {
+  switch (t) {
+    case DType::bf16: return 2;
+    case DType::f32:
+    case DType::i32: return 4;
+    case DType::f64:
+    case DType::i64: return 8;
+  }
+  return 8;
+}
+
 }  // namespace kumiko::comm

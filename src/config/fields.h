@@ -92,6 +92,7 @@ void for_each_field(C& c, F&& f) {
     nullptr);
   f("backend.matmul", b.matmul, "matmul implementation", "kumiko|cublas");
   f("backend.attention", b.attention, "attention implementation", "kumiko|cudnn");
+  f("backend.comm", b.comm, "GPU collectives: NCCL, or MPI over pinned host buffers (ranks may share a GPU)", "auto|nccl|mpi");
 
   auto& k = c.checkpoint;
   f("checkpoint.dir", k.dir, "checkpoint folder (empty = <log.run_dir>/checkpoints)", nullptr);

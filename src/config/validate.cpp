@@ -181,6 +181,8 @@ void check_services(const Config& c, const Checker& check) {
   check.non_negative("backend.peak_gflops", b.peak_gflops);
   check.require(b.matmul == "kumiko" || b.device == "cuda", "backend.matmul",
                 "kumiko when backend.device is " + b.device, "'" + b.matmul + "'");
+  check.require(b.comm == "auto" || b.comm == "nccl" || b.comm == "mpi", "backend.comm", "auto, nccl or mpi",
+                "'" + b.comm + "'");
   check.require(b.attention == "kumiko" || b.device == "cuda", "backend.attention",
                 "kumiko when backend.device is " + b.device, "'" + b.attention + "'");
   check.require(b.dtype == "fp32" || b.device == "cuda", "backend.dtype",

@@ -4,14 +4,13 @@
 
 namespace kumiko::model {
 
-LogicalTensors gather_logical(const Transformer<float>& model, const float* flat) {
-  const auto& p = model.params();
-  const auto& tp = model.tensor_parallel();
+LogicalTensors gather_logical(const ParameterStore<float>& p, const Dims& dims, const PipelineStage& stage,
+                              const TensorParallel& tp, const float* flat) {
   const int n = tp.size();
   const float* base = p.flat_values().data();
   // Every rank's parameter specs (their shards), to place each rank's block.
   std::vector<std::vector<ParameterSpec>> rank_specs;
-  for (int r = 0; r < n; ++r) rank_specs.push_back(parameter_specs(model.dims(), n, r, &model.pipeline_stage()));
+  for (int r = 0; r < n; ++r) rank_specs.push_back(parameter_specs(dims, n, r, &stage));
   LogicalTensors out(p.size());
   for (size_t i = 0; i < p.size(); ++i) {
     const int idx = static_cast<int>(i);
@@ -35,8 +34,7 @@ LogicalTensors gather_logical(const Transformer<float>& model, const float* flat
   return out;
 }
 
-void scatter_logical(const Transformer<float>& model, const LogicalTensors& logical, float* flat) {
-  const auto& p = model.params();
+void scatter_logical(const ParameterStore<float>& p, const LogicalTensors& logical, float* flat) {
   const float* base = p.flat_values().data();
   for (size_t i = 0; i < p.size(); ++i) {
     const int idx = static_cast<int>(i);

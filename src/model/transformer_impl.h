@@ -87,6 +87,7 @@ BasicTransformer<B>::BasicTransformer(const Dims& dims, int64_t batch, int64_t s
   ix.head = d.tied ? ix.tokens : idx("head.weight");
   for (int64_t l = 0; l < d.L; ++l) ix.blocks.push_back(block_index(l, idx));
 
+  backend_->prepare(d, batch, seq_len, n, params_.total_numel());
   // Plan twice: count, then carve the backend's one block.
   Arena sizing;
   plan(sizing);
@@ -162,14 +163,16 @@ void BasicTransformer<B>::plan(Arena& ar) {
       }
       a.ids = ar.take<int32_t>(N);
       a.targets = ar.take<int32_t>(N);
-      a.full = ar.take<Act>(N * C);
-      a.shard = ar.take<Act>(Ns * C);
+      if (tp_.sequence_parallel && n > 1) {  // only sequence parallelism uses these
+        a.full = ar.take<Act>(N * C);
+        a.shard = ar.take<Act>(Ns * C);
+      }
       a.dres = ar.take<Act>(Ns * C);
       a.dln = ar.take<Act>(N * C);
       a.datt = ar.take<Act>(N * A);
       a.dqkv = ar.take<Act>(N * W);
       a.dh1 = ar.take<Act>(N * F);
-      a.dh2 = ar.take<Act>(N * F);
+      a.dh2 = d.llama ? ar.take<Act>(N * F) : nullptr;
       a.dact = ar.take<Act>(N * F);
       acts_.back().push_back(std::move(act));
     }

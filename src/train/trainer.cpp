@@ -17,11 +17,12 @@
 #include "kumiko/config/load.h"
 #include "kumiko/comm/communicator.h"
 #include "kumiko/comm/nccl.h"
-#include "kumiko/gpu/model.h"
+#include "kumiko/gpu/engine.h"
 #include "kumiko/comm/watchdog.h"
-#include "kumiko/parallel/data_parallel.h"
+#include "kumiko/parallel/engine.h"
 #include "kumiko/parallel/grid.h"
 #include "kumiko/parallel/pipeline.h"
+#include "kumiko/parallel/schedule.h"
 #include "kumiko/core/error.h"
 #include "kumiko/core/log.h"
 #include "kumiko/core/progress.h"
@@ -92,7 +93,7 @@ void synthetic_batch(uint64_t seed, int64_t step, int64_t first, int64_t count, 
 // import-hf, or another run's weights_final.h5), split for this rank's layout.
 void init_from_weights(const config::Config& cfg, const std::string& tokenizer_sha256,
                        const std::vector<model::ParameterSpec>& logical_specs,
-                       const std::vector<model::ParameterSpec>& stage_specs, model::Transformer<float>& m) {
+                       const std::vector<model::ParameterSpec>& stage_specs, model::ParameterStore<float>& params) {
   const std::string& path = cfg.train.init_from;
   KUMIKO_USER_CHECK(std::filesystem::exists(path), "train.init_from: ", path, ": no such weights file");
   const WeightsInfo info = read_weights_info(path);
@@ -114,7 +115,7 @@ void init_from_weights(const config::Config& cfg, const std::string& tokenizer_s
   for (size_t i = 0; i < logical_specs.size(); ++i) index[logical_specs[i].name] = i;
   model::LogicalTensors mine;
   for (const auto& spec : stage_specs) mine.push_back(whole[index.at(spec.name)]);
-  model::scatter_logical(m, mine, m.params().flat_values().data());
+  model::scatter_logical(params, mine, params.flat_values().data());
   log::get("train")->info("initialized from {} (its step {})", path, info.step);
 }
 
@@ -123,10 +124,8 @@ void init_from_weights(const config::Config& cfg, const std::string& tokenizer_s
 struct Trainer::State {
   std::unique_ptr<parallel::ProcessGrid> grid;
   std::unique_ptr<data::Loader> loader;
-  std::unique_ptr<model::Transformer<float>> model;  // with cuda: the host copy of the parameters
-  std::unique_ptr<gpu::GpuModel> gpu;                 // backend.device = cuda
-  std::unique_ptr<comm::Communicator> dp_nccl;        // cuda with dp > 1: NCCL over the dp group
-  std::unique_ptr<parallel::DataParallel> dp;
+  std::unique_ptr<comm::Communicator> embed_group;  // tied embedding across pipeline stages
+  std::unique_ptr<parallel::Engine> engine;        // model, reduction, pipeline, optimizer on the backend
   std::unique_ptr<ckpt::Store> store;
   std::unique_ptr<MetricsLog> metrics;  // rank 0: metrics.jsonl and TensorBoard
   std::vector<int32_t> inputs, targets;  // [micro_batch, T]
@@ -172,17 +171,6 @@ RunSummary Trainer::run() {
   auto log = log::get("train");
   auto ckpt_log = log::get("ckpt");
   set_threads(cfg.backend.threads);
-  const bool on_gpu = cfg.backend.device == "cuda";
-  if (on_gpu) {
-    // The GPU backend runs one model per GPU with data parallelism over NCCL; tensor
-    // and pipeline parallelism and ZeRO-1 run on the cpu backend only (so far).
-    // (ZeRO-1 with dp = 1 shards nothing: it is the same run.)
-    const int zero = cfg.parallel.dp > 1 ? cfg.parallel.zero : 0;
-    KUMIKO_USER_CHECK(cfg.parallel.tp == 1 && cfg.parallel.pp == 1 && zero == 0,
-                      "backend.device = cuda supports data parallelism only: parallel.tp = ", cfg.parallel.tp,
-                      ", parallel.pp = ", cfg.parallel.pp, ", parallel.zero = ", cfg.parallel.zero,
-                      " (expected 1, 1 and 0; use backend.device = cpu for tensor or pipeline parallelism or ZeRO-1)");
-  }
   SignalGuard signals;
 
   auto& s = *state_;
@@ -202,8 +190,6 @@ RunSummary Trainer::run() {
   s.meta.config_ini = config::to_ini(cfg);
 
   const model::Dims dims = model::Dims::from(cfg.model);
-  model::TensorParallel tensor_parallel;
-  if (s.grid->tp() > 1) tensor_parallel = {&s.grid->tp_group(), cfg.parallel.sequence_parallel};
   // Pipeline: this rank's stage (chunks of layers), one activation set per micro-batch.
   const int pp = s.grid->pp();
   const int chunks = pp > 1 ? cfg.parallel.pp_chunks : 1;
@@ -222,88 +208,62 @@ RunSummary Trainer::run() {
         static_cast<int>(micro_steps), chunks);
     stage = model::pipeline_stage(dims, pp, chunks, s.grid->pp_rank(), stage_layers, slots);
   }
-  // With cuda the host model only holds the parameters (checkpoints, samples): its
-  // activations are sized for one token.
-  s.model = on_gpu ? std::make_unique<model::Transformer<float>>(dims, 1, 1)
-                   : std::make_unique<model::Transformer<float>>(dims, MB, T, tensor_parallel, stage);
-  stage = s.model->pipeline_stage();
-  auto& params = s.model->params();
-  params.initialize(cfg.train.seed);
-  // The CPU backend's optimizer and gradient reduction (with cuda both live on the GPU).
-  if (!on_gpu) {
-    s.dp = std::make_unique<parallel::DataParallel>(
-        s.grid->dp_group(), params, cfg.parallel.zero, static_cast<int64_t>(cfg.parallel.bucket_mb * 1e6),
-        AdamWSettings{cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});
-    s.model->set_grad_ready_hook([&](int i) { s.dp->on_grad_ready(i); });
+  // The first and last pipeline stages both hold a tied embedding: its gradient is
+  // summed between them (same dp and tp coordinates) every step.
+  const bool tied_across_stages = pp > 1 && dims.tied;
+  if (tied_across_stages) {
+    const bool member = s.grid->pp_rank() == 0 || s.grid->pp_rank() == pp - 1;
+    const int coords = s.grid->dp_rank() * s.grid->tp() + s.grid->tp_rank();
+    s.embed_group = world_.split(member ? coords : s.grid->dp() * s.grid->tp() + world_.rank(), world_.rank(),
+                                 "embed");
   }
-  if (on_gpu) {
-    // Every rank learns whether every rank got its GPU (a card without enough free
-    // memory on one node must not leave the others waiting in NCCL's setup).
-    std::string gpu_error;
+  // The engine: model, gradient reduction, pipeline and optimizer on the backend.
+  // Every rank learns whether every rank could build its own (a GPU without enough
+  // free memory on one node must not leave the others waiting in a collective).
+  {
+    parallel::EngineSetup setup;
+    setup.config = &cfg;
+    setup.grid = s.grid.get();
+    setup.dims = dims;
+    setup.stage = stage;
+    setup.micro_batch = MB;
+    setup.seq_len = T;
+    setup.micro_steps = micro_steps;
+    setup.embed_group = s.embed_group.get();
+    std::string engine_error;
     bool user_error = false;
     try {
-      s.gpu = gpu::make_gpu_model(dims, MB, T, {cfg.backend.dtype, cfg.backend.matmul, cfg.backend.attention});
+      s.engine = cfg.backend.device == "cuda" ? gpu::make_cuda_engine(setup) : parallel::make_cpu_engine(setup);
     } catch (const UserError& e) {
-      gpu_error = e.what();
+      engine_error = e.what();
       user_error = true;
     } catch (const Error& e) {
-      gpu_error = e.what();
+      engine_error = e.what();
     }
-    int32_t failed[2] = {!gpu_error.empty(), user_error};
+    int32_t failed[2] = {!engine_error.empty(), user_error};
     world_.all_reduce(failed, 2, comm::ReduceOp::max);
     if (failed[0]) {
       // A rank with its own error reports it as it is; the others say a user error
       // when any rank had one (exit 2 everywhere), an internal error otherwise.
-      if (!gpu_error.empty()) {
-        if (user_error) throw UserError(gpu_error);
-        throw Error(gpu_error);
+      if (!engine_error.empty()) {
+        if (user_error) throw UserError(engine_error);
+        throw Error(engine_error);
       }
-      const std::string other = "backend.device = cuda: another rank could not set up its GPU (its own message says why)";
+      const std::string other = "backend.device = " + cfg.backend.device +
+                                ": another rank could not set up its model (its own message says why)";
       if (failed[1]) throw UserError(other);
       throw Error(other);
     }
-    if (dp > 1) {
-      s.dp_nccl = comm::make_nccl(s.grid->dp_group(), "dp-nccl");
-      s.gpu->enable_data_parallel(s.dp_nccl.get(), static_cast<int64_t>(cfg.parallel.bucket_mb * 1e6));
-    }
-    log->info("cuda backend: {}", s.gpu->describe());
   }
-  // The GPU holds the live parameters; the host copy is refreshed before it is read.
-  auto sync_host_params = [&] {
-    if (s.gpu) s.gpu->get_parameters(params.flat_values().data());
-  };
-  const bool tied_across_stages = pp > 1 && dims.tied;
-  if (s.grid->tp() > 1 || pp > 1) {
-    // Gradient norm over the whole model: replicated tensors count once over tp,
-    // the last stage's copy of a tied embedding not at all.
-    std::vector<double> weights;
-    for (size_t i = 0; i < params.size(); ++i) {
-      const auto& spec = params.spec(static_cast<int>(i));
-      double w = 1.0;
-      if (s.grid->tp() > 1 && spec.split == model::Split::none) w = 1.0 / s.grid->tp();
-      if (tied_across_stages && spec.name == "embed.tokens.weight" && !stage.has_embedding) w = 0.0;
-      weights.push_back(w);
-    }
-    std::vector<comm::Communicator*> groups;
-    if (s.grid->tp() > 1) groups.push_back(&s.grid->tp_group());
-    if (pp > 1) groups.push_back(&s.grid->pp_group());
-    s.dp->set_norm_weights(weights, groups);
-  }
-  // The first and last pipeline stages both hold a tied embedding: its gradient is
-  // summed between them (same dp and tp coordinates) every step.
-  std::unique_ptr<comm::Communicator> embed_group;
-  const bool embed_member = tied_across_stages && (s.grid->pp_rank() == 0 || s.grid->pp_rank() == pp - 1);
-  if (tied_across_stages) {
-    const bool member = embed_member;
-    const int coords = s.grid->dp_rank() * s.grid->tp() + s.grid->tp_rank();
-    embed_group = world_.split(member ? coords : s.grid->dp() * s.grid->tp() + world_.rank(), world_.rank(),
-                               "embed");
-  }
-  std::unique_ptr<parallel::PipelineRunner> runner;
-  if (pp > 1)
-    runner = std::make_unique<parallel::PipelineRunner>(*s.model, s.grid->pp_group(),
-                                                        parallel::parse_schedule(cfg.parallel.pp_schedule),
-                                                        static_cast<int>(micro_steps), MB, T);
+  auto& engine = *s.engine;
+  stage = engine.stage();
+  auto& params = engine.params();
+  params.initialize(cfg.train.seed);
+  log->info("{} backend: {}, arena {:.1f} MiB", cfg.backend.device, engine.describe(), engine.arena_bytes() / 1048576.0);
+  // The host parameters are a mirror on a device backend: refreshed before they are read.
+  auto sync_host_params = [&] { engine.download_parameters(); };
+  model::TensorParallel host_tp;  // tensor parallelism over the grid's host group (file gathers)
+  if (s.grid->tp() > 1) host_tp = {&s.grid->tp_group(), cfg.parallel.sequence_parallel};
   // Files hold logical tensors: all of the model's, and this stage's.
   const std::vector<model::ParameterSpec> logical_specs = model::parameter_specs(dims);
   const std::vector<model::ParameterSpec> stage_specs = model::parameter_specs(dims, 1, 0, &stage);
@@ -316,7 +276,7 @@ RunSummary Trainer::run() {
   // This rank's logical tensors (gathered over tp) of a flat buffer, then over the
   // pipeline stages: every tensor of the model on pp rank 0, nothing elsewhere.
   auto gather_model = [&](const float* flat) {
-    auto mine = model::gather_logical(*s.model, flat);
+    auto mine = model::gather_logical(params, dims, stage, host_tp, flat);
     if (pp == 1) return mine;
     std::map<std::string, std::vector<float>> by_name;
     for (size_t i = 0; i < stage_specs.size(); ++i) by_name[stage_specs[i].name] = std::move(mine[i]);
@@ -391,17 +351,12 @@ RunSummary Trainer::run() {
     s.train = load_checkpoint(path, cfg, s.meta.tokenizer_sha256, stage_specs, mut_ptrs(values),
                               mut_ptrs(lm), mut_ptrs(lv));
     std::vector<float> m(params.total_numel(), 0.0f), v(params.total_numel(), 0.0f);
-    model::scatter_logical(*s.model, values, params.flat_values().data());
-    model::scatter_logical(*s.model, lm, m.data());
-    model::scatter_logical(*s.model, lv, v.data());
-    if (s.dp) {
-      s.dp->scatter_moments(m.data(), v.data());
-      s.dp->set_optimizer_steps(s.train.optimizer_steps);
-    }
-    if (s.gpu) {
-      s.gpu->set_parameters(params.flat_values().data());  // restored
-      s.gpu->set_moments(m.data(), v.data());
-    }
+    model::scatter_logical(params, values, params.flat_values().data());
+    model::scatter_logical(params, lm, m.data());
+    model::scatter_logical(params, lv, v.data());
+    engine.upload_parameters();
+    engine.scatter_moments(m.data(), v.data());
+    engine.set_optimizer_steps(s.train.optimizer_steps);
   };
   if (!resume_path.empty()) {
     restore(resume_path);
@@ -411,9 +366,9 @@ RunSummary Trainer::run() {
                    s.train.tokens_seen);
   } else {
     if (!cfg.train.init_from.empty()) init_from_weights(cfg, s.meta.tokenizer_sha256, logical_specs, stage_specs,
-                                                        *s.model);
-    // Initial: uploaded before the weights file, whose sync_host_params() reads the GPU.
-    if (s.gpu) s.gpu->set_parameters(params.flat_values().data());
+                                                        params);
+    // Initial: uploaded before the weights file, whose sync_host_params() reads the backend.
+    engine.upload_parameters();
     write_weights_file(run_dir / "weights_init.h5", 0);
   }
   if (io) {
@@ -431,19 +386,13 @@ RunSummary Trainer::run() {
   auto save = [&](const char* why) {
     const auto t0 = Clock::now();
     std::vector<float> m, v;
-    if (s.gpu) {
-      sync_host_params();
-      m.resize(params.total_numel());
-      v.resize(params.total_numel());
-      s.gpu->get_moments(m.data(), v.data());
-    } else {
-      s.dp->gather_moments(m, v);  // collective over dp (ZeRO shards)
-    }
+    sync_host_params();
+    engine.gather_moments(m, v);  // collective over dp (ZeRO shards)
     // Logical tensors from the tp shards (collective over tp).
     const auto values = gather_model(params.flat_values().data());
     const auto lm = gather_model(m.data());
     const auto lv = gather_model(v.data());
-    if (!s.gpu) s.train.optimizer_steps = s.dp->optimizer_steps();
+    s.train.optimizer_steps = engine.optimizer_steps();
     const std::string path = s.store->path_for(s.train.step);
     if (io) {
       const LogicalState tensors{logical_specs, const_ptrs(values), const_ptrs(lm), const_ptrs(lv)};
@@ -494,9 +443,7 @@ RunSummary Trainer::run() {
     double total = 0;  // sum of token losses
     for (int64_t chunk = dp_rank; chunk < eval_sequences / MB; chunk += dp) {
       s.loader->fill(data::Split::val, 0, eval_sequences, chunk * MB, MB, s.inputs.data(), s.targets.data());
-      total += runner  ? runner->run_forward(s.inputs.data(), s.targets.data())
-               : s.gpu ? s.gpu->loss(s.inputs.data(), s.targets.data(), MB, T) * static_cast<double>(MB * T)
-                       : s.model->loss(s.inputs.data(), s.targets.data(), MB, T) * static_cast<double>(MB * T);
+      total += engine.eval_loss_sum(s.inputs.data(), s.targets.data());
     }
     if (pp > 1) s.grid->pp_group().all_reduce(&total, 1, comm::ReduceOp::sum);  // the last stage's
     s.grid->dp_group().all_reduce(&total, 1, comm::ReduceOp::sum);
@@ -517,22 +464,22 @@ RunSummary Trainer::run() {
     if (!s.loader || pp > 1) return;
     // The sampler needs the whole model: with tp > 1, gather it into an unsplit copy.
     std::unique_ptr<model::Transformer<float>> whole;
-    if (s.grid->tp() > 1) {
-      const auto values = model::gather_logical(*s.model, params.flat_values().data());
+    sync_host_params();
+    if (s.grid->tp() > 1 || !engine.cpu_model()) {
+      const auto values = model::gather_logical(params, dims, stage, host_tp, params.flat_values().data());
       if (io) {
         whole = std::make_unique<model::Transformer<float>>(dims, 1, 1);
         model::scatter_logical(*whole, values, whole->params().flat_values().data());
       }
     }
     if (!io) return;
-    sync_host_params();
     if (!tokenizer) tokenizer = std::make_unique<data::Tokenizer>(data::Tokenizer::load(s.loader->tokenizer_path()));
     std::vector<int32_t> prompt = tokenizer->encode("\n");
     if (prompt.empty()) prompt.push_back(tokenizer->eos_id());
     SamplingOptions o;
     o.max_new_tokens = 64;
     o.seed = cfg.train.seed + static_cast<uint64_t>(step);
-    log->info("sample at step {}:\n{}", step, tokenizer->decode(generate(whole ? *whole : *s.model, prompt, T, o)));
+    log->info("sample at step {}:\n{}", step, tokenizer->decode(generate(whole ? *whole : *engine.cpu_model(), prompt, T, o)));
   };
 
   int32_t stop = 0;
@@ -572,20 +519,12 @@ RunSummary Trainer::run() {
     // a loss-spike rollback skipped batches (train/spike.h).
     const int64_t data_step = s.train.loader_step;
     const auto t0 = Clock::now();
-    // With cuda the gradients live on the GPU: the host copy is never written (zeroing
-    // it would memset every parameter's gradient, ~0.5 GB for gpt2-124m, each step).
-    if (s.gpu)
-      s.gpu->zero_grads();
-    else
-      params.zero_grads();
+    engine.zero_grads();
     const auto& t = cfg.train;
     if (t.inject_nan_step > 0 && step + 1 >= t.inject_nan_step && step + 1 < t.inject_nan_step + t.inject_nan_count &&
         world_.rank() == t.inject_nan_rank) {
       // testing: poisons this rank's gradient
-      if (s.gpu)
-        s.gpu->poison_gradient();
-      else
-        params.flat_grads()[0] = std::numeric_limits<float>::quiet_NaN();
+      engine.poison_gradient();
     }
     double loss = 0;
     auto fill = [&](int64_t micro, int32_t* in, int32_t* tg) {
@@ -598,32 +537,13 @@ RunSummary Trainer::run() {
     // testing: a poisoned batch, whose loss and gradient are inject_spike_scale times larger
     const bool poisoned = t.inject_spike_step > 0 && data_step + 1 == t.inject_spike_step;
     const float step_scale = poisoned ? loss_scale * static_cast<float>(t.inject_spike_scale) : loss_scale;
-    if (runner) {
-      loss = runner->run_step([&](int mb, int32_t* in, int32_t* tg) { fill(mb, in, tg); }, step_scale) /
-             static_cast<double>(local_batch * T);
-      s.grid->pp_group().all_reduce(&loss, 1, comm::ReduceOp::sum);  // the loss lives on the last stage
-      if (embed_member) {
-        const int e = params.index("embed.tokens.weight");
-        embed_group->all_reduce(params.grad(e), params.numel(e), comm::ReduceOp::sum);
-      }
-    }
-    for (int64_t micro = 0; !runner && micro < micro_steps; ++micro) {
-      fill(micro, s.inputs.data(), s.targets.data());
-      const bool last_micro = micro == micro_steps - 1;  // reduce buckets during the last backward
-      if (s.gpu) {
-        loss += s.gpu->forward_backward(s.inputs.data(), s.targets.data(), MB, T, step_scale, last_micro) /
-                micro_steps;
-        continue;
-      }
-      if (last_micro) s.dp->arm();
-      loss += s.model->forward_backward(s.inputs.data(), s.targets.data(), MB, T, step_scale) / micro_steps;
-    }
+    loss = engine.forward_backward(fill, step_scale);
     if (poisoned) loss *= t.inject_spike_scale;
     stragglers.test_delay();
-    double comm_s = s.gpu ? s.gpu->finish_reduction() : s.dp->finish_reduction();
+    double comm_s = engine.finish_reduction();
     const auto tc = Clock::now();
     s.grid->dp_group().all_reduce(&loss, 1, comm::ReduceOp::avg);
-    const double norm = s.gpu ? s.gpu->grad_norm() : s.dp->grad_norm();
+    const double norm = engine.grad_norm();
     comm_s += std::chrono::duration<double>(Clock::now() - tc).count();
     // Every rank skips the same update when any rank saw a non-finite loss or gradient.
     int32_t bad = !(std::isfinite(loss) && std::isfinite(norm));
@@ -694,14 +614,8 @@ RunSummary Trainer::run() {
     const double clip =
         cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip ? cfg.train.grad_clip / (norm + 1e-6) : 1.0;
     const double lr = learning_rate(cfg.train, step);
-    if (s.gpu) {
-      s.train.optimizer_steps += 1;
-      s.gpu->adamw({lr, cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay}, clip,
-                   s.train.optimizer_steps);
-    } else {
-      comm_s += s.dp->step(lr, clip);
-      s.train.optimizer_steps = s.dp->optimizer_steps();
-    }
+    comm_s += engine.step(lr, clip);
+    s.train.optimizer_steps = engine.optimizer_steps();
     s.train.step = step + 1;
     s.train.loader_step = data_step + 1;
     s.train.tokens_seen += GB * T;
@@ -724,7 +638,7 @@ RunSummary Trainer::run() {
                                {"mfu", has_peak ? std::optional<double>(mfu) : std::nullopt},
                                {"step_s", dt},
                                {"comm_s", comm_s},
-                               {"bubble", runner ? runner->bubble_fraction() : 0.0},
+                               {"bubble", engine.bubble_fraction()},
                                {"mem_peak_mb", peak_rss_mb()}};
     // Stragglers: every log.straggler_every steps, each rank's compute time per step.
     if (const auto report = stragglers.after_step(s.train.step, dt - comm_s)) {
@@ -746,7 +660,7 @@ RunSummary Trainer::run() {
                 s.train.step, cfg.train.steps, loss, lr, norm, tokens_per_s,
                 has_peak ? fmt::format("{:.1f}%", 100 * mfu) : std::string("n/a"),
                 1e3 * comm_s,
-                runner ? fmt::format(" | bubble {:.0f}%", 100 * runner->bubble_fraction()) : std::string(),
+                pp > 1 ? fmt::format(" | bubble {:.0f}%", 100 * engine.bubble_fraction()) : std::string(),
                 format_duration(eta));
     }
     if ((cfg.train.eval_every > 0 && s.train.step % cfg.train.eval_every == 0) || last) evaluate(s.train.step);

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "kumiko/backend/adamw.h"
 #include "kumiko/comm/communicator.h"
 #include "kumiko/core/error.h"
 #include "kumiko/ops/adamw.h"
@@ -38,6 +39,11 @@ class Cpu {
   using Stat = T;  // norm statistics, log-sum-exp, losses
   static constexpr bool kHost = true;
   static constexpr const char* kName = "cpu";
+
+  // Called by the model before it plans its arena, with its shapes (model::Dims, the
+  // micro-batch, the tp size, the parameters held): a backend sizes its workspaces.
+  template <typename Dims>
+  void prepare(const Dims&, int64_t /*batch*/, int64_t /*seq_len*/, int /*tp*/, int64_t /*params*/) {}
 
   // ---- memory ----
   // One zeroed, 64-byte aligned host block (the model's arena).
@@ -216,14 +222,14 @@ class Cpu {
   // ---- optimizer ----
   // Squares of x[n] summed in double.
   double sum_squares(const Grad* x, int64_t n) { return cpu::sum_squares(x, n); }
-  void scale(Grad* x, double s, int64_t n) { cpu::scale_inplace(x, static_cast<T>(s), n); }
-  struct AdamW {
-    double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0, grad_scale = 1;
-    int64_t step = 1;
-  };
-  // One range: param (master), its working copy (the same memory here), grad, moments.
-  void adamw(Grad* param, Act* /*work*/, const Grad* grad, Grad* m, Grad* v, int64_t n, const AdamW& h) {
-    cpu::adamw_update(param, grad, m, v, n, h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.grad_scale, h.step);
+  // AdamW (PyTorch semantics, ops/adamw.h) over ranges of the flat buffers: master
+  // weights, their working copy (the same memory here), gradients, moments.
+  using AdamWRange = backend::AdamWRange<Act, Grad>;
+  using AdamW = AdamWStep;
+  void adamw(const std::vector<AdamWRange>& ranges, const AdamW& h) {
+    for (const auto& r : ranges)
+      cpu::adamw_update(r.param, r.grad, r.m, r.v, r.n, h.lr, h.beta1, h.beta2, h.eps, r.decay ? h.weight_decay : 0.0,
+                        h.grad_scale, h.step);
   }
   // The working copy of master weights (nothing to do when they are the same memory).
   void refresh_work(Act* /*work*/, const Grad* /*master*/, int64_t /*n*/) {}

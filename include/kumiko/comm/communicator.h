@@ -22,7 +22,14 @@ class CommError : public Error {
 };
 
 enum class ReduceOp { sum, avg, max };
-enum class DType { f32, f64, i32, i64 };
+enum class DType { f32, f64, i32, i64, bf16 };
+
+// bfloat16 as the communicator sees it (the CUDA backend's bf16 tensors, passed
+// as these bits): NCCL reduces it natively, MPI through kumiko's own reduction ops
+// (sum in fp32, rounded to nearest even; max).
+struct BFloat16 {
+  uint16_t bits;
+};
 
 template <typename T>
 constexpr DType dtype_of();
@@ -34,6 +41,9 @@ template <>
 constexpr DType dtype_of<int32_t>() { return DType::i32; }
 template <>
 constexpr DType dtype_of<int64_t>() { return DType::i64; }
+template <>
+constexpr DType dtype_of<BFloat16>() { return DType::bf16; }
+size_t dtype_bytes(DType t);
 
 // A non-blocking operation in flight. wait() completes it (idempotent).
 class Request {
@@ -93,6 +103,10 @@ class Communicator {
   }
 
   virtual void barrier() = 0;
+  // A device communicator (NCCL) queues its operations on this CUDA stream
+  // (a cudaStream_t) and takes device buffers; nullptr for host communicators (MPI,
+  // local), whose buffers are host memory. Backends order work against it with events.
+  virtual void* device_stream() { return nullptr; }
   // Ranks with the same color form a new communicator, ordered by key.
   virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& name) = 0;
   // Ends the whole job (every rank of the launcher's world) with `code`.

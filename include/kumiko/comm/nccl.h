@@ -19,5 +19,7 @@ std::unique_ptr<Communicator> make_nccl(Communicator& bootstrap, const std::stri
 void* nccl_stream(Communicator& nccl);
 // The node-local rank from the launcher's variables (Open MPI, Slurm, MPICH), or 0.
 int local_rank_from_launcher();
+// Ranks of this job on this node, from the same variables, or 1.
+int local_size_from_launcher();
 
 }  // namespace kumiko::comm

@@ -16,15 +16,25 @@
 #include <vector>
 
 #include "kumiko/comm/communicator.h"
-#include "kumiko/model/parameters.h"
+#include "kumiko/model/transformer.h"
 #include "kumiko/train/optimizer.h"
 
 namespace kumiko::parallel {
 
-class DataParallel {
+// On either backend's buffers: the model's flat gradients, master weights and
+// working copy; the moments (and ZeRO's reduced gradient shard) in backend memory;
+// the reductions through the backend's collectives. One AdamW (the backend's, over
+// parameter ranges), one grad-norm, one bucketing algorithm for every backend.
+template <typename Backend>
+class BasicDataParallel {
  public:
-  DataParallel(comm::Communicator& dp, model::ParameterStore<float>& params, int zero, int64_t bucket_bytes,
-               train::AdamWSettings adamw);
+  using Model = model::BasicTransformer<Backend>;
+  using Grad = typename Backend::Grad;
+  BasicDataParallel(comm::Communicator& dp, Model& model, int zero, int64_t bucket_bytes,
+                    train::AdamWSettings adamw);
+  // The host (MPI) communicator over the same ranks as `dp`, for host values (the
+  // grad-norm partial sums, checkpoint moments) when `dp` is a device communicator.
+  void set_host_group(comm::Communicator* dp_host) { dp_host_ = dp_host; }
 
   // Arms the hook for the last micro-batch of a step; returns the hook to install
   // on the model (it ignores calls while not armed).
@@ -68,8 +78,12 @@ class DataParallel {
   template <typename F>
   void for_param_ranges(int64_t begin, int64_t end, F&& f) const;
 
+  Backend& be() { return model_.backend(); }
+  comm::Communicator& dp_host() { return dp_host_ ? *dp_host_ : dp_; }
+  comm::Communicator* dp_host_ = nullptr;
   comm::Communicator& dp_;
-  model::ParameterStore<float>& params_;
+  Model& model_;
+  const model::ParameterStore<float>& params_;  // specs and the flat layout
   int zero_;
   train::AdamWSettings adamw_;
   std::vector<Bucket> buckets_;
@@ -79,9 +93,13 @@ class DataParallel {
   std::vector<double> norm_weights_;
   std::vector<comm::Communicator*> norm_groups_;
   int64_t steps_ = 0;
-  // zero=0: moments for the whole flat buffer; zero=1: for this rank's slices only.
-  std::vector<float> m_, v_, shard_grads_;
+  // Backend memory. zero=0: moments for the whole flat buffer; zero=1: for this
+  // rank's slices only, and the reduced gradient of those slices.
+  Grad *m_ = nullptr, *v_ = nullptr, *shard_grads_ = nullptr;
+  int64_t moments_size_ = 0;
   int64_t shard_size_ = 0;
 };
+
+using DataParallel = BasicDataParallel<backend::Cpu<float>>;
 
 }  // namespace kumiko::parallel

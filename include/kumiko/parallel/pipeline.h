@@ -23,17 +23,21 @@ namespace kumiko::parallel {
 // gpipe: all micro-batches).
 int activation_slots(const std::vector<Action>& actions, int micro_batches, int chunks);
 
-class PipelineRunner {
+// Works on either backend's buffers: activations and their gradients travel
+// between stages through the backend's collectives (host-staged or NCCL on a GPU).
+template <typename Backend>
+class BasicPipelineRunner {
  public:
+  using Model = model::BasicTransformer<Backend>;
+  using Act = typename Backend::Act;
   // `micro_batches` micro-batches of B sequences of T tokens per step.
-  PipelineRunner(model::Transformer<float>& model, comm::Communicator& pp, ScheduleKind kind, int micro_batches,
-                 int64_t B, int64_t T);
-
+  BasicPipelineRunner(Model& model, comm::Communicator& pp, ScheduleKind kind, int micro_batches, int64_t B,
+                      int64_t T);
   // Fills inputs and targets [B, T] of micro-batch `mb` of this step.
   using BatchFn = std::function<void(int mb, int32_t* inputs, int32_t* targets)>;
   // One step: every micro-batch forward and backward. Returns the loss summed over
   // all tokens of the step's micro-batches on the last stage, 0 on other stages.
-  double run_step(const BatchFn& batch, float loss_scale);
+  double run_step(const BatchFn& batch, double loss_scale);
   // Forward only through every stage (evaluation) of one micro-batch; the loss sum
   // on the last stage, 0 elsewhere.
   double run_forward(const int32_t* inputs, const int32_t* targets);
@@ -41,17 +45,20 @@ class PipelineRunner {
 
  private:
   int tag(int dst_stage, int mb, int dir) const;
-  model::Transformer<float>& model_;
+  Act* act_in(int c, int mb) { return buffers_ + ((static_cast<int64_t>(c) * m_ + mb) * 2) * rows_ * C_; }
+  Act* grad_in(int c, int mb) { return act_in(c, mb) + rows_ * C_; }
+
+  Model& model_;
   comm::Communicator& pp_;
   ScheduleKind kind_;
   int m_;
   int64_t B_, T_, rows_, C_;
   std::vector<Action> actions_;
   int slots_ = 1;
-  std::vector<std::vector<int32_t>> inputs_, targets_;    // [m][B*T]
-  std::vector<std::vector<std::vector<float>>> act_in_;  // [chunk][m][rows*C]
-  std::vector<std::vector<std::vector<float>>> grad_in_;
+  std::vector<std::vector<int32_t>> inputs_, targets_;  // [m][B*T]
+  Act* buffers_ = nullptr;  // backend memory: [chunk][m] x (input activation, output gradient) [rows*C]
 };
+using PipelineRunner = BasicPipelineRunner<backend::Cpu<float>>;
 
 // Assembles logical tensors held by different pipeline stages on pp rank 0: each
 // stage's tensors that stage 0 does not hold are sent to it over `pp` (a collective

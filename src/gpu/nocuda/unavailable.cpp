@@ -2,7 +2,7 @@
 // was configured): the same functions, saying so.
 #include "kumiko/core/error.h"
 #include "kumiko/gpu/bench.h"
-#include "kumiko/gpu/model.h"
+#include "kumiko/gpu/engine.h"
 
 namespace kumiko::gpu {
 
@@ -12,7 +12,7 @@ constexpr const char* kNoCuda =
     "toolkit and rebuild, or use backend.device = cpu)";
 }
 
-std::unique_ptr<GpuModel> make_gpu_model(const model::Dims&, int64_t, int64_t, const GpuOptions&) {
+std::unique_ptr<parallel::Engine> make_cuda_engine(const parallel::EngineSetup&) {
   throw UserError(std::string("backend.device = cuda: ") + kNoCuda);
 }
 

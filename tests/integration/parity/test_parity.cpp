@@ -42,7 +42,7 @@ Run run(const Setup& s, int steps) {
   std::unique_ptr<parallel::DataParallel> dp;
   std::unique_ptr<train::AdamW<T>> opt;
   if constexpr (std::is_same_v<T, float>)
-    dp = std::make_unique<parallel::DataParallel>(*local, p, 0, int64_t{1} << 20, adamw);
+    dp = std::make_unique<parallel::DataParallel>(*local, m, 0, int64_t{1} << 20, adamw);
   else
     opt = std::make_unique<train::AdamW<T>>(p, adamw);
   Run r;

@@ -1,0 +1,130 @@
+// The CUDA engine: the one model, data-parallel layer and pipeline runner
+// (src/model/transformer_impl.h, src/parallel/*_impl.h) instantiated over the CUDA
+// backend, in fp32 and bf16.
+#include "kumiko/gpu/engine.h"
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "gpu/cuda_backend.h"
+#include "kumiko/comm/nccl.h"
+#include "model/transformer_impl.h"
+#include "parallel/data_parallel_impl.h"
+#include "parallel/engine_impl.h"
+#include "parallel/pipeline_impl.h"
+
+namespace kumiko {
+
+namespace backend {
+
+template <typename T>
+std::string Cuda<T>::describe() const {
+  int dev = 0;
+  cudaGetDevice(&dev);
+  return detail::concat(cuda::device_description(dev), ", dtype ", kBf16 ? "bf16" : "fp32", ", matmul ", opt_.matmul,
+                        ", attention ", opt_.attention, ", ", device_bytes() / 1048576.0, " MiB of device memory");
+}
+
+// Counts what the model's planning asks of a CUDA backend without a device
+// (planned_device_bytes): allocate() returns nothing, the copies do nothing.
+template <typename T>
+struct CudaCounting {
+  using Act = T;
+  using Grad = float;
+  using Stat = float;
+  static constexpr bool kHost = false;
+  template <typename Dims>
+  void prepare(const Dims&, int64_t, int64_t, int, int64_t) {}
+  void* allocate(size_t) { return nullptr; }
+  template <typename X>
+  void from_host(X*, const X*, int64_t) {}
+  template <typename X>
+  void zero(X*, int64_t) {}
+  void refresh_work(Act*, const Grad*, int64_t) {}
+};
+
+}  // namespace backend
+
+namespace model {
+template class BasicTransformer<backend::Cuda<float>>;
+template class BasicTransformer<backend::Cuda<cuda::bf16>>;
+}  // namespace model
+
+namespace parallel {
+template class BasicDataParallel<backend::Cuda<float>>;
+template class BasicDataParallel<backend::Cuda<cuda::bf16>>;
+template class BasicPipelineRunner<backend::Cuda<float>>;
+template class BasicPipelineRunner<backend::Cuda<cuda::bf16>>;
+}  // namespace parallel
+
+namespace gpu {
+
+namespace {
+
+// backend.comm: NCCL communicators over the grid's groups, or none (host-staged MPI).
+parallel::EngineComms make_comms(const parallel::EngineSetup& s, int devices) {
+  const auto& cfg = *s.config;
+  std::string mode = cfg.backend.comm;
+  if (mode == "auto") mode = comm::local_size_from_launcher() <= devices ? "nccl" : "mpi";
+  parallel::EngineComms c;
+  if (mode != "nccl" || s.grid->world().size() == 1) return c;
+  auto nccl = [&](comm::Communicator& host, const char* name) -> comm::Communicator* {
+    c.owned.push_back(comm::make_nccl(host, name));
+    return c.owned.back().get();
+  };
+  auto& grid = *s.grid;
+  if (grid.tp() > 1) c.tp = nccl(grid.tp_group(), "tp-nccl");
+  if (grid.dp() > 1) c.dp = nccl(grid.dp_group(), "dp-nccl");
+  if (grid.pp() > 1) c.pp = nccl(grid.pp_group(), "pp-nccl");
+  if (s.embed_group) c.embed = nccl(*s.embed_group, "embed-nccl");
+  return c;
+}
+
+template <typename T>
+std::unique_ptr<parallel::Engine> make(const parallel::EngineSetup& s, const GpuOptions& o, int devices) {
+  auto be = std::make_unique<backend::Cuda<T>>(o);
+  return std::make_unique<parallel::EngineImpl<backend::Cuda<T>>>(s, std::move(be), make_comms(s, devices));
+}
+
+template <typename T>
+size_t planned(const model::Dims& dims, int64_t batch, int64_t seq_len) {
+  backend::CudaCounting<T> counting;
+  model::BasicTransformer<backend::CudaCounting<T>> m(dims, batch, seq_len, {}, {}, &counting);
+  const int64_t P = m.flat_size();
+  size_t ws = 0;
+  const int64_t N = batch * seq_len;
+  ws = std::max(ws, cuda::layernorm_backward_workspace_bytes(N, dims.C));
+  ws = std::max(ws, cuda::rmsnorm_backward_workspace_bytes(N, dims.C));
+  for (int64_t cols : {dims.C, dims.qkv_width(), dims.F}) ws = std::max(ws, cuda::bias_backward_workspace_bytes(N, cols));
+  ws = std::max(ws, cuda::attention_backward_workspace_bytes(batch, seq_len, dims.Hq, dims.Hkv, dims.D));
+  ws = std::max(ws, cuda::sum_squares_workspace_bytes(P));
+  // The model's arena, the AdamW moments (data-parallel layer), the workspace.
+  return m.arena_bytes() + 2 * static_cast<size_t>(P) * sizeof(float) + ws;
+}
+
+}  // namespace
+
+std::unique_ptr<parallel::Engine> make_cuda_engine(const parallel::EngineSetup& s) {
+  const auto& cfg = *s.config;
+  const int n = cuda::require_devices("backend.device = cuda", "; check nvidia-smi, or use backend.device = cpu");
+  KUMIKO_CUDA_CHECK(cudaSetDevice(comm::local_rank_from_launcher() % n));
+  KUMIKO_USER_CHECK(cfg.backend.dtype == "fp32" || cfg.backend.dtype == "bf16", "backend.dtype: '", cfg.backend.dtype,
+                    "' (expected fp32 or bf16)");
+  const GpuOptions o{cfg.backend.dtype, cfg.backend.matmul, cfg.backend.attention};
+  if (o.dtype == "bf16") return make<cuda::bf16>(s, o, n);
+  return make<float>(s, o, n);
+}
+
+size_t planned_device_bytes(const model::Dims& dims, int64_t batch, int64_t seq_len, const GpuOptions& options) {
+  if (options.dtype == "bf16") return planned<cuda::bf16>(dims, batch, seq_len);
+  return planned<float>(dims, batch, seq_len);
+}
+
+bool cuda_built() { return true; }
+
+int visible_devices() { return cuda::device_count(); }
+
+}  // namespace gpu
+
+}  // namespace kumiko

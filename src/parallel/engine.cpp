@@ -1,0 +1,12 @@
+#include "kumiko/parallel/engine.h"
+
+#include "parallel/engine_impl.h"
+
+namespace kumiko::parallel {
+
+std::unique_ptr<Engine> make_cpu_engine(const EngineSetup& setup) {
+  return std::make_unique<EngineImpl<backend::Cpu<float>>>(setup, std::make_unique<backend::Cpu<float>>(),
+                                                           EngineComms{});
+}
+
+}  // namespace kumiko::parallel
