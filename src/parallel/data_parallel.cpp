@@ -5,5 +5,6 @@
 namespace kumiko::parallel {
 
 template class BasicDataParallel<backend::Cpu<float>>;
+template class BasicDataParallel<backend::Cpu<double>>;  // the parity test's double run
 
 }  // namespace kumiko::parallel

@@ -195,10 +195,10 @@ double BasicDataParallel<B>::step(double lr, double grad_scale) {
 }
 
 template <typename B>
-void BasicDataParallel<B>::gather_moments(std::vector<float>& m, std::vector<float>& v) {
+void BasicDataParallel<B>::gather_moments(std::vector<Grad>& m, std::vector<Grad>& v) {
   const int64_t total = params_.total_numel();
-  m.assign(total, 0.0f);
-  v.assign(total, 0.0f);
+  m.assign(total, Grad(0));
+  v.assign(total, Grad(0));
   if (zero_ == 0) {
     be().to_host(m.data(), m_, total);
     be().to_host(v.data(), v_, total);
@@ -214,7 +214,7 @@ void BasicDataParallel<B>::gather_moments(std::vector<float>& m, std::vector<flo
 }
 
 template <typename B>
-void BasicDataParallel<B>::scatter_moments(const float* m, const float* v) {
+void BasicDataParallel<B>::scatter_moments(const Grad* m, const Grad* v) {
   if (zero_ == 0) {
     be().from_host(m_, m, moments_size_);
     be().from_host(v_, v, moments_size_);

@@ -57,9 +57,9 @@ class BasicDataParallel {
   void set_optimizer_steps(int64_t s) { steps_ = s; }
   // AdamW moments in the flat parameter layout (full tensors), for checkpoints:
   // gathered from the shards with zero=1.
-  void gather_moments(std::vector<float>& m, std::vector<float>& v);
+  void gather_moments(std::vector<Grad>& m, std::vector<Grad>& v);
   // Sets the moments from full flat-layout arrays (each rank keeps its shard).
-  void scatter_moments(const float* m, const float* v);
+  void scatter_moments(const Grad* m, const Grad* v);
   size_t num_buckets() const { return buckets_.size(); }
   int64_t shard_elements() const { return shard_size_; }
 
@@ -83,7 +83,7 @@ class BasicDataParallel {
   comm::Communicator* dp_host_ = nullptr;
   comm::Communicator& dp_;
   Model& model_;
-  const model::ParameterStore<float>& params_;  // specs and the flat layout
+  const model::ParameterStore<Grad>& params_;  // specs and the flat layout
   int zero_;
   train::AdamWSettings adamw_;
   std::vector<Bucket> buckets_;

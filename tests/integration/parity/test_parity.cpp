@@ -36,15 +36,10 @@ Run run(const Setup& s, int steps) {
   }
   const auto& t = s.cfg.train;
   const train::AdamWSettings adamw{t.beta1, t.beta2, t.eps, t.weight_decay};
-  // float: the trainer's own optimizer path (DataParallel on one rank: reduction,
-  // global norm, AdamW); double: the same AdamW kernel through train::AdamW.
+  // The trainer's own optimizer path (DataParallel on one rank: reduction, global
+  // norm, AdamW), in float and in double.
   auto local = comm::make_local();
-  std::unique_ptr<parallel::DataParallel> dp;
-  std::unique_ptr<train::AdamW<T>> opt;
-  if constexpr (std::is_same_v<T, float>)
-    dp = std::make_unique<parallel::DataParallel>(*local, m, 0, int64_t{1} << 20, adamw);
-  else
-    opt = std::make_unique<train::AdamW<T>>(p, adamw);
+  parallel::BasicDataParallel<backend::Cpu<T>> dp(*local, m, 0, int64_t{1} << 20, adamw);
   Run r;
   for (int step = 0; step < steps; ++step) {
     p.zero_grads();
@@ -60,14 +55,9 @@ Run run(const Setup& s, int steps) {
         r.grad_norms[p.spec(static_cast<int>(i)).name] = std::sqrt(ss);
       }
     }
-    if constexpr (std::is_same_v<T, float>) {
-      dp->finish_reduction();
-      const double norm = dp->grad_norm();
-      dp->step(t.lr, norm > t.grad_clip ? t.grad_clip / (norm + 1e-6) : 1.0);
-    } else {
-      const double norm = train::grad_norm(p);
-      opt->step(p, t.lr, norm > t.grad_clip ? t.grad_clip / (norm + 1e-6) : 1.0);
-    }
+    dp.finish_reduction();
+    const double norm = dp.grad_norm();
+    dp.step(t.lr, norm > t.grad_clip ? t.grad_clip / (norm + 1e-6) : 1.0);
   }
   for (size_t i = 0; i < p.size(); ++i) {
     const int idx = static_cast<int>(i);
