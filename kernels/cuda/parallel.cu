@@ -1,0 +1,153 @@
+// One block per row for the reductions (fixed tree: deterministic), grid-stride
+// loops for the elementwise kernels; fp32 math for float and bf16 data.
+#include "kernels/cuda/parallel.cuh"
+
+#include <algorithm>
+#include <cfloat>
+
+namespace kumiko::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned flat_blocks(int64_t work) {
+  return static_cast<unsigned>(std::min<int64_t>(ceil_div(work, kThreads), int64_t{1} << 20));
+}
+
+// Block-wide reduction (blockDim.x == kThreads) in a fixed order; every thread gets the result.
+template <bool kMax>
+__device__ float block_reduce(float v) {
+  __shared__ float buf[kThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = kMax ? fmaxf(v, w) : v + w;
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) buf[warp] = v;
+  __syncthreads();
+  v = lane < kThreads / 32 ? buf[lane] : (kMax ? -FLT_MAX : 0.0f);
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = kMax ? fmaxf(v, w) : v + w;
+  }
+  __syncthreads();  // buf may be reused by the caller's next reduction
+  return v;
+}
+
+template <typename T>
+__global__ void embedding_shard_kernel(T* __restrict__ out, const int32_t* __restrict__ ids,
+                                       const T* __restrict__ table, int64_t N, int64_t C, int64_t v0,
+                                       int64_t V_local) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < N * C; i += int64_t{gridDim.x} * kThreads) {
+    const int64_t n = i / C, c = i % C;
+    const int64_t id = ids[n] - v0;
+    out[i] = id >= 0 && id < V_local ? table[id * C + c] : from_f<T>(0.0f);
+  }
+}
+
+template <typename T>
+__global__ void add_rows_kernel(T* __restrict__ x, const T* __restrict__ src, int64_t first, int64_t rows,
+                                int64_t period, int64_t C) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < rows * C;
+       i += int64_t{gridDim.x} * kThreads) {
+    const int64_t r = i / C, c = i % C;
+    x[i] = from_f<T>(to_f(x[i]) + to_f(src[((first + r) % period) * C + c]));
+  }
+}
+
+template <typename T>
+__global__ void ce_row_max_kernel(float* __restrict__ mx, const T* __restrict__ logits, int64_t V) {
+  const T* row = logits + blockIdx.x * V;
+  float m = -FLT_MAX;
+  for (int64_t j = threadIdx.x; j < V; j += kThreads) m = fmaxf(m, to_f(row[j]));
+  m = block_reduce<true>(m);
+  if (threadIdx.x == 0) mx[blockIdx.x] = m;
+}
+
+template <typename T>
+__global__ void ce_sums_kernel(float* __restrict__ sum, float* __restrict__ tgt, const T* __restrict__ logits,
+                               const float* __restrict__ mx, const int32_t* __restrict__ targets, int64_t V,
+                               int64_t v0) {
+  const T* row = logits + blockIdx.x * V;
+  const float m = mx[blockIdx.x];
+  float s = 0.0f;
+  for (int64_t j = threadIdx.x; j < V; j += kThreads) s += expf(to_f(row[j]) - m);
+  s = block_reduce<false>(s);
+  if (threadIdx.x == 0) {
+    sum[blockIdx.x] = s;
+    const int64_t t = targets[blockIdx.x] - v0;
+    tgt[blockIdx.x] = t >= 0 && t < V ? to_f(row[t]) : 0.0f;
+  }
+}
+
+template <typename T>
+__global__ void ce_finish_kernel(float* __restrict__ losses, T* __restrict__ logits, const float* __restrict__ mx,
+                                 const float* __restrict__ sum, const float* __restrict__ tgt,
+                                 const int32_t* __restrict__ targets, int64_t V, int64_t v0, bool backward,
+                                 float scale) {
+  const int64_t n = blockIdx.x;
+  const float m = mx[n], s = sum[n];
+  if (threadIdx.x == 0) losses[n] = logf(s) + m - tgt[n];
+  if (!backward) return;
+  T* row = logits + n * V;
+  const int64_t t = targets[n] - v0;
+  for (int64_t j = threadIdx.x; j < V; j += kThreads)
+    row[j] = from_f<T>((expf(to_f(row[j]) - m) / s - (j == t ? 1.0f : 0.0f)) * scale);
+}
+
+}  // namespace
+
+template <typename T>
+void embedding_forward_shard(T* out, const int32_t* ids, const T* table, int64_t N, int64_t C, int64_t v0,
+                             int64_t V_local, cudaStream_t stream) {
+  if (N * C == 0) return;
+  embedding_shard_kernel<T><<<flat_blocks(N * C), kThreads, 0, stream>>>(out, ids, table, N, C, v0, V_local);
+  KUMIKO_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void add_rows(T* x, const T* src, int64_t first, int64_t rows, int64_t period, int64_t C, cudaStream_t stream) {
+  if (rows * C == 0) return;
+  add_rows_kernel<T><<<flat_blocks(rows * C), kThreads, 0, stream>>>(x, src, first, rows, period, C);
+  KUMIKO_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void ce_row_max(float* mx, const T* logits, int64_t N, int64_t V_local, cudaStream_t stream) {
+  if (N == 0) return;
+  ce_row_max_kernel<T><<<static_cast<unsigned>(N), kThreads, 0, stream>>>(mx, logits, V_local);
+  KUMIKO_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void ce_sums(float* sum, float* tgt, const T* logits, const float* mx, const int32_t* targets, int64_t N,
+             int64_t V_local, int64_t v0, cudaStream_t stream) {
+  if (N == 0) return;
+  ce_sums_kernel<T><<<static_cast<unsigned>(N), kThreads, 0, stream>>>(sum, tgt, logits, mx, targets, V_local, v0);
+  KUMIKO_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void ce_finish(float* losses, T* logits, const float* mx, const float* sum, const float* tgt,
+               const int32_t* targets, int64_t N, int64_t V_local, int64_t v0, bool backward, float scale,
+               cudaStream_t stream) {
+  if (N == 0) return;
+  ce_finish_kernel<T><<<static_cast<unsigned>(N), kThreads, 0, stream>>>(losses, logits, mx, sum, tgt, targets,
+                                                                         V_local, v0, backward, scale);
+  KUMIKO_CUDA_LAUNCH_CHECK();
+}
+
+#define KUMIKO_PARALLEL_OPS(T)                                                                                \
+  template void embedding_forward_shard<T>(T*, const int32_t*, const T*, int64_t, int64_t, int64_t, int64_t,  \
+                                           cudaStream_t);                                                     \
+  template void add_rows<T>(T*, const T*, int64_t, int64_t, int64_t, int64_t, cudaStream_t);                  \
+  template void ce_row_max<T>(float*, const T*, int64_t, int64_t, cudaStream_t);                              \
+  template void ce_sums<T>(float*, float*, const T*, const float*, const int32_t*, int64_t, int64_t, int64_t, \
+                           cudaStream_t);                                                                     \
+  template void ce_finish<T>(float*, T*, const float*, const float*, const float*, const int32_t*, int64_t,   \
+                             int64_t, int64_t, bool, float, cudaStream_t);
+KUMIKO_PARALLEL_OPS(float)
+KUMIKO_PARALLEL_OPS(bf16)
+
+}  // namespace kumiko::cuda

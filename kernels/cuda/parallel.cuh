@@ -1,0 +1,34 @@
+#pragma once
+// Kernels the tensor-parallel model needs beyond the single-GPU ops: a vocabulary
+// shard's embedding lookup, rows added with a period (replicated biases after a
+// row-parallel linear, learned positions of a sequence shard), and Megatron's
+// vocabulary-parallel cross-entropy in the three steps around the model's
+// all-reduces (the CPU backend's ce_row_max / ce_sums / ce_finish, same maths in fp32).
+#include <cstdint>
+
+#include "kernels/cuda/common.cuh"
+
+namespace kumiko::cuda {
+
+// out[n, :] = table[ids[n] - v0, :] for ids in [v0, v0 + V_local), zero rows otherwise.
+template <typename T>
+void embedding_forward_shard(T* out, const int32_t* ids, const T* table, int64_t N, int64_t C, int64_t v0,
+                             int64_t V_local, cudaStream_t stream);
+// x[i, :] += src[(first + i) % period, :] for i in [0, rows).
+template <typename T>
+void add_rows(T* x, const T* src, int64_t first, int64_t rows, int64_t period, int64_t C, cudaStream_t stream);
+// mx[n] = max of logits row n [V_local].
+template <typename T>
+void ce_row_max(float* mx, const T* logits, int64_t N, int64_t V_local, cudaStream_t stream);
+// sum[n] = sum exp(x - mx[n]) over the row; tgt[n] = the target's logit if in this shard, else 0.
+template <typename T>
+void ce_sums(float* sum, float* tgt, const T* logits, const float* mx, const int32_t* targets, int64_t N,
+             int64_t V_local, int64_t v0, cudaStream_t stream);
+// losses[n] = log(sum[n]) + mx[n] - tgt[n]; with backward the row becomes
+// (exp(x - mx) / sum - onehot) * scale.
+template <typename T>
+void ce_finish(float* losses, T* logits, const float* mx, const float* sum, const float* tgt,
+               const int32_t* targets, int64_t N, int64_t V_local, int64_t v0, bool backward, float scale,
+               cudaStream_t stream);
+
+}  // namespace kumiko::cuda
