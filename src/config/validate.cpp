@@ -181,8 +181,6 @@ void check_services(const Config& c, const Checker& check) {
   check.non_negative("backend.peak_gflops", b.peak_gflops);
   check.require(b.matmul == "kumiko" || b.device == "cuda", "backend.matmul",
                 "kumiko when backend.device is " + b.device, "'" + b.matmul + "'");
-  check.require(b.comm == "auto" || b.comm == "nccl" || b.comm == "mpi", "backend.comm", "auto, nccl or mpi",
-                "'" + b.comm + "'");
   check.require(b.attention == "kumiko" || b.device == "cuda", "backend.attention",
                 "kumiko when backend.device is " + b.device, "'" + b.attention + "'");
   check.require(b.dtype == "fp32" || b.device == "cuda", "backend.dtype",
@@ -191,15 +189,6 @@ void check_services(const Config& c, const Checker& check) {
   check.require(b.attention != "cudnn" || b.dtype == "bf16", "backend.attention",
                 "kumiko when backend.dtype is fp32 (cuDNN's fused attention is bf16 only)", "'cudnn'");
   if (b.device == "cuda") {
-    // The GPU backend runs data parallelism only (so far).
-    const ParallelConfig& p = c.parallel;
-    check.require(p.tp == 1, "parallel.tp",
-                  "1 with backend.device = cuda (tensor parallelism runs on the cpu backend only)", num(p.tp));
-    check.require(p.pp == 1, "parallel.pp",
-                  "1 with backend.device = cuda (pipeline parallelism runs on the cpu backend only)", num(p.pp));
-    check.require(p.zero == 0 || p.dp == 1, "parallel.zero",
-                  "0 with backend.device = cuda and parallel.dp > 1 (ZeRO-1 runs on the cpu backend only)",
-                  num(p.zero));
     const ModelConfig& m = c.model;
     const int head_dim = m.head_dim();
     check.require(head_dim % 8 == 0 && head_dim <= 128, "model.d_model",

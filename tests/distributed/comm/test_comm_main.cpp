@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <type_traits>
@@ -187,6 +188,272 @@ TEST(SendRecv, Ring) {
     w().send(out.data(), n, next, 7);
   }
   expect_close(in, rank_data<double>(61, prev, n), "ring recv");
+}
+
+// --- bfloat16 (DType::bf16): MPI reduces it with kumiko's own ops (sum in fp32,
+// rounded to nearest even after every addition; max). The host conversions below
+// are the test's own, independent of the communicator's.
+uint16_t to_bf16(float f) {  // round to nearest even (no NaN inputs here)
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+float from_bf16(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+std::vector<BFloat16> from_bits(const std::vector<uint16_t>& v) {
+  std::vector<BFloat16> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i].bits = v[i];
+  return out;
+}
+
+void expect_bits(const std::vector<BFloat16>& got, const std::vector<uint16_t>& want, const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    char msg[160];
+    std::snprintf(msg, sizeof msg, "%s at %zu on rank %d: got 0x%04x (%.9g), want 0x%04x (%.9g)", what, i,
+                  w().rank(), got[i].bits, double(from_bf16(got[i].bits)), want[i],
+                  double(from_bf16(want[i])));
+    ASSERT_EQ(got[i].bits, want[i]) << msg;
+  }
+}
+
+// Rank r's random bf16 data: fp32 values of magnitude [1/16, 4) with random sign,
+// rounded to bf16 (so input rounding matters), never zero. Any sum of up to four of
+// them is exact in fp32.
+std::vector<uint16_t> rank_bf16(uint32_t seed, int r, int64_t n) {
+  std::mt19937 gen(seed * 1000u + static_cast<uint32_t>(r) + 1u);
+  std::uniform_real_distribution<float> mag(0.0625f, 4.0f);
+  std::bernoulli_distribution neg(0.5);
+  std::vector<uint16_t> v(n);
+  for (auto& b : v) b = to_bf16(neg(gen) ? -mag(gen) : mag(gen));
+  return v;
+}
+
+// Random bit patterns (NaNs, infinities, subnormals included), never zero: for
+// operations that only move data.
+std::vector<uint16_t> rank_bf16_bits(uint32_t seed, int r, int64_t n) {
+  std::mt19937 gen(seed * 1000u + static_cast<uint32_t>(r) + 1u);
+  std::uniform_int_distribution<int> any(1, 0xffff);
+  std::vector<uint16_t> v(n);
+  for (auto& b : v) b = static_cast<uint16_t>(any(gen));
+  return v;
+}
+
+// Data whose bf16 sum over `size` ranks is exact in every reduction order except
+// the last addition, which is a tie: per element, size-1 ranks hold even integers
+// e > d and one rank an odd integer o, with total T = 256 + d (d odd), so every
+// partial sum that lacks a term is an integer below 256 or an even one below 512
+// (exact in bf16) and T is odd in [257, 511], halfway between two bf16 values.
+// Everything is then scaled by +-2^s. Returns [rank][element]; with one rank,
+// plain random bf16 values.
+std::vector<std::vector<uint16_t>> tie_data(uint32_t seed, int64_t n, int size) {
+  std::vector<std::vector<uint16_t>> out(size, std::vector<uint16_t>(n));
+  std::mt19937 gen(seed);
+  if (size == 1) {
+    out[0] = rank_bf16(seed, 0, n);
+    return out;
+  }
+  const int k = size - 1;
+  std::vector<int> terms(size);
+  for (int64_t i = 0; i < n; ++i) {
+    const int dmax = k == 1 ? 253 : (254 - k) / (k - 1);
+    int d, e_sum;
+    do {
+      d = 2 * std::uniform_int_distribution<int>(0, (dmax - 1) / 2)(gen) + 1;
+      e_sum = 0;
+      for (int j = 0; j < k; ++j) {
+        terms[j] = d + 1 + 2 * std::uniform_int_distribution<int>(0, 40)(gen);
+        e_sum += terms[j];
+      }
+    } while (e_sum > 255 + d);  // o = 256 + d - e_sum >= 1
+    terms[k] = 256 + d - e_sum;
+    std::shuffle(terms.begin(), terms.end(), gen);
+    const float scale = (std::bernoulli_distribution(0.5)(gen) ? -1.0f : 1.0f) *
+                        std::ldexp(1.0f, std::uniform_int_distribution<int>(-20, 20)(gen));
+    for (int r = 0; r < size; ++r) out[r][i] = to_bf16(static_cast<float>(terms[r]) * scale);
+  }
+  return out;
+}
+
+// Expected bf16 sum: the exact fp32 sum of the (bf16) inputs, rounded to bf16.
+std::vector<uint16_t> bf16_sum_of(const std::vector<std::vector<uint16_t>>& data) {
+  std::vector<uint16_t> out(data[0].size());
+  for (size_t i = 0; i < out.size(); ++i) {
+    double s = 0;
+    for (const auto& d : data) s += from_bf16(d[i]);
+    EXPECT_EQ(static_cast<double>(static_cast<float>(s)), s) << "test data: sum not exact in fp32";
+    out[i] = to_bf16(static_cast<float>(s));
+  }
+  return out;
+}
+// ReduceOp::avg as documented: the bf16 sum divided by the size in fp32, rounded.
+std::vector<uint16_t> bf16_avg_of(const std::vector<uint16_t>& sum, int size) {
+  std::vector<uint16_t> out(sum.size());
+  for (size_t i = 0; i < sum.size(); ++i) out[i] = to_bf16(from_bf16(sum[i]) / static_cast<float>(size));
+  return out;
+}
+
+TEST(Bf16, HostHelpersRoundToNearestEven) {
+  EXPECT_EQ(to_bf16(1.0f), 0x3f80);
+  EXPECT_EQ(to_bf16(1.0f + 0x1p-8f), 0x3f80);          // tie, even stays
+  EXPECT_EQ(to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82);      // tie, odd rounds up
+  EXPECT_EQ(to_bf16(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81);  // above the tie
+  EXPECT_EQ(to_bf16(-257.0f), 0xc380);                 // -256
+  EXPECT_EQ(to_bf16(259.0f), 0x4382);                  // 260
+  EXPECT_EQ(from_bf16(0x4382), 260.0f);
+  EXPECT_EQ(dtype_bytes(DType::bf16), 2u);
+  static_assert(sizeof(BFloat16) == 2);
+}
+
+TEST(Bf16, AllReduceSumIsRoundedExactSumAtTies) {
+  const int size = w().size(), r = w().rank();
+  const int64_t n = 1031;
+  const auto all = tie_data(81, n, size);
+  const auto want = bf16_sum_of(all);
+  if (size > 1) {
+    // The data exercises rounding: ties resolve both up and down (not truncation).
+    int64_t up = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      double s = 0;
+      for (const auto& d : all) s += from_bf16(d[i]);
+      up += std::abs(double(from_bf16(want[i]))) > std::abs(s);
+    }
+    EXPECT_GT(up, n / 4);
+    EXPECT_LT(up, 3 * n / 4);
+  }
+  auto data = from_bits(all[r]);
+  w().all_reduce(data.data(), n, ReduceOp::sum);
+  expect_bits(data, want, "bf16 all_reduce sum");
+}
+
+TEST(Bf16, AllReduceSumOfRandomValues) {
+  const int size = w().size(), r = w().rank();
+  const int64_t n = 1037;
+  std::vector<std::vector<uint16_t>> all;
+  for (int q = 0; q < size; ++q) all.push_back(rank_bf16(82, q, n));
+  const auto want = bf16_sum_of(all);
+  auto data = from_bits(all[r]);
+  w().all_reduce(data.data(), n, ReduceOp::sum);
+  if (size <= 2) {
+    // One addition: exactly the rounded fp32 sum.
+    expect_bits(data, want, "bf16 all_reduce sum (random)");
+    return;
+  }
+  // More ranks: every partial sum is rounded to bf16 (order not fixed), so within
+  // half an ulp (2^-8 relative) per addition plus the reference's own rounding.
+  for (int64_t i = 0; i < n; ++i) {
+    double exact = 0, abs_sum = 0;
+    for (const auto& d : all) {
+      exact += from_bf16(d[i]);
+      abs_sum += std::abs(from_bf16(d[i]));
+    }
+    const double tol = size * 0x1p-8 * abs_sum * 1.02;
+    ASSERT_NEAR(from_bf16(data[i].bits), exact, tol) << "at " << i << " on rank " << r;
+    ASSERT_NEAR(from_bf16(data[i].bits), from_bf16(want[i]), 2 * tol) << "at " << i;
+  }
+}
+
+TEST(Bf16, AllReduceMax) {
+  const int size = w().size(), r = w().rank();
+  const int64_t n = 1033;
+  std::vector<std::vector<uint16_t>> all;
+  for (int q = 0; q < size; ++q) all.push_back(rank_bf16(83, q, n));
+  std::vector<uint16_t> want(n);
+  for (int64_t i = 0; i < n; ++i) {
+    want[i] = all[0][i];
+    for (int q = 1; q < size; ++q)
+      if (from_bf16(all[q][i]) > from_bf16(want[i])) want[i] = all[q][i];
+  }
+  auto data = from_bits(all[r]);
+  w().all_reduce(data.data(), n, ReduceOp::max);
+  expect_bits(data, want, "bf16 all_reduce max");
+}
+
+TEST(Bf16, AllReduceAvgBlockingAndNonBlocking) {
+  const int size = w().size(), r = w().rank();
+  const int64_t n = 1029;
+  const auto all = tie_data(84, n, size);
+  const auto want = bf16_avg_of(bf16_sum_of(all), size);
+  auto data = from_bits(all[r]);
+  w().all_reduce(data.data(), n, ReduceOp::avg);
+  expect_bits(data, want, "bf16 all_reduce avg");
+
+  const auto all2 = tie_data(85, n, size);
+  auto a = from_bits(all2[r]);
+  auto b = from_bits(all[r]);
+  auto ra = w().iall_reduce(a.data(), n, ReduceOp::avg);
+  auto rb = w().iall_reduce(b.data(), n, ReduceOp::sum);
+  rb->wait();
+  ra->wait();
+  expect_bits(a, bf16_avg_of(bf16_sum_of(all2), size), "bf16 iall_reduce avg");
+  expect_bits(b, bf16_sum_of(all), "bf16 iall_reduce sum");
+}
+
+TEST(Bf16, ReduceScatterSumAndAvgUnevenCounts) {
+  const int size = w().size(), r = w().rank();
+  const auto counts = uneven_counts(size);
+  const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
+  const int64_t offset = std::accumulate(counts.begin(), counts.begin() + r, int64_t{0});
+  const int64_t mine = counts[r];
+  for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg}) {
+    const uint32_t seed = 91 + static_cast<uint32_t>(op);
+    const auto all = tie_data(seed, total, size);
+    auto full = bf16_sum_of(all);
+    if (op == ReduceOp::avg) full = bf16_avg_of(full, size);
+    const auto send = from_bits(all[r]);
+    std::vector<BFloat16> recv(std::max<int64_t>(mine, 1), BFloat16{0x7fc1});
+    if (op == ReduceOp::sum)
+      w().reduce_scatter(send.data(), recv.data(), counts, op);
+    else
+      w().ireduce_scatter(send.data(), recv.data(), counts, op)->wait();
+    recv.resize(mine);
+    expect_bits(recv, std::vector<uint16_t>(full.begin() + offset, full.begin() + offset + mine),
+                op == ReduceOp::sum ? "bf16 reduce_scatter sum" : "bf16 ireduce_scatter avg");
+  }
+}
+
+TEST(Bf16, AllGatherUnevenCountsInPlace) {
+  const int size = w().size(), r = w().rank();
+  const auto counts = uneven_counts(size);
+  const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
+  const int64_t offset = std::accumulate(counts.begin(), counts.begin() + r, int64_t{0});
+  std::vector<uint16_t> want;
+  for (int q = 0; q < size; ++q) {
+    const auto d = rank_bf16_bits(101, q, counts[q]);
+    want.insert(want.end(), d.begin(), d.end());
+  }
+  std::vector<BFloat16> data(total, BFloat16{0x3f80});
+  const auto mine = rank_bf16_bits(101, r, counts[r]);
+  for (int64_t i = 0; i < counts[r]; ++i) data[offset + i].bits = mine[i];
+  w().all_gather(data.data(), counts);
+  expect_bits(data, want, "bf16 all_gather");
+}
+
+TEST(Bf16, SendRecvRing) {
+  if (w().size() < 2) GTEST_SKIP() << "needs two ranks";
+  const int size = w().size(), r = w().rank();
+  const int next = (r + 1) % size, prev = (r + size - 1) % size;
+  const int64_t n = 131;
+  const auto out = from_bits(rank_bf16_bits(111, r, n));
+  std::vector<BFloat16> in(n, BFloat16{0x3f80});
+  if (r % 2 == 0) {
+    w().send(out.data(), n, next, 9);
+    w().recv(in.data(), n, prev, 9);
+  } else {
+    w().recv(in.data(), n, prev, 9);
+    w().send(out.data(), n, next, 9);
+  }
+  expect_bits(in, rank_bf16_bits(111, prev, n), "bf16 ring recv");
+  // Non-blocking send the other way round.
+  const auto out2 = from_bits(rank_bf16_bits(112, r, n));
+  auto req = w().isend(out2.data(), n, prev, 10);
+  w().recv(in.data(), n, next, 10);
+  req->wait();
+  expect_bits(in, rank_bf16_bits(112, next, n), "bf16 isend/recv");
 }
 
 TEST(Split, EvenOddGroupsReduceSeparately) {

@@ -76,11 +76,8 @@ TEST(ConfigValidate, EachRuleFailsWithItsMessage) {
       {[](Config& c) { c.backend.device = "cuda", c.backend.attention = "cudnn"; },
        "backend.attention: expected kumiko when backend.dtype is fp32 (cuDNN's fused attention is bf16 only), got "
        "'cudnn'"},
-      {[](Config& c) { c.backend.device = "cuda", c.parallel.tp = 2; },
-       "parallel.tp: expected 1 with backend.device = cuda (tensor parallelism runs on the cpu backend only), got 2"},
-      {[](Config& c) { c.backend.device = "cuda", c.parallel.dp = 2, c.parallel.zero = 1, c.train.global_batch = 16; },
-       "parallel.zero: expected 0 with backend.device = cuda and parallel.dp > 1 (ZeRO-1 runs on the cpu backend "
-       "only), got 1"},
+      {[](Config& c) { c.backend.device = "cuda", c.backend.comm = "shm"; },
+       "backend.comm: expected one of auto|nccl|mpi, got 'shm'"},
       {[](Config& c) { c.backend.device = "cuda", c.model.d_model = 100; },
        "model.d_model: expected d_model / n_heads a multiple of 8 and at most 128 on backend.device = cuda (head "
        "dim), got 100 / 4"},
@@ -109,12 +106,11 @@ TEST(ConfigValidate, ValidLayoutsPass) {
   c.train.global_batch = 32;
   c.train.micro_batch = 4;
   EXPECT_EQ(validation_error(c), "");
-  c.parallel.tp = 1;  // the cuda backend runs data parallelism only
-  c.parallel.pp = 1;
-  c.parallel.zero = 0;
+  c.backend.device = "cuda";  // the cuda backend runs every layout the cpu one does
+  c.model.d_model = 256;      // head dim 64
+  EXPECT_EQ(validation_error(c), "");
   c.parallel.dp = 16;
   c.train.global_batch = 64;
-  c.backend.device = "cuda";
   c.backend.dtype = "bf16";
   c.backend.matmul = "cublas";
   c.backend.attention = "cudnn";
