@@ -1,7 +1,7 @@
 #pragma once
 // BasicTransformer<Backend>'s member definitions: the one model, included by the
 // files that instantiate it for a backend (src/model/transformer.cpp for the CPU,
-// src/gpu/transformer_cuda.cpp for CUDA). Every op goes through the backend; the
+// src/gpu/engine_cuda.cpp for CUDA). Every op goes through the backend; the
 // tensor-parallel collectives go through the backend's stream-aware collectives.
 #include <algorithm>
 #include <cmath>

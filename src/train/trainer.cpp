@@ -121,22 +121,6 @@ void init_from_weights(const config::Config& cfg, const std::string& tokenizer_s
 
 }  // namespace
 
-struct Trainer::State {
-  std::unique_ptr<parallel::ProcessGrid> grid;
-  std::unique_ptr<data::Loader> loader;
-  std::unique_ptr<comm::Communicator> embed_group;  // tied embedding across pipeline stages
-  std::unique_ptr<parallel::Engine> engine;        // model, reduction, pipeline, optimizer on the backend
-  std::unique_ptr<ckpt::Store> store;
-  std::unique_ptr<MetricsLog> metrics;  // rank 0: metrics.jsonl and TensorBoard
-  std::vector<int32_t> inputs, targets;  // [micro_batch, T]
-  CheckpointMeta meta;
-  TrainState train;
-};
-
-Trainer::Trainer(config::Config config, comm::Communicator& world)
-    : config_(std::move(config)), world_(world), state_(std::make_unique<State>()) {}
-Trainer::~Trainer() = default;
-
 namespace {
 
 // Rank 0 computes a string (a path) or fails with a UserError; every rank gets
@@ -166,160 +150,280 @@ std::string agree(comm::Communicator& world, F&& compute) {
 
 }  // namespace
 
-RunSummary Trainer::run() {
-  const auto& cfg = config_;
-  auto log = log::get("train");
-  auto ckpt_log = log::get("ckpt");
-  set_threads(cfg.backend.threads);
-  SignalGuard signals;
+// One run of the trainer: setup, then the step loop as named steps. Every member
+// function that is collective says so; all ranks call it at the same point.
+struct Trainer::State {
+  State(const config::Config& c, comm::Communicator& w) : cfg(c), world(w) {}
 
-  auto& s = *state_;
-  s.grid = std::make_unique<parallel::ProcessGrid>(world_, cfg.parallel);
-  const bool io = world_.rank() == 0;  // the rank that writes files
-  const int dp = s.grid->dp(), dp_rank = s.grid->dp_rank();
-  const int64_t T = cfg.data.seq_len, MB = cfg.train.micro_batch, GB = cfg.train.global_batch;
-  const int64_t local_batch = GB / dp;  // this dp rank's slice of the global batch
-  if (!cfg.data.synthetic) {
-    s.loader = std::make_unique<data::Loader>(cfg.data.dir, T, cfg.train.seed);
-    KUMIKO_USER_CHECK(s.loader->vocab_size() <= cfg.model.vocab_size, "model.vocab_size = ",
-                      cfg.model.vocab_size, " is smaller than the vocabulary of ",
-                      s.loader->tokenizer_path(), " (", s.loader->vocab_size(), ")");
-    s.meta.tokenizer_sha256 = s.loader->tokenizer_sha256();
-    s.meta.tokenizer_path = s.loader->tokenizer_path();
-  }
-  s.meta.config_ini = config::to_ini(cfg);
+  RunSummary run();
 
-  const model::Dims dims = model::Dims::from(cfg.model);
-  // Pipeline: this rank's stage (chunks of layers), one activation set per micro-batch.
-  const int pp = s.grid->pp();
-  const int chunks = pp > 1 ? cfg.parallel.pp_chunks : 1;
-  const int64_t micro_steps = local_batch / MB;
+  // ---- setup ----
+  void setup_data();      // process grid, loader (or synthetic tokens), tokenizer identity
+  void setup_engine();    // pipeline stage, the backend's engine (collective: every rank learns every error)
+  void setup_files();     // logical tensor lists, checkpoint store, partial files removed
+  void resume_or_init();  // the checkpoint to resume from, or the initial weights (collective)
+
+  // ---- the step ----
+  struct Gradients {
+    int64_t step = 0, data_step = 0;  // the step computed (from 0) and the loader step it trains on
+    double loss = 0, norm = 0, comm_s = 0;
+    Clock::time_point t0;
+  };
+  bool stop_requested();                 // a stop signal on any rank (collective)
+  Gradients compute_gradients();         // forward/backward over the micro-batches, reduction, norm (collective)
+  enum class Verdict { apply, skip, rolled_back, stop };
+  Verdict check_spike(const Gradients& g);  // train/spike.h, the same verdict on every rank (collective)
+  bool skip_step(const Gradients& g, const char* why);  // true: stop (max_skipped_steps in a row)
+  double apply_update(Gradients& g);     // clipping, LR schedule, AdamW; returns the LR
+  void report(const Gradients& g, double lr);  // metrics.jsonl, TensorBoard, the log line, stragglers
+  void after_step();                     // evaluation, samples, periodic checkpoints (collective)
+  RunSummary finish();                   // the preemption or final checkpoint, weights_final.h5
+
+  // ---- files and evaluation ----
+  model::LogicalTensors gather_model(const float* flat);  // collective over tp and pp
+  model::LogicalTensors empty_logical() const;
+  void write_weights_file(const fs::path& path, int64_t step);  // collective; rank 0 writes
+  void restore(const std::string& path);                        // any layout's checkpoint
+  void save(const char* why);                                   // collective; rank 0 writes
+  void evaluate(int64_t step);                                  // collective
+  void print_sample(int64_t step);                              // collective over tp
+
+  const config::Config& cfg;
+  comm::Communicator& world;
+  std::shared_ptr<spdlog::logger> log = log::get("train"), ckpt_log = log::get("ckpt");
+  std::unique_ptr<parallel::ProcessGrid> grid;
+  std::unique_ptr<data::Loader> loader;
+  std::unique_ptr<comm::Communicator> embed_group;  // tied embedding across pipeline stages
+  std::unique_ptr<parallel::Engine> engine;        // model, reduction, pipeline, optimizer on the backend
+  std::unique_ptr<ckpt::Store> store;
+  std::unique_ptr<MetricsLog> metrics;  // rank 0: metrics.jsonl and TensorBoard
+  std::unique_ptr<data::Tokenizer> tokenizer;  // samples
+  std::unique_ptr<SpikeDetector> spikes;
+  std::unique_ptr<Stragglers> stragglers;
+  std::vector<int32_t> inputs, targets;  // [micro_batch, T] (evaluation)
+  CheckpointMeta meta;
+  TrainState train;
+  RunSummary summary;
+
+  bool io = false;  // the rank that writes files
+  int dp = 1, dp_rank = 0, pp = 1, chunks = 1;
+  int64_t T = 0, MB = 0, GB = 0, local_batch = 0, micro_steps = 0, end = 0;
+  model::Dims dims;
+  model::PipelineStage stage;
   std::vector<int64_t> stage_layers;
+  model::TensorParallel host_tp;  // tensor parallelism over the grid's host group (file gathers)
+  std::vector<model::ParameterSpec> logical_specs, stage_specs;  // files hold logical tensors
+  std::vector<std::vector<std::string>> names_by_stage;
+  fs::path run_dir;
+  std::string rollback_point;  // a checkpoint this run resumed from or wrote (spike rollbacks)
+  double loss_scale = 0, flops_per_token = 0, train_seconds = 0;
+  int64_t steps_here = 0, consecutive_skips = 0, eval_sequences = 0, val_windows = 0;
+  int rollbacks = 0;
+  int32_t stop = 0;
+  Clock::time_point start_time;
+};
+
+Trainer::Trainer(config::Config config, comm::Communicator& world)
+    : config_(std::move(config)), world_(world) {}
+Trainer::~Trainer() = default;
+
+RunSummary Trainer::run() {
+  set_threads(config_.backend.threads);
+  SignalGuard signals;
+  state_ = std::make_unique<State>(config_, world_);
+  return state_->run();
+}
+
+RunSummary Trainer::State::run() {
+  setup_data();
+  setup_engine();
+  setup_files();
+  resume_or_init();
+  while (train.step < end) {
+    if (stop_requested()) break;
+    Gradients g = compute_gradients();
+    // Every rank skips the same update when any rank saw a non-finite loss or gradient.
+    int32_t bad = !(std::isfinite(g.loss) && std::isfinite(g.norm));
+    world.all_reduce(&bad, 1, comm::ReduceOp::max);
+    if (bad) {
+      log->warn("step {}: non-finite loss {} or gradient norm {}: update skipped on every rank ({} in a row, "
+                "limit train.max_skipped_steps = {})",
+                g.step + 1, g.loss, g.norm, consecutive_skips + 1, cfg.train.max_skipped_steps);
+      if (skip_step(g, "non-finite")) return summary;
+      continue;
+    }
+    const Verdict verdict = check_spike(g);
+    if (verdict == Verdict::stop) return summary;
+    if (verdict != Verdict::apply) continue;
+    consecutive_skips = 0;
+    const double lr = apply_update(g);
+    report(g, lr);
+    after_step();
+  }
+  return finish();
+}
+
+void Trainer::State::setup_data() {
+  grid = std::make_unique<parallel::ProcessGrid>(world, cfg.parallel);  // a wrong rank count fails first
+  io = world.rank() == 0;
+  dp = grid->dp();
+  dp_rank = grid->dp_rank();
+  T = cfg.data.seq_len;
+  MB = cfg.train.micro_batch;
+  GB = cfg.train.global_batch;
+  if (!cfg.data.synthetic) {
+    loader = std::make_unique<data::Loader>(cfg.data.dir, T, cfg.train.seed);
+    KUMIKO_USER_CHECK(loader->vocab_size() <= cfg.model.vocab_size, "model.vocab_size = ", cfg.model.vocab_size,
+                      " is smaller than the vocabulary of ", loader->tokenizer_path(), " (", loader->vocab_size(), ")");
+    meta.tokenizer_sha256 = loader->tokenizer_sha256();
+    meta.tokenizer_path = loader->tokenizer_path();
+  }
+  meta.config_ini = config::to_ini(cfg);
+}
+
+void Trainer::State::setup_engine() {
+  local_batch = GB / dp;  // this dp rank's slice of the global batch
+  micro_steps = local_batch / MB;
+  dims = model::Dims::from(cfg.model);
+  // Pipeline: this rank's stage (chunks of layers), one activation set per micro-batch.
+  pp = grid->pp();
+  chunks = pp > 1 ? cfg.parallel.pp_chunks : 1;
   {
     std::stringstream in(cfg.parallel.pp_layers);
     for (std::string item; std::getline(in, item, ',');) stage_layers.push_back(std::stoll(item));
   }
-  model::PipelineStage stage;
   if (pp > 1) {
     // Activation sets per chunk: as many micro-batches as the schedule keeps in flight.
     const auto kind = parallel::parse_schedule(cfg.parallel.pp_schedule);
     const int slots = parallel::activation_slots(
-        parallel::build_schedule(kind, pp, s.grid->pp_rank(), static_cast<int>(micro_steps), chunks),
+        parallel::build_schedule(kind, pp, grid->pp_rank(), static_cast<int>(micro_steps), chunks),
         static_cast<int>(micro_steps), chunks);
-    stage = model::pipeline_stage(dims, pp, chunks, s.grid->pp_rank(), stage_layers, slots);
+    stage = model::pipeline_stage(dims, pp, chunks, grid->pp_rank(), stage_layers, slots);
   }
   // The first and last pipeline stages both hold a tied embedding: its gradient is
   // summed between them (same dp and tp coordinates) every step.
-  const bool tied_across_stages = pp > 1 && dims.tied;
-  if (tied_across_stages) {
-    const bool member = s.grid->pp_rank() == 0 || s.grid->pp_rank() == pp - 1;
-    const int coords = s.grid->dp_rank() * s.grid->tp() + s.grid->tp_rank();
-    s.embed_group = world_.split(member ? coords : s.grid->dp() * s.grid->tp() + world_.rank(), world_.rank(),
-                                 "embed");
+  if (pp > 1 && dims.tied) {
+    const bool member = grid->pp_rank() == 0 || grid->pp_rank() == pp - 1;
+    const int coords = grid->dp_rank() * grid->tp() + grid->tp_rank();
+    embed_group = world.split(member ? coords : grid->dp() * grid->tp() + world.rank(), world.rank(), "embed");
   }
   // The engine: model, gradient reduction, pipeline and optimizer on the backend.
   // Every rank learns whether every rank could build its own (a GPU without enough
   // free memory on one node must not leave the others waiting in a collective).
-  {
-    parallel::EngineSetup setup;
-    setup.config = &cfg;
-    setup.grid = s.grid.get();
-    setup.dims = dims;
-    setup.stage = stage;
-    setup.micro_batch = MB;
-    setup.seq_len = T;
-    setup.micro_steps = micro_steps;
-    setup.embed_group = s.embed_group.get();
-    std::string engine_error;
-    bool user_error = false;
-    try {
-      s.engine = cfg.backend.device == "cuda" ? gpu::make_cuda_engine(setup) : parallel::make_cpu_engine(setup);
-    } catch (const UserError& e) {
-      engine_error = e.what();
-      user_error = true;
-    } catch (const Error& e) {
-      engine_error = e.what();
-    }
-    int32_t failed[2] = {!engine_error.empty(), user_error};
-    world_.all_reduce(failed, 2, comm::ReduceOp::max);
-    if (failed[0]) {
-      // A rank with its own error reports it as it is; the others say a user error
-      // when any rank had one (exit 2 everywhere), an internal error otherwise.
-      if (!engine_error.empty()) {
-        if (user_error) throw UserError(engine_error);
-        throw Error(engine_error);
-      }
-      const std::string other = "backend.device = " + cfg.backend.device +
-                                ": another rank could not set up its model (its own message says why)";
-      if (failed[1]) throw UserError(other);
-      throw Error(other);
-    }
+  parallel::EngineSetup setup;
+  setup.config = &cfg;
+  setup.grid = grid.get();
+  setup.dims = dims;
+  setup.stage = stage;
+  setup.micro_batch = MB;
+  setup.seq_len = T;
+  setup.micro_steps = micro_steps;
+  setup.embed_group = embed_group.get();
+  std::string engine_error;
+  bool user_error = false;
+  try {
+    engine = cfg.backend.device == "cuda" ? gpu::make_cuda_engine(setup) : parallel::make_cpu_engine(setup);
+  } catch (const UserError& e) {
+    engine_error = e.what();
+    user_error = true;
+  } catch (const Error& e) {
+    engine_error = e.what();
   }
-  auto& engine = *s.engine;
-  stage = engine.stage();
-  auto& params = engine.params();
-  params.initialize(cfg.train.seed);
-  log->info("{} backend: {}, arena {:.1f} MiB", cfg.backend.device, engine.describe(), engine.arena_bytes() / 1048576.0);
-  // The host parameters are a mirror on a device backend: refreshed before they are read.
-  auto sync_host_params = [&] { engine.download_parameters(); };
-  model::TensorParallel host_tp;  // tensor parallelism over the grid's host group (file gathers)
-  if (s.grid->tp() > 1) host_tp = {&s.grid->tp_group(), cfg.parallel.sequence_parallel};
-  // Files hold logical tensors: all of the model's, and this stage's.
-  const std::vector<model::ParameterSpec> logical_specs = model::parameter_specs(dims);
-  const std::vector<model::ParameterSpec> stage_specs = model::parameter_specs(dims, 1, 0, &stage);
-  std::vector<std::vector<std::string>> names_by_stage;
+  int32_t failed[2] = {!engine_error.empty(), user_error};
+  world.all_reduce(failed, 2, comm::ReduceOp::max);
+  if (failed[0]) {
+    // A rank with its own error reports it as it is; the others say a user error
+    // when any rank had one (exit 2 everywhere), an internal error otherwise.
+    if (!engine_error.empty()) {
+      if (user_error) throw UserError(engine_error);
+      throw Error(engine_error);
+    }
+    const std::string other =
+        "backend.device = " + cfg.backend.device + ": another rank could not set up its model (its own message says why)";
+    if (failed[1]) throw UserError(other);
+    throw Error(other);
+  }
+  stage = engine->stage();
+  engine->params().initialize(cfg.train.seed);
+  log->info("{} backend: {}, arena {:.1f} MiB", cfg.backend.device, engine->describe(),
+            engine->arena_bytes() / 1048576.0);
+  if (grid->tp() > 1) host_tp = {&grid->tp_group(), cfg.parallel.sequence_parallel};
+}
+
+void Trainer::State::setup_files() {
+  logical_specs = model::parameter_specs(dims);
+  stage_specs = model::parameter_specs(dims, 1, 0, &stage);
   for (int r = 0; r < pp; ++r) {
     names_by_stage.emplace_back();
     const auto st = pp > 1 ? model::pipeline_stage(dims, pp, chunks, r, stage_layers, 1) : stage;
     for (const auto& spec : model::parameter_specs(dims, 1, 0, &st)) names_by_stage.back().push_back(spec.name);
   }
-  // This rank's logical tensors (gathered over tp) of a flat buffer, then over the
-  // pipeline stages: every tensor of the model on pp rank 0, nothing elsewhere.
-  auto gather_model = [&](const float* flat) {
-    auto mine = model::gather_logical(params, dims, stage, host_tp, flat);
-    if (pp == 1) return mine;
-    std::map<std::string, std::vector<float>> by_name;
-    for (size_t i = 0; i < stage_specs.size(); ++i) by_name[stage_specs[i].name] = std::move(mine[i]);
-    return parallel::gather_stages(s.grid->pp_group(), logical_specs, names_by_stage, std::move(by_name));
-  };
-  auto const_ptrs = [](const model::LogicalTensors& t) {
-    std::vector<const float*> out;
-    for (const auto& x : t) out.push_back(x.data());
-    return out;
-  };
-  auto mut_ptrs = [](model::LogicalTensors& t) {
-    std::vector<float*> out;
-    for (auto& x : t) out.push_back(x.data());
-    return out;
-  };
-  auto empty_logical = [&] {
-    model::LogicalTensors t;
-    for (const auto& spec : stage_specs) t.emplace_back(static_cast<size_t>(numel_of(spec.shape)));
-    return t;
-  };
-  // Writes a weights file of the current parameters (collective over tp and pp; rank 0 writes).
-  auto write_weights_file = [&](const fs::path& path, int64_t step) {
-    sync_host_params();
-    const auto values = gather_model(params.flat_values().data());
-    if (io)
-      write_weights(path.string(), logical_specs, const_ptrs(values),
-                    {s.meta.config_ini, s.meta.tokenizer_sha256, s.meta.tokenizer_path, step});
-  };
-  s.train.seed = cfg.train.seed;
-
-  const fs::path run_dir(cfg.log.run_dir);
+  train.seed = cfg.train.seed;
+  run_dir = cfg.log.run_dir;
   if (io) fs::create_directories(run_dir);
-  s.store = std::make_unique<ckpt::Store>(cfg.checkpoint.dir.empty() ? (run_dir / "checkpoints").string()
-                                                                       : cfg.checkpoint.dir);
+  store = std::make_unique<ckpt::Store>(cfg.checkpoint.dir.empty() ? (run_dir / "checkpoints").string()
+                                                                   : cfg.checkpoint.dir);
   if (io)
-    if (const int n = s.store->remove_partials(); n > 0)
-      ckpt_log->warn("removed {} partial checkpoint file(s) left by an interrupted save in {}", n,
-                     s.store->dir());
+    if (const int n = store->remove_partials(); n > 0)
+      ckpt_log->warn("removed {} partial checkpoint file(s) left by an interrupted save in {}", n, store->dir());
+}
 
-  // Resume: rank 0 chooses the checkpoint, every rank loads it (logical tensors:
-  // any layout reads any checkpoint).
-  RunSummary summary;
-  const std::string resume_path = agree(world_, [&]() -> std::string {
+namespace {
+std::vector<const float*> const_ptrs(const model::LogicalTensors& t) {
+  std::vector<const float*> out;
+  for (const auto& x : t) out.push_back(x.data());
+  return out;
+}
+std::vector<float*> mut_ptrs(model::LogicalTensors& t) {
+  std::vector<float*> out;
+  for (auto& x : t) out.push_back(x.data());
+  return out;
+}
+}  // namespace
+
+// This rank's logical tensors (gathered over tp) of a flat buffer, then over the
+// pipeline stages: every tensor of the model on pp rank 0, nothing elsewhere.
+model::LogicalTensors Trainer::State::gather_model(const float* flat) {
+  auto mine = model::gather_logical(engine->params(), dims, stage, host_tp, flat);
+  if (pp == 1) return mine;
+  std::map<std::string, std::vector<float>> by_name;
+  for (size_t i = 0; i < stage_specs.size(); ++i) by_name[stage_specs[i].name] = std::move(mine[i]);
+  return parallel::gather_stages(grid->pp_group(), logical_specs, names_by_stage, std::move(by_name));
+}
+
+model::LogicalTensors Trainer::State::empty_logical() const {
+  model::LogicalTensors t;
+  for (const auto& spec : stage_specs) t.emplace_back(static_cast<size_t>(numel_of(spec.shape)));
+  return t;
+}
+
+void Trainer::State::write_weights_file(const fs::path& path, int64_t step) {
+  engine->download_parameters();  // the host parameters are a mirror on a device backend
+  const auto values = gather_model(engine->params().flat_values().data());
+  if (io)
+    write_weights(path.string(), logical_specs, const_ptrs(values),
+                  {meta.config_ini, meta.tokenizer_sha256, meta.tokenizer_path, step});
+}
+
+// Loads a checkpoint (any layout's) into this rank's parameters and optimizer state:
+// on resume and on a loss-spike rollback.
+void Trainer::State::restore(const std::string& path) {
+  auto values = empty_logical(), lm = empty_logical(), lv = empty_logical();
+  train = load_checkpoint(path, cfg, meta.tokenizer_sha256, stage_specs, mut_ptrs(values), mut_ptrs(lm), mut_ptrs(lv));
+  auto& params = engine->params();
+  std::vector<float> m(params.total_numel(), 0.0f), v(params.total_numel(), 0.0f);
+  model::scatter_logical(params, values, params.flat_values().data());
+  model::scatter_logical(params, lm, m.data());
+  model::scatter_logical(params, lv, v.data());
+  engine->upload_parameters();
+  engine->scatter_moments(m.data(), v.data());
+  engine->set_optimizer_steps(train.optimizer_steps);
+}
+
+void Trainer::State::resume_or_init() {
+  // Rank 0 chooses the checkpoint, every rank loads it (logical tensors: any layout
+  // reads any checkpoint).
+  const std::string resume_path = agree(world, [&]() -> std::string {
     const std::string& resume = cfg.checkpoint.resume;
     if (resume.empty()) return "";
     if (resume != "auto") {
@@ -329,8 +433,8 @@ RunSummary Trainer::run() {
       return resume;
     }
     std::vector<std::string> candidates;
-    if (auto latest = s.store->latest()) candidates.push_back(*latest);
-    for (const auto& f : s.store->list())
+    if (auto latest = store->latest()) candidates.push_back(*latest);
+    for (const auto& f : store->list())
       if (candidates.empty() || !fs::exists(candidates[0]) || !fs::equivalent(f, candidates[0]))
         candidates.push_back(f);
     for (const auto& c : candidates) {
@@ -338,349 +442,329 @@ RunSummary Trainer::run() {
       if (problems.empty()) return c;
       ckpt_log->error("checkpoint {} does not verify ({}); trying the one before", c, problems.front());
     }
-    ckpt_log->info("resume=auto: no checkpoint in {}, starting fresh", s.store->dir());
+    ckpt_log->info("resume=auto: no checkpoint in {}, starting fresh", store->dir());
     return "";
   });
-  // The checkpoint a loss-spike rollback returns to: one this run resumed from or
-  // wrote (never a stale `latest` of an earlier run in the same folder).
-  std::string rollback_point;
-  // Loads a checkpoint (any layout's) into this rank's parameters and optimizer state:
-  // on resume and on a loss-spike rollback.
-  auto restore = [&](const std::string& path) {
-    auto values = empty_logical(), lm = empty_logical(), lv = empty_logical();
-    s.train = load_checkpoint(path, cfg, s.meta.tokenizer_sha256, stage_specs, mut_ptrs(values),
-                              mut_ptrs(lm), mut_ptrs(lv));
-    std::vector<float> m(params.total_numel(), 0.0f), v(params.total_numel(), 0.0f);
-    model::scatter_logical(params, values, params.flat_values().data());
-    model::scatter_logical(params, lm, m.data());
-    model::scatter_logical(params, lv, v.data());
-    engine.upload_parameters();
-    engine.scatter_moments(m.data(), v.data());
-    engine.set_optimizer_steps(s.train.optimizer_steps);
-  };
   if (!resume_path.empty()) {
     restore(resume_path);
     rollback_point = resume_path;
-    summary.first_step = s.train.step;
-    ckpt_log->info("resumed from {} at step {} ({} tokens seen)", resume_path, s.train.step,
-                   s.train.tokens_seen);
+    summary.first_step = train.step;
+    ckpt_log->info("resumed from {} at step {} ({} tokens seen)", resume_path, train.step, train.tokens_seen);
   } else {
-    if (!cfg.train.init_from.empty()) init_from_weights(cfg, s.meta.tokenizer_sha256, logical_specs, stage_specs,
-                                                        params);
-    // Initial: uploaded before the weights file, whose sync_host_params() reads the backend.
-    engine.upload_parameters();
+    if (!cfg.train.init_from.empty())
+      init_from_weights(cfg, meta.tokenizer_sha256, logical_specs, stage_specs, engine->params());
+    // Initial: uploaded before the weights file, which reads the backend's copy.
+    engine->upload_parameters();
     write_weights_file(run_dir / "weights_init.h5", 0);
   }
   if (io) {
-    std::ofstream(run_dir / "config.ini") << s.meta.config_ini;
-    s.metrics = std::make_unique<MetricsLog>(run_dir.string(), cfg.log.tensorboard);
+    std::ofstream(run_dir / "config.ini") << meta.config_ini;
+    metrics = std::make_unique<MetricsLog>(run_dir.string(), cfg.log.tensorboard);
   }
-
-  const double flops_per_token = model::train_flops_per_token(dims, T);
+  flops_per_token = model::train_flops_per_token(dims, T);
   log->info("model {}: {} layers, d_model {}, {} heads ({} kv), vocab {}, {:.2f}M parameters on this rank; "
             "{} ranks (dp {}, tp {}{}, pp {}, zero {}), {} threads per rank; {:.1f} MFLOP per token",
-            cfg.model.arch, dims.L, dims.C, dims.Hq, dims.Hkv, dims.V, params.total_numel() / 1e6,
-            world_.size(), dp, s.grid->tp(), s.grid->tp() > 1 && cfg.parallel.sequence_parallel ? " with sp" : "",
-            pp, cfg.parallel.zero, omp_get_max_threads(), flops_per_token / 1e6);
+            cfg.model.arch, dims.L, dims.C, dims.Hq, dims.Hkv, dims.V, engine->params().total_numel() / 1e6,
+            world.size(), dp, grid->tp(), grid->tp() > 1 && cfg.parallel.sequence_parallel ? " with sp" : "", pp,
+            cfg.parallel.zero, omp_get_max_threads(), flops_per_token / 1e6);
 
-  auto save = [&](const char* why) {
-    const auto t0 = Clock::now();
-    std::vector<float> m, v;
-    sync_host_params();
-    engine.gather_moments(m, v);  // collective over dp (ZeRO shards)
-    // Logical tensors from the tp shards (collective over tp).
-    const auto values = gather_model(params.flat_values().data());
-    const auto lm = gather_model(m.data());
-    const auto lv = gather_model(v.data());
-    s.train.optimizer_steps = engine.optimizer_steps();
-    const std::string path = s.store->path_for(s.train.step);
-    if (io) {
-      const LogicalState tensors{logical_specs, const_ptrs(values), const_ptrs(lm), const_ptrs(lv)};
-      const int64_t bytes = save_checkpoint(path, tensors, s.train, s.meta, cfg.checkpoint.write_delay_ms);
-      s.store->set_latest(path);
-      for (const auto& removed : s.store->apply_retention(cfg.checkpoint.keep_last))
-        ckpt_log->info("retention: removed {}", removed);
-      const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
-      ckpt_log->info("saved {} ({}) at step {}: {:.1f} MB in {:.2f}s ({:.0f} MB/s)", path, why, s.train.step,
-                     bytes / 1e6, dt, bytes / 1e6 / std::max(dt, 1e-9));
-    }
-    {
-      // Nobody runs ahead of a checkpoint that is not committed. Rank 0 may write for
-      // longer than comm_timeout_s, so this wait gets 10 times the timeout (the gathers
-      // above are watched like every other collective).
-      comm::WatchdogPause writing;
-      world_.barrier();
-    }
-    // Training time the save took away (gathers, write, commit): every rank waited for it.
-    if (io) s.metrics->write(s.train.step, {{"ckpt_blocked_s", std::chrono::duration<double>(Clock::now() - t0).count()}});
-    summary.last_checkpoint = path;
-    rollback_point = path;
-  };
-
-  s.inputs.resize(MB * T);
-  s.targets.resize(MB * T);
-  const int64_t end = cfg.train.stop_at > 0 ? std::min(cfg.train.stop_at, cfg.train.steps) : cfg.train.steps;
-  const float loss_scale = 1.0f / static_cast<float>(GB * T);
-  const auto start_time = Clock::now();
-  double train_seconds = 0;
-  int64_t steps_here = 0;
-
+  inputs.resize(MB * T);
+  targets.resize(MB * T);
+  end = cfg.train.stop_at > 0 ? std::min(cfg.train.stop_at, cfg.train.steps) : cfg.train.steps;
+  loss_scale = 1.0 / static_cast<double>(GB * T);
+  start_time = Clock::now();
   // Validation: the same sequences under every layout, fixed by the config alone:
   // val windows 0 .. eval_batches x global_batch - 1 (window g mod W_val; see
   // docs/data-format.md), in micro-batch chunks dealt round-robin over dp. The loss is
   // the mean over all their tokens.
-  const int64_t eval_sequences = int64_t{cfg.train.eval_batches} * GB;
-  const int64_t val_windows = s.loader ? s.loader->num_windows(data::Split::val) : 0;
-  if (s.loader && val_windows == 0)
+  eval_sequences = int64_t{cfg.train.eval_batches} * GB;
+  val_windows = loader ? loader->num_windows(data::Split::val) : 0;
+  if (loader && val_windows == 0)
     log->warn("data folder '{}': the val split has {} tokens, fewer than data.seq_len + 1 = {}: no validation "
-              "loss is computed", cfg.data.dir, s.loader->num_tokens(data::Split::val), T + 1);
-  else if (s.loader && eval_sequences > val_windows)
+              "loss is computed", cfg.data.dir, loader->num_tokens(data::Split::val), T + 1);
+  else if (loader && eval_sequences > val_windows)
     log->warn("train.eval_batches x train.global_batch = {} validation sequences, but the val split has {} "
               "windows of data.seq_len + 1 tokens: some are evaluated more than once",
               eval_sequences, val_windows);
-  auto evaluate = [&](int64_t step) {
-    if (val_windows == 0) return;
-    double total = 0;  // sum of token losses
-    for (int64_t chunk = dp_rank; chunk < eval_sequences / MB; chunk += dp) {
-      s.loader->fill(data::Split::val, 0, eval_sequences, chunk * MB, MB, s.inputs.data(), s.targets.data());
-      total += engine.eval_loss_sum(s.inputs.data(), s.targets.data());
-    }
-    if (pp > 1) s.grid->pp_group().all_reduce(&total, 1, comm::ReduceOp::sum);  // the last stage's
-    s.grid->dp_group().all_reduce(&total, 1, comm::ReduceOp::sum);
-    const double val = total / static_cast<double>(eval_sequences * T);
-    summary.last_val_loss = val;
-    log->info("eval step {} | val_loss {:.4f} | val_ppl {:.2f}", step, val, std::exp(val));
-    if (io) {
-      s.metrics->write(step, {{"val_loss", val}, {"val_ppl", std::exp(val)}});
-    }
-  };
-
-  // Periodic samples ([log] sample_every) from rank 0, to watch the model learn.
-  std::unique_ptr<data::Tokenizer> tokenizer;
   if (pp > 1 && cfg.log.sample_every > 0)
     log->warn("log.sample_every: samples during training are not drawn with pipeline parallelism; use "
               "kumiko sample on a checkpoint");
-  auto print_sample = [&](int64_t step) {
-    if (!s.loader || pp > 1) return;
-    // The sampler needs the whole model: with tp > 1, gather it into an unsplit copy.
-    std::unique_ptr<model::Transformer<float>> whole;
-    sync_host_params();
-    if (s.grid->tp() > 1 || !engine.cpu_model()) {
-      const auto values = model::gather_logical(params, dims, stage, host_tp, params.flat_values().data());
-      if (io) {
-        whole = std::make_unique<model::Transformer<float>>(dims, 1, 1);
-        model::scatter_logical(*whole, values, whole->params().flat_values().data());
-      }
-    }
-    if (!io) return;
-    if (!tokenizer) tokenizer = std::make_unique<data::Tokenizer>(data::Tokenizer::load(s.loader->tokenizer_path()));
-    std::vector<int32_t> prompt = tokenizer->encode("\n");
-    if (prompt.empty()) prompt.push_back(tokenizer->eos_id());
-    SamplingOptions o;
-    o.max_new_tokens = 64;
-    o.seed = cfg.train.seed + static_cast<uint64_t>(step);
-    log->info("sample at step {}:\n{}", step, tokenizer->decode(generate(whole ? *whole : *engine.cpu_model(), prompt, T, o)));
-  };
+  spikes = std::make_unique<SpikeDetector>(parse_spike_action(cfg.train.spike_action), cfg.train.spike_factor,
+                                           cfg.train.spike_window, cfg.train.spike_grad_norm);
+  stragglers = std::make_unique<Stragglers>(world, cfg.log.straggler_every, cfg.log.straggler_threshold);
+}
 
-  int32_t stop = 0;
-  int64_t consecutive_skips = 0;
-  SpikeDetector spikes(parse_spike_action(cfg.train.spike_action), cfg.train.spike_factor, cfg.train.spike_window,
-                       cfg.train.spike_grad_norm);
-  int rollbacks = 0;
-  Stragglers stragglers(world_, cfg.log.straggler_every, cfg.log.straggler_threshold);
-  // Discards step `step`'s update on every rank (non-finite values or a spike): the step
-  // and its batch are consumed. True when train.max_skipped_steps were skipped in a row.
-  auto skip_step = [&](int64_t step, int64_t data_step, double loss, double norm, const char* why) {
-    ++consecutive_skips;
-    ++s.train.skipped_steps;
-    s.train.step = step + 1;
-    s.train.loader_step = data_step + 1;
-    s.train.tokens_seen += GB * T;
-    summary.skipped.push_back(step + 1);
-    summary.steps_taken = s.train.step;
-    if (io)
-      s.metrics->write(step + 1, {{"skipped", 1.0}, {"skipped_total", static_cast<double>(s.train.skipped_steps)},
-                                  {"skip_reason", why}, {"skipped_loss", loss}, {"skipped_grad_norm", norm}});
-    if (consecutive_skips < cfg.train.max_skipped_steps) return false;
-    log->error("{} skipped steps in a row (train.max_skipped_steps; the last: {}): stopping with exit code {}; the "
-               "weights were never updated from them; lower train.lr or check the data, then resume",
-               consecutive_skips, why, kExitNonFinite);
-    summary.diverged = true;
-    return true;
-  };
-  while (s.train.step < end) {
-    comm::Watchdog::set_step(s.train.step + 1);  // the step being computed, for its messages
-    // Every rank agrees at the step boundary whether a stop signal arrived anywhere.
-    stop = static_cast<int32_t>(g_stop_signal);
-    world_.all_reduce(&stop, 1, comm::ReduceOp::max);
-    if (stop) break;
-    const int64_t step = s.train.step;
-    // The batch this step trains on: the loader's position, which equals the step unless
-    // a loss-spike rollback skipped batches (train/spike.h).
-    const int64_t data_step = s.train.loader_step;
-    const auto t0 = Clock::now();
-    engine.zero_grads();
-    const auto& t = cfg.train;
-    if (t.inject_nan_step > 0 && step + 1 >= t.inject_nan_step && step + 1 < t.inject_nan_step + t.inject_nan_count &&
-        world_.rank() == t.inject_nan_rank) {
-      // testing: poisons this rank's gradient
-      engine.poison_gradient();
-    }
-    double loss = 0;
-    auto fill = [&](int64_t micro, int32_t* in, int32_t* tg) {
-      const int64_t first = dp_rank * local_batch + micro * MB;  // in the global batch
-      if (s.loader)
-        s.loader->fill(data::Split::train, data_step, GB, first, MB, in, tg);
-      else
-        synthetic_batch(cfg.train.seed, data_step, first, MB, T, dims.V, in, tg);
-    };
-    // testing: a poisoned batch, whose loss and gradient are inject_spike_scale times larger
-    const bool poisoned = t.inject_spike_step > 0 && data_step + 1 == t.inject_spike_step;
-    const float step_scale = poisoned ? loss_scale * static_cast<float>(t.inject_spike_scale) : loss_scale;
-    loss = engine.forward_backward(fill, step_scale);
-    if (poisoned) loss *= t.inject_spike_scale;
-    stragglers.test_delay();
-    double comm_s = engine.finish_reduction();
-    const auto tc = Clock::now();
-    s.grid->dp_group().all_reduce(&loss, 1, comm::ReduceOp::avg);
-    const double norm = engine.grad_norm();
-    comm_s += std::chrono::duration<double>(Clock::now() - tc).count();
-    // Every rank skips the same update when any rank saw a non-finite loss or gradient.
-    int32_t bad = !(std::isfinite(loss) && std::isfinite(norm));
-    world_.all_reduce(&bad, 1, comm::ReduceOp::max);
-    if (bad) {
-      log->warn("step {}: non-finite loss {} or gradient norm {}: update skipped on every rank ({} in a row, "
-                "limit train.max_skipped_steps = {})",
-                step + 1, loss, norm, consecutive_skips + 1, cfg.train.max_skipped_steps);
-      if (skip_step(step, data_step, loss, norm, "non-finite")) return summary;
-      continue;
-    }
-    // A loss spike (train/spike.h): the same verdict on every rank.
-    std::string spike = spikes.check(loss, norm);
-    int32_t is_spike = !spike.empty();
-    world_.all_reduce(&is_spike, 1, comm::ReduceOp::max);
-    if (is_spike) {
-      if (spike.empty()) spike = "another rank saw a spike";
-      summary.spikes.push_back(step + 1);
-      const auto action = spikes.action();
-      if (action == SpikeAction::rollback) {
-        const std::string& target = rollback_point;  // the same on every rank
-        if (!target.empty() && rollbacks >= cfg.train.spike_max_rollbacks) {
-          log->error("step {}: loss spike ({}) after {} rollbacks (train.spike_max_rollbacks): stopping with exit "
-                     "code {}; resume from {} with a lower train.lr or another train.seed",
-                     step + 1, spike, rollbacks, kExitNonFinite, target);
-          if (io) s.metrics->write(step + 1, {{"spike", 1.0}, {"spike_action", "stop"}, {"spike_loss", loss}});
-          summary.diverged = true;
-          return summary;
-        }
-        if (!target.empty()) {
-          restore(target);
-          const int64_t skip_from = s.train.loader_step;
-          s.train.loader_step = data_step + 1;  // the batches since the checkpoint are never drawn again
-          spikes.forget_after(s.train.step);
-          consecutive_skips = 0;
-          ++rollbacks;
-          summary.rollbacks.push_back({step + 1, s.train.step, skip_from, data_step});
-          log->warn("step {}: loss spike ({}): rolled back to {} (step {}); the batches of loader steps {}..{} "
-                    "are skipped (rollback {} of train.spike_max_rollbacks = {})",
-                    step + 1, spike, target, s.train.step, skip_from, data_step, rollbacks,
-                    cfg.train.spike_max_rollbacks);
-          if (io)
-            s.metrics->write(step + 1, {{"spike", 1.0}, {"spike_action", "rollback"}, {"spike_loss", loss},
-                                        {"spike_grad_norm", norm}, {"rollback_to", static_cast<double>(s.train.step)},
-                                        {"skip_from", static_cast<double>(skip_from)},
-                                        {"skip_to", static_cast<double>(data_step)}});
-          continue;
-        }
-        log->warn("step {}: loss spike ({}), but no checkpoint to roll back to yet: the update is skipped", step + 1,
-                  spike);
-      }
-      if (action == SpikeAction::warn) {
-        // Applied, so it joins the median: a lasting change of level stops being a spike.
-        spikes.accept(step + 1, loss);
-        log->warn("step {}: loss spike ({}); the update is applied (train.spike_action = warn)", step + 1, spike);
-        if (io) s.metrics->write(step + 1, {{"spike", 1.0}, {"spike_action", "warn"}, {"spike_loss", loss}});
-      } else {
-        log->warn("step {}: loss spike ({}): update skipped on every rank ({} in a row, limit "
-                  "train.max_skipped_steps = {})",
-                  step + 1, spike, consecutive_skips + 1, cfg.train.max_skipped_steps);
-        if (skip_step(step, data_step, loss, norm, "spike")) return summary;
-        continue;
-      }
-    } else {
-      spikes.accept(step + 1, loss);
-    }
-    consecutive_skips = 0;
-    const double clip =
-        cfg.train.grad_clip > 0 && norm > cfg.train.grad_clip ? cfg.train.grad_clip / (norm + 1e-6) : 1.0;
-    const double lr = learning_rate(cfg.train, step);
-    comm_s += engine.step(lr, clip);
-    s.train.optimizer_steps = engine.optimizer_steps();
-    s.train.step = step + 1;
-    s.train.loader_step = data_step + 1;
-    s.train.tokens_seen += GB * T;
-    ++steps_here;
-    const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
-    train_seconds += dt;
-    summary.losses.push_back(loss);
-    summary.steps_taken = s.train.step;
+bool Trainer::State::stop_requested() {
+  comm::Watchdog::set_step(train.step + 1);  // the step being computed, for its messages
+  // Every rank agrees at the step boundary whether a stop signal arrived anywhere.
+  stop = static_cast<int32_t>(g_stop_signal);
+  world.all_reduce(&stop, 1, comm::ReduceOp::max);
+  return stop != 0;
+}
 
-    const double tokens_per_s = static_cast<double>(GB * T) / dt;
-    // MFU needs a peak ([backend] peak_gflops); without one it is undefined: null in
-    // metrics.jsonl and "n/a" in the log, never a 0 that reads as an idle machine.
-    const bool has_peak = cfg.backend.peak_gflops > 0;
-    const double mfu =
-        has_peak ? tokens_per_s * flops_per_token / (cfg.backend.peak_gflops * 1e9 * world_.size()) : 0.0;
-    std::vector<Metric> fields{{"loss", loss},
-                               {"lr", lr},
-                               {"grad_norm", norm},
-                               {"tokens_per_s", tokens_per_s},
-                               {"mfu", has_peak ? std::optional<double>(mfu) : std::nullopt},
-                               {"step_s", dt},
-                               {"comm_s", comm_s},
-                               {"bubble", engine.bubble_fraction()},
-                               {"mem_peak_mb", peak_rss_mb()}};
-    // Stragglers: every log.straggler_every steps, each rank's compute time per step.
-    if (const auto report = stragglers.after_step(s.train.step, dt - comm_s)) {
-      fields.push_back({"slowest_rank", static_cast<double>(report->slowest_rank)});
-      fields.push_back({"slowest_ms", report->slowest_ms});
-      fields.push_back({"median_ms", report->median_ms});
-      if (report->straggling)
-        log->warn("straggler: rank {} on {} computed {:.1f} ms per step over the last {} steps, {:.0f}% above the "
-                  "median {:.1f} ms (log.straggler_threshold = {:.0f}%)",
-                  report->slowest_rank, report->slowest_host, report->slowest_ms, cfg.log.straggler_every,
-                  100 * (report->slowest_ms / report->median_ms - 1), report->median_ms,
-                  100 * cfg.log.straggler_threshold);
-    }
-    if (io) s.metrics->write(s.train.step, fields);
-    const bool last = s.train.step == end;
-    if (cfg.log.every_steps > 0 && (s.train.step % cfg.log.every_steps == 0 || last)) {
-      const double eta = train_seconds / steps_here * static_cast<double>(end - s.train.step);
-      log->info("step {:>5}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {:.0f} tok/s | mfu {} | comm {:.0f} ms{} | eta {}",
-                s.train.step, cfg.train.steps, loss, lr, norm, tokens_per_s,
-                has_peak ? fmt::format("{:.1f}%", 100 * mfu) : std::string("n/a"),
-                1e3 * comm_s,
-                pp > 1 ? fmt::format(" | bubble {:.0f}%", 100 * engine.bubble_fraction()) : std::string(),
-                format_duration(eta));
-    }
-    if ((cfg.train.eval_every > 0 && s.train.step % cfg.train.eval_every == 0) || last) evaluate(s.train.step);
-    if (cfg.log.sample_every > 0 && (s.train.step % cfg.log.sample_every == 0 || last)) print_sample(s.train.step);
-    if (cfg.checkpoint.every_steps > 0 && s.train.step % cfg.checkpoint.every_steps == 0 && !last)
-      save("periodic");
+Trainer::State::Gradients Trainer::State::compute_gradients() {
+  Gradients g;
+  g.step = train.step;
+  // The batch this step trains on: the loader's position, which equals the step unless
+  // a loss-spike rollback skipped batches (train/spike.h).
+  g.data_step = train.loader_step;
+  g.t0 = Clock::now();
+  engine->zero_grads();
+  const auto& t = cfg.train;
+  if (t.inject_nan_step > 0 && g.step + 1 >= t.inject_nan_step && g.step + 1 < t.inject_nan_step + t.inject_nan_count &&
+      world.rank() == t.inject_nan_rank)
+    engine->poison_gradient();  // testing: poisons this rank's gradient
+  auto fill = [&](int64_t micro, int32_t* in, int32_t* tg) {
+    const int64_t first = dp_rank * local_batch + micro * MB;  // in the global batch
+    if (loader)
+      loader->fill(data::Split::train, g.data_step, GB, first, MB, in, tg);
+    else
+      synthetic_batch(cfg.train.seed, g.data_step, first, MB, T, dims.V, in, tg);
+  };
+  // testing: a poisoned batch, whose loss and gradient are inject_spike_scale times larger
+  const bool poisoned = t.inject_spike_step > 0 && g.data_step + 1 == t.inject_spike_step;
+  const float scale = static_cast<float>(loss_scale);
+  const float step_scale = poisoned ? scale * static_cast<float>(t.inject_spike_scale) : scale;
+  g.loss = engine->forward_backward(fill, step_scale);
+  if (poisoned) g.loss *= t.inject_spike_scale;
+  stragglers->test_delay();
+  g.comm_s = engine->finish_reduction();
+  const auto tc = Clock::now();
+  grid->dp_group().all_reduce(&g.loss, 1, comm::ReduceOp::avg);
+  g.norm = engine->grad_norm();
+  g.comm_s += std::chrono::duration<double>(Clock::now() - tc).count();
+  return g;
+}
+
+// Discards step g.step's update on every rank (non-finite values or a spike): the step
+// and its batch are consumed. True when train.max_skipped_steps were skipped in a row.
+bool Trainer::State::skip_step(const Gradients& g, const char* why) {
+  ++consecutive_skips;
+  ++train.skipped_steps;
+  train.step = g.step + 1;
+  train.loader_step = g.data_step + 1;
+  train.tokens_seen += GB * T;
+  summary.skipped.push_back(g.step + 1);
+  summary.steps_taken = train.step;
+  if (io)
+    metrics->write(g.step + 1, {{"skipped", 1.0}, {"skipped_total", static_cast<double>(train.skipped_steps)},
+                                {"skip_reason", why}, {"skipped_loss", g.loss}, {"skipped_grad_norm", g.norm}});
+  if (consecutive_skips < cfg.train.max_skipped_steps) return false;
+  log->error("{} skipped steps in a row (train.max_skipped_steps; the last: {}): stopping with exit code {}; the "
+             "weights were never updated from them; lower train.lr or check the data, then resume",
+             consecutive_skips, why, kExitNonFinite);
+  summary.diverged = true;
+  return true;
+}
+
+Trainer::State::Verdict Trainer::State::check_spike(const Gradients& g) {
+  const int64_t step = g.step, data_step = g.data_step;
+  const double loss = g.loss, norm = g.norm;
+  std::string spike = spikes->check(loss, norm);
+  int32_t is_spike = !spike.empty();
+  world.all_reduce(&is_spike, 1, comm::ReduceOp::max);
+  if (!is_spike) {
+    spikes->accept(step + 1, loss);
+    return Verdict::apply;
   }
-  if (stop && s.train.step < end) {
+  if (spike.empty()) spike = "another rank saw a spike";
+  summary.spikes.push_back(step + 1);
+  const auto action = spikes->action();
+  if (action == SpikeAction::rollback) {
+    const std::string& target = rollback_point;  // the same on every rank
+    if (!target.empty() && rollbacks >= cfg.train.spike_max_rollbacks) {
+      log->error("step {}: loss spike ({}) after {} rollbacks (train.spike_max_rollbacks): stopping with exit "
+                 "code {}; resume from {} with a lower train.lr or another train.seed",
+                 step + 1, spike, rollbacks, kExitNonFinite, target);
+      if (io) metrics->write(step + 1, {{"spike", 1.0}, {"spike_action", "stop"}, {"spike_loss", loss}});
+      summary.diverged = true;
+      return Verdict::stop;
+    }
+    if (!target.empty()) {
+      restore(target);
+      const int64_t skip_from = train.loader_step;
+      train.loader_step = data_step + 1;  // the batches since the checkpoint are never drawn again
+      spikes->forget_after(train.step);
+      consecutive_skips = 0;
+      ++rollbacks;
+      summary.rollbacks.push_back({step + 1, train.step, skip_from, data_step});
+      log->warn("step {}: loss spike ({}): rolled back to {} (step {}); the batches of loader steps {}..{} "
+                "are skipped (rollback {} of train.spike_max_rollbacks = {})",
+                step + 1, spike, target, train.step, skip_from, data_step, rollbacks, cfg.train.spike_max_rollbacks);
+      if (io)
+        metrics->write(step + 1, {{"spike", 1.0}, {"spike_action", "rollback"}, {"spike_loss", loss},
+                                  {"spike_grad_norm", norm}, {"rollback_to", static_cast<double>(train.step)},
+                                  {"skip_from", static_cast<double>(skip_from)},
+                                  {"skip_to", static_cast<double>(data_step)}});
+      return Verdict::rolled_back;
+    }
+    log->warn("step {}: loss spike ({}), but no checkpoint to roll back to yet: the update is skipped", step + 1,
+              spike);
+  }
+  if (action == SpikeAction::warn) {
+    // Applied, so it joins the median: a lasting change of level stops being a spike.
+    spikes->accept(step + 1, loss);
+    log->warn("step {}: loss spike ({}); the update is applied (train.spike_action = warn)", step + 1, spike);
+    if (io) metrics->write(step + 1, {{"spike", 1.0}, {"spike_action", "warn"}, {"spike_loss", loss}});
+    return Verdict::apply;
+  }
+  log->warn("step {}: loss spike ({}): update skipped on every rank ({} in a row, limit "
+            "train.max_skipped_steps = {})",
+            step + 1, spike, consecutive_skips + 1, cfg.train.max_skipped_steps);
+  return skip_step(g, "spike") ? Verdict::stop : Verdict::skip;
+}
+
+double Trainer::State::apply_update(Gradients& g) {
+  const double clip =
+      cfg.train.grad_clip > 0 && g.norm > cfg.train.grad_clip ? cfg.train.grad_clip / (g.norm + 1e-6) : 1.0;
+  const double lr = learning_rate(cfg.train, g.step);
+  g.comm_s += engine->step(lr, clip);
+  train.optimizer_steps = engine->optimizer_steps();
+  train.step = g.step + 1;
+  train.loader_step = g.data_step + 1;
+  train.tokens_seen += GB * T;
+  ++steps_here;
+  return lr;
+}
+
+void Trainer::State::report(const Gradients& g, double lr) {
+  const double dt = std::chrono::duration<double>(Clock::now() - g.t0).count();
+  train_seconds += dt;
+  summary.losses.push_back(g.loss);
+  summary.steps_taken = train.step;
+  const double tokens_per_s = static_cast<double>(GB * T) / dt;
+  // MFU needs a peak ([backend] peak_gflops); without one it is undefined: null in
+  // metrics.jsonl and "n/a" in the log, never a 0 that reads as an idle machine.
+  const bool has_peak = cfg.backend.peak_gflops > 0;
+  const double mfu = has_peak ? tokens_per_s * flops_per_token / (cfg.backend.peak_gflops * 1e9 * world.size()) : 0.0;
+  std::vector<Metric> fields{{"loss", g.loss},
+                             {"lr", lr},
+                             {"grad_norm", g.norm},
+                             {"tokens_per_s", tokens_per_s},
+                             {"mfu", has_peak ? std::optional<double>(mfu) : std::nullopt},
+                             {"step_s", dt},
+                             {"comm_s", g.comm_s},
+                             {"bubble", engine->bubble_fraction()},
+                             {"mem_peak_mb", peak_rss_mb()},
+                             {"arena_mb", engine->arena_bytes() / 1048576.0}};
+  // Stragglers: every log.straggler_every steps, each rank's compute time per step.
+  if (const auto r = stragglers->after_step(train.step, dt - g.comm_s)) {
+    fields.push_back({"slowest_rank", static_cast<double>(r->slowest_rank)});
+    fields.push_back({"slowest_ms", r->slowest_ms});
+    fields.push_back({"median_ms", r->median_ms});
+    if (r->straggling)
+      log->warn("straggler: rank {} on {} computed {:.1f} ms per step over the last {} steps, {:.0f}% above the "
+                "median {:.1f} ms (log.straggler_threshold = {:.0f}%)",
+                r->slowest_rank, r->slowest_host, r->slowest_ms, cfg.log.straggler_every,
+                100 * (r->slowest_ms / r->median_ms - 1), r->median_ms, 100 * cfg.log.straggler_threshold);
+  }
+  if (io) metrics->write(train.step, fields);
+  const bool last = train.step == end;
+  if (cfg.log.every_steps > 0 && (train.step % cfg.log.every_steps == 0 || last)) {
+    const double eta = train_seconds / steps_here * static_cast<double>(end - train.step);
+    log->info("step {:>5}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {:.0f} tok/s | mfu {} | comm {:.0f} ms{} | eta {}",
+              train.step, cfg.train.steps, g.loss, lr, g.norm, tokens_per_s,
+              has_peak ? fmt::format("{:.1f}%", 100 * mfu) : std::string("n/a"), 1e3 * g.comm_s,
+              pp > 1 ? fmt::format(" | bubble {:.0f}%", 100 * engine->bubble_fraction()) : std::string(),
+              format_duration(eta));
+  }
+}
+
+void Trainer::State::after_step() {
+  const bool last = train.step == end;
+  if ((cfg.train.eval_every > 0 && train.step % cfg.train.eval_every == 0) || last) evaluate(train.step);
+  if (cfg.log.sample_every > 0 && (train.step % cfg.log.sample_every == 0 || last)) print_sample(train.step);
+  if (cfg.checkpoint.every_steps > 0 && train.step % cfg.checkpoint.every_steps == 0 && !last) save("periodic");
+}
+
+RunSummary Trainer::State::finish() {
+  if (stop && train.step < end) {
     log->warn("received {} at step {}: saving a checkpoint and exiting with code {}",
-              stop == SIGTERM ? "SIGTERM" : "SIGUSR1", s.train.step, kExitPreempted);
+              stop == SIGTERM ? "SIGTERM" : "SIGUSR1", train.step, kExitPreempted);
     save("preemption");
     summary.preempted = true;
     return summary;
   }
   save("final");
-  if (s.train.step == cfg.train.steps) write_weights_file(run_dir / "weights_final.h5", s.train.step);
-  log->info("done: step {} of {} in {}, checkpoint {}", s.train.step, cfg.train.steps,
-            format_duration(std::chrono::duration<double>(Clock::now() - start_time).count()),
-            summary.last_checkpoint);
+  if (train.step == cfg.train.steps) write_weights_file(run_dir / "weights_final.h5", train.step);
+  log->info("done: step {} of {} in {}, checkpoint {}", train.step, cfg.train.steps,
+            format_duration(std::chrono::duration<double>(Clock::now() - start_time).count()), summary.last_checkpoint);
   return summary;
+}
+
+void Trainer::State::save(const char* why) {
+  const auto t0 = Clock::now();
+  std::vector<float> m, v;
+  engine->download_parameters();
+  engine->gather_moments(m, v);  // collective over dp (ZeRO shards)
+  // Logical tensors from the tp shards (collective over tp).
+  const auto values = gather_model(engine->params().flat_values().data());
+  const auto lm = gather_model(m.data());
+  const auto lv = gather_model(v.data());
+  train.optimizer_steps = engine->optimizer_steps();
+  const std::string path = store->path_for(train.step);
+  if (io) {
+    const LogicalState tensors{logical_specs, const_ptrs(values), const_ptrs(lm), const_ptrs(lv)};
+    const int64_t bytes = save_checkpoint(path, tensors, train, meta, cfg.checkpoint.write_delay_ms);
+    store->set_latest(path);
+    for (const auto& removed : store->apply_retention(cfg.checkpoint.keep_last))
+      ckpt_log->info("retention: removed {}", removed);
+    const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    ckpt_log->info("saved {} ({}) at step {}: {:.1f} MB in {:.2f}s ({:.0f} MB/s)", path, why, train.step, bytes / 1e6,
+                   dt, bytes / 1e6 / std::max(dt, 1e-9));
+  }
+  {
+    // Nobody runs ahead of a checkpoint that is not committed. Rank 0 may write for
+    // longer than comm_timeout_s, so this wait gets 10 times the timeout (the gathers
+    // above are watched like every other collective).
+    comm::WatchdogPause writing;
+    world.barrier();
+  }
+  // Training time the save took away (gathers, write, commit): every rank waited for it.
+  if (io) metrics->write(train.step, {{"ckpt_blocked_s", std::chrono::duration<double>(Clock::now() - t0).count()}});
+  summary.last_checkpoint = path;
+  rollback_point = path;
+}
+
+void Trainer::State::evaluate(int64_t step) {
+  if (val_windows == 0) return;
+  double total = 0;  // sum of token losses
+  for (int64_t chunk = dp_rank; chunk < eval_sequences / MB; chunk += dp) {
+    loader->fill(data::Split::val, 0, eval_sequences, chunk * MB, MB, inputs.data(), targets.data());
+    total += engine->eval_loss_sum(inputs.data(), targets.data());
+  }
+  if (pp > 1) grid->pp_group().all_reduce(&total, 1, comm::ReduceOp::sum);  // the last stage's
+  grid->dp_group().all_reduce(&total, 1, comm::ReduceOp::sum);
+  const double val = total / static_cast<double>(eval_sequences * T);
+  summary.last_val_loss = val;
+  log->info("eval step {} | val_loss {:.4f} | val_ppl {:.2f}", step, val, std::exp(val));
+  if (io) metrics->write(step, {{"val_loss", val}, {"val_ppl", std::exp(val)}});
+}
+
+// Periodic samples ([log] sample_every) from rank 0, to watch the model learn.
+void Trainer::State::print_sample(int64_t step) {
+  if (!loader || pp > 1) return;
+  auto& params = engine->params();
+  // The sampler needs the whole model on the host: with tp > 1 or a device backend,
+  // gather it into an unsplit CPU copy.
+  std::unique_ptr<model::Transformer<float>> whole;
+  engine->download_parameters();
+  if (grid->tp() > 1 || !engine->cpu_model()) {
+    const auto values = model::gather_logical(params, dims, stage, host_tp, params.flat_values().data());
+    if (io) {
+      whole = std::make_unique<model::Transformer<float>>(dims, 1, 1);
+      model::scatter_logical(*whole, values, whole->params().flat_values().data());
+    }
+  }
+  if (!io) return;
+  if (!tokenizer) tokenizer = std::make_unique<data::Tokenizer>(data::Tokenizer::load(loader->tokenizer_path()));
+  std::vector<int32_t> prompt = tokenizer->encode("\n");
+  if (prompt.empty()) prompt.push_back(tokenizer->eos_id());
+  SamplingOptions o;
+  o.max_new_tokens = 64;
+  o.seed = cfg.train.seed + static_cast<uint64_t>(step);
+  log->info("sample at step {}:\n{}", step,
+            tokenizer->decode(generate(whole ? *whole : *engine->cpu_model(), prompt, T, o)));
 }
 
 }  // namespace kumiko::train

@@ -1,5 +1,5 @@
 #pragma once
-// The CPU backend: the ops the model calls (backend.h lists them) on host memory,
+// The CPU backend: the ops the model calls (docs/backends.md lists them) on host memory,
 // run by kumiko's OpenMP kernels (kernels/cpu) and CBLAS. T = float for training,
 // double for the finite-difference gradient checks of the same model code.
 //

@@ -3,9 +3,9 @@
 // optimizer over a backend, behind an interface with no backend types. The trainer
 // drives it per step (zero grads, forward/backward over the micro-batches, finish
 // the reduction, grad norm, AdamW step, gather/scatter for checkpoints, evaluation)
-// and does not know which backend runs. Engines: make_engine() picks the CPU
-// (parallel/engine.cpp) or CUDA (src/gpu/engine_cuda.cpp) instantiation of the one
-// template (src/parallel/engine_impl.h).
+// and does not know which backend runs. The engines are the CPU (make_cpu_engine,
+// parallel/engine.cpp) and CUDA (gpu::make_cuda_engine, src/gpu/engine_cuda.cpp)
+// instantiations of the one template (src/parallel/engine_impl.h).
 #include <cstdint>
 #include <functional>
 #include <memory>
