@@ -144,6 +144,9 @@ class Cuda {
       blocks_.push_back(std::make_unique<gpu::DeviceArena>(256, "grad-norm result"));
       norm_out_ = blocks_.back()->template take<double>(1);
     }
+    // Embedding groups: 2 + 2U + N ints with U <= N distinct tokens. Sized here, not in
+    // the step: a cudaMalloc may block while NCCL kernels wait for their peers.
+    scratch_ints(2 + 3 * N);
   }
 
   // ---- memory ----
@@ -289,8 +292,7 @@ class Cuda {
       const int64_t id = host_ids[i] - v0;
       local[static_cast<size_t>(i)] = id >= 0 && id < Vl ? static_cast<int32_t>(id) : -1;
     }
-    std::vector<int32_t> g = cuda::embedding_groups(local.data(), N);
-    if (!(v0 == 0 && Vl == V)) g = drop_group(g, -1);
+    const std::vector<int32_t> g = drop_group(cuda::embedding_groups(local.data(), N), -1);
     if (g[0] == 0) return;
     auto* h = static_cast<int32_t*>(staging_.acquire(g.size() * sizeof(int32_t)));
     KUMIKO_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -353,6 +355,8 @@ class Cuda {
       list.push_back(t);
     }
     const size_t bytes = list.size() * sizeof(cuda::AdamWTensor);
+    // Sized on the first step (the ranges depend on the data-parallel layout); no
+    // NCCL work is in flight here (the reduction and the grad norm have completed).
     if (bytes > adamw_list_bytes_) {
       blocks_.push_back(std::make_unique<gpu::DeviceArena>(bytes, "AdamW descriptors"));
       adamw_list_ = static_cast<cuda::AdamWTensor*>(blocks_.back()->take_bytes(bytes));
@@ -383,6 +387,7 @@ class Cuda {
   void all_reduce(comm::Communicator& g, X* x, int64_t n, comm::ReduceOp op) {
     if (g.size() == 1 || n == 0) return;
     if (void* s = g.device_stream()) {
+      std::erase_if(pending_, [](const auto& r) { return r->test(); });  // releases the watchdog's slots
       pending_.push_back(ordered(g, s, [&] { return g.iall_reduce(wire(x), n, op); }));
       return;
     }
@@ -401,7 +406,7 @@ class Cuda {
   template <typename X>
   std::unique_ptr<comm::Request> iall_reduce(comm::Communicator& g, X* x, int64_t n) {
     if (g.size() == 1 || n == 0) return done();
-    if (void* s = g.device_stream()) return ordered(g, s, [&] { return g.iall_reduce(wire(x), n, comm::ReduceOp::sum); });
+    if (void* s = g.device_stream()) return overlapped(s, [&] { return g.iall_reduce(wire(x), n, comm::ReduceOp::sum); });
     auto* h = stage_down(x, n);
     return staged(g.iall_reduce(wire(h), n, comm::ReduceOp::sum), x, h, n);
   }
@@ -414,7 +419,7 @@ class Cuda {
       return done();
     }
     if (void* s = g.device_stream())
-      return ordered(g, s, [&] { return g.ireduce_scatter(wire(send), wire(recv), counts, comm::ReduceOp::sum); });
+      return overlapped(s, [&] { return g.ireduce_scatter(wire(send), wire(recv), counts, comm::ReduceOp::sum); });
     auto* h = stage_down(send, total);
     auto* out = static_cast<X*>(staging_.acquire(static_cast<size_t>(mine) * sizeof(X)));
     auto inner = g.ireduce_scatter(wire(h), wire(out), counts, comm::ReduceOp::sum);
@@ -444,6 +449,7 @@ class Cuda {
       return;
     }
     auto* h = static_cast<X*>(staging_.acquire(static_cast<size_t>(n) * sizeof(X)));
+    KUMIKO_CUDA_CHECK(cudaStreamSynchronize(stream_));  // copies still reading a released buffer are done
     g.recv(wire(h), n, peer, tag);
     stage_up(x, h, n);
   }
@@ -491,6 +497,14 @@ class Cuda {
     auto r = issue();
     after(s);
     return r;
+  }
+  // A device collective the compute stream does not wait for: the data-parallel
+  // buckets, reduced while backward goes on with earlier layers. Its wait() waits on
+  // the host for the request's event, before any kernel reads the result.
+  template <typename F>
+  std::unique_ptr<comm::Request> overlapped(void* s, F&& issue) {
+    before(s);
+    return issue();
   }
   class Done : public comm::Request {
    public:

@@ -250,6 +250,7 @@ void BasicTransformer<B>::forward(int chunk, int slot, const int32_t* inputs, in
     KUMIKO_CHECK(input != nullptr, "pipeline stage without its input activation");
     be.copy(x0, input, Ns * C);
   } else {
+    check_ids(inputs, N, "token");
     const int32_t* ids = be.tokens(a.ids, inputs, N);
     if (n == 1) {
       be.embed(x0, ids, wt(ix.tokens), N, C, 0, d.V, d.V);
@@ -409,6 +410,14 @@ void BasicTransformer<B>::backward(int chunk, int slot, const int32_t* inputs, i
 }
 
 template <typename B>
+void BasicTransformer<B>::check_ids(const int32_t* ids, int64_t n, const char* what) const {
+  // The kernels index tables with these: a bad id must never reach them.
+  for (int64_t i = 0; i < n; ++i)
+    KUMIKO_USER_CHECK(ids[i] >= 0 && ids[i] < dims_.V, what, " id ", ids[i], " at position ", i,
+                      " is outside the vocabulary [0, ", dims_.V, ") of model.vocab_size");
+}
+
+template <typename B>
 void BasicTransformer<B>::notify(std::initializer_list<int> indices) {
   if (!grad_ready_) return;
   for (int i : indices)
@@ -440,6 +449,7 @@ double BasicTransformer<B>::vocab_parallel_cross_entropy(Activations& a, const i
                                                          bool backward, double scale) {
   B& be = *backend_;
   const int64_t V = dims_.V / tp_.size();
+  check_ids(targets, N, "target");
   const int32_t* tgt = be.tokens(a.targets, targets, N);
   if (tp_.size() == 1) {
     be.cross_entropy(a.losses, a.logits, tgt, N, V, backward, scale);

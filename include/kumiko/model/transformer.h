@@ -180,6 +180,7 @@ class BasicTransformer {
   bool starts_model(int chunk) const;
   bool ends_model(int chunk) const;
   void notify(std::initializer_list<int> indices);
+  void check_ids(const int32_t* ids, int64_t n, const char* what) const;  // UserError outside [0, V)
   // Cross-entropy over the vocabulary shards of the tp group; with backward the
   // gradient (softmax - onehot) * scale overwrites the logits. Returns the loss sum.
   double vocab_parallel_cross_entropy(Activations& a, const int32_t* targets, int64_t N, bool backward, double scale);
