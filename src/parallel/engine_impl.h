@@ -117,6 +117,16 @@ class EngineImpl final : public Engine {
   void set_optimizer_steps(int64_t steps) override { dp_->set_optimizer_steps(steps); }
   void gather_moments(std::vector<float>& m, std::vector<float>& v) override { dp_->gather_moments(m, v); }
   void scatter_moments(const float* m, const float* v) override { dp_->scatter_moments(m, v); }
+  bool host_moments(float** m, float** v) override {
+    if constexpr (!B::kHost) {
+      return false;
+    } else {
+      if (s_.config->parallel.zero != 0) return false;  // slices in bucket order
+      *m = dp_->moments_m();
+      *v = dp_->moments_v();
+      return true;
+    }
+  }
   double eval_loss_sum(const int32_t* inputs, const int32_t* targets) override {
     if (runner_) return runner_->run_forward(inputs, targets);
     const int64_t MB = s_.micro_batch, T = s_.seq_len;

@@ -181,6 +181,9 @@ struct Trainer::State {
 
   // ---- files and evaluation ----
   model::LogicalTensors gather_model(const float* flat);  // collective over tp and pp
+  // Pointers to the logical tensors of a flat buffer: into the buffer itself when this
+  // rank holds every tensor whole (tp = pp = 1: no copy), else into `store` (gathered).
+  std::vector<const float*> logical_view(const float* flat, model::LogicalTensors& store);
   model::LogicalTensors empty_logical() const;
   void write_weights_file(const fs::path& path, int64_t step);  // collective; rank 0 writes
   void restore(const std::string& path);                        // any layout's checkpoint
@@ -391,6 +394,18 @@ model::LogicalTensors Trainer::State::gather_model(const float* flat) {
   return parallel::gather_stages(grid->pp_group(), logical_specs, names_by_stage, std::move(by_name));
 }
 
+std::vector<const float*> Trainer::State::logical_view(const float* flat, model::LogicalTensors& store) {
+  std::vector<const float*> out;
+  if (grid->tp() == 1 && pp == 1) {
+    const auto& params = engine->params();
+    for (size_t i = 0; i < params.size(); ++i)
+      out.push_back(flat + (params.value(static_cast<int>(i)) - params.flat_values().data()));
+    return out;
+  }
+  store = gather_model(flat);
+  return const_ptrs(store);
+}
+
 model::LogicalTensors Trainer::State::empty_logical() const {
   model::LogicalTensors t;
   for (const auto& spec : stage_specs) t.emplace_back(static_cast<size_t>(numel_of(spec.shape)));
@@ -399,15 +414,32 @@ model::LogicalTensors Trainer::State::empty_logical() const {
 
 void Trainer::State::write_weights_file(const fs::path& path, int64_t step) {
   engine->download_parameters();  // the host parameters are a mirror on a device backend
-  const auto values = gather_model(engine->params().flat_values().data());
+  model::LogicalTensors gathered;
+  const auto values = logical_view(engine->params().flat_values().data(), gathered);
   if (io)
-    write_weights(path.string(), logical_specs, const_ptrs(values),
+    write_weights(path.string(), logical_specs, values,
                   {meta.config_ini, meta.tokenizer_sha256, meta.tokenizer_path, step});
 }
 
 // Loads a checkpoint (any layout's) into this rank's parameters and optimizer state:
 // on resume and on a loss-spike rollback.
 void Trainer::State::restore(const std::string& path) {
+  auto& flat = engine->params();
+  float *hm = nullptr, *hv = nullptr;
+  if (grid->tp() == 1 && pp == 1 && engine->host_moments(&hm, &hv)) {
+    // Every tensor whole on this rank, the moments on the host: read in place.
+    auto in_place = [&](float* base) {
+      std::vector<float*> out;
+      for (size_t i = 0; i < flat.size(); ++i)
+        out.push_back(base + (flat.value(static_cast<int>(i)) - flat.flat_values().data()));
+      return out;
+    };
+    train = load_checkpoint(path, cfg, meta.tokenizer_sha256, stage_specs, in_place(flat.flat_values().data()),
+                            in_place(hm), in_place(hv));
+    engine->upload_parameters();
+    engine->set_optimizer_steps(train.optimizer_steps);
+    return;
+  }
   auto values = empty_logical(), lm = empty_logical(), lv = empty_logical();
   train = load_checkpoint(path, cfg, meta.tokenizer_sha256, stage_specs, mut_ptrs(values), mut_ptrs(lm), mut_ptrs(lv));
   auto& params = engine->params();
@@ -694,17 +726,25 @@ RunSummary Trainer::State::finish() {
 
 void Trainer::State::save(const char* why) {
   const auto t0 = Clock::now();
-  std::vector<float> m, v;
   engine->download_parameters();
-  engine->gather_moments(m, v);  // collective over dp (ZeRO shards)
-  // Logical tensors from the tp shards (collective over tp).
-  const auto values = gather_model(engine->params().flat_values().data());
-  const auto lm = gather_model(m.data());
-  const auto lv = gather_model(v.data());
+  // The moments in the flat layout: read in place where they live whole on the host,
+  // else gathered (collective over dp with ZeRO-1's shards).
+  std::vector<float> m_copy, v_copy;
+  float *m = nullptr, *v = nullptr;
+  if (!engine->host_moments(&m, &v)) {
+    engine->gather_moments(m_copy, v_copy);
+    m = m_copy.data();
+    v = v_copy.data();
+  }
+  // Logical tensors: views of the flat buffers, or gathered over tp and pp.
+  model::LogicalTensors gathered_values, gathered_m, gathered_v;
+  const auto values = logical_view(engine->params().flat_values().data(), gathered_values);
+  const auto lm = logical_view(m, gathered_m);
+  const auto lv = logical_view(v, gathered_v);
   train.optimizer_steps = engine->optimizer_steps();
   const std::string path = store->path_for(train.step);
   if (io) {
-    const LogicalState tensors{logical_specs, const_ptrs(values), const_ptrs(lm), const_ptrs(lv)};
+    const LogicalState tensors{logical_specs, values, lm, lv};
     const int64_t bytes = save_checkpoint(path, tensors, train, meta, cfg.checkpoint.write_delay_ms);
     store->set_latest(path);
     for (const auto& removed : store->apply_retention(cfg.checkpoint.keep_last))

@@ -59,6 +59,10 @@ class Engine {
   // AdamW moments in the flat layout (collective over dp with ZeRO-1).
   virtual void gather_moments(std::vector<float>& m, std::vector<float>& v) = 0;
   virtual void scatter_moments(const float* m, const float* v) = 0;
+  // The moments in the host flat layout where they already live there whole (the CPU
+  // backend without ZeRO-1): checkpoints read and write them in place, no copy. False
+  // otherwise (use gather_moments / scatter_moments).
+  virtual bool host_moments(float** m, float** v) = 0;
   // Sum of the token losses of one micro-batch, forward only (0 on other than the
   // last pipeline stage).
   virtual double eval_loss_sum(const int32_t* inputs, const int32_t* targets) = 0;
