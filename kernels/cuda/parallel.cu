@@ -2,7 +2,10 @@
 // loops for the elementwise kernels; fp32 math for float and bf16 data.
 #include "kernels/cuda/parallel.cuh"
 
+#include "kumiko/core/error.h"
+
 #include <algorithm>
+#include <cmath>
 #include <cfloat>
 
 namespace kumiko::cuda {
@@ -96,7 +99,70 @@ __global__ void ce_finish_kernel(float* __restrict__ losses, T* __restrict__ log
     row[j] = from_f<T>((expf(to_f(row[j]) - m) / s - (j == t ? 1.0f : 0.0f)) * scale);
 }
 
+template <typename T>
+__global__ void rope_at_kernel(T* __restrict__ qkv, int64_t pos, int64_t heads, int64_t D, double theta) {
+  const int64_t half = D / 2;
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < heads * half; i += int64_t{gridDim.x} * kThreads) {
+    const int64_t h = i / half, j = i % half;
+    const double angle = static_cast<double>(pos) * pow(theta, -2.0 * static_cast<double>(j) / static_cast<double>(D));
+    const double c = cos(angle), s = sin(angle);
+    T* head = qkv + h * D;
+    const double a = to_f(head[j]), b = to_f(head[j + half]);
+    head[j] = from_f<T>(static_cast<float>(a * c - b * s));
+    head[j + half] = from_f<T>(static_cast<float>(b * c + a * s));
+  }
+}
+
+// One block per query head: scores over the cached positions in shared memory (fp32),
+// softmax, then each thread accumulates output dimensions.
+template <typename T>
+__global__ void attention_decode_kernel(T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k,
+                                        const T* __restrict__ v, int64_t len, int64_t Hkv, int64_t D, int64_t group,
+                                        float scale) {
+  extern __shared__ float scores[];
+  const int64_t h = blockIdx.x, kv = h / group;
+  const T* qh = q + h * D;
+  float mx = -FLT_MAX;
+  for (int64_t t = threadIdx.x; t < len; t += kThreads) {
+    const T* kt = k + (t * Hkv + kv) * D;
+    float dot = 0.0f;
+    for (int64_t i = 0; i < D; ++i) dot += to_f(qh[i]) * to_f(kt[i]);
+    scores[t] = dot * scale;
+    mx = fmaxf(mx, scores[t]);
+  }
+  mx = block_reduce<true>(mx);
+  float sum = 0.0f;
+  for (int64_t t = threadIdx.x; t < len; t += kThreads) {
+    scores[t] = expf(scores[t] - mx);
+    sum += scores[t];
+  }
+  sum = block_reduce<false>(sum);  // its barriers also publish every score
+  for (int64_t i = threadIdx.x; i < D; i += kThreads) {
+    float acc = 0.0f;
+    for (int64_t t = 0; t < len; ++t) acc += scores[t] * to_f(v[(t * Hkv + kv) * D + i]);
+    out[h * D + i] = from_f<T>(acc / sum);
+  }
+}
+
 }  // namespace
+
+template <typename T>
+void rope_at(T* qkv, int64_t pos, int64_t Hq, int64_t Hkv, int64_t D, double theta, cudaStream_t stream) {
+  const int64_t work = (Hq + Hkv) * (D / 2);
+  if (work == 0) return;
+  rope_at_kernel<T><<<flat_blocks(work), kThreads, 0, stream>>>(qkv, pos, Hq + Hkv, D, theta);
+  KUMIKO_CUDA_LAUNCH_CHECK();
+}
+
+template <typename T>
+void attention_decode(T* out, const T* q, const T* k, const T* v, int64_t len, int64_t Hq, int64_t Hkv, int64_t D,
+                      cudaStream_t stream) {
+  const size_t shared = static_cast<size_t>(len) * sizeof(float);
+  KUMIKO_CHECK(shared <= 48 * 1024, "attention_decode: ", len, " cached positions exceed the 48 KiB of scores");
+  attention_decode_kernel<T><<<static_cast<unsigned>(Hq), kThreads, shared, stream>>>(
+      out, q, k, v, len, Hkv, D, Hq / Hkv, static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))));
+  KUMIKO_CUDA_LAUNCH_CHECK();
+}
 
 template <typename T>
 void embedding_forward_shard(T* out, const int32_t* ids, const T* table, int64_t N, int64_t C, int64_t v0,
@@ -146,7 +212,10 @@ void ce_finish(float* losses, T* logits, const float* mx, const float* sum, cons
   template void ce_sums<T>(float*, float*, const T*, const float*, const int32_t*, int64_t, int64_t, int64_t, \
                            cudaStream_t);                                                                     \
   template void ce_finish<T>(float*, T*, const float*, const float*, const float*, const int32_t*, int64_t,   \
-                             int64_t, int64_t, bool, float, cudaStream_t);
+                             int64_t, int64_t, bool, float, cudaStream_t);                                    \
+  template void rope_at<T>(T*, int64_t, int64_t, int64_t, int64_t, double, cudaStream_t);                     \
+  template void attention_decode<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t,     \
+                                    cudaStream_t);
 KUMIKO_PARALLEL_OPS(float)
 KUMIKO_PARALLEL_OPS(bf16)
 

@@ -31,4 +31,14 @@ void ce_finish(float* losses, T* logits, const float* mx, const float* sum, cons
                const int32_t* targets, int64_t N, int64_t V_local, int64_t v0, bool backward, float scale,
                cudaStream_t stream);
 
+// Decoding one token with a KV cache: RoPE of position `pos` on the q and k heads of
+// one qkv row [(Hq + 2Hkv) D] (rope_forward's convention, angles in double on the
+// host side's formula), and the token's query heads (q [Hq D]) attending over the
+// first `len` cached positions (k, v [len, Hkv D]): out [Hq D].
+template <typename T>
+void rope_at(T* qkv, int64_t pos, int64_t Hq, int64_t Hkv, int64_t D, double theta, cudaStream_t stream);
+template <typename T>
+void attention_decode(T* out, const T* q, const T* k, const T* v, int64_t len, int64_t Hq, int64_t Hkv, int64_t D,
+                      cudaStream_t stream);
+
 }  // namespace kumiko::cuda

@@ -263,6 +263,13 @@ class Cuda {
   void rope_backward(Act* dqkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
     cuda::rope_backward(dqkv, B, Tn, Hq, Hkv, D, theta, stream_);
   }
+  void rope_at(Act* qkv, int64_t pos, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
+    cuda::rope_at(qkv, pos, Hq, Hkv, D, theta, stream_);
+  }
+  void attention_decode(Act* out, const Act* q, const Act* k, const Act* v, int64_t len, int64_t Hq, int64_t Hkv,
+                        int64_t D) {
+    cuda::attention_decode(out, q, k, v, len, Hq, Hkv, D, stream_);
+  }
   void attention_forward(Act* out, Stat* lse, const Act* qkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv,
                          int64_t D) {
     if constexpr (kBf16)

@@ -207,7 +207,8 @@ void BasicTransformer<B>::zero_grads() {
 
 template <typename B>
 void BasicTransformer<B>::forward(int chunk, int slot, const int32_t* inputs, int64_t Bn, int64_t Tn,
-                                  const Act* input) {
+                                  const Act* input, int64_t pos0) {
+  const bool decoding = pos0 >= 0;
   KUMIKO_CHECK(Bn <= batch_ && Tn <= seq_len_, "micro-batch [", Bn, ", ", Tn, "] exceeds [", batch_, ", ",
                seq_len_, "]");
   const Dims& d = dims_;
@@ -262,7 +263,12 @@ void BasicTransformer<B>::forward(int chunk, int slot, const int32_t* inputs, in
       else
         tp_sum(dst, N * C);
     }
-    if (ix.positions >= 0) be.add_positions(x0, wt(ix.positions), sp ? tp_.rank() * Ns : 0, Ns, Tn, C);
+    if (ix.positions >= 0) {
+      if (decoding)
+        be.add_positions(x0, wt(ix.positions), pos0, 1, d.max_T, C);
+      else
+        be.add_positions(x0, wt(ix.positions), sp ? tp_.rank() * Ns : 0, Ns, Tn, C);
+    }
   }
 
   for (int64_t l = first_layer; l < last_layer; ++l) {
@@ -272,8 +278,18 @@ void BasicTransformer<B>::forward(int chunk, int slot, const int32_t* inputs, in
     // Attention branch: column-parallel qkv (heads split), row-parallel projection.
     norm(a.ln1[j], a.mean1[j], a.rstd1[j], x, b.norm1_w, b.norm1_b);
     be.linear(a.qkv[j], a.ln1[j], wt(b.qkv_w), wt(b.qkv_b), N, C, W);
-    if (d.llama) be.rope_forward(a.qkv[j], Bn, Tn, Hq, Hkv, d.D, d.rope_theta);
-    be.attention_forward(a.att[j], a.lse[j], a.qkv[j], Bn, Tn, Hq, Hkv, d.D);
+    if (decoding) {
+      // One token: RoPE at its position, its key and value appended to the cache,
+      // attention of its query over every cached position.
+      if (d.llama) be.rope_at(a.qkv[j], pos0, Hq, Hkv, d.D, d.rope_theta);
+      const int64_t kv = Hkv * d.D;
+      be.copy(k_cache_[l] + pos0 * kv, a.qkv[j] + Hq * d.D, kv);
+      be.copy(v_cache_[l] + pos0 * kv, a.qkv[j] + Hq * d.D + kv, kv);
+      be.attention_decode(a.att[j], a.qkv[j], k_cache_[l], v_cache_[l], pos0 + 1, Hq, Hkv, d.D);
+    } else {
+      if (d.llama) be.rope_forward(a.qkv[j], Bn, Tn, Hq, Hkv, d.D, d.rope_theta);
+      be.attention_forward(a.att[j], a.lse[j], a.qkv[j], Bn, Tn, Hq, Hkv, d.D);
+    }
     Act* mid = a.mid[j];  // [Ns, C]
     row_parallel(mid, a.att[j], b.proj_w, b.proj_b, A);
     be.add_inplace(mid, x, Ns * C);
@@ -514,6 +530,39 @@ auto BasicTransformer<B>::stage_input_grad(int chunk, int slot) const -> const A
 template <typename B>
 int64_t BasicTransformer<B>::activation_rows(int64_t Bn, int64_t Tn) const {
   return tp_.sequence_parallel ? Bn * Tn / tp_.size() : Bn * Tn;
+}
+
+template <typename B>
+void BasicTransformer<B>::begin_decoding(int64_t capacity) {
+  const Dims& d = dims_;
+  KUMIKO_CHECK(tp_.size() == 1 && num_chunks() == 1 && starts_model(0) && ends_model(0),
+               "decoding needs the whole model on one rank");
+  KUMIKO_CHECK(d.llama || capacity <= d.max_T, "decoder capacity ", capacity, " > max_seq_len ", d.max_T);
+  if (capacity > decode_capacity_) {
+    const int64_t n = capacity * d.Hkv * d.D;
+    Arena sizing;
+    for (int64_t l = 0; l < 2 * d.L; ++l) sizing.take<Act>(n);
+    Arena ar(backend_->allocate(sizing.used()), sizing.used());
+    k_cache_.assign(static_cast<size_t>(d.L), nullptr);
+    v_cache_.assign(static_cast<size_t>(d.L), nullptr);
+    for (int64_t l = 0; l < d.L; ++l) {
+      k_cache_[l] = ar.take<Act>(n);
+      v_cache_[l] = ar.take<Act>(n);
+    }
+    decode_capacity_ = capacity;
+  }
+  decode_pos_ = 0;
+}
+
+template <typename B>
+void BasicTransformer<B>::decode(int32_t token, T* logits) {
+  KUMIKO_CHECK(decode_pos_ < decode_capacity_, "KV cache full (", decode_capacity_, " positions)");
+  forward(0, 0, &token, 1, 1, nullptr, decode_pos_);
+  ++decode_pos_;
+  const auto& a = *acts_[0][0];
+  std::vector<Act> row(static_cast<size_t>(dims_.V));
+  backend_->to_host(row.data(), a.logits, dims_.V);
+  for (int64_t v = 0; v < dims_.V; ++v) logits[v] = static_cast<T>(row[static_cast<size_t>(v)]);
 }
 
 template <typename B>

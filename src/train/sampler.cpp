@@ -24,7 +24,7 @@ int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& o, u
   return order[k - 1];
 }
 
-std::vector<int32_t> generate(const model::Transformer<float>& model, const std::vector<int32_t>& prompt,
+std::vector<int32_t> generate(model::Transformer<float>& model, const std::vector<int32_t>& prompt,
                               int64_t window, const SamplingOptions& o) {
   KUMIKO_CHECK(!prompt.empty(), "generate: empty prompt");
   const int64_t V = model.dims().V;

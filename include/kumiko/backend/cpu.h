@@ -131,6 +131,47 @@ class Cpu {
   void rope_backward(Act* dqkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
     cpu::rope_backward(dqkv, B, Tn, Hq, Hkv, D, theta);
   }
+  // Decoding one token (KV cache): RoPE of position `pos` on its q and k heads
+  // (qkv [(Hq + 2Hkv) D], the HF rotate_half convention of rope_forward).
+  void rope_at(Act* qkv, int64_t pos, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
+    for (int64_t h = 0; h < Hq + Hkv; ++h) {
+      T* head = qkv + h * D;
+      for (int64_t i = 0; i < D / 2; ++i) {
+        const double angle = static_cast<double>(pos) * std::pow(theta, -2.0 * static_cast<double>(i) / D);
+        const double c = std::cos(angle), s = std::sin(angle);
+        const double a = head[i], b = head[i + D / 2];
+        head[i] = static_cast<T>(a * c - b * s);
+        head[i + D / 2] = static_cast<T>(b * c + a * s);
+      }
+    }
+  }
+  // The token's query heads (q [Hq D], the start of its qkv row) over the first `len`
+  // cached positions (k, v [len, Hkv D]): out [Hq D]. Causal by construction.
+  void attention_decode(Act* out, const Act* q, const Act* k, const Act* v, int64_t len, int64_t Hq, int64_t Hkv,
+                        int64_t D) {
+    const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    const int64_t group = Hq / Hkv;
+    std::vector<double> scores(static_cast<size_t>(len));
+    for (int64_t h = 0; h < Hq; ++h) {
+      const int64_t kv = h / group;
+      const T* qh = q + h * D;
+      double mx = -INFINITY;
+      for (int64_t t = 0; t < len; ++t) {
+        const T* kt = k + (t * Hkv + kv) * D;
+        double dot = 0;
+        for (int64_t i = 0; i < D; ++i) dot += static_cast<double>(qh[i]) * kt[i];
+        scores[t] = dot * scale;
+        mx = std::max(mx, scores[t]);
+      }
+      double sum = 0;
+      for (int64_t t = 0; t < len; ++t) sum += scores[t] = std::exp(scores[t] - mx);
+      for (int64_t i = 0; i < D; ++i) {
+        double acc = 0;
+        for (int64_t t = 0; t < len; ++t) acc += scores[t] * v[(t * Hkv + kv) * D + i];
+        out[h * D + i] = static_cast<T>(acc / sum);
+      }
+    }
+  }
   void attention_forward(Act* out, Stat* lse, const Act* qkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv,
                          int64_t D) {
     cpu::attention_forward(out, lse, qkv, B, Tn, Hq, Hkv, D);

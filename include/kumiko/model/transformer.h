@@ -149,6 +149,16 @@ class BasicTransformer {
   const TensorParallel& tensor_parallel() const { return tp_; }
   const PipelineStage& pipeline_stage() const { return stage_; }
 
+  // Incremental decoding with a key/value cache (sampling), through the same layers:
+  // begin_decoding(capacity) empties the cache (sized for `capacity` positions, reused
+  // while large enough); decode(token, logits) feeds `token` at the next position and
+  // writes the next-token logits [V] to the host array `logits`. The whole model on
+  // one rank only (tp = pp = 1).
+  void begin_decoding(int64_t capacity);
+  void decode(int32_t token, T* logits);
+  int64_t decode_position() const { return decode_pos_; }
+  int64_t decode_capacity() const { return decode_capacity_; }
+
   // Pipeline stages. stage_forward runs chunk `chunk` on activation set `slot`: from
   // the token embedding when the chunk starts the model, else from `input` [rows, C]
   // in backend memory (the previous stage's output; rows = activation_rows(B, Tn)).
@@ -175,7 +185,9 @@ class BasicTransformer {
   void plan(Arena& arena);
   Act* wt(int i) const { return i < 0 ? nullptr : work_ + offsets_[i]; }
   Grad* gr(int i) const { return i < 0 ? nullptr : grads_ + offsets_[i]; }
-  void forward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn, const Act* input);
+  // pos0 >= 0: decoding one token at position pos0 against the KV cache.
+  void forward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn, const Act* input,
+               int64_t pos0 = -1);
   void backward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn, const Act* output_grad);
   bool starts_model(int chunk) const;
   bool ends_model(int chunk) const;
@@ -208,6 +220,9 @@ class BasicTransformer {
   std::function<void(int)> grad_ready_;
   // Sequence parallelism: gradients of replicated parameters set aside (see backward()).
   std::vector<Grad*> stash_;  // by parameter index; nullptr for others
+  // The KV cache: per layer [capacity, Hkv*D] keys and values (backend memory).
+  std::vector<Act*> k_cache_, v_cache_;
+  int64_t decode_capacity_ = 0, decode_pos_ = 0;
 };
 
 template <typename T>

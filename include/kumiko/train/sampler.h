@@ -21,7 +21,7 @@ int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& o, u
 // Returns the new tokens continuing `prompt` (which must not be empty). Attention
 // looks back at most `window` tokens: when the cache is full it is primed again
 // with the last window/2 tokens.
-std::vector<int32_t> generate(const model::Transformer<float>& model, const std::vector<int32_t>& prompt,
+std::vector<int32_t> generate(model::Transformer<float>& model, const std::vector<int32_t>& prompt,
                               int64_t window, const SamplingOptions& o);
 
 }  // namespace kumiko::train

@@ -3,9 +3,11 @@
 // layout is checked on a single-GPU machine:
 //   - one GPU (fp32) against the CPU backend, 3 steps: losses and every parameter
 //     within 1e-5 relative;
-//   - dp2, dp2 + ZeRO-1, tp2, tp2 + sequence parallelism, pp2 (1f1b, gpipe) and
-//     dp2 with NCCL (when two GPUs are visible) against one GPU, 20 steps within 1e-5
-//     relative (only summation orders differ);
+//   - dp2, dp2 + ZeRO-1, tp2, tp2 + sequence parallelism, pp2 (1f1b, gpipe,
+//     interleaved) and dp2 with NCCL (when two GPUs are visible) against one GPU, 20
+//     steps within 1e-5 relative (only summation orders differ);
+//   - a checkpoint saved at tp2 resumes at pp2 and in one process (resharding), and
+//     a resumed run repeats the straight run bit for bit;
 //   - bf16: one GPU against the CPU backend within 2e-2 on the losses.
 #include <gtest/gtest.h>
 
@@ -92,9 +94,20 @@ TEST_P(GpuLayouts, EveryLayoutMatchesOneGpu) {
   };
   const Layout layouts[] = {{"dp2", 2, 1, 1, 0, false, "1f1b"},   {"dp2-zero1", 2, 1, 1, 1, false, "1f1b"},
                             {"tp2", 1, 2, 1, 0, false, "1f1b"},   {"tp2-sp", 1, 2, 1, 0, true, "1f1b"},
-                            {"pp2-1f1b", 1, 1, 2, 0, false, "1f1b"}, {"pp2-gpipe", 1, 1, 2, 0, false, "gpipe"}};
+                            {"pp2-1f1b", 1, 1, 2, 0, false, "1f1b"}, {"pp2-gpipe", 1, 1, 2, 0, false, "gpipe"},
+                            {"pp2-interleaved", 1, 1, 2, 0, false, "interleaved"}};
+  testing::LayoutResult ref4;  // the interleaved schedule needs 4 layers
+  if (r == 0) {
+    auto c = tiny(arch, g_root + "/" + arch + "-one-L4");
+    c.model.n_layers = 4;
+    ref4 = testing::train_on(*solo, c);
+  }
   for (const Layout& l : layouts) {
     auto c = tiny(arch, g_root + "/" + arch + "-" + l.name);
+    if (std::string(l.name) == "pp2-interleaved") {
+      c.model.n_layers = 4;  // 2 chunks x 2 stages
+      c.parallel.pp_chunks = 2;
+    }
     c.parallel.dp = l.dp;
     c.parallel.tp = l.tp;
     c.parallel.pp = l.pp;
@@ -102,8 +115,51 @@ TEST_P(GpuLayouts, EveryLayoutMatchesOneGpu) {
     c.parallel.sequence_parallel = l.sp;
     c.parallel.pp_schedule = l.schedule;
     const auto got = testing::train_on(world, c);
-    if (r == 0) testing::expect_same_run(got, ref, arch + " " + l.name + " on the CUDA backend (host-staged)");
+    if (r == 0)
+      testing::expect_same_run(got, c.model.n_layers == 4 ? ref4 : ref,
+                               arch + " " + l.name + " on the CUDA backend (host-staged)");
   }
+}
+
+TEST_P(GpuLayouts, CheckpointsReshardAndResumeBitwise) {
+  auto& world = comm::world();
+  if (world.size() != 2) GTEST_SKIP() << "SKIP: needs mpirun -np 2 (" << world.size() << " ranks)";
+  if (skip_without_gpu(world, 1)) GTEST_SKIP() << "SKIP: no GPU visible";
+  const std::string arch = GetParam();
+  const int r = world.rank();
+  const std::string base = g_root + "/" + arch + "-gpu-reshard";
+  auto c = tiny(arch, base + "-straight");
+  c.parallel.tp = 2;
+  const testing::LayoutResult straight = testing::train_on(world, c);
+  auto first = c;
+  first.log.run_dir = base + "-split";
+  first.train.stop_at = 10;
+  train::Trainer(first, world).run();
+  world.barrier();
+  const std::string ckpt = first.log.run_dir + "/checkpoints/step_00000010.h5";
+  // The same layout resumed: bit for bit.
+  auto same = c;
+  same.log.run_dir = base + "-same";
+  same.checkpoint.resume = ckpt;
+  const testing::LayoutResult resumed = testing::train_on(world, same);
+  if (r == 0) {
+    ASSERT_EQ(resumed.losses.size(), 10u);
+    for (size_t i = 0; i < 10; ++i) EXPECT_EQ(resumed.losses[i], straight.losses[10 + i]) << "step " << 11 + i;
+  }
+  // Another layout (pp2) and one process: the same run within 1e-5.
+  auto pp2 = tiny(arch, base + "-pp2");
+  pp2.parallel.pp = 2;
+  pp2.checkpoint.resume = ckpt;
+  testing::LayoutResult two = testing::train_on(world, pp2);
+  two.losses.insert(two.losses.begin(), straight.losses.begin(), straight.losses.begin() + 10);
+  if (r == 0) testing::expect_same_run(two, straight, arch + " tp=2 -> pp=2 on the CUDA backend");
+  auto solo = world.split(r, 0, "solo");
+  if (r != 0) return;
+  auto c1 = tiny(arch, base + "-solo");
+  c1.checkpoint.resume = ckpt;
+  testing::LayoutResult one = testing::train_on(*solo, c1);
+  one.losses.insert(one.losses.begin(), straight.losses.begin(), straight.losses.begin() + 10);
+  testing::expect_same_run(one, straight, arch + " tp=2 -> one GPU");
 }
 
 TEST_P(GpuLayouts, NcclDataParallelMatchesOneGpu) {
