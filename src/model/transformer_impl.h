@@ -206,6 +206,16 @@ void BasicTransformer<B>::zero_grads() {
 }
 
 template <typename B>
+auto BasicTransformer<B>::shapes(int64_t Bn, int64_t Tn) const -> Shapes {
+  const Dims& d = dims_;
+  const int n = tp_.size();
+  const bool sp = tp_.sequence_parallel;
+  const int64_t N = Bn * Tn;
+  KUMIKO_CHECK(!sp || N % n == 0, "sequence parallelism needs N % tp == 0");
+  return {n, sp, N, sp ? N / n : N, d.C, d.F / n, d.qkv_width() / n, d.Hq / n * d.D, d.V / n, d.Hq / n, d.Hkv / n};
+}
+
+template <typename B>
 void BasicTransformer<B>::forward(int chunk, int slot, const int32_t* inputs, int64_t Bn, int64_t Tn,
                                   const Act* input, int64_t pos0) {
   const bool decoding = pos0 >= 0;
@@ -216,12 +226,7 @@ void BasicTransformer<B>::forward(int chunk, int slot, const int32_t* inputs, in
   auto& a = *acts_[chunk][slot];
   const auto& ix = *index_;
   const auto [first_layer, last_layer] = stage_.chunks[chunk];
-  const int n = tp_.size();
-  const bool sp = tp_.sequence_parallel;
-  const int64_t N = Bn * Tn, Ns = sp ? N / n : N, C = d.C;
-  KUMIKO_CHECK(!sp || N % n == 0, "sequence parallelism needs N % tp == 0");
-  const int64_t F = d.F / n, W = d.qkv_width() / n, A = d.Hq / n * d.D, V = d.V / n, Hq = d.Hq / n,
-                Hkv = d.Hkv / n;
+  const auto [n, sp, N, Ns, C, F, W, A, V, Hq, Hkv] = shapes(Bn, Tn);
 
   // Runs a row-parallel linear (input features split over tp) into out [Ns, C]:
   // partial sums reduced over tp (all-reduce, or reduce-scatter along the sequence),
@@ -322,11 +327,7 @@ void BasicTransformer<B>::backward(int chunk, int slot, const int32_t* inputs, i
   auto& a = *acts_[chunk][slot];
   const auto& ix = *index_;
   const auto [first_layer, last_layer] = stage_.chunks[chunk];
-  const int n = tp_.size();
-  const bool sp = tp_.sequence_parallel;
-  const int64_t N = Bn * Tn, Ns = sp ? N / n : N, C = d.C;
-  const int64_t F = d.F / n, W = d.qkv_width() / n, A = d.Hq / n * d.D, V = d.V / n, Hq = d.Hq / n,
-                Hkv = d.Hkv / n;
+  const auto [n, sp, N, Ns, C, F, W, A, V, Hq, Hkv] = shapes(Bn, Tn);
 
   // The gradient w.r.t. a row-parallel output, for the whole sequence [N, C].
   auto full_grad = [&]() -> const Act* {

@@ -183,6 +183,15 @@ class BasicTransformer {
   struct Activations;
   struct Index;
   void plan(Arena& arena);
+  // This rank's sizes for a micro-batch of Bn x Tn tokens: tp size, sequence
+  // parallelism, tokens N and residual rows Ns, widths C, F, W (qkv), A (attention
+  // output), V, heads Hq and Hkv (the split ones divided by tp).
+  struct Shapes {
+    int n;
+    bool sp;
+    int64_t N, Ns, C, F, W, A, V, Hq, Hkv;
+  };
+  Shapes shapes(int64_t Bn, int64_t Tn) const;
   Act* wt(int i) const { return i < 0 ? nullptr : work_ + offsets_[i]; }
   Grad* gr(int i) const { return i < 0 ? nullptr : grads_ + offsets_[i]; }
   // pos0 >= 0: decoding one token at position pos0 against the KV cache.

@@ -1,9 +1,13 @@
 // The KV-cache decoder gives the same next-token logits as a full forward pass over
-// the prefix, at every position, for both architectures; sampling is reproducible.
+// the prefix, at every position, for both architectures; sampling is reproducible;
+// ids outside the vocabulary are refused; the arena follows the micro-batch.
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
+#include "kumiko/core/error.h"
 #include "kumiko/core/rng.h"
 #include "kumiko/model/decoder.h"
 #include "kumiko/train/sampler.h"
@@ -70,6 +74,47 @@ TEST_P(Decoder, SamplingIsReproducibleAndRespectsTopK) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Arch, Decoder, ::testing::Values(false, true));
+
+// The model refuses ids outside the vocabulary before any kernel indexes a table
+// with them, and plans its arena for the micro-batch.
+Dims ids_dims(bool llama) {
+  Dims d = dims(llama);
+  d.max_T = 16;
+  return d;
+}
+
+class TransformerIds : public ::testing::TestWithParam<bool> {};
+
+TEST_P(TransformerIds, OutOfVocabularyIdsAreRefused) {
+  Transformer<float> m(ids_dims(GetParam()), 2, 8);
+  m.params().initialize(3);
+  std::vector<int32_t> in(16, 5), tg(16, 7);
+  EXPECT_NO_THROW(m.loss(in.data(), tg.data(), 2, 8));
+  for (const int32_t bad : {-1, 61, 1000}) {
+    auto bad_in = in;
+    bad_in[9] = bad;
+    try {
+      m.forward_backward(bad_in.data(), tg.data(), 2, 8, 1.0 / 16);
+      FAIL() << "expected a UserError for token id " << bad;
+    } catch (const UserError& e) {
+      EXPECT_EQ(std::string(e.what()), "token id " + std::to_string(bad) +
+                                           " at position 9 is outside the vocabulary [0, 61) of model.vocab_size");
+    }
+    auto bad_tg = tg;
+    bad_tg[3] = bad;
+    EXPECT_THROW(m.loss(in.data(), bad_tg.data(), 2, 8), UserError);
+  }
+}
+
+TEST_P(TransformerIds, ArenaGrowsWithTheMicroBatch) {
+  // Activations are planned for the micro-batch: twice the tokens, about twice the arena.
+  const Transformer<float> small(ids_dims(GetParam()), 1, 16), large(ids_dims(GetParam()), 2, 16);
+  EXPECT_GT(small.arena_bytes(), 0u);
+  EXPECT_NEAR(static_cast<double>(large.arena_bytes()) / static_cast<double>(small.arena_bytes()), 2.0, 0.1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Arch, TransformerIds, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& p) { return p.param ? "llama" : "gpt2"; });
 
 }  // namespace
 }  // namespace kumiko::model
