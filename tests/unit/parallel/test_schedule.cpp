@@ -191,6 +191,32 @@ TEST(Schedule, SendsAndRecvsPairUp) {
   }
 }
 
+// NCCL's point-to-point operations have no tags: between two ranks, the k-th send
+// meets the k-th receive. The pipeline runs on NCCL (backend = cuda, backend.comm =
+// nccl) only if, for every ordered pair of ranks, the sender posts its messages in
+// the order the receiver posts the matching receives.
+TEST(Schedule, PointToPointOrderMatchesWithoutTags) {
+  for (const Case& c : all_cases()) {
+    SCOPED_TRACE(name(c));
+    const auto lists = build_all_schedules(c.kind, c.pp, c.m, c.chunks);
+    // (from rank, to rank) -> the messages (is_activation, mb, from_stage, to_stage) in posting order.
+    std::map<std::pair<int, int>, std::vector<std::tuple<bool, int, int, int>>> sent, received;
+    for (int r = 0; r < c.pp; ++r)
+      for (const Action& a : lists[r]) {
+        if (!is_comm(a.type)) continue;
+        const int s = a.virtual_stage * c.pp + r;
+        const bool act = a.type == ActionType::send_activation || a.type == ActionType::recv_activation;
+        const bool send = a.type == ActionType::send_activation || a.type == ActionType::send_gradient;
+        const int peer = a.peer_stage % c.pp;
+        if (send)
+          sent[{r, peer}].push_back({act, a.micro_batch, s, a.peer_stage});
+        else
+          received[{peer, r}].push_back({act, a.micro_batch, a.peer_stage, s});
+      }
+    EXPECT_EQ(sent, received);
+  }
+}
+
 TEST(Schedule, SimulatorFindsDeadlock) {
   // Two ranks that both send first: a rendezvous deadlock.
   std::vector<std::vector<Action>> lists = {{{ActionType::forward, 0, 0, -1},
