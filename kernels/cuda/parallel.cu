@@ -158,7 +158,9 @@ template <typename T>
 void attention_decode(T* out, const T* q, const T* k, const T* v, int64_t len, int64_t Hq, int64_t Hkv, int64_t D,
                       cudaStream_t stream) {
   const size_t shared = static_cast<size_t>(len) * sizeof(float);
-  KUMIKO_CHECK(shared <= 48 * 1024, "attention_decode: ", len, " cached positions exceed the 48 KiB of scores");
+  // 48 KiB of shared memory without opting in, less the two reductions' static buffers.
+  KUMIKO_CHECK(shared + 2 * (kThreads / 32) * sizeof(float) <= 48 * 1024, "attention_decode: ", len,
+               " cached positions exceed the 48 KiB of shared memory for the scores");
   attention_decode_kernel<T><<<static_cast<unsigned>(Hq), kThreads, shared, stream>>>(
       out, q, k, v, len, Hkv, D, Hq / Hkv, static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))));
   KUMIKO_CUDA_LAUNCH_CHECK();

@@ -121,7 +121,7 @@ class EngineImpl final : public Engine {
     if constexpr (!B::kHost) {
       return false;
     } else {
-      if (s_.config->parallel.zero != 0) return false;  // slices in bucket order
+      if (dp_->zero() != 0) return false;  // ZeRO-1: this rank's slices, in bucket order
       *m = dp_->moments_m();
       *v = dp_->moments_v();
       return true;

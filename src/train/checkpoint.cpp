@@ -186,20 +186,10 @@ TrainState load_checkpoint(const std::string& path, const config::Config& config
                     stored_sha.empty() ? "(none, synthetic data)" : stored_sha, ", data.dir ",
                     tokenizer_sha256.empty() ? "(none, synthetic data)" : tokenizer_sha256);
 
-  Progress progress = tensor_progress("loading", path, specs);
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const auto& spec = specs[i];
-    const int64_t bytes = numel_of(spec.shape) * int64_t{sizeof(float)};
+  // Every check before any tensor is read: a caller may load into live buffers.
+  for (const auto& spec : specs)
     for (const char* group : {"/model/", "/optim/m/", "/optim/v/"})
       KUMIKO_USER_CHECK(r.has(group + spec.name), path, ": missing tensor '", group + spec.name, "'");
-    r.read_f32("/model/" + spec.name, spec.shape, values[i]);
-    progress.advance(bytes);
-    r.read_f32("/optim/m/" + spec.name, spec.shape, m[i]);
-    progress.advance(bytes);
-    r.read_f32("/optim/v/" + spec.name, spec.shape, v[i]);
-    progress.advance(bytes);
-  }
-  progress.finish();
   TrainState s;
   s.step = read_scalar(r, "/state/step");
   s.tokens_seen = read_scalar(r, "/state/tokens_seen");
@@ -209,6 +199,19 @@ TrainState load_checkpoint(const std::string& path, const config::Config& config
   s.skipped_steps = read_scalar(r, "/state/skipped_steps");
   KUMIKO_USER_CHECK(s.seed == config.train.seed, path, ": train.seed: checkpoint ", s.seed, ", config ",
                     config.train.seed, " (the data order would change)");
+
+  Progress progress = tensor_progress("loading", path, specs);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const auto& spec = specs[i];
+    const int64_t bytes = numel_of(spec.shape) * int64_t{sizeof(float)};
+    r.read_f32("/model/" + spec.name, spec.shape, values[i]);
+    progress.advance(bytes);
+    r.read_f32("/optim/m/" + spec.name, spec.shape, m[i]);
+    progress.advance(bytes);
+    r.read_f32("/optim/v/" + spec.name, spec.shape, v[i]);
+    progress.advance(bytes);
+  }
+  progress.finish();
   return s;
 }
 

@@ -61,6 +61,7 @@ class BasicDataParallel {
   // Sets the moments from full flat-layout arrays (each rank keeps its shard).
   void scatter_moments(const Grad* m, const Grad* v);
   size_t num_buckets() const { return buckets_.size(); }
+  int zero() const { return zero_; }
   // Backend memory of the moments: the flat layout with zero = 0, this rank's slices with zero = 1.
   Grad* moments_m() { return m_; }
   Grad* moments_v() { return v_; }
