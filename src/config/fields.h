@@ -109,6 +109,8 @@ void for_each_field(C& c, F&& f) {
   f("log.level", l.level, "log level", "trace|debug|info|warn|error|off");
   f("log.all_ranks", l.all_ranks, "every rank logs at log.level, not only rank 0", nullptr);
   f("log.tensorboard", l.tensorboard, "write TensorBoard event files in <run_dir>/tensorboard", nullptr);
+  f("log.save_init_weights", l.save_init_weights, "write <run_dir>/weights_init.h5 (the initial weights) before step 1",
+    nullptr);
   f("log.straggler_every", l.straggler_every, "steps between straggler checks (0 = never)", nullptr);
   f("log.straggler_threshold", l.straggler_threshold, "name a rank this much slower than the median (0.2 = 20%)",
     nullptr);

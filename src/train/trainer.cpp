@@ -487,7 +487,7 @@ void Trainer::State::resume_or_init() {
       init_from_weights(cfg, meta.tokenizer_sha256, logical_specs, stage_specs, engine->params());
     // Initial: uploaded before the weights file, which reads the backend's copy.
     engine->upload_parameters();
-    write_weights_file(run_dir / "weights_init.h5", 0);
+    if (cfg.log.save_init_weights) write_weights_file(run_dir / "weights_init.h5", 0);
   }
   if (io) {
     std::ofstream(run_dir / "config.ini") << meta.config_ini;

@@ -113,6 +113,7 @@ struct LogConfig {
   std::string level = "info";  // trace|debug|info|warn|error|off
   bool all_ranks = false;
   bool tensorboard = true;            // rank 0 writes <run_dir>/tensorboard/ event files
+  bool save_init_weights = false;     // write <run_dir>/weights_init.h5 before step 1
   int64_t straggler_every = 50;       // steps between straggler checks (0 = never)
   double straggler_threshold = 0.2;   // a rank this much slower than the median is named
 };

@@ -156,6 +156,7 @@ TEST(HfImport, TrainingStartsFromTheImportedWeights) {
   c.model = read_folder(golden_dir("llama")).model;
   c.train.steps = 3;
   c.train.init_from = dir + "/llama.h5";
+  c.log.save_init_weights = true;
   auto world = comm::make_local();
   Trainer(c, *world).run();
   model::Transformer<float> start(model::Dims::from(c.model), 1, 1), imported(model::Dims::from(c.model), 1, 1);

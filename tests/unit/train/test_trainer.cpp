@@ -96,7 +96,8 @@ TEST_P(TrainerArch, GradientAccumulationMatchesOneMicroBatch) {
 
 TEST_P(TrainerArch, WeightsFileRoundTrip) {
   const auto dir = temp_dir("w");
-  const auto c = tiny_config(GetParam(), dir);
+  auto c = tiny_config(GetParam(), dir);
+  c.log.save_init_weights = true;
   run(c);
   const auto dims = model::Dims::from(c.model);
   model::Transformer<float> m(dims, 1, 16);
@@ -137,6 +138,15 @@ TEST(Metrics, MfuIsNullWithoutAPeak) {
   const auto with_peak = mfu_fields(c);
   ASSERT_EQ(with_peak.size(), 2u);
   for (const auto& f : with_peak) EXPECT_GT(std::stod(f), 0.0) << f;
+}
+
+TEST(Weights, InitialWeightsOnlyWhenAsked) {
+  const auto dir = temp_dir("no-init");
+  auto c = tiny_config("gpt2", dir);
+  c.train.steps = 2;
+  run(c);
+  EXPECT_FALSE(std::filesystem::exists(dir + "/weights_init.h5"));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/weights_final.h5"));
 }
 
 TEST(Weights, WrongModelIsRefusedNamingTheTensor) {
