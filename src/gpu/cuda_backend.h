@@ -342,6 +342,22 @@ class Cuda {
     to_host(&h, norm_out_, 1);
     return h;
   }
+  // Several ranges with one synchronization: each sum into its own device slot, then
+  // one copy to the host (the weighted grad norm of tp/pp layouts sums per tensor).
+  std::vector<double> sum_squares(const std::vector<std::pair<const Grad*, int64_t>>& ranges) {
+    std::vector<double> out(ranges.size());
+    if (ranges.empty()) return out;
+    if (static_cast<int64_t>(ranges.size()) > norm_slots_n_) {
+      // First step only (the ranges are the same every step); no NCCL work is in flight here.
+      blocks_.push_back(std::make_unique<gpu::DeviceArena>(ranges.size() * sizeof(double) + 256, "grad-norm sums"));
+      norm_slots_ = blocks_.back()->template take<double>(static_cast<int64_t>(ranges.size()));
+      norm_slots_n_ = static_cast<int64_t>(ranges.size());
+    }
+    for (size_t i = 0; i < ranges.size(); ++i)
+      cuda::sum_squares(norm_slots_ + i, ranges[i].first, ranges[i].second, workspace_, stream_);
+    to_host(out.data(), norm_slots_, static_cast<int64_t>(out.size()));
+    return out;
+  }
   using AdamWRange = backend::AdamWRange<Act, Grad>;
   using AdamW = AdamWStep;
   // Every range in one multi-tensor launch (the descriptors go up with the step).
@@ -626,6 +642,8 @@ class Cuda {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   double* norm_out_ = nullptr;
+  double* norm_slots_ = nullptr;
+  int64_t norm_slots_n_ = 0;
   cuda::AdamWTensor* adamw_list_ = nullptr;
   size_t adamw_list_bytes_ = 0;
   int32_t* scratch_ints_ = nullptr;

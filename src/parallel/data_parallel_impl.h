@@ -132,8 +132,14 @@ double BasicDataParallel<B>::grad_norm() {
     ss = zero_ == 1 ? be().sum_squares(shard_grads_, shard_size_)
                     : be().sum_squares(model_.flat_grads(), params_.total_numel());
   } else {
+    // Every weighted range's sum in one call (one host synchronization on a GPU),
+    // then combined in a fixed order.
+    std::vector<std::pair<const Grad*, int64_t>> ranges;
+    std::vector<double> weights;
     auto add = [&](int i, const Grad* g, int64_t n) {
-      if (norm_weights_[i] != 0) ss += be().sum_squares(g, n) * norm_weights_[i];
+      if (norm_weights_[i] == 0) return;
+      ranges.push_back({g, n});
+      weights.push_back(norm_weights_[i]);
     };
     if (zero_ == 1) {
       for (auto& b : buckets_)
@@ -144,6 +150,8 @@ double BasicDataParallel<B>::grad_norm() {
       for_param_ranges(0, params_.total_numel(),
                        [&](int i, int64_t a, int64_t e) { add(i, model_.flat_grads() + a, e - a); });
     }
+    const std::vector<double> sums = be().sum_squares(ranges);
+    for (size_t k = 0; k < sums.size(); ++k) ss += sums[k] * weights[k];
   }
   // The partial sums are host doubles: reduced over the host groups.
   if (zero_ == 1) dp_host().all_reduce(&ss, 1, comm::ReduceOp::sum);

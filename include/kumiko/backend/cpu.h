@@ -12,6 +12,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kumiko/backend/adamw.h"
@@ -263,6 +264,12 @@ class Cpu {
   // ---- optimizer ----
   // Squares of x[n] summed in double.
   double sum_squares(const Grad* x, int64_t n) { return cpu::sum_squares(x, n); }
+  // The sums of squares of several ranges (one result each, in order).
+  std::vector<double> sum_squares(const std::vector<std::pair<const Grad*, int64_t>>& ranges) {
+    std::vector<double> out;
+    for (const auto& [x, n] : ranges) out.push_back(cpu::sum_squares(x, n));
+    return out;
+  }
   // AdamW (PyTorch semantics, ops/adamw.h) over ranges of the flat buffers: master
   // weights, their working copy (the same memory here), gradients, moments.
   using AdamWRange = backend::AdamWRange<Act, Grad>;
