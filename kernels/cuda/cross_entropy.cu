@@ -145,33 +145,20 @@ __global__ void cross_entropy_kernel(float* __restrict__ losses, T* __restrict__
 }
 
 template <typename T, bool kVectorised>
-__global__ void shard_stats_kernel(float* __restrict__ stats, const T* __restrict__ logits,
-                                   const int32_t* __restrict__ targets, int64_t V_local, int64_t vocab_begin) {
-  const T* row = logits + blockIdx.x * V_local;
-  const MaxSum st = row_stats<T, kVectorised>(row, V_local);
-  if (threadIdx.x == 0) {
-    const int64_t local = int64_t{targets[blockIdx.x]} - vocab_begin;
-    stats[3 * int64_t{blockIdx.x} + 0] = st.m;
-    stats[3 * int64_t{blockIdx.x} + 1] = st.s;
-    stats[3 * int64_t{blockIdx.x} + 2] = local >= 0 && local < V_local ? to_f(row[local]) : 0.0f;
-  }
-}
-
-template <typename T, bool kVectorised>
 __global__ void shard_finish_kernel(float* __restrict__ losses, T* __restrict__ logits,
-                                    const float* __restrict__ lse, const float* __restrict__ target_logit,
-                                    const int32_t* __restrict__ targets, int64_t V_local, int64_t vocab_begin,
-                                    float scale) {
-  const float l = lse[blockIdx.x];
+                                    const float* __restrict__ mx, const float* __restrict__ sum,
+                                    const float* __restrict__ target_logit, const int32_t* __restrict__ targets,
+                                    int64_t V_local, int64_t vocab_begin, float scale) {
+  const float l = mx[blockIdx.x] + logf(sum[blockIdx.x]);
   if (threadIdx.x == 0) losses[blockIdx.x] = l - target_logit[blockIdx.x];
   row_gradient<T, kVectorised>(logits + blockIdx.x * V_local, V_local, l,
                                int64_t{targets[blockIdx.x]} - vocab_begin, scale);
 }
 
-__global__ void shard_losses_kernel(float* __restrict__ losses, const float* __restrict__ lse,
-                                    const float* __restrict__ target_logit, int64_t N) {
+__global__ void shard_losses_kernel(float* __restrict__ losses, const float* __restrict__ mx,
+                                    const float* __restrict__ sum, const float* __restrict__ target_logit, int64_t N) {
   const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (n < N) losses[n] = lse[n] - target_logit[n];
+  if (n < N) losses[n] = mx[n] + logf(sum[n]) - target_logit[n];
 }
 
 // Enough threads for about 8 elements each, a multiple of 32, at most kMaxThreads.
@@ -197,43 +184,27 @@ void cross_entropy(float* losses, T* logits, const int32_t* targets, int64_t N, 
 }
 
 template <typename T>
-void cross_entropy_shard_stats(float* stats, const T* logits, const int32_t* targets, int64_t N, int64_t V_local,
-                               int64_t vocab_begin, cudaStream_t stream) {
-  if (N <= 0) return;
-  const unsigned grid = static_cast<unsigned>(N);
-  if (vectorised(logits, V_local)) {
-    shard_stats_kernel<T, true><<<grid, row_threads(V_local), 0, stream>>>(stats, logits, targets, V_local,
-                                                                           vocab_begin);
-  } else {
-    shard_stats_kernel<T, false><<<grid, row_threads(V_local), 0, stream>>>(stats, logits, targets, V_local,
-                                                                            vocab_begin);
-  }
-  KUMIKO_CUDA_LAUNCH_CHECK();
-}
-
-template <typename T>
-void cross_entropy_shard_finish(float* losses, T* logits, const float* lse, const float* target_logit,
-                                const int32_t* targets, int64_t N, int64_t V_local, int64_t vocab_begin,
-                                bool backward, float scale, cudaStream_t stream) {
+void cross_entropy_shard_finish(float* losses, T* logits, const float* mx, const float* sum,
+                                const float* target_logit, const int32_t* targets, int64_t N, int64_t V_local,
+                                int64_t vocab_begin, bool backward, float scale, cudaStream_t stream) {
   if (N <= 0) return;
   if (!backward) {
-    shard_losses_kernel<<<static_cast<unsigned>(ceil_div(N, 256)), 256, 0, stream>>>(losses, lse, target_logit, N);
+    shard_losses_kernel<<<static_cast<unsigned>(ceil_div(N, 256)), 256, 0, stream>>>(losses, mx, sum, target_logit,
+                                                                                      N);
   } else if (vectorised(logits, V_local)) {
     shard_finish_kernel<T, true><<<static_cast<unsigned>(N), row_threads(V_local), 0, stream>>>(
-        losses, logits, lse, target_logit, targets, V_local, vocab_begin, scale);
+        losses, logits, mx, sum, target_logit, targets, V_local, vocab_begin, scale);
   } else {
     shard_finish_kernel<T, false><<<static_cast<unsigned>(N), row_threads(V_local), 0, stream>>>(
-        losses, logits, lse, target_logit, targets, V_local, vocab_begin, scale);
+        losses, logits, mx, sum, target_logit, targets, V_local, vocab_begin, scale);
   }
   KUMIKO_CUDA_LAUNCH_CHECK();
 }
 
 #define KUMIKO_INSTANTIATE(T)                                                                                   \
   template void cross_entropy<T>(float*, T*, const int32_t*, int64_t, int64_t, bool, float, cudaStream_t);     \
-  template void cross_entropy_shard_stats<T>(float*, const T*, const int32_t*, int64_t, int64_t, int64_t,       \
-                                             cudaStream_t);                                                     \
-  template void cross_entropy_shard_finish<T>(float*, T*, const float*, const float*, const int32_t*, int64_t,  \
-                                              int64_t, int64_t, bool, float, cudaStream_t);
+  template void cross_entropy_shard_finish<T>(float*, T*, const float*, const float*, const float*,             \
+                                              const int32_t*, int64_t, int64_t, int64_t, bool, float, cudaStream_t);
 KUMIKO_INSTANTIATE(float)
 KUMIKO_INSTANTIATE(bf16)
 #undef KUMIKO_INSTANTIATE

@@ -14,17 +14,15 @@ void cross_entropy(float* losses, T* logits, const int32_t* targets, int64_t N, 
                    float scale, cudaStream_t stream);
 
 // Vocabulary-parallel form (tensor parallelism): this rank holds logits columns
-// [vocab_begin, vocab_begin + V_local) of the full vocabulary.
-// Step 1: per row, stats[n] = {max, sum exp(x - max), target logit or 0}.
-template <typename T>
-void cross_entropy_shard_stats(float* stats /*[N, 3]*/, const T* logits, const int32_t* targets, int64_t N,
-                               int64_t V_local, int64_t vocab_begin, cudaStream_t stream);
-// Step 2 (after the caller combines the ranks' stats into the global log-sum-exp
-// lse[n] and target logit): losses[n] = lse[n] - target[n]; with backward, the shard's
+// [vocab_begin, vocab_begin + V_local) of the full vocabulary. The last of the three
+// steps (the first two, ce_row_max and ce_sums, are in parallel.cuh): with mx[n] the
+// row maximum over all ranks, sum[n] = sum of exp(x - mx[n]) over the whole vocabulary
+// and target_logit[n] the target's logit (all reduced over the ranks),
+// losses[n] = mx[n] + log(sum[n]) - target_logit[n]; with backward, the shard's
 // logits become (exp(x - lse[n]) - onehot) * scale.
 template <typename T>
-void cross_entropy_shard_finish(float* losses, T* logits, const float* lse, const float* target_logit,
-                                const int32_t* targets, int64_t N, int64_t V_local, int64_t vocab_begin,
-                                bool backward, float scale, cudaStream_t stream);
+void cross_entropy_shard_finish(float* losses, T* logits, const float* mx, const float* sum,
+                                const float* target_logit, const int32_t* targets, int64_t N, int64_t V_local,
+                                int64_t vocab_begin, bool backward, float scale, cudaStream_t stream);
 
 }  // namespace kumiko::cuda

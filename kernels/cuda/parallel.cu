@@ -85,21 +85,6 @@ __global__ void ce_sums_kernel(float* __restrict__ sum, float* __restrict__ tgt,
 }
 
 template <typename T>
-__global__ void ce_finish_kernel(float* __restrict__ losses, T* __restrict__ logits, const float* __restrict__ mx,
-                                 const float* __restrict__ sum, const float* __restrict__ tgt,
-                                 const int32_t* __restrict__ targets, int64_t V, int64_t v0, bool backward,
-                                 float scale) {
-  const int64_t n = blockIdx.x;
-  const float m = mx[n], s = sum[n];
-  if (threadIdx.x == 0) losses[n] = logf(s) + m - tgt[n];
-  if (!backward) return;
-  T* row = logits + n * V;
-  const int64_t t = targets[n] - v0;
-  for (int64_t j = threadIdx.x; j < V; j += kThreads)
-    row[j] = from_f<T>((expf(to_f(row[j]) - m) / s - (j == t ? 1.0f : 0.0f)) * scale);
-}
-
-template <typename T>
 __global__ void rope_at_kernel(T* __restrict__ qkv, int64_t pos, int64_t heads, int64_t D, double theta) {
   const int64_t half = D / 2;
   for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < heads * half; i += int64_t{gridDim.x} * kThreads) {
@@ -196,16 +181,6 @@ void ce_sums(float* sum, float* tgt, const T* logits, const float* mx, const int
   KUMIKO_CUDA_LAUNCH_CHECK();
 }
 
-template <typename T>
-void ce_finish(float* losses, T* logits, const float* mx, const float* sum, const float* tgt,
-               const int32_t* targets, int64_t N, int64_t V_local, int64_t v0, bool backward, float scale,
-               cudaStream_t stream) {
-  if (N == 0) return;
-  ce_finish_kernel<T><<<static_cast<unsigned>(N), kThreads, 0, stream>>>(losses, logits, mx, sum, tgt, targets,
-                                                                         V_local, v0, backward, scale);
-  KUMIKO_CUDA_LAUNCH_CHECK();
-}
-
 #define KUMIKO_PARALLEL_OPS(T)                                                                                \
   template void embedding_forward_shard<T>(T*, const int32_t*, const T*, int64_t, int64_t, int64_t, int64_t,  \
                                            cudaStream_t);                                                     \
@@ -213,8 +188,6 @@ void ce_finish(float* losses, T* logits, const float* mx, const float* sum, cons
   template void ce_row_max<T>(float*, const T*, int64_t, int64_t, cudaStream_t);                              \
   template void ce_sums<T>(float*, float*, const T*, const float*, const int32_t*, int64_t, int64_t, int64_t, \
                            cudaStream_t);                                                                     \
-  template void ce_finish<T>(float*, T*, const float*, const float*, const float*, const int32_t*, int64_t,   \
-                             int64_t, int64_t, bool, float, cudaStream_t);                                    \
   template void rope_at<T>(T*, int64_t, int64_t, int64_t, int64_t, double, cudaStream_t);                     \
   template void attention_decode<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t,     \
                                     cudaStream_t);

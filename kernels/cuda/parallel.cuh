@@ -2,8 +2,8 @@
 // Kernels the tensor-parallel model needs beyond the single-GPU ops: a vocabulary
 // shard's embedding lookup, rows added with a period (replicated biases after a
 // row-parallel linear, learned positions of a sequence shard), and Megatron's
-// vocabulary-parallel cross-entropy in the three steps around the model's
-// all-reduces (the CPU backend's ce_row_max / ce_sums / ce_finish, same maths in fp32).
+// vocabulary-parallel cross-entropy's first two steps around the model's all-reduces
+// (the CPU backend's ce_row_max / ce_sums, same maths in fp32).
 #include <cstdint>
 
 #include "kernels/cuda/common.cuh"
@@ -24,12 +24,7 @@ void ce_row_max(float* mx, const T* logits, int64_t N, int64_t V_local, cudaStre
 template <typename T>
 void ce_sums(float* sum, float* tgt, const T* logits, const float* mx, const int32_t* targets, int64_t N,
              int64_t V_local, int64_t v0, cudaStream_t stream);
-// losses[n] = log(sum[n]) + mx[n] - tgt[n]; with backward the row becomes
-// (exp(x - mx) / sum - onehot) * scale.
-template <typename T>
-void ce_finish(float* losses, T* logits, const float* mx, const float* sum, const float* tgt,
-               const int32_t* targets, int64_t N, int64_t V_local, int64_t v0, bool backward, float scale,
-               cudaStream_t stream);
+// The third step is cross_entropy_shard_finish (cross_entropy.cuh).
 
 // Decoding one token with a KV cache: RoPE of position `pos` on the q and k heads of
 // one qkv row [(Hq + 2Hkv) D] (rope_forward's convention, angles in double on the

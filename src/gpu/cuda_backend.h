@@ -325,7 +325,8 @@ class Cuda {
   }
   void ce_finish(Stat* losses, Act* logits, const Stat* mx, const Stat* sum, const Stat* tgt, const int32_t* targets,
                  int64_t N, int64_t Vl, int64_t v0, bool backward, double scale) {
-    cuda::ce_finish(losses, logits, mx, sum, tgt, targets, N, Vl, v0, backward, static_cast<float>(scale), stream_);
+    cuda::cross_entropy_shard_finish(losses, logits, mx, sum, tgt, targets, N, Vl, v0, backward,
+                                     static_cast<float>(scale), stream_);
   }
   double sum(const Stat* x, int64_t n) {
     std::vector<float> h(static_cast<size_t>(n));

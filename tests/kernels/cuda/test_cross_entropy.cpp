@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/cuda/cross_entropy.cuh"
+#include "kernels/cuda/parallel.cuh"
 #include "kumiko/ops/cross_entropy.h"
 #include "tests/kernels/cpu/test_util.h"
 #include "tests/support/gpu_test.h"
@@ -144,7 +145,6 @@ void check_sharded(int64_t N, int64_t V, double stddev) {
   DeviceIds d_targets(p.targets);
   std::vector<DeviceBuffer<T>> d_logits;
   d_logits.reserve(shards);
-  std::vector<std::vector<float>> stats(shards);
   for (size_t k = 0; k < shards; ++k) {
     const int64_t b = begin[k], Vk = begin[k + 1] - b;
     std::vector<float> slice(size_t(N * Vk));
@@ -152,40 +152,49 @@ void check_sharded(int64_t N, int64_t V, double stddev) {
       std::copy_n(p.logits.begin() + n * V + b, Vk, slice.begin() + n * Vk);
     }
     d_logits.emplace_back(slice);
-    DeviceBuffer<float> d_stats(size_t(3 * N));
-    cross_entropy_shard_stats<T>(d_stats.get(), d_logits[k].get(), d_targets.get(), N, Vk, b, cudaStream_t{});
-    stats[k] = d_stats.download();
   }
-  std::vector<float> lse(static_cast<size_t>(N)), target(static_cast<size_t>(N));
-  for (int64_t n = 0; n < N; ++n) {
-    double m = -INFINITY, s = 0, t = 0;
-    for (size_t k = 0; k < shards; ++k) m = std::max(m, double(stats[k][size_t(3 * n)]));
-    for (size_t k = 0; k < shards; ++k) {
-      s += double(stats[k][size_t(3 * n + 1)]) * std::exp(double(stats[k][size_t(3 * n)]) - m);
-      const float tk = stats[k][size_t(3 * n + 2)];
+  // The tensor-parallel model's three steps (kernels/cuda/parallel.cuh), with the
+  // all-reduces between them done on the host as the ranks would: the row maxima
+  // (then their max), the sums of exponentials and target logits (then their sums).
+  std::vector<float> mx(static_cast<size_t>(N), -INFINITY);
+  for (size_t k = 0; k < shards; ++k) {
+    const int64_t Vk = begin[k + 1] - begin[k];
+    DeviceBuffer<float> d_mx(static_cast<size_t>(N));
+    ce_row_max<T>(d_mx.get(), d_logits[k].get(), N, Vk, cudaStream_t{});
+    const auto part = d_mx.download();
+    for (int64_t n = 0; n < N; ++n) mx[size_t(n)] = std::max(mx[size_t(n)], part[size_t(n)]);
+  }
+  DeviceBuffer<float> d_mx(mx);
+  std::vector<double> sum(static_cast<size_t>(N), 0.0), tgt(static_cast<size_t>(N), 0.0);
+  for (size_t k = 0; k < shards; ++k) {
+    const int64_t b = begin[k], Vk = begin[k + 1] - b;
+    DeviceBuffer<float> d_sum(static_cast<size_t>(N)), d_tgt(static_cast<size_t>(N));
+    ce_sums<T>(d_sum.get(), d_tgt.get(), d_logits[k].get(), d_mx.get(), d_targets.get(), N, Vk, b, cudaStream_t{});
+    const auto s_k = d_sum.download(), t_k = d_tgt.download();
+    for (int64_t n = 0; n < N; ++n) {
       const int32_t tn = p.targets[size_t(n)];
       const bool owner = tn >= begin[k] && tn < begin[k + 1];
-      EXPECT_EQ(tk, owner ? p.logits[size_t(n * V + tn)] : 0.0f) << what << " target logit row " << n;
-      t += double(tk);
+      EXPECT_EQ(t_k[size_t(n)], owner ? p.logits[size_t(n * V + tn)] : 0.0f) << what << " target logit row " << n;
+      sum[size_t(n)] += s_k[size_t(n)];
+      tgt[size_t(n)] += t_k[size_t(n)];
     }
-    lse[size_t(n)] = float(m + std::log(s));
-    target[size_t(n)] = float(t);
   }
-  DeviceBuffer<float> d_lse(lse), d_target(target);
+  DeviceBuffer<float> d_sum(std::vector<float>(sum.begin(), sum.end())),
+      d_target(std::vector<float>(tgt.begin(), tgt.end()));
   std::vector<float> dlogits(size_t(N * V));
   for (size_t k = 0; k < shards; ++k) {
     const int64_t b = begin[k], Vk = begin[k + 1] - b;
     DeviceBuffer<float> d_losses(static_cast<size_t>(N));
     if (k == 0) {  // forward only: losses, shard untouched
       const auto before = d_logits[k].download();
-      cross_entropy_shard_finish<T>(d_losses.get(), d_logits[k].get(), d_lse.get(), d_target.get(), d_targets.get(), N,
-                                    Vk, b, false, kScale, cudaStream_t{});
+      cross_entropy_shard_finish<T>(d_losses.get(), d_logits[k].get(), d_mx.get(), d_sum.get(), d_target.get(), d_targets.get(), N, Vk, b,
+                   false, kScale, cudaStream_t{});
       expect_losses_close(d_losses.download(), p, what + " forward");
       test::expect_bitwise_equal(d_logits[k].download(), before, what + " forward leaves logits");
       d_losses.poison();
     }
-    cross_entropy_shard_finish<T>(d_losses.get(), d_logits[k].get(), d_lse.get(), d_target.get(), d_targets.get(), N,
-                                  Vk, b, true, kScale, cudaStream_t{});
+    cross_entropy_shard_finish<T>(d_losses.get(), d_logits[k].get(), d_mx.get(), d_sum.get(), d_target.get(), d_targets.get(), N, Vk, b,
+                 true, kScale, cudaStream_t{});
     expect_losses_close(d_losses.download(), p, what + " shard " + std::to_string(k));
     const auto shard = d_logits[k].download();
     for (int64_t n = 0; n < N; ++n) {
