@@ -412,7 +412,7 @@ class Cuda {
     if (g.size() == 1 || n == 0) return;
     if (void* s = g.device_stream()) {
       std::erase_if(pending_, [](const auto& r) { return r->test(); });  // releases the watchdog's slots
-      pending_.push_back(ordered(g, s, [&] { return g.iall_reduce(wire(x), n, op); }));
+      pending_.push_back(ordered(s, [&] { return g.iall_reduce(wire(x), n, op); }));
       return;
     }
     auto* h = stage_down(x, n);
@@ -452,14 +452,14 @@ class Cuda {
   template <typename X>
   std::unique_ptr<comm::Request> iall_gather(comm::Communicator& g, X* x, const std::vector<int64_t>& counts) {
     if (g.size() == 1) return done();
-    if (void* s = g.device_stream()) return ordered(g, s, [&] { return g.iall_gather(wire(x), counts); });
+    if (void* s = g.device_stream()) return ordered(s, [&] { return g.iall_gather(wire(x), counts); });
     const int64_t total = sum_of(counts);
     auto* h = stage_down(x, total);
     return staged(g.iall_gather(wire(h), counts), x, h, total);
   }
   template <typename X>
   std::unique_ptr<comm::Request> isend(comm::Communicator& g, const X* x, int64_t n, int peer, int tag) {
-    if (void* s = g.device_stream()) return ordered(g, s, [&] { return g.isend(wire(x), n, peer, tag); });
+    if (void* s = g.device_stream()) return ordered(s, [&] { return g.isend(wire(x), n, peer, tag); });
     auto* h = stage_down(x, n);
     auto inner = g.isend(wire(h), n, peer, tag);
     return staged<X>(std::move(inner), nullptr, h, 0);
@@ -516,7 +516,7 @@ class Cuda {
   // A device collective ordered on both sides; its request is kept until the next
   // host synchronization (so the watchdog sees it) and returned for waiting.
   template <typename F>
-  std::unique_ptr<comm::Request> ordered(comm::Communicator&, void* s, F&& issue) {
+  std::unique_ptr<comm::Request> ordered(void* s, F&& issue) {
     before(s);
     auto r = issue();
     after(s);

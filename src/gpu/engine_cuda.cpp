@@ -66,7 +66,11 @@ namespace {
 parallel::EngineComms make_comms(const parallel::EngineSetup& s, int devices) {
   const auto& cfg = *s.config;
   std::string mode = cfg.backend.comm;
-  if (mode == "auto") mode = comm::local_size_from_launcher() <= devices ? "nccl" : "mpi";
+  const int local_ranks = comm::local_size_from_launcher();
+  if (mode == "auto") mode = local_ranks <= devices ? "nccl" : "mpi";
+  KUMIKO_USER_CHECK(mode != "nccl" || local_ranks <= devices, "backend.comm = nccl needs a GPU per rank: ",
+                    local_ranks, " ranks on this node, ", devices,
+                    " GPUs visible (NCCL refuses two ranks on one GPU); use backend.comm = mpi or auto");
   parallel::EngineComms c;
   if (mode != "nccl" || s.grid->world().size() == 1) return c;
   auto nccl = [&](comm::Communicator& host, const char* name) -> comm::Communicator* {
