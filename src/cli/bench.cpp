@@ -4,6 +4,8 @@
 // all_gather of float buffers over a range of sizes (docs/performance.md).
 // kumiko bench kernels: every CUDA kernel against cuBLASLt / cuDNN / the copy
 // bandwidth on the same GPU (src/gpu/bench.cpp).
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -17,6 +19,7 @@
 #include "kumiko/core/rng.h"
 #include "kumiko/gpu/bench.h"
 #include "kumiko/ops/matmul.h"
+#include "kumiko/plan/plan.h"
 #include "kumiko/train/trainer.h"
 
 namespace kumiko::cli {
@@ -48,9 +51,14 @@ int run_gemm(const BenchOptions& o) {
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (r > 0) best = std::max(best, 2.0 * n * n * n / dt / 1e9);  // first run warms up
   }
-  std::printf("sgemm %ldx%ldx%ld: %.1f GFLOP/s (best of %d); use --backend.peak_gflops=%.0f\n",
-              static_cast<long>(n), static_cast<long>(n), static_cast<long>(n), best, o.repeats,
-              best);
+  // Saved for MFU: kumiko train reads it when backend.peak_gflops is not set.
+  const int threads = omp_get_max_threads();
+  const std::string cache = plan::default_cache_dir();
+  plan::save_cpu_peak_gflops(threads, best, cache);
+  std::printf("sgemm %ldx%ldx%ld, %d thread(s): %.1f GFLOP/s (best of %d); saved in %s/cpu_rates.json as the MFU "
+              "peak of kumiko train at %d thread(s) (or set --backend.peak_gflops=%.0f)\n",
+              static_cast<long>(n), static_cast<long>(n), static_cast<long>(n), threads, best, o.repeats,
+              cache.c_str(), threads, best);
   return 0;
 }
 

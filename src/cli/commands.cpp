@@ -52,6 +52,7 @@ void add_all_commands(CLI::App& app, Registry& registry) {
   add_sample_command(app, registry);
   add_ckpt_command(app, registry);
   add_bench_command(app, registry);
+  add_plan_command(app, registry);
   add_plot_command(app, registry);
   add_hf_commands(app, registry);
   add_version_command(app, registry);

@@ -37,6 +37,7 @@ void add_train_command(CLI::App& app, Registry& registry);    // train.cpp
 void add_sample_command(CLI::App& app, Registry& registry);   // sample.cpp
 void add_ckpt_command(CLI::App& app, Registry& registry);     // ckpt.cpp
 void add_bench_command(CLI::App& app, Registry& registry);    // bench.cpp
+void add_plan_command(CLI::App& app, Registry& registry);     // plan.cpp
 void add_plot_command(CLI::App& app, Registry& registry);     // plot.cpp
 void add_hf_commands(CLI::App& app, Registry& registry);     // hf.cpp: import-hf, export-hf
 void add_version_command(CLI::App& app, Registry& registry);  // commands.cpp

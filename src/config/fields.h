@@ -41,6 +41,9 @@ void for_each_field(C& c, F&& f) {
   f("train.steps", t.steps, "optimizer steps", nullptr);
   f("train.global_batch", t.global_batch, "sequences per step, all ranks", nullptr);
   f("train.micro_batch", t.micro_batch, "sequences per forward/backward per dp rank", nullptr);
+  f("train.recompute", t.recompute,
+    "activation recomputation: none, selective (norm outputs and MLP activation), full (each layer from its input)",
+    "none|selective|full");
   f("train.lr", t.lr, "peak learning rate", nullptr);
   f("train.min_lr", t.min_lr, "final learning rate of the decay", nullptr);
   f("train.warmup_steps", t.warmup_steps, "linear warmup steps", nullptr);

@@ -237,6 +237,7 @@ class Cuda {
   void gelu_backward(Act* dx, const Act* dy, const Act* pre, int64_t n) {
     cuda::gelu_backward(dx, dy, pre, n, /*overwrite=*/true, stream_);
   }
+  void gelu_forward(Act* out, const Act* pre, int64_t n) { cuda::gelu_forward(out, pre, n, stream_); }
   void swiglu_forward(Act* out, const Act* gate, const Act* up, int64_t n) {
     cuda::swiglu_forward(out, gate, up, n, stream_);
   }

@@ -127,6 +127,25 @@ size_t planned_device_bytes(const model::Dims& dims, int64_t batch, int64_t seq_
 
 bool cuda_built() { return true; }
 
+std::string device_name() {
+  int dev = 0;
+  cudaDeviceProp prop{};
+  if (cuda::device_count() <= 0 || cudaGetDevice(&dev) != cudaSuccess ||
+      cudaGetDeviceProperties(&prop, dev) != cudaSuccess)
+    return "";
+  return prop.name;
+}
+
+size_t free_device_memory() {
+  // The device this rank will train on (make_cuda_engine selects the same one).
+  size_t free_bytes = 0, total = 0;
+  const int n = cuda::device_count();
+  if (n <= 0 || cudaSetDevice(comm::local_rank_from_launcher() % n) != cudaSuccess ||
+      cudaMemGetInfo(&free_bytes, &total) != cudaSuccess)
+    return 0;
+  return free_bytes;
+}
+
 int visible_devices() { return cuda::device_count(); }
 
 }  // namespace gpu

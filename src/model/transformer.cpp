@@ -7,6 +7,21 @@
 
 namespace kumiko::model {
 
+Recompute parse_recompute(const std::string& name) {
+  if (name == "none") return Recompute::none;
+  if (name == "selective") return Recompute::selective;
+  if (name == "full") return Recompute::full;
+  throw UserError("train.recompute = '" + name + "': expected none, selective or full");
+}
+
+const char* recompute_name(Recompute r) {
+  switch (r) {
+    case Recompute::selective: return "selective";
+    case Recompute::full: return "full";
+    default: return "none";
+  }
+}
+
 Dims Dims::from(const config::ModelConfig& m) {
   Dims d;
   d.llama = m.arch == "llama";

@@ -55,8 +55,8 @@ bool BasicTransformer<B>::ends_model(int chunk) const {
 
 template <typename B>
 BasicTransformer<B>::BasicTransformer(const Dims& dims, int64_t batch, int64_t seq_len, TensorParallel tp,
-                                      PipelineStage stage, B* backend)
-    : dims_(dims), tp_(tp), stage_(std::move(stage)), batch_(batch), seq_len_(seq_len),
+                                      PipelineStage stage, B* backend, Recompute recompute)
+    : dims_(dims), recompute_(recompute), tp_(tp), stage_(std::move(stage)), batch_(batch), seq_len_(seq_len),
       index_(std::make_unique<Index>()) {
   if (!backend) {
     own_backend_ = std::make_unique<B>();
@@ -89,92 +89,174 @@ BasicTransformer<B>::BasicTransformer(const Dims& dims, int64_t batch, int64_t s
 
   backend_->prepare(d, batch, seq_len, n, params_.total_numel());
   // Plan twice: count, then carve the backend's one block.
+  const BufferLayout lay = layout();
   Arena sizing;
-  plan(sizing);
+  Buffers counted;
+  plan(sizing, lay, counted);
   arena_bytes_ = sizing.used();
   Arena arena(backend_->allocate(arena_bytes_), arena_bytes_);
-  plan(arena);
+  Buffers buf;
+  plan(arena, lay, buf);
+  KUMIKO_CHECK(arena.used() == arena_bytes_, "the arena's two planning passes disagree");
+  stash_ = std::move(buf.stash);
+  acts_ = std::move(buf.acts);
+  block_out_ = buf.block_out;
   if constexpr (B::kHost) {
     static_assert(std::is_same_v<Act, Grad>, "a host backend trains on its master weights");
     master_ = params_.flat_values().data();
     work_ = master_;
     grads_ = params_.flat_grads().data();
   } else {
+    master_ = buf.master;
+    grads_ = buf.grads;
+    work_ = buf.work;
     upload_parameters();
     zero_grads();
   }
 }
 
 template <typename B>
-void BasicTransformer<B>::plan(Arena& ar) {
-  const Dims& d = dims_;
-  const int n = tp_.size();
-  const int64_t P = params_.total_numel();
+BufferLayout BasicTransformer<B>::layout() const {
+  BufferLayout l;
+  l.dims = dims_;
+  l.batch = batch_;
+  l.seq_len = seq_len_;
+  l.tp = tp_.size();
+  l.tp_rank = tp_.rank();
+  l.sequence_parallel = tp_.sequence_parallel;
+  l.stage = stage_;
+  l.recompute = recompute_;
+  return l;
+}
+
+template <typename B>
+ArenaPlan BasicTransformer<B>::plan_arena(const BufferLayout& layout) {
+  Arena sizing;
+  Buffers buf;
+  plan(sizing, layout, buf);
+  ArenaPlan p;
+  p.total = sizing.used();
+  p.parameters = sizing.used(Arena::parameters);
+  p.gradients = sizing.used(Arena::gradients);
+  p.activations = sizing.used(Arena::activations);
+  p.workspace = sizing.used(Arena::workspace);
+  // Every slot of a chunk is the same size: one slot of each chunk.
+  Arena one;
+  BufferLayout single = layout;
+  single.stage.slots = 1;
+  Buffers b1;
+  plan(one, single, b1);
+  p.per_slot = one.used(Arena::activations);
+  return p;
+}
+
+template <typename B>
+void BasicTransformer<B>::plan(Arena& ar, const BufferLayout& lay, Buffers& out) {
+  const Dims& d = lay.dims;
+  const int n = lay.tp;
+  PipelineStage stage = lay.stage;
+  if (stage.chunks.empty()) stage.chunks = {{0, d.L}};
+  const auto specs = parameter_specs(d, n, lay.tp_rank, &stage);
+  int64_t P = 0;
+  flat_offsets<T>(specs, &P);
   if constexpr (!B::kHost) {
-    master_ = ar.take<Grad>(P);
-    grads_ = ar.take<Grad>(P);
+    out.master = ar.take<Grad>(P, Arena::parameters);
+    out.grads = ar.take<Grad>(P, Arena::gradients);
     if constexpr (std::is_same_v<Act, Grad>)
-      work_ = master_;
+      out.work = out.master;
     else
-      work_ = ar.take<Act>(P);
+      out.work = ar.take<Act>(P, Arena::parameters);
   }
   // Sequence parallelism: room to set aside the replicated tensors' gradients.
-  stash_.assign(params_.size(), nullptr);
-  if (tp_.sequence_parallel && n > 1)
-    for (size_t i = 0; i < params_.size(); ++i) {
-      const auto& s = params_.spec(static_cast<int>(i));
-      if (s.split == Split::none && s.name != "embed.positions.weight")
-        stash_[i] = ar.take<Grad>(params_.numel(static_cast<int>(i)));
-    }
+  out.stash.assign(specs.size(), nullptr);
+  if (lay.sequence_parallel && n > 1)
+    for (size_t i = 0; i < specs.size(); ++i)
+      if (specs[i].split == Split::none && specs[i].name != "embed.positions.weight")
+        out.stash[i] = ar.take<Grad>(numel_of(specs[i].local_shape()), Arena::gradients);
 
-  const int64_t N = batch_ * seq_len_, Ns = tp_.sequence_parallel ? N / n : N, C = d.C;
+  const bool sp = lay.sequence_parallel && n > 1;
+  const int64_t N = lay.batch * lay.seq_len, Ns = lay.sequence_parallel ? N / n : N, C = d.C;
   const int64_t F = d.F / n, W = d.qkv_width() / n, A = d.Hq / n * d.D, V = d.V / n;
-  acts_.clear();
-  for (int c = 0; c < num_chunks(); ++c) {
-    const int64_t layers = stage_.chunks[c].second - stage_.chunks[c].first;
-    const bool head = ends_model(c);
-    acts_.emplace_back();
-    for (int slot = 0; slot < stage_.slots; ++slot) {
+  const int64_t lse_n = lay.batch * (d.Hq / n) * lay.seq_len;
+  const bool full = lay.recompute == Recompute::full, any = lay.recompute != Recompute::none;
+  constexpr auto kAct = Arena::activations, kWs = Arena::workspace;
+
+  // Shared by every layer, chunk and slot: backward's scratch, the sequence-parallel
+  // scratch, and one layer of whatever is recomputed (its `ln` holds ln1 or ln2).
+  Activations ws;
+  Act* ln = any ? ar.take<Act>(N * C, kWs) : nullptr;
+  Act* hact = any ? ar.take<Act>(N * F, kWs) : nullptr;
+  if (full) {
+    ws.mid = {ar.take<Act>(Ns * C, kWs)};
+    for (auto* v : {&ws.mean1, &ws.rstd1, &ws.mean2, &ws.rstd2}) *v = {ar.take<Stat>(Ns, kWs)};
+    ws.qkv = {ar.take<Act>(N * W, kWs)};
+    ws.att = {ar.take<Act>(N * A, kWs)};
+    ws.lse = {ar.take<Stat>(lse_n, kWs)};
+    ws.h1 = {ar.take<Act>(N * F, kWs)};
+    ws.h2 = {d.llama ? ar.take<Act>(N * F, kWs) : nullptr};
+    out.block_out = ar.take<Act>(Ns * C, kWs);
+  }
+  if (sp) {  // only sequence parallelism uses these
+    ws.full = ar.take<Act>(N * C, kWs);
+    ws.shard = ar.take<Act>(Ns * C, kWs);
+  }
+  ws.dln = ar.take<Act>(N * C, kWs);
+  ws.datt = ar.take<Act>(N * A, kWs);
+  ws.dqkv = ar.take<Act>(N * W, kWs);
+  ws.dh1 = ar.take<Act>(N * F, kWs);
+  ws.dh2 = d.llama ? ar.take<Act>(N * F, kWs) : nullptr;
+  ws.dact = ar.take<Act>(N * F, kWs);
+
+  out.acts.clear();
+  for (size_t c = 0; c < stage.chunks.size(); ++c) {
+    const int64_t layers = stage.chunks[c].second - stage.chunks[c].first;
+    const bool head = stage.chunks[c].second == d.L && stage.has_head;
+    out.acts.emplace_back();
+    for (int slot = 0; slot < stage.slots; ++slot) {
       auto act = std::make_unique<Activations>();
       auto& a = *act;
-      for (int64_t l = 0; l <= layers; ++l) a.residual.push_back(ar.take<Act>(Ns * C));
+      // Kept from forward to backward, or recomputed into the shared layer (decided by
+      // the mode, not by the pointer: a counting arena hands out nullptr).
+      auto keep = [&](bool shared, auto* buffer, int64_t count) {
+        using X = std::remove_pointer_t<decltype(buffer)>;
+        return shared ? buffer : ar.take<X>(count, kAct);
+      };
+      for (int64_t l = 0; l <= layers; ++l) a.residual.push_back(ar.take<Act>(Ns * C, kAct));
       for (int64_t l = 0; l < layers; ++l) {
-        a.mid.push_back(ar.take<Act>(Ns * C));
-        a.ln1.push_back(ar.take<Act>(N * C));
-        a.ln2.push_back(ar.take<Act>(N * C));
-        a.mean1.push_back(ar.take<Stat>(Ns));
-        a.rstd1.push_back(ar.take<Stat>(Ns));
-        a.mean2.push_back(ar.take<Stat>(Ns));
-        a.rstd2.push_back(ar.take<Stat>(Ns));
-        a.qkv.push_back(ar.take<Act>(N * W));
-        a.att.push_back(ar.take<Act>(N * A));
-        a.lse.push_back(ar.take<Stat>(batch_ * (d.Hq / n) * seq_len_));
-        a.h1.push_back(ar.take<Act>(N * F));
-        a.h2.push_back(d.llama ? ar.take<Act>(N * F) : nullptr);
-        a.hact.push_back(ar.take<Act>(N * F));
+        a.mid.push_back(keep(full, full ? ws.mid[0] : nullptr, Ns * C));
+        a.ln1.push_back(keep(any, ln, N * C));
+        a.ln2.push_back(keep(any, ln, N * C));
+        a.mean1.push_back(keep(full, full ? ws.mean1[0] : nullptr, Ns));
+        a.rstd1.push_back(keep(full, full ? ws.rstd1[0] : nullptr, Ns));
+        a.mean2.push_back(keep(full, full ? ws.mean2[0] : nullptr, Ns));
+        a.rstd2.push_back(keep(full, full ? ws.rstd2[0] : nullptr, Ns));
+        a.qkv.push_back(keep(full, full ? ws.qkv[0] : nullptr, N * W));
+        a.att.push_back(keep(full, full ? ws.att[0] : nullptr, N * A));
+        a.lse.push_back(keep(full, full ? ws.lse[0] : nullptr, lse_n));
+        a.h1.push_back(keep(full, full ? ws.h1[0] : nullptr, N * F));
+        a.h2.push_back(d.llama ? keep(full, full ? ws.h2[0] : nullptr, N * F) : nullptr);
+        a.hact.push_back(keep(any, hact, N * F));
       }
       if (head) {
-        a.lnf = ar.take<Act>(N * C);
-        a.meanf = ar.take<Stat>(Ns);
-        a.rstdf = ar.take<Stat>(Ns);
-        a.logits = ar.take<Act>(N * V);
-        a.losses = ar.take<Stat>(N);
-        a.ce = ar.take<Stat>(3 * N);
+        a.lnf = ar.take<Act>(N * C, kAct);
+        a.meanf = ar.take<Stat>(Ns, kAct);
+        a.rstdf = ar.take<Stat>(Ns, kAct);
+        a.logits = ar.take<Act>(N * V, kAct);
+        a.losses = ar.take<Stat>(N, kAct);
+        a.ce = ar.take<Stat>(3 * N, kAct);
       }
-      a.ids = ar.take<int32_t>(N);
-      a.targets = ar.take<int32_t>(N);
-      if (tp_.sequence_parallel && n > 1) {  // only sequence parallelism uses these
-        a.full = ar.take<Act>(N * C);
-        a.shard = ar.take<Act>(Ns * C);
-      }
-      a.dres = ar.take<Act>(Ns * C);
-      a.dln = ar.take<Act>(N * C);
-      a.datt = ar.take<Act>(N * A);
-      a.dqkv = ar.take<Act>(N * W);
-      a.dh1 = ar.take<Act>(N * F);
-      a.dh2 = d.llama ? ar.take<Act>(N * F) : nullptr;
-      a.dact = ar.take<Act>(N * F);
-      acts_.back().push_back(std::move(act));
+      a.ids = ar.take<int32_t>(N, kAct);
+      a.targets = ar.take<int32_t>(N, kAct);
+      a.dres = ar.take<Act>(Ns * C, kAct);  // the input gradient a pipeline stage sends
+      a.full = ws.full;
+      a.shard = ws.shard;
+      a.dln = ws.dln;
+      a.datt = ws.datt;
+      a.dqkv = ws.dqkv;
+      a.dh1 = ws.dh1;
+      a.dh2 = ws.dh2;
+      a.dact = ws.dact;
+      out.acts.back().push_back(std::move(act));
     }
   }
 }
@@ -216,6 +298,71 @@ auto BasicTransformer<B>::shapes(int64_t Bn, int64_t Tn) const -> Shapes {
 }
 
 template <typename B>
+void BasicTransformer<B>::row_parallel(Activations& a, const Shapes& s, Act* out, const Act* x, int w, int bias,
+                                       int64_t in) {
+  // Input features split over tp: partial sums reduced over tp (all-reduce, or
+  // reduce-scatter along the sequence), then the replicated bias.
+  B& be = *backend_;
+  if (s.n == 1) return be.linear(out, x, wt(w), wt(bias), s.N, in, s.C);
+  if (s.sp) {
+    be.linear(a.full, x, wt(w), nullptr, s.N, in, s.C);
+    scatter_sequence_sum(a.full, out, s.N, s.C);
+  } else {
+    be.linear(out, x, wt(w), nullptr, s.N, in, s.C);
+    tp_sum(out, s.N * s.C);
+  }
+  if (bias >= 0) be.add_bias(out, wt(bias), s.Ns, s.C);
+}
+
+template <typename B>
+void BasicTransformer<B>::norm(Activations& a, const Shapes& s, Act* out, Stat* mean, Stat* rstd, const Act* x,
+                               int w, int b) {
+  Act* dst = s.sp ? a.shard : out;
+  backend_->norm_forward(dims_.llama, dst, mean, rstd, x, wt(w), wt(b), s.Ns, s.C, dims_.eps);
+  if (s.sp) gather_sequence(dst, out, s.N, s.C);
+}
+
+template <typename B>
+void BasicTransformer<B>::block_forward(Activations& a, const Shapes& s, int64_t l, int64_t j, int64_t Bn,
+                                        int64_t Tn, int64_t pos0, Act* out) {
+  const Dims& d = dims_;
+  B& be = *backend_;
+  const BlockIndex& b = index_->blocks[l];
+  const auto [n, sp, N, Ns, C, F, W, A, V, Hq, Hkv] = s;
+  const Act* x = a.residual[j];  // [Ns, C]
+  // Attention branch: column-parallel qkv (heads split), row-parallel projection.
+  norm(a, s, a.ln1[j], a.mean1[j], a.rstd1[j], x, b.norm1_w, b.norm1_b);
+  be.linear(a.qkv[j], a.ln1[j], wt(b.qkv_w), wt(b.qkv_b), N, C, W);
+  if (pos0 >= 0) {
+    // Decoding one token: RoPE at its position, its key and value appended to the
+    // cache, attention of its query over every cached position.
+    if (d.llama) be.rope_at(a.qkv[j], pos0, Hq, Hkv, d.D, d.rope_theta);
+    const int64_t kv = Hkv * d.D;
+    be.copy(k_cache_[l] + pos0 * kv, a.qkv[j] + Hq * d.D, kv);
+    be.copy(v_cache_[l] + pos0 * kv, a.qkv[j] + Hq * d.D + kv, kv);
+    be.attention_decode(a.att[j], a.qkv[j], k_cache_[l], v_cache_[l], pos0 + 1, Hq, Hkv, d.D);
+  } else {
+    if (d.llama) be.rope_forward(a.qkv[j], Bn, Tn, Hq, Hkv, d.D, d.rope_theta);
+    be.attention_forward(a.att[j], a.lse[j], a.qkv[j], Bn, Tn, Hq, Hkv, d.D);
+  }
+  Act* mid = a.mid[j];  // [Ns, C]
+  row_parallel(a, s, mid, a.att[j], b.proj_w, b.proj_b, A);
+  be.add_inplace(mid, x, Ns * C);
+  // MLP branch: column-parallel up-projection(s), row-parallel down-projection.
+  norm(a, s, a.ln2[j], a.mean2[j], a.rstd2[j], mid, b.norm2_w, b.norm2_b);
+  if (d.llama) {
+    be.linear(a.h1[j], a.ln2[j], wt(b.gate_w), nullptr, N, C, F);
+    be.linear(a.h2[j], a.ln2[j], wt(b.up_w), nullptr, N, C, F);
+    be.swiglu_forward(a.hact[j], a.h1[j], a.h2[j], N * F);
+    row_parallel(a, s, out, a.hact[j], b.down_w, -1, F);
+  } else {
+    be.linear(a.hact[j], a.ln2[j], wt(b.fc_w), wt(b.fc_b), N, C, F, /*gelu_pre=*/a.h1[j]);
+    row_parallel(a, s, out, a.hact[j], b.mproj_w, b.mproj_b, F);
+  }
+  be.add_inplace(out, mid, Ns * C);
+}
+
+template <typename B>
 void BasicTransformer<B>::forward(int chunk, int slot, const int32_t* inputs, int64_t Bn, int64_t Tn,
                                   const Act* input, int64_t pos0) {
   const bool decoding = pos0 >= 0;
@@ -226,28 +373,8 @@ void BasicTransformer<B>::forward(int chunk, int slot, const int32_t* inputs, in
   auto& a = *acts_[chunk][slot];
   const auto& ix = *index_;
   const auto [first_layer, last_layer] = stage_.chunks[chunk];
-  const auto [n, sp, N, Ns, C, F, W, A, V, Hq, Hkv] = shapes(Bn, Tn);
-
-  // Runs a row-parallel linear (input features split over tp) into out [Ns, C]:
-  // partial sums reduced over tp (all-reduce, or reduce-scatter along the sequence),
-  // then the replicated bias.
-  auto row_parallel = [&](Act* out, const Act* x, int w, int bias, int64_t in) {
-    if (n == 1) return be.linear(out, x, wt(w), wt(bias), N, in, C);
-    if (sp) {
-      be.linear(a.full, x, wt(w), nullptr, N, in, C);
-      scatter_sequence_sum(a.full, out, N, C);
-    } else {
-      be.linear(out, x, wt(w), nullptr, N, in, C);
-      tp_sum(out, N * C);
-    }
-    if (bias >= 0) be.add_bias(out, wt(bias), Ns, C);
-  };
-  // Normalizes rows x [Ns, C] into out [N, C] (gathered along the sequence with sp).
-  auto norm = [&](Act* out, Stat* mean, Stat* rstd, const Act* x, int w, int b) {
-    Act* dst = sp ? a.shard : out;
-    be.norm_forward(d.llama, dst, mean, rstd, x, wt(w), wt(b), Ns, C, d.eps);
-    if (sp) gather_sequence(dst, out, N, C);
-  };
+  const Shapes s = shapes(Bn, Tn);
+  const auto [n, sp, N, Ns, C, F, W, A, V, Hq, Hkv] = s;
 
   // Embedding: vocab-parallel lookup (+ learned positions for gpt2); a later
   // pipeline stage starts from the previous stage's output instead.
@@ -277,44 +404,12 @@ void BasicTransformer<B>::forward(int chunk, int slot, const int32_t* inputs, in
   }
 
   for (int64_t l = first_layer; l < last_layer; ++l) {
-    const BlockIndex& b = ix.blocks[l];
     const int64_t j = l - first_layer;  // the layer's index inside this chunk
-    const Act* x = a.residual[j];       // [Ns, C]
-    // Attention branch: column-parallel qkv (heads split), row-parallel projection.
-    norm(a.ln1[j], a.mean1[j], a.rstd1[j], x, b.norm1_w, b.norm1_b);
-    be.linear(a.qkv[j], a.ln1[j], wt(b.qkv_w), wt(b.qkv_b), N, C, W);
-    if (decoding) {
-      // One token: RoPE at its position, its key and value appended to the cache,
-      // attention of its query over every cached position.
-      if (d.llama) be.rope_at(a.qkv[j], pos0, Hq, Hkv, d.D, d.rope_theta);
-      const int64_t kv = Hkv * d.D;
-      be.copy(k_cache_[l] + pos0 * kv, a.qkv[j] + Hq * d.D, kv);
-      be.copy(v_cache_[l] + pos0 * kv, a.qkv[j] + Hq * d.D + kv, kv);
-      be.attention_decode(a.att[j], a.qkv[j], k_cache_[l], v_cache_[l], pos0 + 1, Hq, Hkv, d.D);
-    } else {
-      if (d.llama) be.rope_forward(a.qkv[j], Bn, Tn, Hq, Hkv, d.D, d.rope_theta);
-      be.attention_forward(a.att[j], a.lse[j], a.qkv[j], Bn, Tn, Hq, Hkv, d.D);
-    }
-    Act* mid = a.mid[j];  // [Ns, C]
-    row_parallel(mid, a.att[j], b.proj_w, b.proj_b, A);
-    be.add_inplace(mid, x, Ns * C);
-    // MLP branch: column-parallel up-projection(s), row-parallel down-projection.
-    norm(a.ln2[j], a.mean2[j], a.rstd2[j], mid, b.norm2_w, b.norm2_b);
-    Act* out = a.residual[j + 1];  // [Ns, C]
-    if (d.llama) {
-      be.linear(a.h1[j], a.ln2[j], wt(b.gate_w), nullptr, N, C, F);
-      be.linear(a.h2[j], a.ln2[j], wt(b.up_w), nullptr, N, C, F);
-      be.swiglu_forward(a.hact[j], a.h1[j], a.h2[j], N * F);
-      row_parallel(out, a.hact[j], b.down_w, -1, F);
-    } else {
-      be.linear(a.hact[j], a.ln2[j], wt(b.fc_w), wt(b.fc_b), N, C, F, /*gelu_pre=*/a.h1[j]);
-      row_parallel(out, a.hact[j], b.mproj_w, b.mproj_b, F);
-    }
-    be.add_inplace(out, mid, Ns * C);
+    block_forward(a, s, l, j, Bn, Tn, pos0, a.residual[j + 1]);
   }
 
   if (!ends_model(chunk)) return;
-  norm(a.lnf, a.meanf, a.rstdf, a.residual[last_layer - first_layer], ix.normf_w, ix.normf_b);
+  norm(a, s, a.lnf, a.meanf, a.rstdf, a.residual[last_layer - first_layer], ix.normf_w, ix.normf_b);
   // Vocab-parallel head: this rank's logits [N, V/tp].
   be.linear(a.logits, a.lnf, wt(ix.head), nullptr, N, C, V);
 }
@@ -327,7 +422,8 @@ void BasicTransformer<B>::backward(int chunk, int slot, const int32_t* inputs, i
   auto& a = *acts_[chunk][slot];
   const auto& ix = *index_;
   const auto [first_layer, last_layer] = stage_.chunks[chunk];
-  const auto [n, sp, N, Ns, C, F, W, A, V, Hq, Hkv] = shapes(Bn, Tn);
+  const Shapes s = shapes(Bn, Tn);
+  const auto [n, sp, N, Ns, C, F, W, A, V, Hq, Hkv] = s;
 
   // The gradient w.r.t. a row-parallel output, for the whole sequence [N, C].
   auto full_grad = [&]() -> const Act* {
@@ -392,6 +488,18 @@ void BasicTransformer<B>::backward(int chunk, int slot, const int32_t* inputs, i
   for (int64_t l = last_layer - 1; l >= first_layer; --l) {
     const BlockIndex& b = ix.blocks[l];
     const int64_t j = l - first_layer;
+    // Recomputation: the layer's forward again from its input (full), or its MLP
+    // activation and second norm's output (selective), before they are read. The
+    // same kernels on the same inputs: the same bits as the first forward.
+    if (recompute_ == Recompute::full) {
+      block_forward(a, s, l, j, Bn, Tn, -1, block_out_);
+    } else if (recompute_ == Recompute::selective) {
+      norm(a, s, a.ln2[j], a.mean2[j], a.rstd2[j], a.mid[j], b.norm2_w, b.norm2_b);
+      if (d.llama)
+        be.swiglu_forward(a.hact[j], a.h1[j], a.h2[j], N * F);
+      else
+        be.gelu_forward(a.hact[j], a.h1[j], N * F);
+    }
     stash_replicated({b.norm1_w, b.norm1_b, b.norm2_w, b.norm2_b, b.proj_b, b.mproj_b});
     // dres is the gradient w.r.t. the block output = w.r.t. mid (residual) + MLP output.
     if (d.llama) {
@@ -409,6 +517,8 @@ void BasicTransformer<B>::backward(int chunk, int slot, const int32_t* inputs, i
     row_parallel_backward(a.datt, a.att[j], b.proj_w, b.proj_b, A);
     be.attention_backward(a.dqkv, a.datt, a.qkv[j], a.att[j], a.lse[j], Bn, Tn, Hq, Hkv, d.D);
     if (d.llama) be.rope_backward(a.dqkv, Bn, Tn, Hq, Hkv, d.D, d.rope_theta);
+    // ln1 shares its buffer with ln2 when recomputing: the first norm's output again.
+    if (recompute_ != Recompute::none) norm(a, s, a.ln1[j], a.mean1[j], a.rstd1[j], a.residual[j], b.norm1_w, b.norm1_b);
     be.linear_backward(a.dln, false, gr(b.qkv_w), gr(b.qkv_b), a.dqkv, a.ln1[j], wt(b.qkv_w), N, C, W);
     norm_backward_into_dres(a.residual[j], b.norm1_w, b.norm1_b, a.mean1[j], a.rstd1[j]);
     reduce_replicated({b.norm1_w, b.norm1_b, b.norm2_w, b.norm2_b, b.proj_b, b.mproj_b});

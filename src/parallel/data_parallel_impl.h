@@ -30,50 +30,66 @@ BasicDataParallel<B>::BasicDataParallel(comm::Communicator& dp, Model& model, in
   for (int i = 0; i < n; ++i) param_begin_[i] = model.offset(i);
   bucket_of_param_.assign(n, -1);
 
-  // Buckets from the last parameter backwards (backward's order).
-  const int64_t min_elems = std::max<int64_t>(bucket_bytes / static_cast<int64_t>(sizeof(Grad)), 1);
-  Bucket current;
-  auto close = [&] {
-    if (current.params.empty()) return;
-    const int lo = current.params.back(), hi = current.params.front();
-    current.begin = param_begin_[lo];
-    current.end = param_begin_[hi] + params_.numel(hi);
-    current.pending = static_cast<int>(current.params.size());
-    for (int p : current.params) bucket_of_param_[p] = static_cast<int>(buckets_.size());
-    buckets_.push_back(std::move(current));
-    current = Bucket();
-  };
-  int64_t elems = 0;
-  for (int i = n - 1; i >= 0; --i) {
-    current.params.push_back(i);
-    elems += params_.numel(i);
-    if (elems >= min_elems) {
-      close();
-      elems = 0;
-    }
-  }
-  close();
-
-  if (zero_ == 1) {
-    for (auto& b : buckets_) {
-      b.counts = detail::split_counts(b.end - b.begin, dp_.size());
-      int64_t offset = b.begin;
-      for (int r = 0; r < dp_.rank(); ++r) offset += b.counts[r];
-      b.own_begin = offset;
-      b.own_end = offset + b.counts[dp_.rank()];
-      b.shard_offset = shard_size_;
-      shard_size_ += b.counts[dp_.rank()];
-    }
-    moments_size_ = shard_size_;
-  } else {
-    moments_size_ = params_.total_numel();
-  }
+  std::vector<int64_t> numel(n);
+  for (int i = 0; i < n; ++i) numel[i] = params_.numel(i);
+  shard_size_ = make_buckets(param_begin_, numel, bucket_bytes, zero_, dp_.size(), dp_.rank(), buckets_);
+  for (size_t b = 0; b < buckets_.size(); ++b)
+    for (int p : buckets_[b].params) bucket_of_param_[p] = static_cast<int>(b);
+  moments_size_ = zero_ == 1 ? shard_size_ : params_.total_numel();
   // One zeroed block: m, v (and the reduced gradient shard with ZeRO-1).
   const int64_t blocks = zero_ == 1 ? 3 : 2;
   auto* mem = static_cast<Grad*>(be().allocate(static_cast<size_t>(blocks * moments_size_) * sizeof(Grad)));
   m_ = mem;
   v_ = mem + moments_size_;
   if (zero_ == 1) shard_grads_ = mem + 2 * moments_size_;
+}
+
+template <typename B>
+int64_t BasicDataParallel<B>::make_buckets(const std::vector<int64_t>& begin, const std::vector<int64_t>& numel,
+                                           int64_t bucket_bytes, int zero, int dp, int rank, std::vector<Bucket>& out) {
+  const int n = static_cast<int>(begin.size());
+  const int64_t min_elems = std::max<int64_t>(bucket_bytes / static_cast<int64_t>(sizeof(Grad)), 1);
+  out.clear();
+  Bucket current;
+  auto close = [&] {
+    if (current.params.empty()) return;
+    const int lo = current.params.back(), hi = current.params.front();
+    current.begin = begin[lo];
+    current.end = begin[hi] + numel[hi];
+    current.pending = static_cast<int>(current.params.size());
+    out.push_back(std::move(current));
+    current = Bucket();
+  };
+  int64_t elems = 0;
+  for (int i = n - 1; i >= 0; --i) {
+    current.params.push_back(i);
+    elems += numel[i];
+    if (elems >= min_elems) {
+      close();
+      elems = 0;
+    }
+  }
+  close();
+  int64_t shard = 0;
+  if (zero == 1)
+    for (auto& b : out) {
+      b.counts = detail::split_counts(b.end - b.begin, dp);
+      int64_t offset = b.begin;
+      for (int r = 0; r < rank; ++r) offset += b.counts[r];
+      b.own_begin = offset;
+      b.own_end = offset + b.counts[rank];
+      b.shard_offset = shard;
+      shard += b.counts[rank];
+    }
+  return shard;
+}
+
+template <typename B>
+int64_t BasicDataParallel<B>::optimizer_elements(const std::vector<int64_t>& begin, const std::vector<int64_t>& numel,
+                                                 int64_t total, int zero, int64_t bucket_bytes, int dp, int rank) {
+  if (zero != 1) return 2 * total;
+  std::vector<Bucket> buckets;
+  return 3 * make_buckets(begin, numel, bucket_bytes, zero, dp, rank, buckets);
 }
 
 template <typename B>

@@ -37,7 +37,8 @@ class EngineImpl final : public Engine {
     if (!comms_.embed) comms_.embed = s.embed_group;
     model::TensorParallel tp;
     if (grid.tp() > 1) tp = {comms_.tp, cfg.parallel.sequence_parallel};
-    model_ = std::make_unique<Model>(s.dims, s.micro_batch, s.seq_len, tp, s.stage, backend_.get());
+    model_ = std::make_unique<Model>(s.dims, s.micro_batch, s.seq_len, tp, s.stage, backend_.get(),
+                                     model::parse_recompute(cfg.train.recompute));
     dp_ = std::make_unique<BasicDataParallel<B>>(
         *comms_.dp, *model_, cfg.parallel.zero, static_cast<int64_t>(cfg.parallel.bucket_mb * 1e6),
         train::AdamWSettings{cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});

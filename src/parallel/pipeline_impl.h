@@ -21,7 +21,7 @@ BasicPipelineRunner<Bk>::BasicPipelineRunner(Model& model, comm::Communicator& p
                " activation sets per chunk; the schedule needs ", slots_);
   inputs_.assign(m_, std::vector<int32_t>(B * T));
   targets_.assign(m_, std::vector<int32_t>(B * T));
-  const int64_t n = static_cast<int64_t>(chunks) * m_ * 2 * rows_ * C_;
+  const int64_t n = pipeline_buffer_elements(chunks, m_, rows_, C_);
   buffers_ = static_cast<Act*>(model.backend().allocate(static_cast<size_t>(n) * sizeof(Act)));
 }
 

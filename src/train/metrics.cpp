@@ -1,6 +1,11 @@
 #include "kumiko/train/metrics.h"
 
 #include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
 
 #include <cmath>
 #include <filesystem>
@@ -63,6 +68,22 @@ void MetricsLog::write(int64_t step, const std::vector<Metric>& fields) {
     log::get("train")->warn("TensorBoard output stopped: {}", e.what());
     events_.reset();
   }
+}
+
+double current_rss_mb() {
+  long pages = 0, resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGE_SIZE)) / 1048576.0;
+}
+
+double available_host_bytes() {
+  std::ifstream in("/proc/meminfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("MemAvailable:", 0) == 0) return 1024.0 * std::stod(line.substr(13));  // kB
+  return 0;
 }
 
 double peak_rss_mb() {

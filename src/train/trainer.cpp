@@ -23,6 +23,7 @@
 #include "kumiko/parallel/grid.h"
 #include "kumiko/parallel/pipeline.h"
 #include "kumiko/parallel/schedule.h"
+#include "kumiko/plan/plan.h"
 #include "kumiko/core/error.h"
 #include "kumiko/core/log.h"
 #include "kumiko/core/progress.h"
@@ -159,6 +160,7 @@ struct Trainer::State {
 
   // ---- setup ----
   void setup_data();      // process grid, loader (or synthetic tokens), tokenizer identity
+  void preflight(const plan::Memory& planned);
   void setup_engine();    // pipeline stage, the backend's engine (collective: every rank learns every error)
   void setup_files();     // logical tensor lists, checkpoint store, partial files removed
   void resume_or_init();  // the checkpoint to resume from, or the initial weights (collective)
@@ -220,6 +222,8 @@ struct Trainer::State {
   fs::path run_dir;
   std::string rollback_point;  // a checkpoint this run resumed from or wrote (spike rollbacks)
   double loss_scale = 0, flops_per_token = 0, train_seconds = 0;
+  double peak_flops = 0;                 // per rank, for MFU (0 = unknown)
+  double mem_plan_mb = 0, mem_base_mb = 0;  // kumiko plan's allocation; RSS before setup
   int64_t steps_here = 0, consecutive_skips = 0, eval_sequences = 0, val_windows = 0;
   int rollbacks = 0;
   int32_t stop = 0;
@@ -324,8 +328,15 @@ void Trainer::State::setup_engine() {
   setup.embed_group = embed_group.get();
   std::string engine_error;
   bool user_error = false;
+  plan::Memory planned;
   try {
+    mem_base_mb = current_rss_mb();
+    planned = plan::rank_memory(cfg, grid->pp_rank());
+    mem_plan_mb = planned.allocated() / 1048576.0;
+    preflight(planned);
     engine = cfg.backend.device == "cuda" ? gpu::make_cuda_engine(setup) : parallel::make_cpu_engine(setup);
+    KUMIKO_CHECK(static_cast<double>(engine->arena_bytes()) <= planned.arena, "the model's arena (",
+                 engine->arena_bytes(), " bytes) exceeds the plan (", planned.arena, " bytes)");
   } catch (const UserError& e) {
     engine_error = e.what();
     user_error = true;
@@ -348,9 +359,53 @@ void Trainer::State::setup_engine() {
   }
   stage = engine->stage();
   engine->params().initialize(cfg.train.seed);
-  log->info("{} backend: {}, arena {:.1f} MiB", cfg.backend.device, engine->describe(),
-            engine->arena_bytes() / 1048576.0);
+  log->info("{} backend: {}, arena {:.1f} MiB, planned {:.1f} MiB per rank (recompute = {})", cfg.backend.device,
+            engine->describe(), engine->arena_bytes() / 1048576.0, mem_plan_mb, cfg.train.recompute);
+  // The peak MFU is measured against: given, the GPU's datasheet, or the CPU's GEMM
+  // peak measured by kumiko bench gemm.
+  std::string peak_source = "backend.peak_gflops";
+  peak_flops = cfg.backend.peak_gflops * 1e9;
+  if (peak_flops <= 0 && cfg.backend.device == "cuda") {
+    peak_flops = plan::gpu_peak_flops(gpu::device_name(), cfg.backend.dtype);
+    peak_source = "the datasheet of " + gpu::device_name();
+  } else if (peak_flops <= 0) {
+    peak_flops = 1e9 * plan::cached_cpu_peak_gflops(omp_get_max_threads(), plan::default_cache_dir());
+    peak_source = "kumiko bench gemm at " + std::to_string(omp_get_max_threads()) + " thread(s)";
+  }
+  if (peak_flops > 0)
+    log->info("MFU against {:.1f} GFLOP/s per rank ({})", peak_flops / 1e9, peak_source);
+  else
+    log->info("MFU: n/a (no peak: run `kumiko bench gemm` once on this machine, or set backend.peak_gflops)");
   if (grid->tp() > 1) host_tp = {&grid->tp_group(), cfg.parallel.sequence_parallel};
+}
+
+// Before any allocation: does this rank's plan fit what the machine has? The host's
+// available memory shared by the node's ranks, or the GPU's free memory.
+void Trainer::State::preflight(const plan::Memory& planned) {
+  const bool cuda = cfg.backend.device == "cuda";
+  const int local = std::max(comm::local_size_from_launcher(), 1);
+  const double available = cuda ? static_cast<double>(gpu::free_device_memory()) : available_host_bytes() / local;
+  if (available <= 0) return;  // unknown
+  const double need = cuda ? planned.total() : planned.allocated();
+  if (need <= available) return;
+  const char* names[] = {"parameters", "gradients", "optimizer state", "activations", "pipeline buffers", "workspace"};
+  const double terms[] = {planned.parameters, planned.gradients, planned.optimizer, planned.activations,
+                          planned.pipeline, planned.workspace};
+  int big = 0;
+  for (int i = 1; i < 6; ++i)
+    if (terms[i] > terms[big]) big = i;
+  plan::Cluster cluster;
+  cluster.ranks_per_node = 1;
+  cluster.device.memory = available;
+  const std::string fix = plan::cheapest_fix(cfg, cluster);
+  constexpr double GiB = 1024.0 * 1024 * 1024;
+  throw UserError(fmt::format(
+      "this layout needs {:.2f} GiB per rank (largest term: {}, {:.2f} GiB) but {:.2f} GiB {} ({}); {}; see kumiko plan",
+      need / GiB, names[big], terms[big] / GiB, available / GiB,
+      cuda ? "of GPU memory are free" : "of host memory are available per rank",
+      cuda ? gpu::device_name() : fmt::format("MemAvailable over {} local rank(s)", local),
+      fix.empty() ? "no single change (zero, recompute, micro_batch, pp) fits: use more ranks"
+                  : "the cheapest change that fits: " + fix));
 }
 
 void Trainer::State::setup_files() {
@@ -667,8 +722,8 @@ void Trainer::State::report(const Gradients& g, double lr) {
   const double tokens_per_s = static_cast<double>(GB * T) / dt;
   // MFU needs a peak ([backend] peak_gflops); without one it is undefined: null in
   // metrics.jsonl and "n/a" in the log, never a 0 that reads as an idle machine.
-  const bool has_peak = cfg.backend.peak_gflops > 0;
-  const double mfu = has_peak ? tokens_per_s * flops_per_token / (cfg.backend.peak_gflops * 1e9 * world.size()) : 0.0;
+  const bool has_peak = peak_flops > 0;
+  const double mfu = has_peak ? tokens_per_s * flops_per_token / (peak_flops * world.size()) : 0.0;
   std::vector<Metric> fields{{"loss", g.loss},
                              {"lr", lr},
                              {"grad_norm", g.norm},
@@ -678,7 +733,9 @@ void Trainer::State::report(const Gradients& g, double lr) {
                              {"comm_s", g.comm_s},
                              {"bubble", engine->bubble_fraction()},
                              {"mem_peak_mb", peak_rss_mb()},
-                             {"arena_mb", engine->arena_bytes() / 1048576.0}};
+                             {"arena_mb", engine->arena_bytes() / 1048576.0},
+                             {"mem_plan_mb", mem_plan_mb},
+                             {"mem_base_mb", mem_base_mb}};
   // Stragglers: every log.straggler_every steps, each rank's compute time per step.
   if (const auto r = stragglers->after_step(train.step, dt - g.comm_s)) {
     fields.push_back({"slowest_rank", static_cast<double>(r->slowest_rank)});

@@ -104,6 +104,7 @@ class Cpu {
     zero(dx, n);
     cpu::gelu_backward(dx, dy, pre, n);
   }
+  void gelu_forward(Act* out, const Act* pre, int64_t n) { cpu::gelu_forward(out, pre, n); }
   void swiglu_forward(Act* out, const Act* gate, const Act* up, int64_t n) { cpu::swiglu_forward(out, gate, up, n); }
   void swiglu_backward(Act* dgate, Act* dup, const Act* dy, const Act* gate, const Act* up, int64_t n) {
     zero(dgate, n);

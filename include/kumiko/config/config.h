@@ -45,6 +45,7 @@ struct TrainConfig {
   int64_t steps = 1000;
   int global_batch = 8;  // sequences per optimizer step, all ranks together
   int micro_batch = 8;   // sequences per forward/backward on one data-parallel rank
+  std::string recompute = "none";  // none|selective|full: activations backward re-creates (docs/training.md)
   double lr = 1e-3;
   double min_lr = 1e-4;
   int64_t warmup_steps = 100;

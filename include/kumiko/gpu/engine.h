@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "kumiko/gpu/options.h"
 #include "kumiko/model/transformer.h"
@@ -26,6 +27,11 @@ std::unique_ptr<parallel::Engine> make_cuda_engine(const parallel::EngineSetup& 
 // workspace. Computed on the host by the model's own planning code (no GPU needed);
 // cuDNN's workspace (attention = cudnn) and cuBLASLt's (32 MiB) are not included.
 size_t planned_device_bytes(const model::Dims& dims, int64_t batch, int64_t seq_len, const GpuOptions& options);
+
+// The current device's name as the driver reports it ("" without CUDA) and its free
+// memory in bytes (0 without CUDA or devices): the trainer's pre-flight check and MFU peak.
+std::string device_name();
+size_t free_device_memory();
 
 // True when this build has the CUDA backend (kumiko was configured with nvcc).
 bool cuda_built();

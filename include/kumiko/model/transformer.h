@@ -65,6 +65,38 @@ struct PipelineStage {
 PipelineStage pipeline_stage(const Dims& d, int pp, int chunks, int rank, const std::vector<int64_t>& layers,
                              int slots);
 
+// Activation recomputation (train.recompute): what backward re-creates instead of
+// keeping from forward. Attention never keeps its T x T scores (its backward
+// recomputes them from the log-sum-exp), so Korthikanti et al.'s selective
+// recomputation of attention's internals is always on.
+//   none:      every layer keeps its norms' outputs, qkv, attention output, MLP
+//              pre-activations and activations.
+//   selective: the cheap, memory-bound part is recomputed: the norms' outputs and
+//              the MLP activation (GELU / SwiGLU). No GEMM runs twice.
+//   full:      a layer keeps only its input; backward re-runs the layer's forward
+//              from it (one extra forward per layer, Chen et al. 2016).
+enum class Recompute { none, selective, full };
+Recompute parse_recompute(const std::string& name);  // UserError naming train.recompute
+const char* recompute_name(Recompute r);
+
+// Everything the arena plan of a model depends on (BasicTransformer::plan_arena).
+struct BufferLayout {
+  Dims dims;
+  int64_t batch = 1, seq_len = 1;  // the largest micro-batch
+  int tp = 1, tp_rank = 0;
+  bool sequence_parallel = false;
+  PipelineStage stage;  // chunks empty = the whole model
+  Recompute recompute = Recompute::none;
+};
+
+// The model's arena by use (bytes, alignment included). `activations` is what is
+// kept between forward and backward, for all chunks and slots; `workspace` the
+// scratch shared by them.
+struct ArenaPlan {
+  size_t total = 0, parameters = 0, gradients = 0, activations = 0, workspace = 0;
+  size_t per_slot = 0;  // activations kept by one micro-batch in flight (all chunks)
+};
+
 // The parameter list of a model (logical names, shapes, init, decay) with the part
 // that tensor-parallel rank `rank` of `tp` holds: qkv, fc, gate, up and the
 // vocabulary tables by rows (heads / hidden units / vocabulary entries), attention
@@ -112,12 +144,17 @@ class BasicTransformer {
   // Activations are allocated for up to `batch` sequences of up to `seq_len` tokens.
   // `backend` (not owned; nullptr: the model makes its own) must outlive the model.
   BasicTransformer(const Dims& dims, int64_t batch, int64_t seq_len, TensorParallel tp = {},
-                   PipelineStage stage = {}, Backend* backend = nullptr);
+                   PipelineStage stage = {}, Backend* backend = nullptr, Recompute recompute = Recompute::none);
+
+  // The arena a model of this layout on this backend carves, without building it:
+  // the same planning code as the constructor (kumiko plan sizes memory with it).
+  static ArenaPlan plan_arena(const BufferLayout& layout);
   ~BasicTransformer();
   BasicTransformer(const BasicTransformer&) = delete;
   BasicTransformer& operator=(const BasicTransformer&) = delete;
 
   const Dims& dims() const { return dims_; }
+  Recompute recompute() const { return recompute_; }
   Backend& backend() { return *backend_; }
   ParameterStore<T>& params() { return params_; }
   const ParameterStore<T>& params() const { return params_; }
@@ -182,7 +219,17 @@ class BasicTransformer {
  private:
   struct Activations;
   struct Index;
-  void plan(Arena& arena);
+  // The arena's buffers. Recomputed activations point into one layer's workspace
+  // shared by every layer, chunk and slot.
+  struct Buffers {
+    Grad* master = nullptr;
+    Grad* grads = nullptr;
+    Act* work = nullptr;
+    std::vector<Grad*> stash;
+    std::vector<std::vector<std::unique_ptr<Activations>>> acts;  // [chunk][slot]
+    Act* block_out = nullptr;  // [Ns, C]: a recomputed layer's output (full recomputation)
+  };
+  static void plan(Arena& arena, const BufferLayout& layout, Buffers& out);
   // This rank's sizes for a micro-batch of Bn x Tn tokens: tp size, sequence
   // parallelism, tokens N and residual rows Ns, widths C, F, W (qkv), A (attention
   // output), V, heads Hq and Hkv (the split ones divided by tp).
@@ -193,6 +240,14 @@ class BasicTransformer {
   };
   Shapes shapes(int64_t Bn, int64_t Tn) const;
   Act* wt(int i) const { return i < 0 ? nullptr : work_ + offsets_[i]; }
+  BufferLayout layout() const;
+  // Row-parallel linear into out [Ns, C]; norm of rows x [Ns, C] into out [N, C]
+  // (gathered along the sequence with sequence parallelism).
+  void row_parallel(Activations& a, const Shapes& s, Act* out, const Act* x, int w, int bias, int64_t in);
+  void norm(Activations& a, const Shapes& s, Act* out, Stat* mean, Stat* rstd, const Act* x, int w, int b);
+  // Layer l (index j in its chunk) from a.residual[j] into `out` [Ns, C].
+  void block_forward(Activations& a, const Shapes& s, int64_t l, int64_t j, int64_t Bn, int64_t Tn, int64_t pos0,
+                     Act* out);
   Grad* gr(int i) const { return i < 0 ? nullptr : grads_ + offsets_[i]; }
   // pos0 >= 0: decoding one token at position pos0 against the KV cache.
   void forward(int chunk, int slot, const int32_t* inputs, int64_t B, int64_t Tn, const Act* input,
@@ -212,6 +267,7 @@ class BasicTransformer {
   void tp_sum(X* x, int64_t n);  // all-reduce over tp (no-op without tp)
 
   Dims dims_;
+  Recompute recompute_ = Recompute::none;
   TensorParallel tp_;
   PipelineStage stage_;
   int64_t batch_;
@@ -226,6 +282,7 @@ class BasicTransformer {
   size_t arena_bytes_ = 0;
   std::unique_ptr<Index> index_;
   std::vector<std::vector<std::unique_ptr<Activations>>> acts_;  // [chunk][slot]
+  Act* block_out_ = nullptr;
   std::function<void(int)> grad_ready_;
   // Sequence parallelism: gradients of replicated parameters set aside (see backward()).
   std::vector<Grad*> stash_;  // by parameter index; nullptr for others

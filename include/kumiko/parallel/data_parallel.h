@@ -66,6 +66,12 @@ class BasicDataParallel {
   Grad* moments_m() { return m_; }
   Grad* moments_v() { return v_; }
   int64_t shard_elements() const { return shard_size_; }
+  // The AdamW state elements (of Grad) rank `rank` of `dp` allocates for parameters at
+  // flat offsets `begin` with `numel` elements: m and v, and with ZeRO-1 the reduced
+  // gradient shard. The constructor's own bucket plan (kumiko plan sizes memory with it).
+  // `total` is the flat layout's size (ParameterStore::total_numel()).
+  static int64_t optimizer_elements(const std::vector<int64_t>& begin, const std::vector<int64_t>& numel,
+                                    int64_t total, int zero, int64_t bucket_bytes, int dp, int rank);
 
  private:
   struct Bucket {
@@ -77,6 +83,11 @@ class BasicDataParallel {
     int64_t shard_offset = 0;           // zero=1: where the slice sits in the shard buffers
     std::unique_ptr<comm::Request> request;
   };
+  // Buckets from the last parameter backwards (backward's order), each at least
+  // bucket_bytes; with ZeRO-1 (dp > 0) each bucket's slices over dp ranks and this
+  // rank's place in the shard. Returns the shard size (0 without ZeRO-1).
+  static int64_t make_buckets(const std::vector<int64_t>& begin, const std::vector<int64_t>& numel,
+                              int64_t bucket_bytes, int zero, int dp, int rank, std::vector<Bucket>& out);
   void start(Bucket& b);
   // Calls f(param_index, flat_begin, flat_end) for every parameter range inside [begin, end).
   template <typename F>

@@ -22,6 +22,11 @@ namespace kumiko::parallel {
 // mb % slots without overwriting one still waiting for its backward (1f1b: pp - rank;
 // gpipe: all micro-batches).
 int activation_slots(const std::vector<Action>& actions, int micro_batches, int chunks);
+// Elements (of the activation type) of a pipeline runner's send/receive buffers: an
+// activation and a gradient of `rows` x C per chunk and micro-batch.
+inline int64_t pipeline_buffer_elements(int chunks, int micro_batches, int64_t rows, int64_t C) {
+  return int64_t{chunks} * micro_batches * 2 * rows * C;
+}
 
 // Works on either backend's buffers: activations and their gradients travel
 // between stages through the backend's collectives (host-staged or NCCL on a GPU).

@@ -51,5 +51,9 @@ class MetricsLog {
 
 // Peak resident memory of this process so far, in MB (getrusage: ru_maxrss).
 double peak_rss_mb();
+// This process's resident memory now (MiB), and the host memory the kernel reports
+// as available to new allocations (MemAvailable, bytes; 0 when unknown).
+double current_rss_mb();
+double available_host_bytes();
 
 }  // namespace kumiko::train

@@ -26,6 +26,10 @@ size_t planned_device_bytes(const model::Dims&, int64_t, int64_t, const GpuOptio
 
 bool cuda_built() { return false; }
 
+std::string device_name() { return ""; }
+
+size_t free_device_memory() { return 0; }
+
 int visible_devices() { return 0; }
 
 }  // namespace kumiko::gpu

@@ -1,0 +1,325 @@
+// kumiko plan, devices: datasheet accelerators, and this machine's CPU measured
+// with kumiko's own kernels on the model's shapes (cached).
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kumiko/backend/cpu.h"
+#include "kumiko/core/error.h"
+#include "kumiko/core/rng.h"
+#include "kumiko/model/transformer.h"
+#include "kumiko/plan/plan.h"
+#include "plan/internal.h"
+
+namespace kumiko::plan {
+
+namespace {
+constexpr double kGB = 1e9;
+constexpr double kGiB = 1024.0 * 1024 * 1024;
+
+// Sustained fractions of the datasheet peaks (docs/plan.md): dense GEMMs, attention
+// (FlashAttention-2 reaches 50-70 % of the GEMM rate), streaming memory.
+constexpr double kMatmulFraction = 0.70, kAttentionFraction = 0.40, kMemoryFraction = 0.80;
+}  // namespace
+
+Device known_device(const std::string& name, const std::string& dtype) {
+  struct Sheet {
+    const char* name;
+    double memory_gib, bf16_tflops, fp32_tflops, hbm_tbs, nvlink_gbs, net_gbs;
+    const char* source;
+  };
+  // Dense (no sparsity) peaks, SXM parts. NVLink: per direction per GPU; network:
+  // one 200 Gb/s HDR (A100) or 400 Gb/s NDR (H100/H200) port per GPU.
+  static const Sheet sheets[] = {
+      {"a100", 80, 312, 19.5, 2.039, 300, 25, "NVIDIA A100 datasheet (SXM4 80GB), HDR InfiniBand"},
+      {"h100", 80, 989, 67, 3.35, 450, 50, "NVIDIA H100 datasheet (SXM5 80GB), NDR InfiniBand"},
+      {"h200", 141, 989, 67, 4.8, 450, 50, "NVIDIA H200 datasheet (SXM 141GB), NDR InfiniBand"},
+  };
+  for (const auto& s : sheets) {
+    if (name != s.name) continue;
+    Device d;
+    d.name = s.name;
+    d.source = s.source;
+    d.memory = s.memory_gib * kGiB;
+    d.peak_flops = (dtype == "bf16" ? s.bf16_tflops : s.fp32_tflops) * 1e12;
+    d.matmul_flops = kMatmulFraction * d.peak_flops;
+    d.attention_flops = kAttentionFraction * d.peak_flops;
+    d.memory_bw = kMemoryFraction * s.hbm_tbs * 1e12;
+    d.intra_bw = s.nvlink_gbs * kGB;
+    d.intra_lat = 5e-6;
+    d.inter_bw = s.net_gbs * kGB;
+    d.inter_lat = 10e-6;
+    return d;
+  }
+  throw UserError("kumiko plan --gpu " + name + ": expected h100, h200, a100 or cpu");
+}
+
+std::string default_cache_dir() {
+  if (const char* dir = std::getenv("KUMIKO_CACHE_DIR"); dir && *dir) return dir;
+  const char* home = std::getenv("HOME");
+  return std::string(home && *home ? home : "/tmp") + "/.cache/kumiko";
+}
+
+namespace {
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown cpu";
+}
+
+// Best of `reps` wall times of f.
+double best_seconds(int reps, const std::function<void()>& f) {
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+std::vector<float> random(int64_t n, uint64_t seed) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = 0.02f * rng::normal(seed, static_cast<uint64_t>(i));
+  return v;
+}
+
+struct Rates {
+  double matmul = 0, attention = 0, memory = 0, peak = 0;
+  double layer = 0, head = 0, adamw = 0;  // seconds: per layer, the rest of a micro-batch, per AdamW element
+};
+
+// One micro-batch through the model itself at the layout's local shapes (tp's
+// heads, MLP and vocabulary shares) with L = 1 and L = 2 layers: the difference is
+// one layer, the rest is embedding, head and loss.
+void time_layers(const Layout& l, Rates& r) {
+  model::Dims d = l.dims;
+  d.Hq /= l.tp;
+  d.Hkv /= l.tp;
+  d.F /= l.tp;
+  d.V /= l.tp;
+  std::vector<int32_t> ids(static_cast<size_t>(l.MB) * l.T);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(rng::philox(3, 0, i)[0] % d.V);
+  double t[2];
+  for (int layers = 1; layers <= 2; ++layers) {
+    d.L = layers;
+    model::Transformer<float> m(d, l.MB, l.T, {}, {}, nullptr, l.recompute);
+    m.params().initialize(1);
+    t[layers - 1] = best_seconds(3, [&] { m.forward_backward(ids.data(), ids.data(), l.MB, l.T, 1.0); });
+  }
+  r.layer = std::max(t[1] - t[0], 1e-9);
+  r.head = std::max(t[0] - r.layer, 0.0);
+  const int64_t n = 1 << 20;
+  auto p = random(n, 40), g = random(n, 41), mm = random(n, 42), vv = random(n, 43);
+  for (auto& x : vv) x = x * x;
+  backend::Cpu<float> be;
+  const double s = best_seconds(3, [&] {
+    be.adamw({{p.data(), p.data(), g.data(), mm.data(), vv.data(), n, true}}, {1e-3, 0.9, 0.95, 1e-8, 0.1, 1.0, 1});
+  });
+  r.adamw = s / static_cast<double>(n);
+}
+
+// Times one layer's ops (and the head's) as the model calls them, on the local
+// shapes of cfg's layout, with the current OpenMP threads.
+Rates measure(const config::Config& cfg) {
+  const Layout l = layout_of(cfg);
+  const auto& d = l.dims;
+  const int t = l.tp;
+  const int64_t N = int64_t{l.MB} * l.T, C = d.C, F = d.F / t, W = d.qkv_width() / t, A = d.Hq / t * d.D,
+                V = d.V / t, Hq = d.Hq / t, Hkv = d.Hkv / t;
+  backend::Cpu<float> be;
+  Rates r;
+  // GEMMs: forward and backward of qkv, projection, MLP, and the head.
+  struct Shape {
+    int64_t in, out;
+  };
+  std::vector<Shape> shapes{{C, W}, {A, C}, {C, F}, {F, C}, {C, V}};
+  if (d.llama) shapes.push_back({C, F});
+  double flops = 0, secs = 0;
+  for (const auto& s : shapes) {
+    auto x = random(N * s.in, 1), w = random(s.in * s.out, 2), y = random(N * s.out, 3), dw = random(s.in * s.out, 4),
+         dx = random(N * s.in, 5);
+    secs += best_seconds(2, [&] {
+      be.linear(y.data(), x.data(), w.data(), nullptr, N, s.in, s.out);
+      be.linear_backward(dx.data(), false, dw.data(), nullptr, y.data(), x.data(), w.data(), N, s.in, s.out);
+    });
+    flops += 6.0 * N * s.in * s.out;
+  }
+  r.matmul = flops / secs;
+  {
+    auto qkv = random(N * W, 6), out = random(N * A, 7), dy = random(N * A, 8), dqkv = random(N * W, 9);
+    std::vector<float> lse(static_cast<size_t>(l.MB * Hq * l.T));
+    const double s = best_seconds(2, [&] {
+      be.attention_forward(out.data(), lse.data(), qkv.data(), l.MB, l.T, Hq, Hkv, d.D);
+      be.attention_backward(dqkv.data(), dy.data(), qkv.data(), out.data(), lse.data(), l.MB, l.T, Hq, Hkv, d.D);
+    });
+    r.attention = 3.5 * 2.0 * l.MB * Hq * static_cast<double>(l.T) * l.T * d.D / s;
+  }
+  {
+    // Memory-bound ops of one layer and the head, against the byte counts of
+    // stage_work for them (10 C + activation forward, 14 C + ... backward, 5 V for
+    // the cross-entropy).
+    auto x = random(N * C, 10), y = random(N * C, 11), dy = random(N * C, 12), dx = random(N * C, 13);
+    auto h1 = random(N * F, 14), h2 = random(N * F, 15), ha = random(N * F, 16), dh = random(N * F, 17),
+         dh2 = random(N * F, 18);
+    auto logits = random(N * V, 19);
+    auto nw = random(C, 20), nb = random(C, 21), dnw = random(C, 22), dnb = random(C, 23);
+    std::vector<float> mean(static_cast<size_t>(N)), rstd(static_cast<size_t>(N)), losses(static_cast<size_t>(N));
+    std::vector<int32_t> targets(static_cast<size_t>(N));
+    for (int64_t i = 0; i < N; ++i) targets[static_cast<size_t>(i)] = static_cast<int32_t>(i % V);
+    const double s = best_seconds(2, [&] {
+      for (int k = 0; k < 2; ++k) {
+        be.norm_forward(d.llama, y.data(), mean.data(), rstd.data(), x.data(), nw.data(), nb.data(), N, C, 1e-5);
+        be.add_inplace(y.data(), x.data(), N * C);
+        be.norm_backward(d.llama, dx.data(), dnw.data(), dnb.data(), dy.data(), x.data(), nw.data(), mean.data(),
+                         rstd.data(), N, C);
+      }
+      if (d.llama) {
+        be.swiglu_forward(ha.data(), h1.data(), h2.data(), N * F);
+        be.swiglu_backward(dh.data(), dh2.data(), ha.data(), h1.data(), h2.data(), N * F);
+      } else {
+        be.gelu_forward(ha.data(), h1.data(), N * F);
+        be.gelu_backward(dh.data(), ha.data(), h1.data(), N * F);
+      }
+      be.cross_entropy(losses.data(), logits.data(), targets.data(), N, V, true, 1.0 / N);
+    });
+    const double e = N * (24.0 * C + (d.llama ? 10 : 6) * F + 5.0 * V);
+    r.memory = 4.0 * e / s;
+  }
+  {
+    const int64_t n = 512;
+    auto a = random(n * n, 30), b = random(n * n, 31), c = random(n * n, 32);
+    const double s = best_seconds(3, [&] { be.linear(c.data(), a.data(), b.data(), nullptr, n, n, n); });
+    r.peak = std::max(r.matmul, 2.0 * n * n * n / s);
+  }
+  time_layers(l, r);
+  return r;
+}
+
+}  // namespace
+
+Device measured_cpu(const config::Config& cfg, int threads, const std::string& cache_dir, bool remeasure) {
+  const Layout l = layout_of(cfg);
+  const auto& d = l.dims;
+  std::ostringstream key;
+  key << cpu_model() << " | threads " << threads << " | " << (d.llama ? "llama" : "gpt2") << " C" << d.C << " F"
+      << d.F / l.tp << " W" << d.qkv_width() / l.tp << " H" << d.Hq / l.tp << "/" << d.Hkv / l.tp << " D" << d.D
+      << " V" << d.V / l.tp << " N" << l.MB << "x" << l.T << " recompute " << model::recompute_name(l.recompute)
+      << (d.tied ? " tied" : "");
+  namespace fs = std::filesystem;
+  const fs::path file = fs::path(cache_dir) / "cpu_rates.json";
+  nlohmann::json cache = nlohmann::json::object();
+  if (std::ifstream in(file); in) {
+    try {
+      in >> cache;
+    } catch (const std::exception&) {
+      cache = nlohmann::json::object();  // a damaged cache is measured again
+    }
+  }
+  Rates r;
+  if (!remeasure && cache.contains(key.str())) {
+    const auto& e = cache[key.str()];
+    r = {e.value("matmul", 0.0), e.value("attention", 0.0), e.value("memory", 0.0), e.value("peak", 0.0),
+         e.value("layer_s", 0.0), e.value("head_s", 0.0), e.value("adamw_s", 0.0)};
+  }
+  if (r.matmul <= 0 || r.attention <= 0 || r.memory <= 0 || r.layer <= 0) {
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    r = measure(cfg);
+    omp_set_num_threads(saved);
+    cache[key.str()] = {{"matmul", r.matmul}, {"attention", r.attention}, {"memory", r.memory}, {"peak", r.peak},
+                        {"layer_s", r.layer},  {"head_s", r.head},         {"adamw_s", r.adamw}};
+    std::error_code ec;
+    fs::create_directories(file.parent_path(), ec);
+    const fs::path tmp = file.string() + ".tmp." + std::to_string(getpid());
+    if (std::ofstream out(tmp); out && (out << cache.dump(1) << "\n")) {
+      out.close();
+      fs::rename(tmp, file, ec);
+    }
+  }
+  Device dev;
+  dev.name = "cpu";
+  dev.source = "measured with kumiko's CPU kernels on this layout's shapes, " + std::to_string(threads) +
+               " thread(s) (" + cpu_model() + "; cache " + file.string() + ")";
+  const double pages = static_cast<double>(sysconf(_SC_PHYS_PAGES)), page = static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  dev.memory = pages * page;
+  dev.peak_flops = r.peak;
+  dev.matmul_flops = r.matmul;
+  dev.attention_flops = r.attention;
+  dev.memory_bw = r.memory;
+  dev.layer_s = r.layer;
+  dev.head_s = r.head;
+  dev.adamw_s = r.adamw;
+  // MPI over shared memory within a node; a 100 Gb/s-class fabric between nodes.
+  dev.intra_bw = 5 * kGB;
+  dev.intra_lat = 2e-6;
+  dev.inter_bw = 10 * kGB;
+  dev.inter_lat = 5e-6;
+  return dev;
+}
+
+}  // namespace kumiko::plan
+
+namespace kumiko::plan {
+
+namespace {
+std::string peak_key(int threads) { return cpu_model() + " | threads " + std::to_string(threads) + " | gemm peak"; }
+nlohmann::json read_cache(const std::filesystem::path& file) {
+  nlohmann::json cache = nlohmann::json::object();
+  if (std::ifstream in(file); in) {
+    try {
+      in >> cache;
+    } catch (const std::exception&) {
+      cache = nlohmann::json::object();
+    }
+  }
+  return cache;
+}
+}  // namespace
+
+double cached_cpu_peak_gflops(int threads, const std::string& cache_dir) {
+  const auto cache = read_cache(std::filesystem::path(cache_dir) / "cpu_rates.json");
+  const auto it = cache.find(peak_key(threads));
+  return it != cache.end() && it->is_object() ? it->value("gflops", 0.0) : 0.0;
+}
+
+void save_cpu_peak_gflops(int threads, double gflops, const std::string& cache_dir) {
+  namespace fs = std::filesystem;
+  const fs::path file = fs::path(cache_dir) / "cpu_rates.json";
+  auto cache = read_cache(file);
+  cache[peak_key(threads)] = {{"gflops", gflops}};
+  std::error_code ec;
+  fs::create_directories(file.parent_path(), ec);
+  const fs::path tmp = file.string() + ".tmp." + std::to_string(getpid());
+  if (std::ofstream out(tmp); out && (out << cache.dump(1) << "\n")) {
+    out.close();
+    fs::rename(tmp, file, ec);
+  }
+}
+
+double gpu_peak_flops(const std::string& device_name, const std::string& dtype) {
+  std::string upper;
+  for (char c : device_name) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  for (const char* name : {"h100", "h200", "a100"}) {
+    std::string n = name;
+    for (char& c : n) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    if (upper.find(n) != std::string::npos) return known_device(name, dtype).peak_flops;
+  }
+  return 0;
+}
+
+}  // namespace kumiko::plan

@@ -1,0 +1,164 @@
+// kumiko plan, memory: each rank kind's bytes from the planning code of the model,
+// the data-parallel layer and the pipeline runner, for the backend's element types.
+#include <algorithm>
+#include <cstdint>
+#include <sstream>
+
+#include "kumiko/core/error.h"
+#include "kumiko/model/parameters.h"
+#include "kumiko/model/transformer.h"
+#include "kumiko/parallel/data_parallel.h"
+#include "kumiko/parallel/pipeline.h"
+#include "kumiko/parallel/schedule.h"
+#include "model/transformer_impl.h"
+#include "plan/internal.h"
+
+namespace kumiko::plan {
+
+namespace {
+
+// A backend's element types and where its parameters live, for planning only
+// (BasicTransformer::plan_arena needs nothing else). The CUDA backend's bf16 is two
+// bytes like this stand-in; engine_cuda.cpp asserts the sizes agree.
+template <typename A, typename G, bool Host>
+struct Types {
+  using Act = A;
+  using Grad = G;
+  using Stat = float;
+  static constexpr bool kHost = Host;
+};
+using CpuTypes = Types<float, float, true>;
+using CudaFp32 = Types<float, float, false>;
+using CudaBf16 = Types<uint16_t, float, false>;
+
+model::ArenaPlan arena_plan(const config::Config& cfg, const model::BufferLayout& l) {
+  if (cfg.backend.device != "cuda") return model::BasicTransformer<CpuTypes>::plan_arena(l);
+  if (cfg.backend.dtype == "bf16") return model::BasicTransformer<CudaBf16>::plan_arena(l);
+  return model::BasicTransformer<CudaFp32>::plan_arena(l);
+}
+
+// The CUDA backend's workspace beyond the arena (backend prepare()): the largest of
+// the norms', bias and attention backward scratch and the gradient-norm partials.
+// The kernels' own size functions need the CUDA build; these are their formulas.
+double cuda_workspace(const model::Dims& d, int64_t B, int64_t T, int tp, int64_t params) {
+  const double N = static_cast<double>(B * T);
+  double ws = 0;
+  ws = std::max(ws, 2.0 * 4 * N);                                   // norm backward partial sums per row
+  ws = std::max(ws, 4.0 * 256 * static_cast<double>(d.F / tp));      // bias backward: 256 row-blocks x cols
+  ws = std::max(ws, 4.0 * static_cast<double>(B * (d.Hq / tp) * T));  // attention backward: rowsum(dO o O)
+  ws = std::max(ws, 8.0 * std::max<double>(1024, static_cast<double>(params) / 65536));
+  return ws + 32.0 * 1024 * 1024;  // cuBLASLt workspace
+}
+
+}  // namespace
+
+Layout layout_of(const config::Config& cfg) {
+  Layout l;
+  l.dims = model::Dims::from(cfg.model);
+  l.dp = cfg.parallel.dp;
+  l.tp = cfg.parallel.tp;
+  l.pp = cfg.parallel.pp;
+  l.MB = cfg.train.micro_batch;
+  l.T = cfg.data.seq_len;
+  KUMIKO_USER_CHECK(l.MB > 0 && cfg.train.global_batch % (int64_t{l.MB} * l.dp) == 0,
+                    "train.global_batch = ", cfg.train.global_batch, " must be a multiple of train.micro_batch x ",
+                    "parallel.dp = ", int64_t{l.MB} * l.dp);
+  l.m = static_cast<int>(cfg.train.global_batch / (int64_t{l.MB} * l.dp));
+  l.chunks = l.pp > 1 ? cfg.parallel.pp_chunks : 1;
+  l.kind = parallel::parse_schedule(cfg.parallel.pp_schedule);
+  l.sp = cfg.parallel.sequence_parallel && l.tp > 1;
+  l.recompute = model::parse_recompute(cfg.train.recompute);
+  std::stringstream in(cfg.parallel.pp_layers);
+  for (std::string item; std::getline(in, item, ',');) l.stage_layers.push_back(std::stoll(item));
+  const auto& d = l.dims;
+  KUMIKO_USER_CHECK(d.Hq % l.tp == 0 && d.Hkv % l.tp == 0 && d.F % l.tp == 0 && d.V % l.tp == 0,
+                    "parallel.tp = ", l.tp, " must divide model.n_heads (", d.Hq, "), the kv heads (", d.Hkv,
+                    "), the MLP width (", d.F, ") and model.vocab_size (", d.V, ")");
+  KUMIKO_USER_CHECK(l.stage_layers.size() > 0 || d.L % (l.pp * l.chunks) == 0, "model.n_layers = ", d.L,
+                    " must divide into parallel.pp x parallel.pp_chunks = ", l.pp * l.chunks, " equal stages");
+  KUMIKO_USER_CHECK(!l.sp || (int64_t{l.MB} * l.T) % l.tp == 0, "parallel.sequence_parallel: micro_batch x seq_len",
+                    " must be divisible by parallel.tp");
+  if (l.pp > 1) parallel::validate_schedule(l.kind, l.pp, l.m, l.chunks);
+  return l;
+}
+
+model::PipelineStage stage_of(const Layout& l, int pp_rank) {
+  if (l.pp == 1) return {};
+  const int slots = parallel::activation_slots(parallel::build_schedule(l.kind, l.pp, pp_rank, l.m, l.chunks), l.m,
+                                               l.chunks);
+  return model::pipeline_stage(l.dims, l.pp, l.chunks, pp_rank, l.stage_layers, slots);
+}
+
+Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank) {
+  Memory m;
+  m.pp_rank = pp_rank;
+  m.rank_kind = l.pp == 1 ? "all" : pp_rank == 0 ? "first" : pp_rank == l.pp - 1 ? "last" : "middle";
+  const bool device = cfg.backend.device == "cuda";
+  const double act_bytes = device && cfg.backend.dtype == "bf16" ? 2.0 : 4.0;
+  model::BufferLayout b;
+  b.dims = l.dims;
+  b.batch = l.MB;
+  b.seq_len = l.T;
+  b.tp = l.tp;
+  b.sequence_parallel = l.sp;
+  b.stage = stage_of(l, pp_rank);
+  b.recompute = l.recompute;
+  const model::ArenaPlan a = arena_plan(cfg, b);
+  m.slots = b.stage.chunks.empty() ? 1 : b.stage.slots;
+  for (auto mode : {model::Recompute::none, model::Recompute::selective, model::Recompute::full}) {
+    model::BufferLayout one = b;
+    one.stage.slots = 1;
+    one.recompute = mode;
+    const double per = static_cast<double>(arena_plan(cfg, one).per_slot);
+    (mode == model::Recompute::none       ? m.per_microbatch_none
+     : mode == model::Recompute::selective ? m.per_microbatch_selective
+                                           : m.per_microbatch_full) = per;
+  }
+  // The flat parameter layout of this rank (ParameterStore) and the optimizer state.
+  const auto specs = model::parameter_specs(l.dims, l.tp, 0, b.stage.chunks.empty() ? nullptr : &b.stage);
+  int64_t P = 0;
+  const auto offsets = model::flat_offsets<float>(specs, &P);
+  std::vector<int64_t> numel;
+  for (const auto& s : specs) numel.push_back(numel_of(s.local_shape()));
+  const int64_t opt = parallel::DataParallel::optimizer_elements(
+      offsets, numel, P, cfg.parallel.zero, static_cast<int64_t>(cfg.parallel.bucket_mb * 1e6), l.dp, 0);
+  m.optimizer = 4.0 * static_cast<double>(opt);
+  m.arena = static_cast<double>(a.total);
+  m.activations = static_cast<double>(a.activations);
+  m.workspace = static_cast<double>(a.workspace);
+  if (device) {
+    m.parameters = static_cast<double>(a.parameters);
+    m.gradients = static_cast<double>(a.gradients);
+    m.host_mirror = 8.0 * static_cast<double>(P);
+    m.workspace += cuda_workspace(l.dims, l.MB, l.T, l.tp, P);
+    // CUDA context, cuBLAS/cuDNN handles and (several ranks) NCCL's buffers: an
+    // estimate, docs/plan.md.
+    m.runtime = (1.0 + (l.dp * l.tp * l.pp > 1 ? 0.5 : 0.0)) * 1024 * 1024 * 1024;
+  } else {
+    m.parameters = 4.0 * static_cast<double>(P);
+    m.gradients = 4.0 * static_cast<double>(P) + static_cast<double>(a.gradients);
+    m.runtime = 0;  // the process before setup: measured, not planned (docs/plan.md)
+  }
+  if (l.pp > 1) {
+    const int64_t rows = l.sp ? int64_t{l.MB} * l.T / l.tp : int64_t{l.MB} * l.T;
+    const int64_t elems = parallel::pipeline_buffer_elements(l.chunks, l.m, rows, l.dims.C);
+    m.pipeline = act_bytes * static_cast<double>(elems) + 8.0 * l.m * l.MB * l.T;  // + token ids
+  }
+  return m;
+}
+
+Memory rank_memory(const config::Config& cfg, int pp_rank) { return rank_memory(cfg, layout_of(cfg), pp_rank); }
+
+std::vector<Memory> plan_memory(const config::Config& cfg, const Layout& l) {
+  std::vector<Memory> out;
+  if (l.pp == 1) {
+    out.push_back(rank_memory(cfg, l, 0));
+    return out;
+  }
+  out.push_back(rank_memory(cfg, l, 0));
+  if (l.pp > 2) out.push_back(rank_memory(cfg, l, 1));
+  out.push_back(rank_memory(cfg, l, l.pp - 1));
+  return out;
+}
+
+}  // namespace kumiko::plan
