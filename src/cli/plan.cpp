@@ -65,6 +65,9 @@ int run_plan(config::Config cfg, const PlanOptions& o) {
     };
   }
 
+  KUMIKO_USER_CHECK(o.sweep || o.format != "csv", "kumiko plan --format csv: only with --sweep (one plan: md or json)");
+  KUMIKO_USER_CHECK(!o.sweep || o.format != "json", "kumiko plan --sweep --format json: use md or csv");
+  KUMIKO_USER_CHECK(o.sweep || o.out.empty(), "kumiko plan --out: only with --sweep");
   if (o.sweep) {
     auto rows = plan::sweep(cfg, cluster);
     KUMIKO_USER_CHECK(!rows.empty(), "kumiko plan --sweep: no valid layout of ", cluster.nodes * cluster.ranks_per_node,
@@ -93,6 +96,7 @@ int run_plan(config::Config cfg, const PlanOptions& o) {
     const std::string fix = plan::cheapest_fix(cfg, cluster);
     std::printf("does not fit: the largest term is %s; %s\n", p.largest_term.c_str(),
                 fix.empty() ? "no single change tried (zero, recompute, micro_batch, pp) fits" : ("try " + fix).c_str());
+    return 3;  // scripts can tell a layout that does not fit
   }
   return 0;
 }

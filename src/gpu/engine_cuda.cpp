@@ -125,6 +125,9 @@ size_t planned_device_bytes(const model::Dims& dims, int64_t batch, int64_t seq_
   return planned<float>(dims, batch, seq_len);
 }
 
+// kumiko plan sizes the bf16 backend with a two-byte stand-in (src/plan/memory.cpp).
+static_assert(sizeof(cuda::bf16) == 2, "kumiko plan assumes two-byte bf16 activations");
+
 bool cuda_built() { return true; }
 
 std::string device_name() {

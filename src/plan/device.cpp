@@ -104,8 +104,9 @@ struct Rates {
 };
 
 // One micro-batch through the model itself at the layout's local shapes (tp's
-// heads, MLP and vocabulary shares) with L = 1 and L = 2 layers: the difference is
-// one layer, the rest is embedding, head and loss.
+// heads, MLP and vocabulary shares) with a and b layers (2 and 4, or 1 and 2 for
+// smaller models; enough layers that caches hold what they hold in training): the
+// difference per layer is one layer, the rest is embedding, head and loss.
 void time_layers(const Layout& l, Rates& r) {
   model::Dims d = l.dims;
   d.Hq /= l.tp;
@@ -114,15 +115,16 @@ void time_layers(const Layout& l, Rates& r) {
   d.V /= l.tp;
   std::vector<int32_t> ids(static_cast<size_t>(l.MB) * l.T);
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(rng::philox(3, 0, i)[0] % d.V);
+  const int64_t b = l.dims.L >= 4 ? 4 : 2, a = b / 2;
   double t[2];
-  for (int layers = 1; layers <= 2; ++layers) {
-    d.L = layers;
+  for (int k = 0; k < 2; ++k) {
+    d.L = k == 0 ? a : b;
     model::Transformer<float> m(d, l.MB, l.T, {}, {}, nullptr, l.recompute);
     m.params().initialize(1);
-    t[layers - 1] = best_seconds(3, [&] { m.forward_backward(ids.data(), ids.data(), l.MB, l.T, 1.0); });
+    t[k] = best_seconds(5, [&] { m.forward_backward(ids.data(), ids.data(), l.MB, l.T, 1.0); });
   }
-  r.layer = std::max(t[1] - t[0], 1e-9);
-  r.head = std::max(t[0] - r.layer, 0.0);
+  r.layer = std::max((t[1] - t[0]) / static_cast<double>(b - a), 1e-9);
+  r.head = std::max(t[0] - static_cast<double>(a) * r.layer, 0.0);
   const int64_t n = 1 << 20;
   auto p = random(n, 40), g = random(n, 41), mm = random(n, 42), vv = random(n, 43);
   for (auto& x : vv) x = x * x;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <sstream>
+#include <thread>
 
 #include "kumiko/core/error.h"
 #include "kumiko/model/parameters.h"
@@ -44,7 +45,8 @@ double cuda_workspace(const model::Dims& d, int64_t B, int64_t T, int tp, int64_
   const double N = static_cast<double>(B * T);
   double ws = 0;
   ws = std::max(ws, 2.0 * 4 * N);                                   // norm backward partial sums per row
-  ws = std::max(ws, 4.0 * 256 * static_cast<double>(d.F / tp));      // bias backward: 256 row-blocks x cols
+  const double cols = static_cast<double>(std::max({d.C, d.qkv_width() / tp, d.F / tp}));
+  ws = std::max(ws, 4.0 * 256 * cols);                               // bias backward: 256 row-blocks x cols
   ws = std::max(ws, 4.0 * static_cast<double>(B * (d.Hq / tp) * T));  // attention backward: rowsum(dO o O)
   ws = std::max(ws, 8.0 * std::max<double>(1024, static_cast<double>(params) / 65536));
   return ws + 32.0 * 1024 * 1024;  // cuBLASLt workspace
@@ -137,7 +139,13 @@ Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank) {
   } else {
     m.parameters = 4.0 * static_cast<double>(P);
     m.gradients = 4.0 * static_cast<double>(P) + static_cast<double>(a.gradients);
-    m.runtime = 0;  // the process before setup: measured, not planned (docs/plan.md)
+    // Buffers others allocate after start-up (an estimate measured on the validation
+    // machine, docs/plan.md): OpenBLAS's and OpenMP's per-thread GEMM buffers, and
+    // with several ranks Open MPI's reduction scratch and shared-memory segments.
+    const int threads = cfg.backend.threads > 0
+                            ? cfg.backend.threads
+                            : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, l.ranks()));
+    m.runtime = (6.0 * threads + (l.ranks() > 1 ? 6.0 : 0.0) + (l.dp > 1 ? 14.0 : 0.0)) * 1024 * 1024;
   }
   if (l.pp > 1) {
     const int64_t rows = l.sp ? int64_t{l.MB} * l.T / l.tp : int64_t{l.MB} * l.T;

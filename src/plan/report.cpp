@@ -115,6 +115,7 @@ std::vector<std::pair<config::Config, Plan>> sweep(const config::Config& cfg, co
     }
   }
   std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    if (a.second.fits != b.second.fits) return a.second.fits;
     if (a.second.over_90 != b.second.over_90) return !a.second.over_90;
     return a.second.time.tokens_per_s > b.second.time.tokens_per_s;
   });
@@ -215,7 +216,7 @@ std::string describe(const config::Config& cfg, const Cluster& cluster, const Pl
       [](const Memory& m) { return m.activations; });
   row("pipeline send/receive buffers", [](const Memory& m) { return m.pipeline; });
   row("workspace (shared scratch)", [](const Memory& m) { return m.workspace; });
-  row(cfg.backend.device == "cuda" ? "runtime (CUDA context, NCCL; estimate)" : "runtime (process; measured, not planned)",
+  row(cfg.backend.device == "cuda" ? "runtime (CUDA context, NCCL; estimate)" : "runtime (BLAS, OpenMP, MPI; estimate)",
       [](const Memory& m) { return m.runtime; });
   row("total", [](const Memory& m) { return m.total(); });
   o << fmt::format("  {:<42}", "micro-batches in flight per chunk");
@@ -249,6 +250,7 @@ std::string to_json(const Plan& p) {
   j["ranks"] = p.ranks;
   j["capacity"] = p.capacity;
   j["fits"] = p.fits;
+  j["over_90"] = p.over_90;
   j["largest_term"] = p.largest_term;
   for (const auto& m : p.memory)
     j["memory"].push_back({{"rank_kind", m.rank_kind},       {"pp_rank", m.pp_rank},

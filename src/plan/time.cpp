@@ -181,7 +181,8 @@ StepTime step_time(const config::Config& cfg, const Layout& l, const Cluster& c)
   }
   // The reduction overlaps the last micro-batch's backward (NCCL on its own stream;
   // MPI progresses only while the rank polls, about half of the time).
-  const double overlap = device ? 0.9 : 0.5;
+  // With pipeline parallelism the reduction starts after the pipeline step.
+  const double overlap = l.pp > 1 ? 0.0 : device ? 0.9 : 0.5;
   s.dp_comm = std::max(0.0, reduce - overlap * tb) + gather;
   if (l.pp > 1 && l.dims.tied)  // the tied embedding's gradient between the first and last stage
     s.dp_comm += transfer(4.0 * l.dims.V / l.tp * l.dims.C, 1, pp_inter ? dev.inter_bw : dev.intra_bw,

@@ -332,7 +332,7 @@ void Trainer::State::setup_engine() {
   try {
     mem_base_mb = current_rss_mb();
     planned = plan::rank_memory(cfg, grid->pp_rank());
-    mem_plan_mb = planned.allocated() / 1048576.0;
+    mem_plan_mb = planned.total() / 1048576.0;
     preflight(planned);
     engine = cfg.backend.device == "cuda" ? gpu::make_cuda_engine(setup) : parallel::make_cpu_engine(setup);
     KUMIKO_CHECK(static_cast<double>(engine->arena_bytes()) <= planned.arena, "the model's arena (",
@@ -386,7 +386,7 @@ void Trainer::State::preflight(const plan::Memory& planned) {
   const int local = std::max(comm::local_size_from_launcher(), 1);
   const double available = cuda ? static_cast<double>(gpu::free_device_memory()) : available_host_bytes() / local;
   if (available <= 0) return;  // unknown
-  const double need = cuda ? planned.total() : planned.allocated();
+  const double need = planned.total();
   if (need <= available) return;
   const char* names[] = {"parameters", "gradients", "optimizer state", "activations", "pipeline buffers", "workspace"};
   const double terms[] = {planned.parameters, planned.gradients, planned.optimizer, planned.activations,

@@ -65,8 +65,7 @@ struct Memory {
   // Activations kept per micro-batch (all of this rank's layers) for each mode.
   double per_microbatch_none = 0, per_microbatch_selective = 0, per_microbatch_full = 0;
   double total() const { return parameters + gradients + optimizer + activations + pipeline + workspace + runtime; }
-  // Kumiko's own allocations (total less the runtime estimate): what the CPU
-  // validation compares with peak RSS less the process's RSS before setup.
+  // Kumiko's own allocations (total less the runtime estimate).
   double allocated() const { return total() - runtime; }
 };
 
