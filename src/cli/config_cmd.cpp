@@ -5,8 +5,7 @@
 
 #include "cli/commands.h"
 #include "kumiko/config/config.h"
-#include "kumiko/gpu/engine.h"
-#include "kumiko/model/transformer.h"
+#include "kumiko/plan/plan.h"
 
 namespace kumiko::cli {
 
@@ -28,14 +27,17 @@ void add_config_command(CLI::App& app, Registry& registry) {
                   if (!*dump) {
                     std::printf("config OK: %s\n", kumiko::config::summary(*config).c_str());
                     const auto& c = *config;
-                    if (c.backend.device == "cuda" && gpu::cuda_built()) {
-                      // What each GPU's arena will take (no GPU needed to compute it).
-                      const size_t bytes = gpu::planned_device_bytes(
-                          model::Dims::from(c.model), c.train.micro_batch, c.data.seq_len,
-                          {c.backend.dtype, c.backend.matmul, c.backend.attention});
-                      std::printf("GPU memory per process: %.2f GiB in the arena (micro_batch %d x seq_len %d, "
-                                  "%s), plus the vendor libraries' workspaces\n",
-                                  bytes / 1073741824.0, c.train.micro_batch, c.data.seq_len, c.backend.dtype.c_str());
+                    if (c.backend.device == "cuda") {
+                      // What the largest GPU rank will take (kumiko plan's memory; no GPU needed).
+                      double most = 0, arena = 0;
+                      for (int r = 0; r < c.parallel.pp; ++r) {
+                        const auto m = plan::rank_memory(c, r);
+                        if (m.total() > most) most = m.total(), arena = m.arena;
+                      }
+                      std::printf("GPU memory per rank: %.2f GiB planned, of which %.2f GiB in the model's arena "
+                                  "(micro_batch %d x seq_len %d, %s, recompute %s); kumiko plan shows every term\n",
+                                  most / 1073741824.0, arena / 1073741824.0, c.train.micro_batch, c.data.seq_len,
+                                  c.backend.dtype.c_str(), c.train.recompute.c_str());
                     }
                   }
                   return 0;

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <set>
+#include <string>
 #include <thread>
 
 #include "cli/commands.h"
@@ -38,9 +40,13 @@ int run_plan(config::Config cfg, const PlanOptions& o) {
     cluster.cores_per_node = cores;
     const int threads = cfg.backend.threads > 0 ? cfg.backend.threads : std::max(1, cores / cluster.ranks_per_node);
     const std::string cache = o.cache_dir.empty() ? plan::default_cache_dir() : o.cache_dir;
+    // --remeasure: each layout's shapes once in this run, then from the cache.
+    auto measured = std::make_shared<std::set<std::string>>();
     const bool remeasure = o.remeasure;
-    cluster.device_for = [threads, cache, remeasure](const config::Config& c) {
-      return plan::measured_cpu(c, threads, cache, remeasure);
+    cluster.device_for = [threads, cache, remeasure, measured](const config::Config& c) {
+      const std::string shapes = std::to_string(c.parallel.tp) + "/" + std::to_string(c.train.micro_batch) + "/" +
+                                 c.train.recompute;
+      return plan::measured_cpu(c, threads, cache, remeasure && measured->insert(shapes).second);
     };
     cluster.device = cluster.device_for(cfg);
   } else {
@@ -74,7 +80,7 @@ int run_plan(config::Config cfg, const PlanOptions& o) {
                       " ranks for this model (check model.n_layers, heads and train.global_batch)");
     const size_t shown = o.out.empty() && o.top > 0 ? std::min<size_t>(rows.size(), o.top) : rows.size();
     std::vector<std::pair<config::Config, plan::Plan>> head(rows.begin(), rows.begin() + static_cast<long>(shown));
-    const std::string table = plan::sweep_table(head, cluster, o.format == "csv");
+    const std::string table = plan::sweep_table(head, o.format == "csv");
     if (!o.out.empty()) {
       std::ofstream f(o.out);
       KUMIKO_USER_CHECK(f && (f << table), "kumiko plan --out ", o.out, ": cannot write the file");

@@ -26,24 +26,6 @@ std::string Cuda<T>::describe() const {
                         ", attention ", opt_.attention, ", ", device_bytes() / 1048576.0, " MiB of device memory");
 }
 
-// Counts what the model's planning asks of a CUDA backend without a device
-// (planned_device_bytes): allocate() returns nothing, the copies do nothing.
-template <typename T>
-struct CudaCounting {
-  using Act = T;
-  using Grad = float;
-  using Stat = float;
-  static constexpr bool kHost = false;
-  template <typename Dims>
-  void prepare(const Dims&, int64_t, int64_t, int, int64_t) {}
-  void* allocate(size_t) { return nullptr; }
-  template <typename X>
-  void from_host(X*, const X*, int64_t) {}
-  template <typename X>
-  void zero(X*, int64_t) {}
-  void refresh_work(Act*, const Grad*, int64_t) {}
-};
-
 }  // namespace backend
 
 namespace model {
@@ -91,22 +73,6 @@ std::unique_ptr<parallel::Engine> make(const parallel::EngineSetup& s, const Gpu
   return std::make_unique<parallel::EngineImpl<backend::Cuda<T>>>(s, std::move(be), make_comms(s, devices));
 }
 
-template <typename T>
-size_t planned(const model::Dims& dims, int64_t batch, int64_t seq_len) {
-  backend::CudaCounting<T> counting;
-  model::BasicTransformer<backend::CudaCounting<T>> m(dims, batch, seq_len, {}, {}, &counting);
-  const int64_t P = m.flat_size();
-  size_t ws = 0;
-  const int64_t N = batch * seq_len;
-  ws = std::max(ws, cuda::layernorm_backward_workspace_bytes(N, dims.C));
-  ws = std::max(ws, cuda::rmsnorm_backward_workspace_bytes(N, dims.C));
-  for (int64_t cols : {dims.C, dims.qkv_width(), dims.F}) ws = std::max(ws, cuda::bias_backward_workspace_bytes(N, cols));
-  ws = std::max(ws, cuda::attention_backward_workspace_bytes(batch, seq_len, dims.Hq, dims.Hkv, dims.D));
-  ws = std::max(ws, cuda::sum_squares_workspace_bytes(P));
-  // The model's arena, the AdamW moments (data-parallel layer), the workspace.
-  return m.arena_bytes() + 2 * static_cast<size_t>(P) * sizeof(float) + ws;
-}
-
 }  // namespace
 
 std::unique_ptr<parallel::Engine> make_cuda_engine(const parallel::EngineSetup& s) {
@@ -118,11 +84,6 @@ std::unique_ptr<parallel::Engine> make_cuda_engine(const parallel::EngineSetup& 
   const GpuOptions o{cfg.backend.dtype, cfg.backend.matmul, cfg.backend.attention};
   if (o.dtype == "bf16") return make<cuda::bf16>(s, o, n);
   return make<float>(s, o, n);
-}
-
-size_t planned_device_bytes(const model::Dims& dims, int64_t batch, int64_t seq_len, const GpuOptions& options) {
-  if (options.dtype == "bf16") return planned<cuda::bf16>(dims, batch, seq_len);
-  return planned<float>(dims, batch, seq_len);
 }
 
 // kumiko plan sizes the bf16 backend with a two-byte stand-in (src/plan/memory.cpp).

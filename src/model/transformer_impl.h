@@ -100,7 +100,6 @@ BasicTransformer<B>::BasicTransformer(const Dims& dims, int64_t batch, int64_t s
   KUMIKO_CHECK(arena.used() == arena_bytes_, "the arena's two planning passes disagree");
   stash_ = std::move(buf.stash);
   acts_ = std::move(buf.acts);
-  block_out_ = buf.block_out;
   if constexpr (B::kHost) {
     static_assert(std::is_same_v<Act, Grad>, "a host backend trains on its master weights");
     master_ = params_.flat_values().data();
@@ -194,7 +193,6 @@ void BasicTransformer<B>::plan(Arena& ar, const BufferLayout& lay, Buffers& out)
     ws.lse = {ar.take<Stat>(lse_n, kWs)};
     ws.h1 = {ar.take<Act>(N * F, kWs)};
     ws.h2 = {d.llama ? ar.take<Act>(N * F, kWs) : nullptr};
-    out.block_out = ar.take<Act>(Ns * C, kWs);
   }
   if (sp) {  // only sequence parallelism uses these
     ws.full = ar.take<Act>(N * C, kWs);
@@ -354,11 +352,11 @@ void BasicTransformer<B>::block_forward(Activations& a, const Shapes& s, int64_t
     be.linear(a.h1[j], a.ln2[j], wt(b.gate_w), nullptr, N, C, F);
     be.linear(a.h2[j], a.ln2[j], wt(b.up_w), nullptr, N, C, F);
     be.swiglu_forward(a.hact[j], a.h1[j], a.h2[j], N * F);
-    row_parallel(a, s, out, a.hact[j], b.down_w, -1, F);
   } else {
     be.linear(a.hact[j], a.ln2[j], wt(b.fc_w), wt(b.fc_b), N, C, F, /*gelu_pre=*/a.h1[j]);
-    row_parallel(a, s, out, a.hact[j], b.mproj_w, b.mproj_b, F);
   }
+  if (!out) return;  // recomputation: backward needs nothing past the MLP activation
+  row_parallel(a, s, out, a.hact[j], d.llama ? b.down_w : b.mproj_w, d.llama ? -1 : b.mproj_b, F);
   be.add_inplace(out, mid, Ns * C);
 }
 
@@ -492,7 +490,7 @@ void BasicTransformer<B>::backward(int chunk, int slot, const int32_t* inputs, i
     // activation and second norm's output (selective), before they are read. The
     // same kernels on the same inputs: the same bits as the first forward.
     if (recompute_ == Recompute::full) {
-      block_forward(a, s, l, j, Bn, Tn, -1, block_out_);
+      block_forward(a, s, l, j, Bn, Tn, -1, nullptr);
     } else if (recompute_ == Recompute::selective) {
       norm(a, s, a.ln2[j], a.mean2[j], a.rstd2[j], a.mid[j], b.norm2_w, b.norm2_b);
       if (d.llama)

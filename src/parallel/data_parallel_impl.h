@@ -37,8 +37,8 @@ BasicDataParallel<B>::BasicDataParallel(comm::Communicator& dp, Model& model, in
     for (int p : buckets_[b].params) bucket_of_param_[p] = static_cast<int>(b);
   moments_size_ = zero_ == 1 ? shard_size_ : params_.total_numel();
   // One zeroed block: m, v (and the reduced gradient shard with ZeRO-1).
-  const int64_t blocks = zero_ == 1 ? 3 : 2;
-  auto* mem = static_cast<Grad*>(be().allocate(static_cast<size_t>(blocks * moments_size_) * sizeof(Grad)));
+  const int64_t elems = state_elements(zero_, shard_size_, params_.total_numel());
+  auto* mem = static_cast<Grad*>(be().allocate(static_cast<size_t>(elems) * sizeof(Grad)));
   m_ = mem;
   v_ = mem + moments_size_;
   if (zero_ == 1) shard_grads_ = mem + 2 * moments_size_;
@@ -87,9 +87,9 @@ int64_t BasicDataParallel<B>::make_buckets(const std::vector<int64_t>& begin, co
 template <typename B>
 int64_t BasicDataParallel<B>::optimizer_elements(const std::vector<int64_t>& begin, const std::vector<int64_t>& numel,
                                                  int64_t total, int zero, int64_t bucket_bytes, int dp, int rank) {
-  if (zero != 1) return 2 * total;
   std::vector<Bucket> buckets;
-  return 3 * make_buckets(begin, numel, bucket_bytes, zero, dp, rank, buckets);
+  const int64_t shard = zero == 1 ? make_buckets(begin, numel, bucket_bytes, zero, dp, rank, buckets) : 0;
+  return state_elements(zero, shard, total);
 }
 
 template <typename B>

@@ -81,6 +81,30 @@ std::string cpu_model() {
   return "unknown cpu";
 }
 
+nlohmann::json read_cache(const std::filesystem::path& file) {
+  nlohmann::json cache = nlohmann::json::object();
+  if (std::ifstream in(file); in) {
+    try {
+      in >> cache;
+    } catch (const std::exception&) {
+      cache = nlohmann::json::object();  // a damaged cache is measured again
+    }
+  }
+  return cache;
+}
+
+// Written whole to a temporary file, then renamed: readers never see half a file.
+void write_cache(const std::filesystem::path& file, const nlohmann::json& cache) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(file.parent_path(), ec);
+  const fs::path tmp = file.string() + ".tmp." + std::to_string(getpid());
+  if (std::ofstream out(tmp); out && (out << cache.dump(1) << "\n")) {
+    out.close();
+    fs::rename(tmp, file, ec);
+  }
+}
+
 // Best of `reps` wall times of f.
 double best_seconds(int reps, const std::function<void()>& f) {
   double best = 1e30;
@@ -172,43 +196,13 @@ Rates measure(const config::Config& cfg) {
     r.attention = 3.5 * 2.0 * l.MB * Hq * static_cast<double>(l.T) * l.T * d.D / s;
   }
   {
-    // Memory-bound ops of one layer and the head, against the byte counts of
-    // stage_work for them (10 C + activation forward, 14 C + ... backward, 5 V for
-    // the cross-entropy).
-    auto x = random(N * C, 10), y = random(N * C, 11), dy = random(N * C, 12), dx = random(N * C, 13);
-    auto h1 = random(N * F, 14), h2 = random(N * F, 15), ha = random(N * F, 16), dh = random(N * F, 17),
-         dh2 = random(N * F, 18);
-    auto logits = random(N * V, 19);
-    auto nw = random(C, 20), nb = random(C, 21), dnw = random(C, 22), dnb = random(C, 23);
-    std::vector<float> mean(static_cast<size_t>(N)), rstd(static_cast<size_t>(N)), losses(static_cast<size_t>(N));
-    std::vector<int32_t> targets(static_cast<size_t>(N));
-    for (int64_t i = 0; i < N; ++i) targets[static_cast<size_t>(i)] = static_cast<int32_t>(i % V);
-    const double s = best_seconds(2, [&] {
-      for (int k = 0; k < 2; ++k) {
-        be.norm_forward(d.llama, y.data(), mean.data(), rstd.data(), x.data(), nw.data(), nb.data(), N, C, 1e-5);
-        be.add_inplace(y.data(), x.data(), N * C);
-        be.norm_backward(d.llama, dx.data(), dnw.data(), dnb.data(), dy.data(), x.data(), nw.data(), mean.data(),
-                         rstd.data(), N, C);
-      }
-      if (d.llama) {
-        be.swiglu_forward(ha.data(), h1.data(), h2.data(), N * F);
-        be.swiglu_backward(dh.data(), dh2.data(), ha.data(), h1.data(), h2.data(), N * F);
-      } else {
-        be.gelu_forward(ha.data(), h1.data(), N * F);
-        be.gelu_backward(dh.data(), ha.data(), h1.data(), N * F);
-      }
-      be.cross_entropy(losses.data(), logits.data(), targets.data(), N, V, true, 1.0 / N);
-    });
-    const double e = N * (24.0 * C + (d.llama ? 10 : 6) * F + 5.0 * V);
-    r.memory = 4.0 * e / s;
-  }
-  {
     const int64_t n = 512;
     auto a = random(n * n, 30), b = random(n * n, 31), c = random(n * n, 32);
     const double s = best_seconds(3, [&] { be.linear(c.data(), a.data(), b.data(), nullptr, n, n, n); });
     r.peak = std::max(r.matmul, 2.0 * n * n * n / s);
   }
   time_layers(l, r);
+  r.memory = 28.0 / r.adamw;  // AdamW streams 28 bytes per element (docs/plan.md)
   return r;
 }
 
@@ -224,14 +218,7 @@ Device measured_cpu(const config::Config& cfg, int threads, const std::string& c
       << (d.tied ? " tied" : "");
   namespace fs = std::filesystem;
   const fs::path file = fs::path(cache_dir) / "cpu_rates.json";
-  nlohmann::json cache = nlohmann::json::object();
-  if (std::ifstream in(file); in) {
-    try {
-      in >> cache;
-    } catch (const std::exception&) {
-      cache = nlohmann::json::object();  // a damaged cache is measured again
-    }
-  }
+  nlohmann::json cache = read_cache(file);
   Rates r;
   if (!remeasure && cache.contains(key.str())) {
     const auto& e = cache[key.str()];
@@ -245,13 +232,7 @@ Device measured_cpu(const config::Config& cfg, int threads, const std::string& c
     omp_set_num_threads(saved);
     cache[key.str()] = {{"matmul", r.matmul}, {"attention", r.attention}, {"memory", r.memory}, {"peak", r.peak},
                         {"layer_s", r.layer},  {"head_s", r.head},         {"adamw_s", r.adamw}};
-    std::error_code ec;
-    fs::create_directories(file.parent_path(), ec);
-    const fs::path tmp = file.string() + ".tmp." + std::to_string(getpid());
-    if (std::ofstream out(tmp); out && (out << cache.dump(1) << "\n")) {
-      out.close();
-      fs::rename(tmp, file, ec);
-    }
+    write_cache(file, cache);
   }
   Device dev;
   dev.name = "cpu";
@@ -280,17 +261,6 @@ namespace kumiko::plan {
 
 namespace {
 std::string peak_key(int threads) { return cpu_model() + " | threads " + std::to_string(threads) + " | gemm peak"; }
-nlohmann::json read_cache(const std::filesystem::path& file) {
-  nlohmann::json cache = nlohmann::json::object();
-  if (std::ifstream in(file); in) {
-    try {
-      in >> cache;
-    } catch (const std::exception&) {
-      cache = nlohmann::json::object();
-    }
-  }
-  return cache;
-}
 }  // namespace
 
 double cached_cpu_peak_gflops(int threads, const std::string& cache_dir) {
@@ -304,18 +274,16 @@ void save_cpu_peak_gflops(int threads, double gflops, const std::string& cache_d
   const fs::path file = fs::path(cache_dir) / "cpu_rates.json";
   auto cache = read_cache(file);
   cache[peak_key(threads)] = {{"gflops", gflops}};
-  std::error_code ec;
-  fs::create_directories(file.parent_path(), ec);
-  const fs::path tmp = file.string() + ".tmp." + std::to_string(getpid());
-  if (std::ofstream out(tmp); out && (out << cache.dump(1) << "\n")) {
-    out.close();
-    fs::rename(tmp, file, ec);
-  }
+  write_cache(file, cache);
 }
 
 double gpu_peak_flops(const std::string& device_name, const std::string& dtype) {
   std::string upper;
   for (char c : device_name) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  // The table holds SXM parts; PCIe and NVL H100s have lower peaks: unknown here.
+  if (upper.find("H100") != std::string::npos &&
+      (upper.find("PCIE") != std::string::npos || upper.find("NVL") != std::string::npos))
+    return 0;
   for (const char* name : {"h100", "h200", "a100"}) {
     std::string n = name;
     for (char& c : n) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));

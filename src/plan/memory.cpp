@@ -150,7 +150,9 @@ Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank) {
   if (l.pp > 1) {
     const int64_t rows = l.sp ? int64_t{l.MB} * l.T / l.tp : int64_t{l.MB} * l.T;
     const int64_t elems = parallel::pipeline_buffer_elements(l.chunks, l.m, rows, l.dims.C);
-    m.pipeline = act_bytes * static_cast<double>(elems) + 8.0 * l.m * l.MB * l.T;  // + token ids
+    m.pipeline = act_bytes * static_cast<double>(elems);
+    const double ids = 8.0 * l.m * l.MB * l.T;  // the step's token ids and targets, host vectors
+    (device ? m.host_mirror : m.pipeline) += ids;
   }
   return m;
 }

@@ -27,18 +27,18 @@ std::string layout_name(const config::Config& c, const Layout& l) {
   return s;
 }
 
-double term(const Memory& m, const std::string& name) {
-  if (name == "parameters") return m.parameters;
-  if (name == "gradients") return m.gradients;
-  if (name == "optimizer state") return m.optimizer;
-  if (name == "activations") return m.activations;
-  if (name == "pipeline buffers") return m.pipeline;
-  if (name == "workspace") return m.workspace;
-  return m.runtime;
-}
-const char* kTerms[] = {"parameters", "gradients", "optimizer state", "activations", "pipeline buffers", "workspace",
-                        "runtime"};
 }  // namespace
+
+std::pair<std::string, double> Memory::largest() const {
+  const std::pair<const char*, double> terms[] = {{"parameters", parameters},     {"gradients", gradients},
+                                                  {"optimizer state", optimizer}, {"activations", activations},
+                                                  {"pipeline buffers", pipeline}, {"workspace", workspace},
+                                                  {"runtime", runtime}};
+  auto best = terms[0];
+  for (const auto& t : terms)
+    if (t.second > best.second) best = t;
+  return {best.first, best.second};
+}
 
 double Plan::peak_memory() const {
   double p = 0;
@@ -66,12 +66,7 @@ Plan make_plan(const config::Config& cfg, const Cluster& given) {
   const Memory* big = &p.memory[0];
   for (const auto& m : p.memory)
     if (m.total() > big->total()) big = &m;
-  double most = -1;
-  for (const char* t : kTerms)
-    if (term(*big, t) > most) {
-      most = term(*big, t);
-      p.largest_term = t;
-    }
+  p.largest_term = big->largest().first;
   return p;
 }
 
@@ -225,7 +220,7 @@ std::string describe(const config::Config& cfg, const Cluster& cluster, const Pl
   row("activations per micro-batch, recompute=none", [](const Memory& m) { return m.per_microbatch_none; });
   row("                              selective", [](const Memory& m) { return m.per_microbatch_selective; });
   row("                              full", [](const Memory& m) { return m.per_microbatch_full; });
-  if (cfg.backend.device == "cuda") row("host memory (parameter mirror)", [](const Memory& m) { return m.host_mirror; });
+  if (cfg.backend.device == "cuda") row("host memory (parameter mirror, token ids)", [](const Memory& m) { return m.host_mirror; });
   o << fmt::format("  {:<42}{:>12.1f} MiB per rank{}\n", "capacity", p.capacity / 1048576.0,
                    p.fits ? (p.over_90 ? " (over 90 % used)" : "") : "  DOES NOT FIT");
   o << fmt::format("  largest term: {}\n\n", p.largest_term);
@@ -270,7 +265,7 @@ std::string to_json(const Plan& p) {
   return j.dump(1) + "\n";
 }
 
-std::string sweep_table(const std::vector<std::pair<config::Config, Plan>>& rows, const Cluster& cluster, bool csv) {
+std::string sweep_table(const std::vector<std::pair<config::Config, Plan>>& rows, bool csv) {
   std::ostringstream o;
   if (csv)
     o << "rank,layout,dp,tp,pp,schedule,chunks,zero,sp,micro_batch,recompute,peak_mib,capacity_mib,over_90,step_ms,"
@@ -292,7 +287,6 @@ std::string sweep_table(const std::vector<std::pair<config::Config, Plan>>& rows
                        p.peak_memory() / 1048576.0, 1e3 * p.time.step, p.time.tokens_per_s, 100 * p.time.mfu,
                        !p.fits ? "does not fit" : p.over_90 ? "over 90 %" : "ok");
   }
-  (void)cluster;
   return o.str();
 }
 

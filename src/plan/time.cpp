@@ -38,12 +38,15 @@ Work stage_work(const Layout& l, const model::PipelineStage& stage, double ab) {
   w.mm_flops += Lr * 3 * mm_fwd;
   w.att_flops += Lr * 3.5 * att_fwd;
   w.bytes += Lr * (e_fwd + e_bwd) * ab;
+  // Recomputation in backward: selective runs both norms and the activation again;
+  // full runs the layer's forward up to the MLP activation (not the down-projection)
+  // and the first norm once more (it shares its buffer with the second).
   if (l.recompute == model::Recompute::selective) {
     w.recompute_bytes = Lr * (Nr * 4 * C + N * act_fwd) * ab;
   } else if (l.recompute == model::Recompute::full) {
-    w.recompute_mm = Lr * mm_fwd;
+    w.recompute_mm = Lr * (mm_fwd - 2 * N * F * C);
     w.recompute_att = Lr * att_fwd;
-    w.recompute_bytes = Lr * e_fwd * ab;
+    w.recompute_bytes = Lr * (e_fwd + Nr * 2 * C) * ab;
   }
   if (t > 1) {
     // Per layer: two row-parallel outputs forward, two input gradients backward, each
@@ -54,9 +57,16 @@ Work stage_work(const Layout& l, const model::PipelineStage& stage, double ab) {
     const int count = l.sp ? 8 : 4;
     w.tp_bytes += Lr * per_layer;
     w.tp_collectives += static_cast<int>(layers) * count;
+    // Recomputed collectives: the attention projection's (full); with sequence
+    // parallelism the all-gathers of the recomputed norm outputs (two for selective,
+    // the first norm's again for full).
+    const double gather = ring * N * C * ab;
     if (l.recompute == model::Recompute::full) {
-      w.tp_bytes += Lr * per_layer / 2;
-      w.tp_collectives += static_cast<int>(layers) * count / 2;
+      w.tp_bytes += Lr * (per_layer / 4 + (l.sp ? gather : 0));
+      w.tp_collectives += static_cast<int>(layers) * (count / 4 + (l.sp ? 1 : 0));
+    } else if (l.recompute == model::Recompute::selective && l.sp) {
+      w.tp_bytes += Lr * 2 * gather;
+      w.tp_collectives += static_cast<int>(layers) * 2;
     }
   }
   const bool embed = stage.chunks.empty() || stage.has_embedding;
@@ -156,16 +166,13 @@ StepTime step_time(const config::Config& cfg, const Layout& l, const Cluster& c)
 
   // Data parallelism and the optimizer, over the largest rank's parameters.
   int64_t P = 0;
-  int64_t P_first = 0;
   for (int r = 0; r < l.pp; ++r) {
     const model::PipelineStage stage = stage_of(l, r);
     const auto specs = model::parameter_specs(l.dims, l.tp, 0, stage.chunks.empty() ? nullptr : &stage);
     int64_t n = 0;
     model::flat_offsets<float>(specs, &n);
     P = std::max(P, n);
-    if (r == 0) P_first = n;
   }
-  (void)P_first;
   const double grad_bytes = 4.0 * static_cast<double>(P);
   const double dp_bw = dp_inter ? dev.inter_bw : dev.intra_bw, dp_lat = dp_inter ? dev.inter_lat : dev.intra_lat;
   const int buckets = std::max(1, static_cast<int>(grad_bytes / std::max(cfg.parallel.bucket_mb * 1e6, 1.0)));

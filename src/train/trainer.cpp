@@ -185,7 +185,7 @@ struct Trainer::State {
   model::LogicalTensors gather_model(const float* flat);  // collective over tp and pp
   // Pointers to the logical tensors of a flat buffer: into the buffer itself when this
   // rank holds every tensor whole (tp = pp = 1: no copy), else into `store` (gathered).
-  std::vector<const float*> logical_view(const float* flat, model::LogicalTensors& store);
+  std::vector<const float*> logical_view(const float* flat, model::LogicalTensors& gathered);
   model::LogicalTensors empty_logical() const;
   void write_weights_file(const fs::path& path, int64_t step);  // collective; rank 0 writes
   void restore(const std::string& path);                        // any layout's checkpoint
@@ -223,7 +223,7 @@ struct Trainer::State {
   std::string rollback_point;  // a checkpoint this run resumed from or wrote (spike rollbacks)
   double loss_scale = 0, flops_per_token = 0, train_seconds = 0;
   double peak_flops = 0;                 // per rank, for MFU (0 = unknown)
-  double mem_plan_mb = 0, mem_base_mb = 0;  // kumiko plan's allocation; RSS before setup
+  double mem_plan_mb = 0, mem_base_mb = 0;  // kumiko plan's total for this rank; RSS before setup
   int64_t steps_here = 0, consecutive_skips = 0, eval_sequences = 0, val_windows = 0;
   int rollbacks = 0;
   int32_t stop = 0;
@@ -384,16 +384,14 @@ void Trainer::State::setup_engine() {
 void Trainer::State::preflight(const plan::Memory& planned) {
   const bool cuda = cfg.backend.device == "cuda";
   const int local = std::max(comm::local_size_from_launcher(), 1);
-  const double available = cuda ? static_cast<double>(gpu::free_device_memory()) : available_host_bytes() / local;
+  // Ranks sharing a GPU (backend.comm = mpi) share its free memory.
+  const int per_gpu = cuda ? (local + std::max(gpu::visible_devices(), 1) - 1) / std::max(gpu::visible_devices(), 1) : 1;
+  const double available = cuda ? static_cast<double>(gpu::free_device_memory()) / per_gpu
+                                : available_host_bytes() / local;
   if (available <= 0) return;  // unknown
   const double need = planned.total();
   if (need <= available) return;
-  const char* names[] = {"parameters", "gradients", "optimizer state", "activations", "pipeline buffers", "workspace"};
-  const double terms[] = {planned.parameters, planned.gradients, planned.optimizer, planned.activations,
-                          planned.pipeline, planned.workspace};
-  int big = 0;
-  for (int i = 1; i < 6; ++i)
-    if (terms[i] > terms[big]) big = i;
+  const auto [largest, largest_bytes] = planned.largest();
   plan::Cluster cluster;
   cluster.ranks_per_node = 1;
   cluster.device.memory = available;
@@ -401,9 +399,10 @@ void Trainer::State::preflight(const plan::Memory& planned) {
   constexpr double GiB = 1024.0 * 1024 * 1024;
   throw UserError(fmt::format(
       "this layout needs {:.2f} GiB per rank (largest term: {}, {:.2f} GiB) but {:.2f} GiB {} ({}); {}; see kumiko plan",
-      need / GiB, names[big], terms[big] / GiB, available / GiB,
-      cuda ? "of GPU memory are free" : "of host memory are available per rank",
-      cuda ? gpu::device_name() : fmt::format("MemAvailable over {} local rank(s)", local),
+      need / GiB, largest, largest_bytes / GiB, available / GiB,
+      cuda ? "of GPU memory are free per rank" : "of host memory are available per rank",
+      cuda ? fmt::format("{}, {} rank(s) on it", gpu::device_name(), per_gpu)
+           : fmt::format("MemAvailable over {} local rank(s)", local),
       fix.empty() ? "no single change (zero, recompute, micro_batch, pp) fits: use more ranks"
                   : "the cheapest change that fits: " + fix));
 }
@@ -449,7 +448,7 @@ model::LogicalTensors Trainer::State::gather_model(const float* flat) {
   return parallel::gather_stages(grid->pp_group(), logical_specs, names_by_stage, std::move(by_name));
 }
 
-std::vector<const float*> Trainer::State::logical_view(const float* flat, model::LogicalTensors& store) {
+std::vector<const float*> Trainer::State::logical_view(const float* flat, model::LogicalTensors& gathered) {
   std::vector<const float*> out;
   if (grid->tp() == 1 && pp == 1) {
     const auto& params = engine->params();
@@ -457,8 +456,8 @@ std::vector<const float*> Trainer::State::logical_view(const float* flat, model:
       out.push_back(flat + (params.value(static_cast<int>(i)) - params.flat_values().data()));
     return out;
   }
-  store = gather_model(flat);
-  return const_ptrs(store);
+  gathered = gather_model(flat);
+  return const_ptrs(gathered);
 }
 
 model::LogicalTensors Trainer::State::empty_logical() const {

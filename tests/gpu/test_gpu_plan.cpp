@@ -1,16 +1,18 @@
-// The CUDA backend's host-side planning, which needs no GPU (label unit: runs in CI):
-// the flat layout equals ParameterStore's (checkpoints and the trainer's host buffers
-// use that one), and the arena the one model plans matches an itemised count.
+// The CUDA backend's memory as kumiko plan computes it on the host (no GPU needed;
+// label unit, runs in every build): the flat layout equals ParameterStore's
+// (checkpoints and the trainer's host buffers use that one), and the arena the one
+// model plans for fp32 and bf16 plus the AdamW moments match an itemised count.
 #include <gtest/gtest.h>
 
-#include "kumiko/gpu/engine.h"
 #include "kumiko/model/transformer.h"
+#include "kumiko/plan/plan.h"
 
-namespace kumiko::gpu {
+namespace kumiko::plan {
 namespace {
 
-config::ModelConfig model_config(const std::string& arch, bool tied) {
-  config::ModelConfig m;
+config::Config cuda_config(const std::string& arch, bool tied, const std::string& dtype) {
+  config::Config c;
+  auto& m = c.model;
   m.arch = arch;
   m.n_layers = 3;
   m.n_heads = 5;
@@ -20,7 +22,12 @@ config::ModelConfig model_config(const std::string& arch, bool tied) {
   m.vocab_size = 1001;
   m.max_seq_len = 64;
   m.tie_embeddings = tied;
-  return m;
+  c.data.seq_len = 50;
+  c.train.micro_batch = 3;
+  c.train.global_batch = 3;
+  c.backend.device = "cuda";
+  c.backend.dtype = dtype;
+  return c;
 }
 
 struct Arch {
@@ -31,7 +38,7 @@ struct Arch {
 class GpuPlan : public ::testing::TestWithParam<Arch> {};
 
 TEST_P(GpuPlan, FlatLayoutIsParameterStores) {
-  const auto dims = model::Dims::from(model_config(GetParam().arch, GetParam().tied));
+  const auto dims = model::Dims::from(cuda_config(GetParam().arch, GetParam().tied, "fp32").model);
   model::Transformer<float> cpu(dims, 1, 1);
   const auto& p = cpu.params();
   int64_t total = 0;
@@ -42,28 +49,33 @@ TEST_P(GpuPlan, FlatLayoutIsParameterStores) {
     EXPECT_EQ(offsets[i], p.value(static_cast<int>(i)) - p.flat_values().data()) << p.spec(static_cast<int>(i)).name;
 }
 
-TEST_P(GpuPlan, ArenaMatchesItemisedCount) {
-  const auto dims = model::Dims::from(model_config(GetParam().arch, GetParam().tied));
-  const int64_t B = 3, T = 50, N = B * T;
-  int64_t P = 0;
-  model::flat_offsets<float>(model::parameter_specs(dims), &P);
+TEST_P(GpuPlan, ArenaAndMomentsMatchItemisedCount) {
+  double planned_fp32 = 0;
   for (const std::string dtype : {"fp32", "bf16"}) {
+    const auto cfg = cuda_config(GetParam().arch, GetParam().tied, dtype);
+    const auto dims = model::Dims::from(cfg.model);
+    const int64_t N = 3 * 50;
+    int64_t P = 0;
+    model::flat_offsets<float>(model::parameter_specs(dims), &P);
     const double e = dtype == "bf16" ? 2 : 4;  // activation bytes
     // Parameters, gradients, m, v (fp32) and the bf16 working copy.
     double bytes = 16.0 * P + (dtype == "bf16" ? 2.0 * P : 0.0);
     const double C = dims.C, F = dims.F, W = dims.qkv_width(), A = dims.Hq * dims.D;
     const double per_layer = e * N * (4 * C + W + A + (dims.llama ? 3 : 2) * F) + 4.0 * N * (4 + dims.Hq);
     bytes += dims.L * per_layer;
-    bytes += e * N * (2 * C + dims.V) + 4.0 * N * 3;                  // last residual, final norm, logits, losses
-    bytes += e * N * (2 * C + A + W + (dims.llama ? 3 : 2) * F);       // backward scratch
-    bytes += 4.0 * (N + N + 3 * N);                                    // ids, targets, vocab-parallel loss scratch
-    const double planned = static_cast<double>(planned_device_bytes(dims, B, T, {dtype, "kumiko", "kumiko"}));
-    // Plus one kernel workspace and 256-byte alignment.
+    bytes += e * N * (2 * C + dims.V) + 4.0 * N * 3;             // last residual, final norm, logits, losses
+    bytes += e * N * (2 * C + A + W + (dims.llama ? 3 : 2) * F);  // backward scratch
+    bytes += 4.0 * (N + N + 3 * N);                               // ids, targets, vocab-parallel loss scratch
+    const Memory m = rank_memory(cfg, 0);
+    const double planned = m.arena + m.optimizer;
+    // Plus 256-byte alignment of every buffer.
     EXPECT_GE(planned, bytes) << dtype;
-    EXPECT_LT(planned, bytes * 1.10 + 1e6) << dtype;
+    EXPECT_LT(planned, bytes * 1.02 + 64 * 256) << dtype;
+    if (dtype == "fp32")
+      planned_fp32 = m.total();
+    else
+      EXPECT_LT(m.total(), planned_fp32);
   }
-  EXPECT_LT(planned_device_bytes(dims, B, T, {"bf16", "kumiko", "kumiko"}),
-            planned_device_bytes(dims, B, T, {"fp32", "kumiko", "kumiko"}));
 }
 
 INSTANTIATE_TEST_SUITE_P(Archs, GpuPlan,
@@ -73,4 +85,4 @@ INSTANTIATE_TEST_SUITE_P(Archs, GpuPlan,
                          });
 
 }  // namespace
-}  // namespace kumiko::gpu
+}  // namespace kumiko::plan

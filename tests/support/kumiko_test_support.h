@@ -12,6 +12,7 @@
 #include "kumiko/comm/communicator.h"
 #include "kumiko/config/config.h"
 #include "kumiko/core/log.h"
+#include "kumiko/model/transformer.h"
 
 namespace kumiko::testing {
 
@@ -21,6 +22,25 @@ inline std::string temp_run_dir(const std::string& name) {
                  ("kumiko-test-" + name + "-" + std::to_string(::getpid()));
   std::filesystem::remove_all(p);
   return p.string();
+}
+
+// Model dimensions for tests that drive the model directly: 4 heads of 8 (llama: 2
+// kv heads), width 32, vocabulary 61, up to 24 positions, init std 0.2 (attention far
+// from uniform); gpt2 tied, llama untied.
+inline model::Dims small_dims(bool llama, int64_t layers = 2) {
+  model::Dims d;
+  d.llama = llama;
+  d.L = layers;
+  d.Hq = 4;
+  d.Hkv = llama ? 2 : 4;
+  d.D = 8;
+  d.C = 32;
+  d.F = llama ? 48 : 128;
+  d.V = 61;
+  d.max_T = 24;
+  d.tied = !llama;
+  d.init_std = 0.2;
+  return d;
 }
 
 // 2 layers, 4 heads (2 kv heads for llama), width 32, vocabulary 97, 16-token

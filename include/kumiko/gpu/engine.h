@@ -21,13 +21,6 @@ namespace kumiko::gpu {
 // unsupported option or when the GPU memory does not suffice.
 std::unique_ptr<parallel::Engine> make_cuda_engine(const parallel::EngineSetup& setup);
 
-// Device memory (bytes) one rank's arena takes for micro-batches of `batch` x
-// `seq_len` without tensor or pipeline parallelism and ZeRO: parameters (fp32
-// master, gradient, AdamW moments, bf16 working copy), activations and the kernels'
-// workspace. Computed on the host by the model's own planning code (no GPU needed);
-// cuDNN's workspace (attention = cudnn) and cuBLASLt's (32 MiB) are not included.
-size_t planned_device_bytes(const model::Dims& dims, int64_t batch, int64_t seq_len, const GpuOptions& options);
-
 // The current device's name as the driver reports it ("" without CUDA) and its free
 // memory in bytes (0 without CUDA or devices): the trainer's pre-flight check and MFU peak.
 std::string device_name();

@@ -74,7 +74,8 @@ PipelineStage pipeline_stage(const Dims& d, int pp, int chunks, int rank, const 
 //   selective: the cheap, memory-bound part is recomputed: the norms' outputs and
 //              the MLP activation (GELU / SwiGLU). No GEMM runs twice.
 //   full:      a layer keeps only its input; backward re-runs the layer's forward
-//              from it (one extra forward per layer, Chen et al. 2016).
+//              from it up to the MLP activation (all of a forward but the MLP's
+//              down-projection, Chen et al. 2016).
 enum class Recompute { none, selective, full };
 Recompute parse_recompute(const std::string& name);  // UserError naming train.recompute
 const char* recompute_name(Recompute r);
@@ -227,7 +228,6 @@ class BasicTransformer {
     Act* work = nullptr;
     std::vector<Grad*> stash;
     std::vector<std::vector<std::unique_ptr<Activations>>> acts;  // [chunk][slot]
-    Act* block_out = nullptr;  // [Ns, C]: a recomputed layer's output (full recomputation)
   };
   static void plan(Arena& arena, const BufferLayout& layout, Buffers& out);
   // This rank's sizes for a micro-batch of Bn x Tn tokens: tp size, sequence
@@ -245,7 +245,8 @@ class BasicTransformer {
   // (gathered along the sequence with sequence parallelism).
   void row_parallel(Activations& a, const Shapes& s, Act* out, const Act* x, int w, int bias, int64_t in);
   void norm(Activations& a, const Shapes& s, Act* out, Stat* mean, Stat* rstd, const Act* x, int w, int b);
-  // Layer l (index j in its chunk) from a.residual[j] into `out` [Ns, C].
+  // Layer l (index j in its chunk) from a.residual[j] into `out` [Ns, C]; with out =
+  // nullptr (recomputation) it stops after the MLP activation.
   void block_forward(Activations& a, const Shapes& s, int64_t l, int64_t j, int64_t Bn, int64_t Tn, int64_t pos0,
                      Act* out);
   Grad* gr(int i) const { return i < 0 ? nullptr : grads_ + offsets_[i]; }
@@ -282,7 +283,6 @@ class BasicTransformer {
   size_t arena_bytes_ = 0;
   std::unique_ptr<Index> index_;
   std::vector<std::vector<std::unique_ptr<Activations>>> acts_;  // [chunk][slot]
-  Act* block_out_ = nullptr;
   std::function<void(int)> grad_ready_;
   // Sequence parallelism: gradients of replicated parameters set aside (see backward()).
   std::vector<Grad*> stash_;  // by parameter index; nullptr for others

@@ -88,6 +88,8 @@ class BasicDataParallel {
   // rank's place in the shard. Returns the shard size (0 without ZeRO-1).
   static int64_t make_buckets(const std::vector<int64_t>& begin, const std::vector<int64_t>& numel,
                               int64_t bucket_bytes, int zero, int dp, int rank, std::vector<Bucket>& out);
+  // m and v for the flat layout, or with ZeRO-1 m, v and the reduced gradient of the shard.
+  static int64_t state_elements(int zero, int64_t shard, int64_t total) { return zero == 1 ? 3 * shard : 2 * total; }
   void start(Bucket& b);
   // Calls f(param_index, flat_begin, flat_end) for every parameter range inside [begin, end).
   template <typename F>

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kumiko/config/config.h"
@@ -59,7 +60,7 @@ struct Memory {
   std::string rank_kind;  // "all", or the pipeline stage: first, middle, last
   int pp_rank = 0;
   double parameters = 0, gradients = 0, optimizer = 0, activations = 0, pipeline = 0, workspace = 0, runtime = 0;
-  double host_mirror = 0;  // device backends: the host copy of parameters and gradients (host memory)
+  double host_mirror = 0;  // device backends: host memory (parameter and gradient copies, pipeline token ids)
   double arena = 0;        // the model's arena (part of the above), what the backend allocates at start
   int slots = 1;           // micro-batches in flight per chunk
   // Activations kept per micro-batch (all of this rank's layers) for each mode.
@@ -67,6 +68,8 @@ struct Memory {
   double total() const { return parameters + gradients + optimizer + activations + pipeline + workspace + runtime; }
   // Kumiko's own allocations (total less the runtime estimate).
   double allocated() const { return total() - runtime; }
+  // The largest term's name ("activations", "optimizer state", ...) and bytes.
+  std::pair<std::string, double> largest() const;
 };
 
 struct StepTime {
@@ -103,7 +106,7 @@ Memory rank_memory(const config::Config& cfg, int pp_rank);
 double cached_cpu_peak_gflops(int threads, const std::string& cache_dir);
 void save_cpu_peak_gflops(int threads, double gflops, const std::string& cache_dir);
 // The datasheet peak (FLOP/s) of a GPU named by the driver (e.g. "NVIDIA H100 80GB
-// HBM3") for dtype, 0 for an unknown GPU.
+// HBM3") for dtype: A100, H100 SXM and H200; 0 for others (H100 PCIe and NVL too).
 double gpu_peak_flops(const std::string& device_name, const std::string& dtype);
 
 // The plan of cfg's layout (parallel.*, train.*, backend.dtype) on `cluster`.
@@ -125,7 +128,6 @@ std::string cheapest_fix(const config::Config& cfg, const Cluster& cluster);
 // Human-readable report of one plan (tables), and one sweep as markdown or CSV.
 std::string describe(const config::Config& cfg, const Cluster& cluster, const Plan& plan);
 std::string to_json(const Plan& plan);  // every term, bytes and seconds (kumiko plan --format json)
-std::string sweep_table(const std::vector<std::pair<config::Config, Plan>>& rows, const Cluster& cluster,
-                        bool csv);
+std::string sweep_table(const std::vector<std::pair<config::Config, Plan>>& rows, bool csv);
 
 }  // namespace kumiko::plan

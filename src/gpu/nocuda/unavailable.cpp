@@ -20,10 +20,6 @@ int run_kernel_benchmarks(const KernelBenchOptions&) {
   throw UserError(std::string("kumiko bench kernels: ") + kNoCuda);
 }
 
-size_t planned_device_bytes(const model::Dims&, int64_t, int64_t, const GpuOptions&) {
-  throw UserError(std::string("backend.device = cuda: ") + kNoCuda);
-}
-
 bool cuda_built() { return false; }
 
 std::string device_name() { return ""; }

@@ -14,25 +14,12 @@
 
 #include "kumiko/core/rng.h"
 #include "kumiko/model/transformer.h"
+#include "kumiko_test_support.h"
 
 namespace kumiko::model {
 namespace {
 
-Dims dims(bool llama) {
-  Dims d;
-  d.llama = llama;
-  d.L = 3;
-  d.Hq = 4;
-  d.Hkv = llama ? 2 : 4;
-  d.D = 8;
-  d.C = 32;
-  d.F = llama ? 48 : 128;
-  d.V = 61;
-  d.max_T = 24;
-  d.tied = !llama;
-  d.init_std = 0.2;
-  return d;
-}
+Dims dims(bool llama) { return testing::small_dims(llama, 3); }
 
 struct Batch {
   std::vector<int32_t> inputs, targets;
