@@ -61,6 +61,9 @@ def main(argv=None):
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--device", default="cpu", help="cpu or cuda")
   ap.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast dtype (cuda)")
+  ap.add_argument("--compile", action="store_true",
+                  help="torch.compile the forward and loss (torch >= 2.0; the first steps compile:\n"
+                       "give --warmup enough steps to leave them out)")
   a = ap.parse_args(argv)
   if a.steps <= a.warmup:
     ap.error(f"--steps ({a.steps}) must exceed --warmup ({a.warmup})")
@@ -89,9 +92,14 @@ def main(argv=None):
   params = list(p.values())
   gen = torch.Generator().manual_seed(a.seed + 1)
   tokens = a.batch * a.seq
-  print(f"torch {torch.__version__} threads={torch.get_num_threads()} attention={attn_kind} "
+  print(f"torch {torch.__version__}{' compiled' if a.compile else ''} threads={torch.get_num_threads()} attention={attn_kind} "
         f"arch={a.arch} L={a.layers} H={a.heads} C={a.d_model} F={cfg.d_ff} T={a.seq} "
         f"B={a.batch} V={a.vocab} params={n_params / 1e6:.2f}M", file=sys.stderr)
+
+  def loss_of(x, y):
+    return tm.loss_fn(cfg, p, x, y, fast=True)
+  if a.compile:
+    loss_of = torch.compile(loss_of)
 
   rates = []
   for step in range(1, a.steps + 1):
@@ -104,7 +112,7 @@ def main(argv=None):
     opt.zero_grad(set_to_none=True)
     amp = cuda and a.amp == "bf16"
     with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
-      loss = tm.loss_fn(cfg, p, x, y, fast=True)
+      loss = loss_of(x, y)
     loss.backward()
     if a.grad_clip > 0:
       torch.nn.utils.clip_grad_norm_(params, max_norm=a.grad_clip)

@@ -11,7 +11,7 @@
 #      the vendor paths (cuBLASLt + cuDNN), and PyTorch on the same shape: tokens/s and MFU;
 # then prints one summary table. The tables and logs.tar.gz go to $OUT (or
 # ./gpu-check-out).
-# Budget: meant to take under 8 minutes (not yet run on a GPU); every step has its own
+# Budget: 72 s on an H200 (2026-12-04) before torch.compile was added; meant to stay under 5 minutes; every step has its own
 # timeout (TERM, then KILL 5 s later) and all of them end by GPU_CHECK_BUDGET seconds (default 540) after
 # the start, so a hang still leaves the tables of the steps before it. summary.txt and
 # logs.tar.gz in $OUT are rewritten after every step (a run cut off keeps them).
@@ -132,17 +132,11 @@ run_tests() {  # binary budget_seconds
 echo "== gpu tests"
 run_tests kernels_cuda_test 130
 run_tests gpu_model_test 110
-# The layouts on the CUDA backend (tests/distributed/gpu_layouts): under mpirun -np 2
-# when the machine has one (both ranks share the GPU through the host-staged
-# communicator); without it one rank runs the CUDA-vs-CPU checks and the layouts skip.
-if command -v mpirun >/dev/null; then
-  t=$(step_time 150)
-  timeout -k 5 "$t" mpirun --allow-run-as-root --oversubscribe -np 2 "$DEV/bin/test_gpu_layouts" --gtest_brief=1 \
-    >"$LOGS/test_gpu_layouts.log" 2>&1
-  note "tests test_gpu_layouts (mpirun -np 2): rc=$? $(grep -cE '^\[  FAILED  \]' "$LOGS/test_gpu_layouts.log") failed lines"
-else
-  run_tests test_gpu_layouts 90
-fi
+# The layouts on the CUDA backend (tests/distributed/gpu_layouts): build_for_device.sh
+# builds without MPI (the GPU machine has no Debian Open MPI to link against), so one
+# process runs the CUDA-vs-CPU checks and the two-rank layouts skip.
+run_tests test_gpu_layouts 90
+command -v mpirun >/dev/null && echo "(this machine's mpirun: $(mpirun --version 2>&1 | head -1))"
 
 echo "== kumiko bench kernels"
 t=$(step_time 90)
@@ -190,25 +184,30 @@ PY
 train_rate kumiko kumiko kumiko
 train_rate vendor cublas cudnn
 
-# The peer users would otherwise pick: PyTorch eager, bf16 autocast, SDPA (flash)
-# attention, fused AdamW, the same model (scripts/reference/torch_model.py).
-echo "== PyTorch gpt2-124m (same shape)"
-torch_rate=""
-t=$(step_time 70)
-[ "$t" -ge 20 ] && torch_rate=$(timeout -k 5 "$t" "${PYENV[@]}" python3 scripts/bench/torch_train.py --arch gpt2 --layers 12 --heads 12 --d-model 768 \
-  --seq 1024 --batch 16 --vocab 50304 --steps 12 --warmup 3 --device cuda --amp bf16 2>"$LOGS/torch.log" \
-  | sed -n 's/^tokens_per_s=//p')
-if [ -n "$torch_rate" ]; then
+# The peer users would otherwise pick: PyTorch with bf16 autocast, SDPA (flash)
+# attention, fused AdamW, the same model (scripts/reference/torch_model.py), eager and
+# with torch.compile (its first steps compile: 6 warmup steps are left out).
+torch_rate() {  # label cap_seconds warmup [torch_train.py options]
+  local label=$1 cap=$2 warmup=$3 rate t mfu
+  shift 3
+  t=$(step_time "$cap")
+  if [ "$t" -lt 20 ]; then note "train gpt2-124m bf16 pytorch $label: not run (no time left)"; return; fi
+  echo "== PyTorch gpt2-124m $label (same shape)"
+  rate=$(timeout -k 5 "$t" "${PYENV[@]}" python3 scripts/bench/torch_train.py --arch gpt2 --layers 12 --heads 12 \
+    --d-model 768 --seq 1024 --batch 16 --vocab 50304 --steps $((warmup + 10)) --warmup "$warmup" --device cuda \
+    --amp bf16 "$@" 2>"$LOGS/torch-$label.log" | sed -n 's/^tokens_per_s=//p')
+  if [ -z "$rate" ]; then
+    note "train gpt2-124m bf16 pytorch $label: failed (see torch-$label.log)"
+    tail -5 "$LOGS/torch-$label.log"
+    return
+  fi
   # MFU with kumiko's FLOP count (6 N_matmul + 12 L H D T per token, docs/training.md).
-  mfu=$("${PYENV[@]}" python3 -c "L,C,V,T=12,768,50304,1024; f=6*(L*12*C*C+V*C)+12*L*C*T; print('%.1f%%' % (100*$torch_rate*f/($PEAK*1e9)) if $PEAK else 'n/a')")
-  note "train gpt2-124m bf16 pytorch $(sed -n 's/^torch \([^ ]*\) threads=.*/\1/p' "$LOGS/torch.log" | head -1): ${torch_rate%.*} tok/s, MFU ${mfu}"
-elif [ "$t" -lt 20 ]; then
-  note "train gpt2-124m bf16 pytorch: not run (no time left)"
-else
-  note "train gpt2-124m bf16 pytorch: failed (see torch.log)"
-  tail -5 "$LOGS/torch.log"
-fi
-pack_logs
+  mfu=$("${PYENV[@]}" python3 -c "L,C,V,T=12,768,50304,1024; f=6*(L*12*C*C+V*C)+12*L*C*T; print('%.1f%%' % (100*$rate*f/($PEAK*1e9)) if $PEAK else 'n/a')")
+  note "train gpt2-124m bf16 pytorch $label $(sed -n 's/^torch \([^ ]*\) .*threads=.*/\1/p' "$LOGS/torch-$label.log" | head -1): ${rate%.*} tok/s, MFU ${mfu}"
+  pack_logs
+}
+torch_rate eager 70 3
+torch_rate compiled 180 6 --compile
 
 echo
 echo "== summary ($GPU, $(date -u +%Y-%m-%d))"

@@ -129,8 +129,8 @@ config::Config tiny(const std::string& arch, const std::string& device, const st
   c.data.synthetic = true;
   c.train.steps = 50;
   c.train.micro_batch = 4;  // two micro-batches per step: gradient accumulation
+  c.train.warmup_steps = 5;  // tiny.ini's 30 is more than the resume test's 20 steps
   c.train.eval_every = 0;
-  c.train.eval_batches = 0;
   c.checkpoint.every_steps = 0;
   c.log.level = "warn";
   c.log.run_dir = testing::temp_run_dir("gpu-" + arch + "-" + device + "-" + dtype + "-" + matmul + "-" + attention);
@@ -139,6 +139,18 @@ config::Config tiny(const std::string& arch, const std::string& device, const st
   c.backend.matmul = matmul;
   c.backend.attention = attention;
   return c;
+}
+
+// The configurations below are valid: checked on every machine, since the GPU cases
+// skip without a GPU (they once failed only there, on a config error).
+TEST(GpuTraining, ConfigsAreValid) {
+  for (const std::string arch : {"gpt2", "llama"}) {
+    auto c = tiny(arch, "cpu", "fp32", "kumiko", "kumiko");
+    EXPECT_NO_THROW(config::validate(c)) << arch;
+    c.train.steps = 20;  // ResumeFromCheckpointIsBitwise
+    c.train.stop_at = 10;
+    EXPECT_NO_THROW(config::validate(c)) << arch;
+  }
 }
 
 train::RunSummary run(const config::Config& c) {

@@ -6,6 +6,8 @@
 // T covers one row, a partial tile, exact tiles and a partial last tile (tiles are 64).
 #include <cuda_runtime.h>
 
+#include <cmath>
+#include <cstdio>
 #include <initializer_list>
 #include <iostream>
 #include <string>
@@ -215,6 +217,22 @@ TEST(CudaAttention, TensorCoresMatchCudaCores) {
   }
 }
 
+// ||got - ref|| / ||ref|| within rtol (the error of the tensor as a whole).
+template <typename A>
+void expect_rms_close(const std::vector<A>& got, const std::vector<double>& ref, double rtol,
+                      const std::string& what) {
+  ASSERT_EQ(got.size(), ref.size()) << what;
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double d = double(got[i]) - ref[i];
+    err += d * d;
+    norm += ref[i] * ref[i];
+  }
+  const double rel = std::sqrt(err / norm);
+  EXPECT_LE(rel, rtol) << what << ": relative rms error " << rel;
+  std::printf("[ NOTE     ] %s: relative rms error %.2e\n", what.c_str(), rel);
+}
+
 // cuDNN's bf16 kernels round P and dS to bf16 before their matrix products (on top of the
 // bf16 outputs), so the bounds are wider than for kumiko's fp32-math kernels; lse is fp32.
 void check_cudnn(CudnnAttention& att, const Shape& s, uint32_t seed) {
@@ -237,7 +255,12 @@ void check_cudnn(CudnnAttention& att, const Shape& s, uint32_t seed) {
     return dqkv.download();
   };
   const auto first = backward();
-  expect_close(first, c.dqkv_ref, 3e-2, "cudnn dqkv" + s.tag());
+  // Each gradient sums T products of bf16-rounded P and dS: the rounding errors add up
+  // like a random walk, so over ~10^6 elements a few land past 3e-2 of |ref| + rms (the
+  // H200 run saw up to 4.8e-2 in 1-4 elements). Element-wise the bound is 1e-1 (an
+  // indexing error is O(1)); over the whole tensor the error must stay at bf16's scale.
+  expect_close(first, c.dqkv_ref, 1e-1, "cudnn dqkv" + s.tag());
+  expect_rms_close(first, c.dqkv_ref, 1e-2, "cudnn dqkv" + s.tag());
   expect_bitwise_equal(backward(), first, "cudnn dqkv" + s.tag());
 }
 
