@@ -83,12 +83,6 @@ template <typename T>
   return x < E::lo ? T(0) : result;
 }
 
-// tanh(u) = 1 - 2 / (exp(2u) + 1); absolute error ~1 ulp of 1.
-template <typename T>
-[[gnu::always_inline]] inline T tanh_approx(T u) {
-  return T(1) - T(2) / (exp_approx(T(2) * u) + T(1));
-}
-
 template <typename T>
 [[gnu::always_inline]] inline T sigmoid_approx(T g) {
   return T(1) / (T(1) + exp_approx(-g));

@@ -1,4 +1,7 @@
-// GELU (tanh approximation), elementwise with a vectorised tanh (detail::tanh_approx).
+// GELU (tanh approximation), elementwise in its sigmoid form, 0.5 x (1 + tanh u) =
+// x sigmoid(2u), with a vectorised exp (detail::exp_approx): no cancellation in 1 + tanh u
+// where tanh u -> -1, so the negative tail keeps the type's relative accuracy (and the
+// CUDA kernels, kernels/cuda/gelu.cuh, compute the same form).
 #include "kumiko/ops/gelu.h"
 
 #include "kernels/cpu/common.h"
@@ -17,7 +20,7 @@ void gelu_forward(T* out, const T* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const T xi = x[i];
     const T u = a * (xi + c3 * xi * xi * xi);
-    out[i] = T(0.5) * xi * (T(1) + detail::tanh_approx(u));
+    out[i] = xi / (T(1) + detail::exp_approx(T(-2) * u));
   }
 }
 
@@ -28,9 +31,11 @@ void gelu_backward(T* dx, const T* dout, const T* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const T xi = x[i];
     const T u = a * (xi + c3 * xi * xi * xi);
-    const T th = detail::tanh_approx(u);
-    const T sech2 = T(1) - th * th;
-    const T grad = T(0.5) * (T(1) + th) + T(0.5) * xi * sech2 * a * (T(1) + T(3) * c3 * xi * xi);
+    // gelu'(x) = s + 2 x s (1 - s) u'(x), s = sigmoid(2u), 1 - s = e s with e = exp(-2u)
+    // (exp_approx saturates at a finite value, so e s never is inf * 0).
+    const T e = detail::exp_approx(T(-2) * u);
+    const T s = T(1) / (T(1) + e);
+    const T grad = s + T(2) * xi * s * (e * s) * a * (T(1) + T(3) * c3 * xi * xi);
     dx[i] += dout[i] * grad;
   }
 }
