@@ -11,6 +11,7 @@
 #      the vendor paths (cuBLASLt + cuDNN), and PyTorch on the same shape: tokens/s and MFU;
 # then prints one summary table. The tables and logs.tar.gz go to $OUT (or
 # ./gpu-check-out).
+# GPU_CHECK_STEPS="tests" (or any of tests bench train torch) runs only those steps.
 # Budget: 72 s on an H200 (2026-12-04) before torch.compile was added; meant to stay under 5 minutes; every step has its own
 # timeout (TERM, then KILL 5 s later) and all of them end by GPU_CHECK_BUDGET seconds (default 540) after
 # the start, so a hang still leaves the tables of the steps before it. summary.txt and
@@ -129,6 +130,10 @@ run_tests() {  # binary budget_seconds
   note "tests $1: passed=$passed failed=$failed skipped=$skipped${crashed:+ crashed/unrun:$crashed}"
   pack_logs
 }
+# GPU_CHECK_STEPS picks steps (default all: "tests bench train torch").
+STEPS=" ${GPU_CHECK_STEPS:-tests bench train torch} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
+if want tests; then
 echo "== gpu tests"
 run_tests kernels_cuda_test 130
 run_tests gpu_model_test 110
@@ -137,10 +142,13 @@ run_tests gpu_model_test 110
 # process runs the CUDA-vs-CPU checks and the two-rank layouts skip.
 run_tests test_gpu_layouts 90
 command -v mpirun >/dev/null && echo "(this machine's mpirun: $(mpirun --version 2>&1 | head -1))"
+fi
 
 echo "== kumiko bench kernels"
 t=$(step_time 90)
-if [ "$t" -ge 15 ]; then
+if ! want bench; then
+  :
+elif [ "$t" -ge 15 ]; then
   timeout -k 5 "$t" "$DEV/bin/kumiko" bench kernels --markdown "$OUT/kernels.md" 2>&1 | tee "$LOGS/bench.log"
   rc=${PIPESTATUS[0]}
   note "bench kernels: rc=$rc$([ -f "$OUT/kernels.md" ] || echo ', no table (see bench.log)')"
@@ -181,8 +189,10 @@ PY
   rm -rf "$dir"  # its checkpoint and weights files (about 2.5 GB)
   pack_logs
 }
-train_rate kumiko kumiko kumiko
-train_rate vendor cublas cudnn
+if want train; then
+  train_rate kumiko kumiko kumiko
+  train_rate vendor cublas cudnn
+fi
 
 # The peer users would otherwise pick: PyTorch with bf16 autocast, SDPA (flash)
 # attention, fused AdamW, the same model (scripts/reference/torch_model.py), eager and
@@ -206,8 +216,10 @@ torch_rate() {  # label cap_seconds warmup [torch_train.py options]
   note "train gpt2-124m bf16 pytorch $label $(sed -n 's/^torch \([^ ]*\) .*threads=.*/\1/p' "$LOGS/torch-$label.log" | head -1): ${rate%.*} tok/s, MFU ${mfu}"
   pack_logs
 }
-torch_rate eager 70 3
-torch_rate compiled 180 6 --compile
+if want torch; then
+  torch_rate eager 70 3
+  torch_rate compiled 180 6 --compile
+fi
 
 echo
 echo "== summary ($GPU, $(date -u +%Y-%m-%d))"

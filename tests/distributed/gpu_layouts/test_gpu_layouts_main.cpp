@@ -56,7 +56,14 @@ TEST_P(GpuLayouts, OneGpuMatchesCpu) {
   c.backend.device = "cpu";
   c.log.run_dir = g_root + "/" + arch + "-vs-cpu-cpu";
   const auto cpu = testing::train_on(*solo, c);
-  testing::expect_same_run(gpu, cpu, arch + " fp32 one GPU vs CPU after 3 steps");
+  // Different fp32 kernels sum in different orders: each gradient entry differs by some
+  // delta ~ 1e-6 of the gradients' rms. AdamW's first steps move a weight by about
+  // lr sign(g) wherever |g| >> delta, so the updates agree except on the fraction
+  // f ~ delta / rms(g) ~ 1e-6 of entries with |g| <~ delta, which may move up to 2 lr
+  // apart: relative weight difference ~ 2 lr sqrt(f) / rms(w) ~ 2 * 3e-4 * 1e-3 / 0.02
+  // = 3e-5 after 3 steps (the H200 run of 2026-12-04 saw up to 7e-5). The bound is 3e-4;
+  // the losses stay within 1e-5. Layouts on one backend (same kernels) keep 1e-5.
+  testing::expect_same_run(gpu, cpu, arch + " fp32 one GPU vs CPU after 3 steps", 3e-4);
 }
 
 TEST_P(GpuLayouts, Bf16FollowsCpu) {
