@@ -4,15 +4,16 @@
 # scripts/device/build_for_device.sh gathered in .device/ (carry it):
 #   1. the gpu-labelled tests: every kernel against the CPU reference, the one model
 #      over the CUDA backend against the CPU backend, 50 tiny-config steps fp32/bf16
-#      against the CPU losses, and the parallel layouts on the CUDA backend
-#      (test_gpu_layouts: two ranks sharing the GPU when mpirun exists);
+#      against the CPU losses, and test_gpu_layouts' one-GPU-vs-CPU cases (built without
+#      MPI, so its two-rank layouts skip);
 #   2. kumiko bench kernels: each kernel next to cuBLASLt / cuDNN / the copy bandwidth;
 #   3. gpt2-124m training throughput (B=16, T=1024, bf16) with kumiko's kernels and with
-#      the vendor paths (cuBLASLt + cuDNN), and PyTorch on the same shape: tokens/s and MFU;
+#      the vendor paths (cuBLASLt + cuDNN), and PyTorch (eager and torch.compile) on the
+#      same shape: tokens/s and MFU;
 # then prints one summary table. The tables and logs.tar.gz go to $OUT (or
 # ./gpu-check-out).
 # GPU_CHECK_STEPS="tests" (or any of tests bench train torch) runs only those steps.
-# Budget: 72 s on an H200 (2026-12-04) before torch.compile was added; meant to stay under 5 minutes; every step has its own
+# Budget: 124-156 s on an H200 (2026-12-04; 72 s without torch.compile); every step has its own
 # timeout (TERM, then KILL 5 s later) and all of them end by GPU_CHECK_BUDGET seconds (default 540) after
 # the start, so a hang still leaves the tables of the steps before it. summary.txt and
 # logs.tar.gz in $OUT are rewritten after every step (a run cut off keeps them).
