@@ -8,7 +8,11 @@
 #include <filesystem>
 
 #include <hdf5.h>
+#ifdef KUMIKO_PARALLEL_HDF5
+#include <mpi.h>
+#endif
 
+#include "kumiko/comm/communicator.h"
 #include "kumiko/core/error.h"
 
 namespace kumiko::ckpt {
@@ -84,10 +88,94 @@ void ensure_groups(hid_t file, const std::string& name) {
   }
 }
 
+// File access: HDF5's file locking where the file system supports it, ignored where
+// it does not (NFS, some Lustre mounts); HDF5_USE_FILE_LOCKING=FALSE still turns it off.
+Handle file_access() {
+  Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  H5Pset_file_locking(fapl.get(), true, true);
+  return fapl;
+}
+
+// A selection of `slabs` in `space` (none when empty).
+void select_slabs(hid_t space, const std::vector<Slab>& slabs, const std::string& name) {
+  H5Sselect_none(space);
+  for (const auto& slab : slabs) {
+    const std::vector<hsize_t> start(slab.start.begin(), slab.start.end());
+    const std::vector<hsize_t> count(slab.count.begin(), slab.count.end());
+    KUMIKO_CHECK(H5Sselect_hyperslab(space, H5S_SELECT_OR, start.data(), nullptr, count.data(), nullptr) >= 0,
+                 "cannot select a slab of ", name, ": ", hdf5_message());
+  }
+}
+
+int64_t slab_elements(const std::vector<Slab>& slabs) {
+  int64_t n = 0;
+  for (const auto& slab : slabs) {
+    int64_t e = 1;
+    for (int64_t c : slab.count) e *= c;
+    n += e;
+  }
+  return n;
+}
+
+// A one-dimensional memory space of n elements (n = 0: one element, none selected).
+Handle memory_space(int64_t n) {
+  const hsize_t dim = static_cast<hsize_t>(std::max<int64_t>(n, 1));
+  Handle space(H5Screate_simple(1, &dim, nullptr), H5Sclose);
+  if (n == 0) H5Sselect_none(space.get());
+  return space;
+}
+
 }  // namespace
+
+std::vector<Slab> slabs_of_runs(const Shape& shape, const std::vector<std::pair<int64_t, int64_t>>& runs) {
+  KUMIKO_CHECK(shape.size() == 1 || shape.size() == 2, "slabs_of_runs: rank ", shape.size(),
+               " datasets are not supported");
+  std::vector<Slab> out;
+  if (shape.size() == 1) {
+    for (const auto& [offset, count] : runs) {
+      if (count == 0) continue;
+      if (!out.empty() && out.back().start[0] + out.back().count[0] == offset) {
+        out.back().count[0] += count;
+      } else {
+        out.push_back({{offset}, {count}});
+      }
+    }
+    return out;
+  }
+  const int64_t cols = shape[1];
+  // Adds rows x [col, col + width), merged into the previous slab when it continues it.
+  auto add = [&](int64_t row, int64_t col, int64_t rows, int64_t width) {
+    if (!out.empty()) {
+      auto& last = out.back();
+      if (last.start[1] == col && last.count[1] == width && last.start[0] + last.count[0] == row) {
+        last.count[0] += rows;
+        return;
+      }
+    }
+    out.push_back({{row, col}, {rows, width}});
+  };
+  for (auto [offset, count] : runs) {
+    if (count > 0 && (offset % cols != 0 || count < cols)) {  // a partial first row
+      const int64_t width = std::min(count, cols - offset % cols);
+      add(offset / cols, offset % cols, 1, width);
+      offset += width;
+      count -= width;
+    }
+    if (count >= cols) {  // whole rows
+      const int64_t rows = count / cols;
+      add(offset / cols, 0, rows, cols);
+      offset += rows * cols;
+      count -= rows * cols;
+    }
+    if (count > 0) add(offset / cols, 0, 1, count);  // a partial last row
+  }
+  return out;
+}
 
 struct H5Writer::Impl {
   Handle file;
+  Handle transfer;  // dataset transfer properties: collective MPI-IO in a parallel writer
+  bool writes_whole = true;  // this rank writes the whole-dataset calls (group rank 0)
 };
 
 H5Writer::H5Writer(std::string path) : path_(std::move(path)), impl_(std::make_unique<Impl>()) {
@@ -95,20 +183,58 @@ H5Writer::H5Writer(std::string path) : path_(std::move(path)), impl_(std::make_u
   temp_path_ = path_ + ".tmp-" + std::to_string(::getpid());
   const auto parent = std::filesystem::path(path_).parent_path();
   if (!parent.empty()) std::filesystem::create_directories(parent);
-  impl_->file = Handle(H5Fcreate(temp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+  Handle fapl = file_access();
+  impl_->file = Handle(H5Fcreate(temp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
   KUMIKO_USER_CHECK(impl_->file.valid(), temp_path_, ": cannot create HDF5 file: ", hdf5_message());
+}
+
+bool H5Writer::parallel_available() {
+#ifdef KUMIKO_PARALLEL_HDF5
+  return true;
+#else
+  return false;
+#endif
+}
+
+H5Writer::H5Writer(std::string path, comm::Communicator& group)
+    : path_(std::move(path)), group_(&group), impl_(std::make_unique<Impl>()) {
+  silence_hdf5();
+#ifdef KUMIKO_PARALLEL_HDF5
+  const auto* mpi = static_cast<const MPI_Comm*>(group.mpi_comm());
+  KUMIKO_CHECK(mpi != nullptr, "parallel HDF5 needs an MPI communicator; group '", group.name(), "' is not one");
+  // One temporary name for all: that of group rank 0's process.
+  int64_t pid = ::getpid();
+  group.broadcast(&pid, 1, 0);
+  temp_path_ = path_ + ".tmp-" + std::to_string(pid);
+  const auto parent = std::filesystem::path(path_).parent_path();
+  if (group.rank() == 0 && !parent.empty()) std::filesystem::create_directories(parent);
+  group.barrier();
+  Handle fapl = file_access();
+  H5Pset_fapl_mpio(fapl.get(), *mpi, MPI_INFO_NULL);
+  H5Pset_all_coll_metadata_ops(fapl.get(), true);
+  H5Pset_coll_metadata_write(fapl.get(), true);
+  impl_->file = Handle(H5Fcreate(temp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
+  KUMIKO_USER_CHECK(impl_->file.valid(), temp_path_, ": cannot create HDF5 file through MPI-IO: ", hdf5_message());
+  impl_->transfer = Handle(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
+  // Collective: required for the checksum filter's parallel writes, and lets MPI-IO
+  // aggregate many ranks' small pieces into large file accesses.
+  H5Pset_dxpl_mpio(impl_->transfer.get(), H5FD_MPIO_COLLECTIVE);
+  impl_->writes_whole = group.rank() == 0;
+#else
+  KUMIKO_CHECK(false, path_, ": this build has serial HDF5; parallel checkpoint writes need libhdf5-openmpi-dev");
+#endif
 }
 
 H5Writer::~H5Writer() {
   if (impl_ && impl_->file.valid()) {
     impl_->file = Handle();
-    std::remove(temp_path_.c_str());
+    if (!group_ || group_->rank() == 0) std::remove(temp_path_.c_str());
   }
 }
 
 namespace {
-void write_numeric(hid_t file, const std::string& name, const Shape& shape, hid_t type,
-                   const void* data) {
+// A chunked, checksummed dataset (contiguous when empty or scalar).
+Handle create_numeric(hid_t file, const std::string& name, const Shape& shape, hid_t type) {
   ensure_groups(file, name);
   const auto dims = dims_of(shape);
   Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
@@ -121,23 +247,58 @@ void write_numeric(hid_t file, const std::string& name, const Shape& shape, hid_
   Handle set(H5Dcreate2(file, name.c_str(), type, space.get(), H5P_DEFAULT, plist.get(), H5P_DEFAULT),
              H5Dclose);
   KUMIKO_CHECK(set.valid(), "cannot create dataset ", name, ": ", hdf5_message());
-  if (numel_of(shape) > 0)
-    KUMIKO_CHECK(H5Dwrite(set.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
-                 "cannot write dataset ", name, ": ", hdf5_message());
+  return set;
+}
+
+// The transfer properties: the writer's (collective) or the default.
+hid_t transfer_of(const Handle& transfer) { return transfer.valid() ? transfer.get() : H5P_DEFAULT; }
+
+// Writes a whole dataset from `data`; in a parallel writer only where `whole` (group
+// rank 0), the others taking part with an empty selection.
+void write_whole(hid_t set, hid_t type, const Handle& transfer, bool whole, const void* data,
+                 const std::string& name) {
+  Handle file_space(H5Dget_space(set), H5Sclose);
+  if (!whole) H5Sselect_none(file_space.get());
+  const hssize_t n = whole ? H5Sget_simple_extent_npoints(file_space.get()) : 0;
+  Handle mem_space = whole ? Handle(H5Scopy(file_space.get()), H5Sclose) : memory_space(0);
+  KUMIKO_CHECK(H5Dwrite(set, type, mem_space.get(), file_space.get(), transfer_of(transfer), n ? data : nullptr) >= 0,
+               "cannot write dataset ", name, ": ", hdf5_message());
+}
+}  // namespace
+
+void H5Writer::write_f32_slabs(const std::string& name, const Shape& shape, const std::vector<Slab>& slabs,
+                               const float* data) {
+  Handle set = create_numeric(impl_->file.get(), name, shape, H5T_NATIVE_FLOAT);
+  if (numel_of(shape) == 0) return;
+  const int64_t n = slab_elements(slabs);
+  KUMIKO_CHECK(parallel() || n == numel_of(shape), "write_f32_slabs: a serial writer must cover ", name);
+  Handle file_space(H5Dget_space(set.get()), H5Sclose);
+  select_slabs(file_space.get(), slabs, name);
+  Handle mem_space = memory_space(n);
+  KUMIKO_CHECK(H5Dwrite(set.get(), H5T_NATIVE_FLOAT, mem_space.get(), file_space.get(), transfer_of(impl_->transfer),
+                        n ? data : nullptr) >= 0,
+               "cannot write dataset ", name, ": ", hdf5_message());
+}
+
+namespace {
+void write_numeric(hid_t file, const Handle& transfer, bool whole, const std::string& name, const Shape& shape,
+                   hid_t type, const void* data) {
+  Handle set = create_numeric(file, name, shape, type);
+  if (numel_of(shape) > 0) write_whole(set.get(), type, transfer, whole, data, name);
 }
 }  // namespace
 
 void H5Writer::write_f32(const std::string& name, const Shape& shape, const float* data) {
-  write_numeric(impl_->file.get(), name, shape, H5T_NATIVE_FLOAT, data);
+  write_numeric(impl_->file.get(), impl_->transfer, impl_->writes_whole, name, shape, H5T_NATIVE_FLOAT, data);
 }
 void H5Writer::write_f64(const std::string& name, const Shape& shape, const double* data) {
-  write_numeric(impl_->file.get(), name, shape, H5T_NATIVE_DOUBLE, data);
+  write_numeric(impl_->file.get(), impl_->transfer, impl_->writes_whole, name, shape, H5T_NATIVE_DOUBLE, data);
 }
 void H5Writer::write_i32(const std::string& name, const Shape& shape, const int32_t* data) {
-  write_numeric(impl_->file.get(), name, shape, H5T_NATIVE_INT32, data);
+  write_numeric(impl_->file.get(), impl_->transfer, impl_->writes_whole, name, shape, H5T_NATIVE_INT32, data);
 }
 void H5Writer::write_i64(const std::string& name, const Shape& shape, const int64_t* data) {
-  write_numeric(impl_->file.get(), name, shape, H5T_NATIVE_INT64, data);
+  write_numeric(impl_->file.get(), impl_->transfer, impl_->writes_whole, name, shape, H5T_NATIVE_INT64, data);
 }
 
 void H5Writer::write_string(const std::string& name, const std::string& text) {
@@ -151,8 +312,7 @@ void H5Writer::write_string(const std::string& name, const std::string& text) {
              H5Dclose);
   KUMIKO_CHECK(set.valid(), "cannot create dataset ", name, ": ", hdf5_message());
   const std::string padded = text.empty() ? std::string(1, '\0') : text;
-  KUMIKO_CHECK(H5Dwrite(set.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, padded.data()) >= 0,
-               "cannot write dataset ", name);
+  write_whole(set.get(), type.get(), impl_->transfer, impl_->writes_whole, padded.data(), name);
 }
 
 void H5Writer::set_attr(const std::string& key, const std::string& value) {
@@ -180,7 +340,14 @@ void H5Writer::set_attr(const std::string& key, int64_t value) {
 void H5Writer::commit() {
   KUMIKO_CHECK(impl_->file.valid(), "H5Writer::commit called twice");
   KUMIKO_CHECK(H5Fflush(impl_->file.get(), H5F_SCOPE_GLOBAL) >= 0, "flush failed: ", hdf5_message());
-  impl_->file = Handle();  // close
+  impl_->file = Handle();  // close (collective in a parallel writer: MPI_File_close syncs)
+  if (group_) {
+    group_->barrier();  // every member's part is in the file
+    if (group_->rank() != 0) {
+      group_->barrier();  // rank 0 has renamed it
+      return;
+    }
+  }
   const int fd = ::open(temp_path_.c_str(), O_RDONLY);
   KUMIKO_CHECK(fd >= 0, "cannot reopen ", temp_path_, " for fsync");
   const int rc = ::fsync(fd);
@@ -193,6 +360,7 @@ void H5Writer::commit() {
     ::fsync(dir);
     ::close(dir);
   }
+  if (group_) group_->barrier();
 }
 
 struct H5Reader::Impl {
@@ -204,7 +372,8 @@ H5Reader::H5Reader(std::string path) : path_(std::move(path)), impl_(std::make_u
   KUMIKO_USER_CHECK(std::filesystem::exists(path_), path_, ": no such file");
   KUMIKO_USER_CHECK(H5Fis_hdf5(path_.c_str()) > 0, path_,
                     ": not a readable HDF5 file (truncated or corrupt?)");
-  impl_->file = Handle(H5Fopen(path_.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  Handle fapl = file_access();
+  impl_->file = Handle(H5Fopen(path_.c_str(), H5F_ACC_RDONLY, fapl.get()), H5Fclose);
   KUMIKO_USER_CHECK(impl_->file.valid(), path_, ": cannot open HDF5 file: ", hdf5_message());
 }
 
@@ -261,6 +430,20 @@ void read_numeric(const H5Reader& r, hid_t file, const std::string& name, const 
 
 void H5Reader::read_f32(const std::string& name, const Shape& expected, float* out) const {
   read_numeric(*this, impl_->file.get(), name, expected, H5T_NATIVE_FLOAT, out);
+}
+void H5Reader::read_f32_slabs(const std::string& name, const Shape& expected, const std::vector<Slab>& slabs,
+                              float* out) const {
+  const Shape actual = shape(name);
+  KUMIKO_USER_CHECK(actual == expected, path_, ": tensor '", name, "' has shape ", shape_str(actual), ", expected ",
+                    shape_str(expected));
+  const int64_t n = slab_elements(slabs);
+  if (n == 0) return;
+  Handle set(H5Dopen2(impl_->file.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
+  Handle file_space(H5Dget_space(set.get()), H5Sclose);
+  select_slabs(file_space.get(), slabs, name);
+  Handle mem_space = memory_space(n);
+  KUMIKO_USER_CHECK(H5Dread(set.get(), H5T_NATIVE_FLOAT, mem_space.get(), file_space.get(), H5P_DEFAULT, out) >= 0,
+                    path_, ": cannot read tensor '", name, "' (checksum mismatch or corrupt data): ", hdf5_message());
 }
 void H5Reader::read_f64(const std::string& name, const Shape& expected, double* out) const {
   read_numeric(*this, impl_->file.get(), name, expected, H5T_NATIVE_DOUBLE, out);

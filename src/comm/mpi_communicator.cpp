@@ -182,6 +182,8 @@ struct MpiCommunicator::Impl {
   }
 };
 
+const void* MpiCommunicator::mpi_comm() const { return &impl_->comm; }
+
 MpiCommunicator::MpiCommunicator(void* comm, bool owned, std::string name)
     : impl_(std::make_unique<Impl>()), name_(std::move(name)) {
   impl_->comm = *static_cast<MPI_Comm*>(comm);

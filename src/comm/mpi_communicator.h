@@ -24,6 +24,7 @@ class MpiCommunicator : public Communicator {
   void barrier() override;
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override;
   [[noreturn]] void abort(int code) override;
+  const void* mpi_comm() const override;
 
  protected:
   void all_reduce_raw(void* data, int64_t n, DType t, ReduceOp op) override;

@@ -37,6 +37,18 @@ bool mpi_cuda_aware() {
 #endif
 }
 
+bool mpi_thread_multiple() {
+#ifdef KUMIKO_WITH_MPI
+  int initialized = 0, level = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) return false;
+  MPI_Query_thread(&level);
+  return level >= MPI_THREAD_MULTIPLE;
+#else
+  return false;
+#endif
+}
+
 std::string mpi_library_version() {
 #ifdef KUMIKO_WITH_MPI
   char version[MPI_MAX_LIBRARY_VERSION_STRING];

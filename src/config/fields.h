@@ -104,6 +104,12 @@ void for_each_field(C& c, F&& f) {
   f("checkpoint.resume", k.resume, "empty, auto (latest in dir) or a checkpoint path", nullptr);
   f("checkpoint.write_delay_ms", k.write_delay_ms, "testing only: pause after each tensor saved",
     nullptr);
+  f("checkpoint.async", k.async, "write checkpoints in the background from a snapshot (training goes on)",
+    nullptr);
+  f("checkpoint.writer", k.writer,
+    "who writes: every rank its own shards through parallel HDF5, or rank 0 after gathering (auto: parallel "
+    "when built with it and run on several ranks)",
+    "auto|parallel|gather");
 
   auto& l = c.log;
   f("log.run_dir", l.run_dir, "run folder (metrics.jsonl, checkpoints)", nullptr);

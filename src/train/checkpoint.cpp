@@ -1,13 +1,16 @@
 #include "kumiko/train/checkpoint.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
-#include <thread>
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "kumiko/ckpt/h5file.h"
+#include "kumiko/comm/communicator.h"
 #include "kumiko/core/error.h"
 #include "kumiko/core/progress.h"
 
@@ -72,6 +75,24 @@ int64_t read_scalar(const ckpt::H5Reader& r, const std::string& name) {
   return v;
 }
 
+void write_scalars(ckpt::H5Writer& w, const TrainState& state) {
+  write_scalar(w, "/state/step", state.step);
+  write_scalar(w, "/state/tokens_seen", state.tokens_seen);
+  write_scalar(w, "/state/optimizer_steps", state.optimizer_steps);
+  write_scalar(w, "/state/loader_step", state.loader_step);
+  write_scalar(w, "/state/seed", static_cast<int64_t>(state.seed));
+  write_scalar(w, "/state/skipped_steps", state.skipped_steps);
+}
+
+void write_header(ckpt::H5Writer& w, const TrainState& state, const CheckpointMeta& meta) {
+  w.set_attr("format", kFormat);
+  w.set_attr("format_version", kFormatVersion);
+  w.set_attr("step", state.step);
+  w.set_attr("tokenizer_sha256", meta.tokenizer_sha256);
+  w.set_attr("tokenizer_path", meta.tokenizer_path);
+  w.write_string("/config", meta.config_ini);
+}
+
 }  // namespace
 
 std::string model_config_diff(const std::string& checkpoint_ini, const std::string& config_ini) {
@@ -131,12 +152,7 @@ int64_t save_checkpoint(const std::string& path, const model::ParameterStore<flo
 int64_t save_checkpoint(const std::string& path, const LogicalState& t, const TrainState& state,
                         const CheckpointMeta& meta, int write_delay_ms) {
   ckpt::H5Writer w(path);
-  w.set_attr("format", kFormat);
-  w.set_attr("format_version", kFormatVersion);
-  w.set_attr("step", state.step);
-  w.set_attr("tokenizer_sha256", meta.tokenizer_sha256);
-  w.set_attr("tokenizer_path", meta.tokenizer_path);
-  w.write_string("/config", meta.config_ini);
+  write_header(w, state, meta);
   Progress progress = tensor_progress("saving", path, t.specs);
   for (size_t i = 0; i < t.specs.size(); ++i) {
     const auto& spec = t.specs[i];
@@ -149,30 +165,18 @@ int64_t save_checkpoint(const std::string& path, const LogicalState& t, const Tr
     progress.advance(bytes);
     if (write_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(write_delay_ms));
   }
-  write_scalar(w, "/state/step", state.step);
-  write_scalar(w, "/state/tokens_seen", state.tokens_seen);
-  write_scalar(w, "/state/optimizer_steps", state.optimizer_steps);
-  write_scalar(w, "/state/loader_step", state.loader_step);
-  write_scalar(w, "/state/seed", static_cast<int64_t>(state.seed));
-  write_scalar(w, "/state/skipped_steps", state.skipped_steps);
+  write_scalars(w, state);
   w.commit();  // the summary's time includes the flush and fsync
   progress.finish();
   return static_cast<int64_t>(std::filesystem::file_size(path));
 }
 
-TrainState load_checkpoint(const std::string& path, const config::Config& config,
-                           const std::string& tokenizer_sha256,
-                           model::ParameterStore<float>& params, float* m, float* v) {
-  return load_checkpoint(path, config, tokenizer_sha256, specs_of(params),
-                         tensors_in(params, params.flat_values().data()), tensors_in(params, m),
-                         tensors_in(params, v));
-}
-
-TrainState load_checkpoint(const std::string& path, const config::Config& config,
-                           const std::string& tokenizer_sha256, const std::vector<model::ParameterSpec>& specs,
-                           const std::vector<float*>& values, const std::vector<float*>& m,
-                           const std::vector<float*>& v) {
-  ckpt::H5Reader r(path);
+namespace {
+// Every check of a checkpoint before any tensor is read (a caller may load into live
+// buffers), and its training state.
+TrainState read_header(const ckpt::H5Reader& r, const config::Config& config, const std::string& tokenizer_sha256,
+                       const std::vector<model::ParameterSpec>& specs) {
+  const std::string& path = r.path();
   KUMIKO_USER_CHECK(r.has_attr("format") && r.attr_string("format") == kFormat, path,
                     ": not a kumiko checkpoint (attribute format != '", kFormat, "')");
   const int64_t version = r.attr_int("format_version");
@@ -185,8 +189,6 @@ TrainState load_checkpoint(const std::string& path, const config::Config& config
   KUMIKO_USER_CHECK(stored_sha == tokenizer_sha256, path, ": tokenizer differs: checkpoint ",
                     stored_sha.empty() ? "(none, synthetic data)" : stored_sha, ", data.dir ",
                     tokenizer_sha256.empty() ? "(none, synthetic data)" : tokenizer_sha256);
-
-  // Every check before any tensor is read: a caller may load into live buffers.
   for (const auto& spec : specs)
     for (const char* group : {"/model/", "/optim/m/", "/optim/v/"})
       KUMIKO_USER_CHECK(r.has(group + spec.name), path, ": missing tensor '", group + spec.name, "'");
@@ -199,7 +201,145 @@ TrainState load_checkpoint(const std::string& path, const config::Config& config
   s.skipped_steps = read_scalar(r, "/state/skipped_steps");
   KUMIKO_USER_CHECK(s.seed == config.train.seed, path, ": train.seed: checkpoint ", s.seed, ", config ",
                     config.train.seed, " (the data order would change)");
+  return s;
+}
 
+// A local tensor's contiguous runs (local offset, logical offset, count) in logical order.
+struct Run {
+  int64_t local, logical, count;
+};
+std::vector<Run> logical_runs(const model::ParameterSpec& local) {
+  std::vector<Run> runs;
+  local.for_each_run([&](int64_t l, int64_t g, int64_t c) { runs.push_back({l, g, c}); });
+  std::sort(runs.begin(), runs.end(), [](const Run& a, const Run& b) { return a.logical < b.logical; });
+  return runs;
+}
+// Whether the local layout already is the slabs' order (true for kumiko's splits).
+bool local_in_slab_order(const std::vector<Run>& runs) {
+  int64_t next = 0;
+  for (const auto& run : runs) {
+    if (run.local != next) return false;
+    next += run.count;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::vector<ckpt::Slab> shard_slabs(const model::ParameterSpec& local) {
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  for (const auto& run : logical_runs(local)) runs.emplace_back(run.logical, run.count);
+  return ckpt::slabs_of_runs(local.shape, runs);
+}
+
+void to_slab_order(const model::ParameterSpec& local, const float* data, std::vector<float>& out) {
+  out.resize(static_cast<size_t>(numel_of(local.local_shape())));
+  int64_t pos = 0;
+  for (const auto& run : logical_runs(local)) {
+    std::copy_n(data + run.local, run.count, out.data() + pos);
+    pos += run.count;
+  }
+}
+
+int64_t save_checkpoint(const std::string& path, comm::Communicator& group, const ShardedState& st,
+                        const TrainState& state, const CheckpointMeta& meta, int write_delay_ms) {
+  KUMIKO_CHECK(st.parts.size() == st.specs.size(), "save_checkpoint: one part per tensor expected");
+  ckpt::H5Writer w(path, group);
+  write_header(w, state, meta);
+  // Progress through the file as this rank goes (all ranks go through it together).
+  Progress progress = tensor_progress("saving", path, group.rank() == 0 ? st.specs : std::vector<model::ParameterSpec>{});
+  for (size_t i = 0; i < st.specs.size(); ++i) {
+    const auto& spec = st.specs[i];
+    const auto& part = st.parts[i];
+    const int64_t bytes = numel_of(spec.shape) * int64_t{sizeof(float)};
+    w.write_f32_slabs("/model/" + spec.name, spec.shape, part.slabs, part.value.data());
+    w.write_f32_slabs("/optim/m/" + spec.name, spec.shape, part.slabs, part.m.data());
+    w.write_f32_slabs("/optim/v/" + spec.name, spec.shape, part.slabs, part.v.data());
+    progress.advance(3 * bytes);
+    if (write_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(write_delay_ms));
+  }
+  write_scalars(w, state);
+  w.commit();
+  progress.finish();
+  return group.rank() == 0 ? static_cast<int64_t>(std::filesystem::file_size(path)) : 0;
+}
+
+BackgroundWrite::~BackgroundWrite() {
+  if (!running()) return;
+  thread_.join();
+  if (!error_) return;
+  try {
+    std::rethrow_exception(error_);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kumiko: background checkpoint write failed: %s\n", e.what());
+  }
+}
+
+void BackgroundWrite::start(std::function<void()> job) {
+  KUMIKO_CHECK(!running(), "BackgroundWrite::start: the previous write was not waited for");
+  done_ = false;
+  error_ = nullptr;
+  thread_ = std::thread([this, job = std::move(job)] {
+    try {
+      job();
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+    done_ = true;
+  });
+}
+
+void BackgroundWrite::wait() {
+  if (!running()) return;
+  thread_.join();
+  if (error_) {
+    auto e = error_;
+    error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
+TrainState load_checkpoint(const std::string& path, const config::Config& config,
+                           const std::string& tokenizer_sha256,
+                           model::ParameterStore<float>& params, float* m, float* v) {
+  ckpt::H5Reader r(path);
+  TrainState s = read_header(r, config, tokenizer_sha256, specs_of(params));
+  Progress progress = tensor_progress("loading", path, specs_of(params));
+  const float* base = params.flat_values().data();
+  std::vector<float> staging;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int idx = static_cast<int>(i);
+    const auto& spec = params.spec(idx);  // this rank's shard of the logical tensor
+    const auto runs = logical_runs(spec);
+    const auto slabs = shard_slabs(spec);
+    const int64_t offset = params.value(idx) - base;
+    for (auto [group, flat] : {std::pair<const char*, float*>{"/model/", params.flat_values().data()},
+                               {"/optim/m/", m}, {"/optim/v/", v}}) {
+      float* dst = flat + offset;
+      if (local_in_slab_order(runs)) {
+        r.read_f32_slabs(group + spec.name, spec.shape, slabs, dst);
+        continue;
+      }
+      staging.resize(static_cast<size_t>(params.numel(idx)));
+      r.read_f32_slabs(group + spec.name, spec.shape, slabs, staging.data());
+      int64_t pos = 0;
+      for (const auto& run : runs) {
+        std::copy_n(staging.data() + pos, run.count, dst + run.local);
+        pos += run.count;
+      }
+    }
+    progress.advance(3 * params.numel(idx) * int64_t{sizeof(float)});
+  }
+  progress.finish();
+  return s;
+}
+
+TrainState load_checkpoint(const std::string& path, const config::Config& config,
+                           const std::string& tokenizer_sha256, const std::vector<model::ParameterSpec>& specs,
+                           const std::vector<float*>& values, const std::vector<float*>& m,
+                           const std::vector<float*>& v) {
+  ckpt::H5Reader r(path);
+  TrainState s = read_header(r, config, tokenizer_sha256, specs);
   Progress progress = tensor_progress("loading", path, specs);
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto& spec = specs[i];

@@ -2,7 +2,9 @@
 
 #include <omp.h>
 
+#include <array>
 #include <chrono>
+#include <functional>
 #include <csignal>
 #include <cmath>
 #include <cstdio>
@@ -155,6 +157,13 @@ std::string agree(comm::Communicator& world, F&& compute) {
 // function that is collective says so; all ranks call it at the same point.
 struct Trainer::State {
   State(const config::Config& c, comm::Communicator& w) : cfg(c), world(w) {}
+  ~State() {
+    try {
+      background.wait();  // a save still being written finishes before the process goes on
+    } catch (const std::exception& e) {
+      ckpt_log->error("background checkpoint write failed: {}", e.what());
+    }
+  }
 
   RunSummary run();
 
@@ -186,10 +195,14 @@ struct Trainer::State {
   // Pointers to the logical tensors of a flat buffer: into the buffer itself when this
   // rank holds every tensor whole (tp = pp = 1: no copy), else into `store` (gathered).
   std::vector<const float*> logical_view(const float* flat, model::LogicalTensors& gathered);
-  model::LogicalTensors empty_logical() const;
   void write_weights_file(const fs::path& path, int64_t step);  // collective; rank 0 writes
   void restore(const std::string& path);                        // any layout's checkpoint
-  void save(const char* why);                                   // collective; rank 0 writes
+  // Collective: a snapshot of this rank's state, written by every rank (parallel HDF5)
+  // or by rank 0 after gathering, in the background with checkpoint.async.
+  void save(const char* why);
+  std::function<int64_t()> snapshot_sharded(const std::string& path);  // this rank's parts
+  std::function<int64_t()> snapshot_gathered(const std::string& path, float* m, float* v);  // collective
+  void finish_save();  // waits for a background save; logs it and its metrics (rank 0)
   void evaluate(int64_t step);                                  // collective
   void print_sample(int64_t step);                              // collective over tp
 
@@ -221,6 +234,18 @@ struct Trainer::State {
   std::vector<std::vector<std::string>> names_by_stage;
   fs::path run_dir;
   std::string rollback_point;  // a checkpoint this run resumed from or wrote (spike rollbacks)
+  // Checkpoint writing (setup_files): every rank its shards through parallel HDF5 over
+  // ckpt_group (a copy of world, so that a background write's MPI-IO never mixes with
+  // training's collectives), or rank 0 after gathering; in the background when async.
+  bool parallel_ckpt = false, async_ckpt = false;
+  std::unique_ptr<comm::Communicator> ckpt_group;
+  BackgroundWrite background;
+  struct SaveReport {
+    std::string path, why;
+    int64_t step = 0, bytes = 0;
+    double write_s = 0;
+  };
+  std::shared_ptr<SaveReport> pending_save;  // the background save being written
   double loss_scale = 0, flops_per_token = 0, train_seconds = 0;
   double peak_flops = 0;                 // per rank, for MFU (0 = unknown)
   double mem_plan_mb = 0, mem_base_mb = 0;  // kumiko plan's total for this rank; RSS before setup
@@ -423,17 +448,30 @@ void Trainer::State::setup_files() {
   if (io)
     if (const int n = store->remove_partials(); n > 0)
       ckpt_log->warn("removed {} partial checkpoint file(s) left by an interrupted save in {}", n, store->dir());
+  const bool can_parallel = ckpt::H5Writer::parallel_available() && world.mpi_comm() != nullptr;
+  const auto& writer = cfg.checkpoint.writer;
+  KUMIKO_USER_CHECK(writer != "parallel" || can_parallel, "checkpoint.writer = parallel: ",
+                    ckpt::H5Writer::parallel_available()
+                        ? "needs MPI (this run has no MPI communicator)"
+                        : "this build has serial HDF5 (install libhdf5-openmpi-dev and rebuild), or use auto/gather");
+  parallel_ckpt = writer == "parallel" || (writer == "auto" && can_parallel && world.size() > 1);
+  async_ckpt = cfg.checkpoint.async;
+  if (async_ckpt && parallel_ckpt && !comm::mpi_thread_multiple()) {
+    ckpt_log->warn("checkpoint.async: the MPI library does not provide MPI_THREAD_MULTIPLE, so parallel "
+                   "checkpoint writes run in the foreground");
+    async_ckpt = false;
+  }
+  if (parallel_ckpt) ckpt_group = world.split(0, world.rank(), "ckpt");
+  ckpt_log->info("checkpoints: {}{}",
+                 parallel_ckpt ? "every rank writes its own shards into one file (parallel HDF5)"
+                               : "rank 0 gathers the tensors and writes the file",
+                 async_ckpt ? ", in the background from a snapshot" : "");
 }
 
 namespace {
 std::vector<const float*> const_ptrs(const model::LogicalTensors& t) {
   std::vector<const float*> out;
   for (const auto& x : t) out.push_back(x.data());
-  return out;
-}
-std::vector<float*> mut_ptrs(model::LogicalTensors& t) {
-  std::vector<float*> out;
-  for (auto& x : t) out.push_back(x.data());
   return out;
 }
 }  // namespace
@@ -460,12 +498,6 @@ std::vector<const float*> Trainer::State::logical_view(const float* flat, model:
   return const_ptrs(gathered);
 }
 
-model::LogicalTensors Trainer::State::empty_logical() const {
-  model::LogicalTensors t;
-  for (const auto& spec : stage_specs) t.emplace_back(static_cast<size_t>(numel_of(spec.shape)));
-  return t;
-}
-
 void Trainer::State::write_weights_file(const fs::path& path, int64_t step) {
   engine->download_parameters();  // the host parameters are a mirror on a device backend
   model::LogicalTensors gathered;
@@ -478,6 +510,7 @@ void Trainer::State::write_weights_file(const fs::path& path, int64_t step) {
 // Loads a checkpoint (any layout's) into this rank's parameters and optimizer state:
 // on resume and on a loss-spike rollback.
 void Trainer::State::restore(const std::string& path) {
+  finish_save();  // the file may be the one still being written
   auto& flat = engine->params();
   float *hm = nullptr, *hv = nullptr;
   if (grid->tp() == 1 && pp == 1 && engine->host_moments(&hm, &hv)) {
@@ -494,13 +527,10 @@ void Trainer::State::restore(const std::string& path) {
     engine->set_optimizer_steps(train.optimizer_steps);
     return;
   }
-  auto values = empty_logical(), lm = empty_logical(), lv = empty_logical();
-  train = load_checkpoint(path, cfg, meta.tokenizer_sha256, stage_specs, mut_ptrs(values), mut_ptrs(lm), mut_ptrs(lv));
+  // Each rank reads only the slabs of its own shards (any layout's file).
   auto& params = engine->params();
   std::vector<float> m(params.total_numel(), 0.0f), v(params.total_numel(), 0.0f);
-  model::scatter_logical(params, values, params.flat_values().data());
-  model::scatter_logical(params, lm, m.data());
-  model::scatter_logical(params, lv, v.data());
+  train = load_checkpoint(path, cfg, meta.tokenizer_sha256, params, m.data(), v.data());
   engine->upload_parameters();
   engine->scatter_moments(m.data(), v.data());
   engine->set_optimizer_steps(train.optimizer_steps);
@@ -759,6 +789,7 @@ void Trainer::State::report(const Gradients& g, double lr) {
 }
 
 void Trainer::State::after_step() {
+  if (background.done()) finish_save();  // report a finished background save
   const bool last = train.step == end;
   if ((cfg.train.eval_every > 0 && train.step % cfg.train.eval_every == 0) || last) evaluate(train.step);
   if (cfg.log.sample_every > 0 && (train.step % cfg.log.sample_every == 0 || last)) print_sample(train.step);
@@ -770,21 +801,24 @@ RunSummary Trainer::State::finish() {
     log->warn("received {} at step {}: saving a checkpoint and exiting with code {}",
               stop == SIGTERM ? "SIGTERM" : "SIGUSR1", train.step, kExitPreempted);
     save("preemption");
+    finish_save();
     summary.preempted = true;
     return summary;
   }
   save("final");
+  finish_save();
   if (train.step == cfg.train.steps) write_weights_file(run_dir / "weights_final.h5", train.step);
   log->info("done: step {} of {} in {}, checkpoint {}", train.step, cfg.train.steps,
             format_duration(std::chrono::duration<double>(Clock::now() - start_time).count()), summary.last_checkpoint);
   return summary;
 }
 
-void Trainer::State::save(const char* why) {
-  const auto t0 = Clock::now();
-  engine->download_parameters();
-  // The moments in the flat layout: read in place where they live whole on the host,
-  // else gathered (collective over dp with ZeRO-1's shards).
+// This rank's parts of the checkpoint for a parallel write: the tensors of its pipeline
+// stage, each tensor-parallel shard by its own tp rank (a tensor held whole: tp rank 0),
+// and the tensors spread over the data-parallel replicas (tensor i: dp rank i % dp), so
+// that every rank writes about as much. Copies (the snapshot); collective over dp with
+// ZeRO-1 (the moments are gathered).
+std::function<int64_t()> Trainer::State::snapshot_sharded(const std::string& path) {
   std::vector<float> m_copy, v_copy;
   float *m = nullptr, *v = nullptr;
   if (!engine->host_moments(&m, &v)) {
@@ -792,34 +826,131 @@ void Trainer::State::save(const char* why) {
     m = m_copy.data();
     v = v_copy.data();
   }
-  // Logical tensors: views of the flat buffers, or gathered over tp and pp.
+  const auto& params = engine->params();
+  std::map<std::string, int> local;
+  for (size_t i = 0; i < params.size(); ++i) local[params.spec(static_cast<int>(i)).name] = static_cast<int>(i);
+  auto shards = std::make_shared<ShardedState>();
+  shards->specs = logical_specs;
+  shards->parts.resize(logical_specs.size());
+  const float* base = params.flat_values().data();
+  for (size_t i = 0; i < logical_specs.size(); ++i) {
+    const auto it = local.find(logical_specs[i].name);
+    if (it == local.end()) continue;  // another stage's
+    int owner = 0;  // the first stage holding it (a tied embedding is on two)
+    while (std::find(names_by_stage[owner].begin(), names_by_stage[owner].end(), logical_specs[i].name) ==
+           names_by_stage[owner].end())
+      ++owner;
+    const auto& spec = params.spec(it->second);
+    if (owner != grid->pp_rank() || static_cast<int>(i % dp) != dp_rank) continue;
+    if (spec.split == model::Split::none && grid->tp_rank() != 0) continue;
+    auto& part = shards->parts[i];
+    const int64_t offset = params.value(it->second) - base;
+    part.slabs = shard_slabs(spec);
+    to_slab_order(spec, base + offset, part.value);
+    to_slab_order(spec, m + offset, part.m);
+    to_slab_order(spec, v + offset, part.v);
+  }
+  return [this, path, shards, state = train, file_meta = meta, delay = cfg.checkpoint.write_delay_ms] {
+    return save_checkpoint(path, *ckpt_group, *shards, state, file_meta, delay);
+  };
+}
+
+// The logical tensors gathered to rank 0 (collective over dp with ZeRO-1, tp and pp),
+// copied there when the write goes to the background.
+std::function<int64_t()> Trainer::State::snapshot_gathered(const std::string& path, float* m, float* v) {
   model::LogicalTensors gathered_values, gathered_m, gathered_v;
-  const auto values = logical_view(engine->params().flat_values().data(), gathered_values);
-  const auto lm = logical_view(m, gathered_m);
-  const auto lv = logical_view(v, gathered_v);
+  auto values = logical_view(engine->params().flat_values().data(), gathered_values);
+  auto lm = logical_view(m, gathered_m);
+  auto lv = logical_view(v, gathered_v);
+  if (!io) return [] { return int64_t{0}; };
+  auto owned = std::make_shared<std::array<model::LogicalTensors, 3>>();
+  if (async_ckpt) {  // views into live buffers would change under the writer: copy
+    int k = 0;
+    for (auto* views : {&values, &lm, &lv}) {
+      auto& copies = (*owned)[k++];
+      for (size_t i = 0; i < logical_specs.size(); ++i)
+        copies.emplace_back((*views)[i], (*views)[i] + numel_of(logical_specs[i].shape));
+      *views = const_ptrs(copies);
+    }
+  } else {
+    (*owned)[0] = std::move(gathered_values);
+    (*owned)[1] = std::move(gathered_m);
+    (*owned)[2] = std::move(gathered_v);
+  }
+  LogicalState tensors{logical_specs, values, lm, lv};
+  return [path, owned, tensors, state = train, file_meta = meta, delay = cfg.checkpoint.write_delay_ms] {
+    return save_checkpoint(path, tensors, state, file_meta, delay);
+  };
+}
+
+void Trainer::State::save(const char* why) {
+  finish_save();  // one save at a time: the previous one is complete first
+  const auto t0 = Clock::now();
+  engine->download_parameters();
   train.optimizer_steps = engine->optimizer_steps();
   const std::string path = store->path_for(train.step);
-  if (io) {
-    const LogicalState tensors{logical_specs, values, lm, lv};
-    const int64_t bytes = save_checkpoint(path, tensors, train, meta, cfg.checkpoint.write_delay_ms);
-    store->set_latest(path);
-    for (const auto& removed : store->apply_retention(cfg.checkpoint.keep_last))
-      ckpt_log->info("retention: removed {}", removed);
-    const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
-    ckpt_log->info("saved {} ({}) at step {}: {:.1f} MB in {:.2f}s ({:.0f} MB/s)", path, why, train.step, bytes / 1e6,
-                   dt, bytes / 1e6 / std::max(dt, 1e-9));
+  std::function<int64_t()> write;
+  if (parallel_ckpt) {
+    write = snapshot_sharded(path);
+  } else {
+    // The moments in the flat layout: read in place where they live whole on the host,
+    // else gathered (collective over dp with ZeRO-1's shards).
+    std::vector<float> m_copy, v_copy;
+    float *m = nullptr, *v = nullptr;
+    if (!engine->host_moments(&m, &v)) {
+      engine->gather_moments(m_copy, v_copy);
+      m = m_copy.data();
+      v = v_copy.data();
+    }
+    write = snapshot_gathered(path, m, v);
   }
-  {
-    // Nobody runs ahead of a checkpoint that is not committed. Rank 0 may write for
-    // longer than comm_timeout_s, so this wait gets 10 times the timeout (the gathers
-    // above are watched like every other collective).
-    comm::WatchdogPause writing;
-    world.barrier();
+  auto report = std::make_shared<SaveReport>(SaveReport{path, why, train.step});
+  // The write, then (rank 0) `latest` and retention: `latest` moves only once the file
+  // is complete and renamed, after every rank's part is in it.
+  auto job = [this, write = std::move(write), report] {
+    const auto w0 = Clock::now();
+    report->bytes = write();
+    if (io) {
+      store->set_latest(report->path);
+      for (const auto& removed : store->apply_retention(cfg.checkpoint.keep_last))
+        ckpt_log->info("retention: removed {}", removed);
+    }
+    report->write_s = std::chrono::duration<double>(Clock::now() - w0).count();
+  };
+  if (async_ckpt) {
+    pending_save = report;
+    background.start(std::move(job));
+  } else {
+    job();
+    {
+      // Nobody runs ahead of a checkpoint that is not committed. Rank 0 may write for
+      // longer than comm_timeout_s, so this wait gets 10 times the timeout (the gathers
+      // above are watched like every other collective).
+      comm::WatchdogPause writing;
+      world.barrier();
+    }
+    pending_save = report;
+    finish_save();
   }
-  // Training time the save took away (gathers, write, commit): every rank waited for it.
-  if (io) metrics->write(train.step, {{"ckpt_blocked_s", std::chrono::duration<double>(Clock::now() - t0).count()}});
+  // Training time the save took away (snapshot or gathers; with a foreground write also
+  // the write and commit).
+  const double blocked = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (io) metrics->write(train.step, {{"ckpt_blocked_s", blocked}});
+  if (async_ckpt) ckpt_log->debug("checkpoint step {}: snapshot in {:.3f}s, writing in the background", train.step, blocked);
   summary.last_checkpoint = path;
   rollback_point = path;
+}
+
+void Trainer::State::finish_save() {
+  background.wait();  // rethrows a failed write
+  if (!pending_save) return;
+  const auto r = std::move(pending_save);
+  pending_save.reset();
+  if (!io) return;
+  ckpt_log->info("saved {} ({}) at step {}: {:.1f} MB in {:.2f}s ({:.0f} MB/s{})", r->path, r->why, r->step,
+                 r->bytes / 1e6, r->write_s, r->bytes / 1e6 / std::max(r->write_s, 1e-9),
+                 async_ckpt ? ", written in the background" : "");
+  metrics->write(r->step, {{"ckpt_write_s", r->write_s}, {"ckpt_mb", r->bytes / 1e6}});
 }
 
 void Trainer::State::evaluate(int64_t step) {

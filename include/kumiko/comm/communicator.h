@@ -107,6 +107,9 @@ class Communicator {
   // (a cudaStream_t) and takes device buffers; nullptr for host communicators (MPI,
   // local), whose buffers are host memory. Backends order work against it with events.
   virtual void* device_stream() { return nullptr; }
+  // A pointer to this group's MPI_Comm when it is an MPI communicator (for MPI-IO:
+  // parallel HDF5 checkpoints), else nullptr.
+  virtual const void* mpi_comm() const { return nullptr; }
   // Ranks with the same color form a new communicator, ordered by key.
   virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& name) = 0;
   // Ends the whole job (every rank of the launcher's world) with `code`.
@@ -138,6 +141,9 @@ bool mpi_available();
 // Whether the MPI library can take device (CUDA) buffers directly; when it cannot,
 // GPU tensors go through NCCL or are staged through host memory.
 bool mpi_cuda_aware();
+// Whether MPI runs with MPI_THREAD_MULTIPLE (several threads may call it at once, as
+// a background checkpoint write beside training does).
+bool mpi_thread_multiple();
 // The MPI library's name and version (first line of MPI_Get_library_version).
 std::string mpi_library_version();
 

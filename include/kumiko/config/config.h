@@ -105,6 +105,8 @@ struct CheckpointConfig {
   int keep_last = 3;        // 0 = keep all
   std::string resume;       // "" | auto | PATH
   int write_delay_ms = 0;   // testing only: pause after each tensor written (kill-during-save tests)
+  bool async = true;        // write in a background thread from a snapshot; training goes on
+  std::string writer = "auto";  // auto|parallel|gather: every rank writes its shards (MPI-IO) or rank 0 gathers
 };
 
 struct LogConfig {

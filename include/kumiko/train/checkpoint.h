@@ -2,13 +2,22 @@
 // Training checkpoints (docs/checkpoint-format.md): logical tensors of the model
 // and of AdamW's moments, the training state and the effective configuration, in
 // one HDF5 file committed atomically through ckpt::Store.
+#include <atomic>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "kumiko/ckpt/h5file.h"
 #include "kumiko/config/config.h"
 #include "kumiko/model/parameters.h"
 #include "kumiko/train/optimizer.h"
+
+namespace kumiko::comm {
+class Communicator;
+}
 
 namespace kumiko::train {
 
@@ -40,9 +49,54 @@ int64_t save_checkpoint(const std::string& path, const model::ParameterStore<flo
                         const float* m, const float* v, const TrainState& state,
                         const CheckpointMeta& meta, int write_delay_ms = 0);
 
+// ---- sharded checkpoints: every rank writes and reads its own shards ----------------
+
+// The slabs a rank's tensor (a tensor-parallel shard, or a whole tensor) occupies in its
+// logical tensor, and its elements in their order (the logical tensor's row-major order).
+std::vector<ckpt::Slab> shard_slabs(const model::ParameterSpec& local);
+void to_slab_order(const model::ParameterSpec& local, const float* data, std::vector<float>& out);
+
+// This rank's part of a checkpoint: per logical tensor (all of them, in the file's
+// order) the slabs it writes with their values and moments; no slabs where another
+// rank writes that tensor. The parts of all ranks cover every tensor exactly once.
+struct ShardedState {
+  struct Part {
+    std::vector<ckpt::Slab> slabs;
+    std::vector<float> value, m, v;
+  };
+  std::vector<model::ParameterSpec> specs;  // logical
+  std::vector<Part> parts;                  // one per spec
+};
+// Writes and commits one checkpoint file with every member of `group` writing its
+// parts through parallel HDF5 (collective). Returns the file's bytes.
+int64_t save_checkpoint(const std::string& path, comm::Communicator& group, const ShardedState& state,
+                        const TrainState& train, const CheckpointMeta& meta, int write_delay_ms = 0);
+
+// One checkpoint write at a time on a background thread (checkpoint.async): training
+// goes on from a snapshot while the file is written.
+class BackgroundWrite {
+ public:
+  BackgroundWrite() = default;
+  ~BackgroundWrite();  // waits; an error is reported on stderr, not thrown
+  BackgroundWrite(const BackgroundWrite&) = delete;
+  BackgroundWrite& operator=(const BackgroundWrite&) = delete;
+  // Runs `job` on a new thread; a job started earlier must have been waited for.
+  void start(std::function<void()> job);
+  bool running() const { return thread_.joinable(); }
+  bool done() const { return running() && done_.load(); }  // finished, not yet waited for
+  // Waits for the job; rethrows its exception. No-op when none is running.
+  void wait();
+
+ private:
+  std::thread thread_;
+  std::atomic<bool> done_{false};
+  std::exception_ptr error_;
+};
+
 // Loads a checkpoint into params and the flat moments m, v after checking that its model
 // configuration and tokenizer match `config` / `tokenizer_sha256` (a UserError
-// lists every differing key: "model.d_model: checkpoint 128, config 256").
+// lists every differing key: "model.d_model: checkpoint 128, config 256"). The store
+// may hold tensor-parallel shards: each tensor reads only the slabs of its own shard.
 TrainState load_checkpoint(const std::string& path, const config::Config& config,
                            const std::string& tokenizer_sha256,
                            model::ParameterStore<float>& params, float* m, float* v);
