@@ -7,11 +7,13 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
 
 #include "kumiko_test_support.h"
+#include "kumiko/ckpt/h5file.h"
 #include "kumiko/ckpt/store.h"
 #include "kumiko/train/trainer.h"
 
@@ -103,6 +105,102 @@ TEST(CheckpointProcess, KillDuringSaveKeepsPreviousCheckpoint) {
   EXPECT_EQ(ckpt::step_of(*store.latest()), 4);
   EXPECT_NE(read_file(dir + "/log.txt").find("resumed from"), std::string::npos);
 }
+
+#ifdef KUMIKO_MPIEXEC
+// Starts `mpirun -np <np> kumiko train --config <dir>/run.ini`, output in <dir>/log.txt.
+pid_t start_mpi(const config::Config& c, int np) {
+  fs::create_directories(c.log.run_dir);
+  const std::string ini = c.log.run_dir + "/run.ini";
+  std::ofstream(ini) << config::to_ini(c);
+  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const std::string log = c.log.run_dir + "/log.txt";
+    freopen(log.c_str(), "a", stderr);
+    freopen(log.c_str(), "a", stdout);
+    std::vector<std::string> args = {KUMIKO_MPIEXEC, "--oversubscribe", "-np", std::to_string(np), kBinary,
+                                     "train", "--config", ini};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(KUMIKO_MPIEXEC, argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// The processes whose parent is `parent` and whose command line names the kumiko binary.
+std::vector<pid_t> kumiko_children(pid_t parent) {
+  std::vector<pid_t> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(e.path() / "stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 2));
+    std::string state;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid == parent && read_file((e.path() / "cmdline").string()).find("kumiko") != std::string::npos)
+      out.push_back(static_cast<pid_t>(std::stoi(name)));
+  }
+  return out;
+}
+
+// Every /model dataset of two weights files, byte for byte.
+void expect_same_weights(const std::string& a, const std::string& b) {
+  ckpt::H5Reader x(a), y(b);
+  const auto names = y.list("/model");
+  ASSERT_EQ(x.list("/model"), names);
+  ASSERT_FALSE(names.empty());
+  for (const auto& n : names) EXPECT_TRUE(x.read_raw("/model/" + n) == y.read_raw("/model/" + n)) << n;
+}
+
+// Two ranks (tp2) write every second step in parallel, in the background; one rank is
+// killed with SIGKILL while step 4 is being written. The previous checkpoint (step 2) is
+// `latest` and sound, and resuming from it ends bitwise where an uninterrupted run does.
+TEST(CheckpointProcess, KillOneRankDuringBackgroundParallelSave) {
+  if (!ckpt::H5Writer::parallel_available()) GTEST_SKIP() << "SKIP: this build has serial HDF5";
+  const auto dir = temp_run_dir("kill9-parallel");
+  auto c = tiny_config("gpt2", dir + "/killed");
+  c.model.vocab_size = 96;  // divisible by tp
+  c.parallel.tp = 2;
+  c.backend.threads = 1;
+  c.train.steps = 1000;
+  c.checkpoint.every_steps = 2;
+  c.checkpoint.writer = "parallel";
+  c.checkpoint.async = true;
+  c.checkpoint.write_delay_ms = 40;  // each save takes ~1 s
+  const std::string ckdir = c.log.run_dir + "/checkpoints";
+  const pid_t mpirun = start_mpi(c, 2);
+  ASSERT_TRUE(wait_for([&] { return has_partial(ckdir); }, 120)) << read_file(c.log.run_dir + "/log.txt");
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const auto ranks = kumiko_children(mpirun);
+  ASSERT_EQ(ranks.size(), 2u) << "the ranks of mpirun " << mpirun;
+  kill(ranks[1], SIGKILL);
+  EXPECT_NE(wait_exit(mpirun), 0);
+  ckpt::Store store(ckdir);
+  ASSERT_TRUE(store.latest().has_value());
+  EXPECT_EQ(ckpt::step_of(*store.latest()), 2);
+  EXPECT_TRUE(ckpt::verify_file(*store.latest()).empty());
+
+  c.train.steps = 6;
+  c.checkpoint.write_delay_ms = 0;
+  c.checkpoint.resume = "auto";
+  c.log.level = "info";
+  EXPECT_EQ(wait_exit(start_mpi(c, 2)), 0) << read_file(c.log.run_dir + "/log.txt");
+  EXPECT_NE(read_file(c.log.run_dir + "/log.txt").find("resumed from"), std::string::npos);
+  auto straight = c;
+  straight.log.run_dir = dir + "/straight";
+  straight.checkpoint.resume = "";
+  EXPECT_EQ(wait_exit(start_mpi(straight, 2)), 0) << read_file(straight.log.run_dir + "/log.txt");
+  expect_same_weights(c.log.run_dir + "/weights_final.h5", straight.log.run_dir + "/weights_final.h5");
+}
+#endif
 
 void preempt_with(int sig) {
   const auto dir = temp_run_dir("sig" + std::to_string(sig));
