@@ -151,6 +151,17 @@ std::string agree(comm::Communicator& world, F&& compute) {
   return text;
 }
 
+// `text` as rank `root` has it, on every rank (collective).
+std::string agree_from(comm::Communicator& world, int root, const std::string& text) {
+  int64_t length = static_cast<int64_t>(text.size());
+  world.broadcast(&length, 1, root);
+  std::vector<int32_t> chars(static_cast<size_t>(length));
+  if (world.rank() == root)
+    for (size_t i = 0; i < text.size(); ++i) chars[i] = static_cast<unsigned char>(text[i]);
+  world.broadcast(chars.data(), length, root);
+  return std::string(chars.begin(), chars.end());
+}
+
 }  // namespace
 
 // One run of the trainer: setup, then the step loop as named steps. Every member
@@ -539,13 +550,14 @@ void Trainer::State::restore(const std::string& path) {
 void Trainer::State::resume_or_init() {
   // Rank 0 chooses the checkpoint, every rank loads it (logical tensors: any layout
   // reads any checkpoint).
-  const std::string resume_path = agree(world, [&]() -> std::string {
-    const std::string& resume = cfg.checkpoint.resume;
+  // Rank 0 lists the candidates (checkpoint.resume, or latest and then older ones);
+  // every rank verifies its share of each file's datasets (checksums), and the first
+  // sound one is loaded.
+  const std::string& resume = cfg.checkpoint.resume;
+  const std::string listed = agree(world, [&]() -> std::string {
     if (resume.empty()) return "";
     if (resume != "auto") {
       KUMIKO_USER_CHECK(fs::exists(resume), "checkpoint.resume: ", resume, ": no such checkpoint file");
-      const auto problems = ckpt::verify_file(resume);
-      KUMIKO_USER_CHECK(problems.empty(), "checkpoint.resume: ", resume, " does not verify: ", problems.front());
       return resume;
     }
     std::vector<std::string> candidates;
@@ -553,19 +565,39 @@ void Trainer::State::resume_or_init() {
     for (const auto& f : store->list())
       if (candidates.empty() || !fs::exists(candidates[0]) || !fs::equivalent(f, candidates[0]))
         candidates.push_back(f);
-    for (const auto& c : candidates) {
-      const auto problems = fs::exists(c) ? ckpt::verify_file(c) : std::vector<std::string>{c + ": missing"};
-      if (problems.empty()) return c;
-      ckpt_log->error("checkpoint {} does not verify ({}); trying the one before", c, problems.front());
-    }
-    ckpt_log->info("resume=auto: no checkpoint in {}, starting fresh", store->dir());
-    return "";
+    std::string joined;
+    for (const auto& c : candidates) joined += c + "\n";
+    if (joined.empty()) ckpt_log->info("resume=auto: no checkpoint in {}, starting fresh", store->dir());
+    return joined;
   });
+  std::string resume_path;
+  std::istringstream candidates(listed);
+  for (std::string c; resume_path.empty() && std::getline(candidates, c);) {
+    const auto t0 = Clock::now();
+    const auto problems = fs::exists(c) ? ckpt::verify_file(c, world.rank(), world.size())
+                                        : std::vector<std::string>{c + ": missing"};
+    // The last rank that found a problem (max of rank + 1; 0: none did).
+    int32_t bad = problems.empty() ? 0 : world.rank() + 1;
+    world.all_reduce(&bad, 1, comm::ReduceOp::max);
+    if (bad == 0) {
+      resume_path = c;
+      ckpt_log->info("verified {} in {:.2f}s ({} rank(s) reading)", c,
+                     std::chrono::duration<double>(Clock::now() - t0).count(), world.size());
+      break;
+    }
+    const std::string problem = agree_from(world, bad - 1, problems.empty() ? "" : problems.front());
+    KUMIKO_USER_CHECK(resume == "auto", "checkpoint.resume: ", c, " does not verify: ", problem);
+    ckpt_log->error("checkpoint {} does not verify ({}); trying the one before", c, problem);
+  }
+  if (resume == "auto" && !listed.empty() && resume_path.empty())
+    ckpt_log->info("resume=auto: no sound checkpoint in {}, starting fresh", store->dir());
   if (!resume_path.empty()) {
+    const auto t0 = Clock::now();
     restore(resume_path);
     rollback_point = resume_path;
     summary.first_step = train.step;
-    ckpt_log->info("resumed from {} at step {} ({} tokens seen)", resume_path, train.step, train.tokens_seen);
+    ckpt_log->info("resumed from {} at step {} ({} tokens seen), loaded in {:.2f}s", resume_path, train.step,
+                   train.tokens_seen, std::chrono::duration<double>(Clock::now() - t0).count());
   } else {
     if (!cfg.train.init_from.empty())
       init_from_weights(cfg, meta.tokenizer_sha256, logical_specs, stage_specs, engine->params());

@@ -36,8 +36,10 @@ class Store {
 
 // Reads every dataset of a checkpoint or weights file (verifying the Fletcher-32
 // checksum of each) and checks the required structure. Returns a list of
-// problems, empty when the file is sound.
-std::vector<std::string> verify_file(const std::string& path);
+// problems, empty when the file is sound. With parts > 1 only dataset k with
+// k % parts == part is read (and the structure only by part 0): the ranks of a job
+// verify one file together, each reading its share.
+std::vector<std::string> verify_file(const std::string& path, int part = 0, int parts = 1);
 
 // Step number encoded in a checkpoint file name, or -1.
 int64_t step_of(const std::string& path);
