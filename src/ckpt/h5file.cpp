@@ -90,19 +90,23 @@ void ensure_groups(hid_t file, const std::string& name) {
 
 // File access: HDF5's file locking where the file system supports it, ignored where
 // it does not (NFS, some Lustre mounts); HDF5_USE_FILE_LOCKING=FALSE still turns it off.
+// A raw-data chunk cache of 64 MiB (HDF5's default, 1 MiB, holds no 4 MiB chunk).
 Handle file_access() {
   Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
   H5Pset_file_locking(fapl.get(), true, true);
+  H5Pset_cache(fapl.get(), 0, 1009, size_t{64} << 20, 0.75);
   return fapl;
 }
 
-// A selection of `slabs` in `space` (none when empty).
+// A selection of `slabs` in `space` (none when empty). The first slab is SET, not OR-ed
+// onto an empty selection, so that one slab stays a regular hyperslab.
 void select_slabs(hid_t space, const std::vector<Slab>& slabs, const std::string& name) {
-  H5Sselect_none(space);
-  for (const auto& slab : slabs) {
-    const std::vector<hsize_t> start(slab.start.begin(), slab.start.end());
-    const std::vector<hsize_t> count(slab.count.begin(), slab.count.end());
-    KUMIKO_CHECK(H5Sselect_hyperslab(space, H5S_SELECT_OR, start.data(), nullptr, count.data(), nullptr) >= 0,
+  if (slabs.empty()) H5Sselect_none(space);
+  for (size_t i = 0; i < slabs.size(); ++i) {
+    const std::vector<hsize_t> start(slabs[i].start.begin(), slabs[i].start.end());
+    const std::vector<hsize_t> count(slabs[i].count.begin(), slabs[i].count.end());
+    KUMIKO_CHECK(H5Sselect_hyperslab(space, i == 0 ? H5S_SELECT_SET : H5S_SELECT_OR, start.data(), nullptr,
+                                     count.data(), nullptr) >= 0,
                  "cannot select a slab of ", name, ": ", hdf5_message());
   }
 }
@@ -115,6 +119,17 @@ int64_t slab_elements(const std::vector<Slab>& slabs) {
     n += e;
   }
   return n;
+}
+
+// The memory side of a transfer of `slabs`: shaped like the slab when there is one
+// (HDF5 then copies whole rows: reading half of 40 [768, 3072] tensors went from 78-86
+// to 330-440 MB/s against a one-dimensional space), else one dimension of their n
+// elements.
+Handle memory_space(int64_t n);
+Handle memory_space_for(const std::vector<Slab>& slabs, int64_t n) {
+  if (slabs.size() != 1) return memory_space(n);
+  const std::vector<hsize_t> dims(slabs[0].count.begin(), slabs[0].count.end());
+  return Handle(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
 }
 
 // A one-dimensional memory space of n elements (n = 0: one element, none selected).
@@ -274,7 +289,7 @@ void H5Writer::write_f32_slabs(const std::string& name, const Shape& shape, cons
   KUMIKO_CHECK(parallel() || n == numel_of(shape), "write_f32_slabs: a serial writer must cover ", name);
   Handle file_space(H5Dget_space(set.get()), H5Sclose);
   select_slabs(file_space.get(), slabs, name);
-  Handle mem_space = memory_space(n);
+  Handle mem_space = memory_space_for(slabs, n);
   KUMIKO_CHECK(H5Dwrite(set.get(), H5T_NATIVE_FLOAT, mem_space.get(), file_space.get(), transfer_of(impl_->transfer),
                         n ? data : nullptr) >= 0,
                "cannot write dataset ", name, ": ", hdf5_message());
@@ -441,7 +456,7 @@ void H5Reader::read_f32_slabs(const std::string& name, const Shape& expected, co
   Handle set(H5Dopen2(impl_->file.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
   Handle file_space(H5Dget_space(set.get()), H5Sclose);
   select_slabs(file_space.get(), slabs, name);
-  Handle mem_space = memory_space(n);
+  Handle mem_space = memory_space_for(slabs, n);
   KUMIKO_USER_CHECK(H5Dread(set.get(), H5T_NATIVE_FLOAT, mem_space.get(), file_space.get(), H5P_DEFAULT, out) >= 0,
                     path_, ": cannot read tensor '", name, "' (checksum mismatch or corrupt data): ", hdf5_message());
 }
