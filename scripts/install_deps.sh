@@ -10,7 +10,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libopenmpi-dev openmpi-bin
-  libhdf5-dev
+  libhdf5-dev libhdf5-openmpi-dev   # serial (KUMIKO_MPI=OFF) and parallel (MPI-IO checkpoints)
   libspdlog-dev libcli11-dev nlohmann-json3-dev
   libsentencepiece-dev
   libgtest-dev

@@ -1,6 +1,7 @@
-// The MPI communicator (host buffers). The only file besides src/comm/world.cpp
-// that includes mpi.h. Every MPI return code is checked and turned into a
-// CommError carrying MPI's message, the operation and the group.
+// The MPI communicator (host buffers). The only file besides src/comm/world.cpp (and
+// src/ckpt/h5file.cpp, for parallel HDF5) that includes mpi.h. Every MPI return code
+// is checked and turned into a CommError carrying MPI's message, the operation and the
+// group.
 #ifdef KUMIKO_WITH_MPI
 #include "mpi_communicator.h"
 

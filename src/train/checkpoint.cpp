@@ -232,13 +232,17 @@ std::vector<ckpt::Slab> shard_slabs(const model::ParameterSpec& local) {
   return ckpt::slabs_of_runs(local.shape, runs);
 }
 
-void to_slab_order(const model::ParameterSpec& local, const float* data, std::vector<float>& out) {
-  out.resize(static_cast<size_t>(numel_of(local.local_shape())));
+bool is_slab_order(const model::ParameterSpec& local) { return local_in_slab_order(logical_runs(local)); }
+
+const float* in_slab_order(const model::ParameterSpec& local, const float* data, float* scratch) {
+  const auto runs = logical_runs(local);
+  if (local_in_slab_order(runs)) return data;
   int64_t pos = 0;
-  for (const auto& run : logical_runs(local)) {
-    std::copy_n(data + run.local, run.count, out.data() + pos);
+  for (const auto& run : runs) {
+    std::copy_n(data + run.local, run.count, scratch + pos);
     pos += run.count;
   }
+  return scratch;
 }
 
 int64_t save_checkpoint(const std::string& path, comm::Communicator& group, const ShardedState& st,
@@ -252,9 +256,9 @@ int64_t save_checkpoint(const std::string& path, comm::Communicator& group, cons
     const auto& spec = st.specs[i];
     const auto& part = st.parts[i];
     const int64_t bytes = numel_of(spec.shape) * int64_t{sizeof(float)};
-    w.write_f32_slabs("/model/" + spec.name, spec.shape, part.slabs, part.value.data());
-    w.write_f32_slabs("/optim/m/" + spec.name, spec.shape, part.slabs, part.m.data());
-    w.write_f32_slabs("/optim/v/" + spec.name, spec.shape, part.slabs, part.v.data());
+    w.write_f32_slabs("/model/" + spec.name, spec.shape, part.slabs, part.value);
+    w.write_f32_slabs("/optim/m/" + spec.name, spec.shape, part.slabs, part.m);
+    w.write_f32_slabs("/optim/v/" + spec.name, spec.shape, part.slabs, part.v);
     progress.advance(3 * bytes);
     if (write_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(write_delay_ms));
   }

@@ -214,6 +214,7 @@ struct Trainer::State {
   std::function<int64_t()> snapshot_sharded(const std::string& path);  // this rank's parts
   std::function<int64_t()> snapshot_gathered(const std::string& path, float* m, float* v);  // collective
   void finish_save();  // waits for a background save; logs it and its metrics (rank 0)
+  std::pair<float*, float*> flat_moments(std::vector<float>& m_copy, std::vector<float>& v_copy);
   void evaluate(int64_t step);                                  // collective
   void print_sample(int64_t step);                              // collective over tp
 
@@ -251,6 +252,7 @@ struct Trainer::State {
   bool parallel_ckpt = false, async_ckpt = false;
   std::unique_ptr<comm::Communicator> ckpt_group;
   BackgroundWrite background;
+  std::shared_ptr<ShardedState> shards;  // this rank's parts (and a background write's copies)
   struct SaveReport {
     std::string path, why;
     int64_t step = 0, bytes = 0;
@@ -845,27 +847,39 @@ RunSummary Trainer::State::finish() {
   return summary;
 }
 
-// This rank's parts of the checkpoint for a parallel write: the tensors of its pipeline
-// stage, each tensor-parallel shard by its own tp rank (a tensor held whole: tp rank 0),
-// and the tensors spread over the data-parallel replicas (tensor i: dp rank i % dp), so
-// that every rank writes about as much. Copies (the snapshot); collective over dp with
-// ZeRO-1 (the moments are gathered).
-std::function<int64_t()> Trainer::State::snapshot_sharded(const std::string& path) {
-  std::vector<float> m_copy, v_copy;
+// AdamW's moments in the flat layout: in place where they live whole on the host, else
+// gathered into the copies (collective over dp with ZeRO-1's shards).
+std::pair<float*, float*> Trainer::State::flat_moments(std::vector<float>& m_copy, std::vector<float>& v_copy) {
   float *m = nullptr, *v = nullptr;
   if (!engine->host_moments(&m, &v)) {
     engine->gather_moments(m_copy, v_copy);
     m = m_copy.data();
     v = v_copy.data();
   }
+  return {m, v};
+}
+
+// This rank's parts of the checkpoint for a parallel write: the tensors of its pipeline
+// stage, each tensor-parallel shard by its own tp rank (a tensor held whole: tp rank 0),
+// and the tensors spread over the data-parallel replicas (tensor i: dp rank i % dp), so
+// that every rank writes about as much. Copies (the snapshot); collective over dp with
+// ZeRO-1 (the moments are gathered).
+std::function<int64_t()> Trainer::State::snapshot_sharded(const std::string& path) {
+  auto moments = std::make_shared<std::pair<std::vector<float>, std::vector<float>>>();
+  auto [m, v] = flat_moments(moments->first, moments->second);
   const auto& params = engine->params();
   std::map<std::string, int> local;
   for (size_t i = 0; i < params.size(); ++i) local[params.spec(static_cast<int>(i)).name] = static_cast<int>(i);
-  auto shards = std::make_shared<ShardedState>();
-  shards->specs = logical_specs;
-  shards->parts.resize(logical_specs.size());
+  // Kept from save to save: a background write's copies are allocated once.
+  if (!shards) {
+    shards = std::make_shared<ShardedState>();
+    shards->specs = logical_specs;
+    shards->parts.resize(logical_specs.size());
+  }
   const float* base = params.flat_values().data();
   for (size_t i = 0; i < logical_specs.size(); ++i) {
+    auto& part = shards->parts[i];
+    part.slabs.clear();
     const auto it = local.find(logical_specs[i].name);
     if (it == local.end()) continue;  // another stage's
     int owner = 0;  // the first stage holding it (a tied embedding is on two)
@@ -875,14 +889,34 @@ std::function<int64_t()> Trainer::State::snapshot_sharded(const std::string& pat
     const auto& spec = params.spec(it->second);
     if (owner != grid->pp_rank() || static_cast<int>(i % dp) != dp_rank) continue;
     if (spec.split == model::Split::none && grid->tp_rank() != 0) continue;
-    auto& part = shards->parts[i];
-    const int64_t offset = params.value(it->second) - base;
+    const int64_t offset = params.value(it->second) - base, n = params.numel(it->second);
     part.slabs = shard_slabs(spec);
-    to_slab_order(spec, base + offset, part.value);
-    to_slab_order(spec, m + offset, part.m);
-    to_slab_order(spec, v + offset, part.v);
+    // In place for a foreground write (a copy only for a layout out of the slabs' order);
+    // copied for a background one.
+    const bool in_place = !async_ckpt && is_slab_order(spec);
+    if (in_place) {
+      part.copy = {};
+    } else {
+      part.copy.resize(static_cast<size_t>(3 * n));
+    }
+    const float* sources[3] = {base + offset, m + offset, v + offset};
+    const float* out[3];
+    for (int k = 0; k < 3; ++k) {
+      if (in_place) {
+        out[k] = sources[k];
+        continue;
+      }
+      float* dst = part.copy.data() + k * n;
+      const float* ordered = in_slab_order(spec, sources[k], dst);
+      if (ordered != dst) std::copy_n(ordered, n, dst);
+      out[k] = dst;
+    }
+    part.value = out[0];
+    part.m = out[1];
+    part.v = out[2];
   }
-  return [this, path, shards, state = train, file_meta = meta, delay = cfg.checkpoint.write_delay_ms] {
+  return [this, path, shards = shards, moments, state = train, file_meta = meta,
+          delay = cfg.checkpoint.write_delay_ms] {
     return save_checkpoint(path, *ckpt_group, *shards, state, file_meta, delay);
   };
 }
@@ -916,8 +950,8 @@ std::function<int64_t()> Trainer::State::snapshot_gathered(const std::string& pa
 }
 
 void Trainer::State::save(const char* why) {
-  finish_save();  // one save at a time: the previous one is complete first
   const auto t0 = Clock::now();
+  finish_save();  // one save at a time: the previous one is complete first (blocked time too)
   engine->download_parameters();
   train.optimizer_steps = engine->optimizer_steps();
   const std::string path = store->path_for(train.step);
@@ -925,15 +959,8 @@ void Trainer::State::save(const char* why) {
   if (parallel_ckpt) {
     write = snapshot_sharded(path);
   } else {
-    // The moments in the flat layout: read in place where they live whole on the host,
-    // else gathered (collective over dp with ZeRO-1's shards).
     std::vector<float> m_copy, v_copy;
-    float *m = nullptr, *v = nullptr;
-    if (!engine->host_moments(&m, &v)) {
-      engine->gather_moments(m_copy, v_copy);
-      m = m_copy.data();
-      v = v_copy.data();
-    }
+    auto [m, v] = flat_moments(m_copy, v_copy);
     write = snapshot_gathered(path, m, v);
   }
   auto report = std::make_shared<SaveReport>(SaveReport{path, why, train.step});

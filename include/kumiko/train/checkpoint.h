@@ -54,7 +54,11 @@ int64_t save_checkpoint(const std::string& path, const model::ParameterStore<flo
 // The slabs a rank's tensor (a tensor-parallel shard, or a whole tensor) occupies in its
 // logical tensor, and its elements in their order (the logical tensor's row-major order).
 std::vector<ckpt::Slab> shard_slabs(const model::ParameterSpec& local);
-void to_slab_order(const model::ParameterSpec& local, const float* data, std::vector<float>& out);
+// Whether a local tensor's layout already is its slabs' order (kumiko's splits are).
+bool is_slab_order(const model::ParameterSpec& local);
+// `data` (a local tensor) in the slabs' order: `data` itself when its layout already is,
+// else a copy in `scratch` (the local tensor's size).
+const float* in_slab_order(const model::ParameterSpec& local, const float* data, float* scratch);
 
 // This rank's part of a checkpoint: per logical tensor (all of them, in the file's
 // order) the slabs it writes with their values and moments; no slabs where another
@@ -62,7 +66,9 @@ void to_slab_order(const model::ParameterSpec& local, const float* data, std::ve
 struct ShardedState {
   struct Part {
     std::vector<ckpt::Slab> slabs;
-    std::vector<float> value, m, v;
+    // The slabs' elements: into the live buffers (a foreground write) or into `copy`.
+    const float *value = nullptr, *m = nullptr, *v = nullptr;
+    std::vector<float> copy;  // value, m and v one after another (a background write's snapshot)
   };
   std::vector<model::ParameterSpec> specs;  // logical
   std::vector<Part> parts;                  // one per spec

@@ -1,8 +1,12 @@
 // The checkpoint store in-process: bit-exact round trip, bitwise resume, retention,
-// corruption detection and fallback, refusal of a different model.
+// corruption detection and fallback, refusal of a different model. Resume and
+// corruption run with both writers: `gather` (one process, no MPI) and `parallel` (the
+// MPI-IO writer on a one-rank MPI world; skipped in a build without parallel HDF5).
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -24,8 +28,23 @@ using testing::tiny_config;
 
 RunSummary run(const config::Config& c) {
   log::init({0, 1, "error", false});
+  if (c.checkpoint.writer == "parallel") return Trainer(c, comm::world()).run();
   auto world = comm::make_local();
   return Trainer(c, *world).run();
+}
+
+// MPI (initialized by comm::world() for the parallel writer) ends before exit.
+class FinalizeMpi : public ::testing::Environment {
+ public:
+  void TearDown() override { comm::finalize_world(); }
+};
+const auto* const kFinalizeMpi = ::testing::AddGlobalTestEnvironment(new FinalizeMpi);
+
+// The writers a test runs with: "gather", and "parallel" where the build has it.
+std::vector<std::string> writers() {
+  std::vector<std::string> w = {"gather"};
+  if (ckpt::H5Writer::parallel_available()) w.push_back("parallel");
+  return w;
 }
 
 std::vector<float> final_weights(const config::Config& c) {
@@ -72,23 +91,31 @@ class ResumeArch : public ::testing::TestWithParam<std::string> {};
 // 20 steps straight vs 10 steps, a checkpoint, a fresh Trainer resuming for 10 more:
 // identical losses and final parameters, bit for bit.
 TEST_P(ResumeArch, ResumeIsBitwiseIdentical) {
-  const auto straight_dir = temp_run_dir("straight-" + GetParam());
-  const auto split_dir = temp_run_dir("split-" + GetParam());
-  const auto straight = run(tiny_config(GetParam(), straight_dir));
-  auto first = tiny_config(GetParam(), split_dir);
-  first.train.stop_at = 10;
-  const auto a = run(first);
-  EXPECT_EQ(a.steps_taken, 10);
-  EXPECT_FALSE(fs::exists(split_dir + "/weights_final.h5"));  // stopped early on purpose
-  auto second = tiny_config(GetParam(), split_dir);
-  second.checkpoint.resume = "auto";
-  const auto b = run(second);
-  EXPECT_EQ(b.first_step, 10);
-  ASSERT_EQ(straight.losses.size(), 20u);
-  ASSERT_EQ(a.losses.size() + b.losses.size(), 20u);
-  for (size_t i = 0; i < 10; ++i) EXPECT_EQ(a.losses[i], straight.losses[i]) << "step " << i + 1;
-  for (size_t i = 0; i < 10; ++i) EXPECT_EQ(b.losses[i], straight.losses[10 + i]) << "step " << 11 + i;
-  EXPECT_EQ(final_weights(tiny_config(GetParam(), straight_dir)), final_weights(second));
+  for (const auto& writer : writers()) {
+    SCOPED_TRACE("checkpoint.writer = " + writer);
+    const auto straight_dir = temp_run_dir("straight-" + GetParam() + "-" + writer);
+    const auto split_dir = temp_run_dir("split-" + GetParam() + "-" + writer);
+    auto config = [&](const std::string& dir) {
+      auto c = tiny_config(GetParam(), dir);
+      c.checkpoint.writer = writer;
+      return c;
+    };
+    const auto straight = run(config(straight_dir));
+    auto first = config(split_dir);
+    first.train.stop_at = 10;
+    const auto a = run(first);
+    EXPECT_EQ(a.steps_taken, 10);
+    EXPECT_FALSE(fs::exists(split_dir + "/weights_final.h5"));  // stopped early on purpose
+    auto second = config(split_dir);
+    second.checkpoint.resume = "auto";
+    const auto b = run(second);
+    EXPECT_EQ(b.first_step, 10);
+    ASSERT_EQ(straight.losses.size(), 20u);
+    ASSERT_EQ(a.losses.size() + b.losses.size(), 20u);
+    for (size_t i = 0; i < 10; ++i) EXPECT_EQ(a.losses[i], straight.losses[i]) << "step " << i + 1;
+    for (size_t i = 0; i < 10; ++i) EXPECT_EQ(b.losses[i], straight.losses[10 + i]) << "step " << 11 + i;
+    EXPECT_EQ(final_weights(config(straight_dir)), final_weights(second));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Arch, ResumeArch, ::testing::Values("gpt2", "llama"));
@@ -122,9 +149,15 @@ void flip_byte(const std::string& path, std::streamoff offset) {
   f.write(&ch, 1);
 }
 
-TEST(Checkpoint, CorruptionIsDetectedAndAutoResumeFallsBack) {
-  const auto dir = temp_run_dir("corrupt");
+class CorruptionWriter : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CorruptionWriter, CorruptionIsDetectedAndAutoResumeFallsBack) {
+  const std::string writer = GetParam();
+  if (writer == "parallel" && !ckpt::H5Writer::parallel_available())
+    GTEST_SKIP() << "SKIP: this build has serial HDF5";
+  const auto dir = temp_run_dir("corrupt-" + writer);
   auto c = tiny_config("gpt2", dir);
+  c.checkpoint.writer = writer;
   c.train.steps = 6;
   c.checkpoint.every_steps = 3;
   run(c);
@@ -137,7 +170,7 @@ TEST(Checkpoint, CorruptionIsDetectedAndAutoResumeFallsBack) {
   ASSERT_FALSE(problems.empty());
   EXPECT_NE(problems.front().find(newest), std::string::npos) << problems.front();
   // resume=auto skips it and resumes from the one before.
-  auto again = tiny_config("gpt2", dir);
+  auto again = c;
   again.train.steps = 6;
   again.checkpoint.resume = "auto";
   const auto r = run(again);
@@ -147,7 +180,8 @@ TEST(Checkpoint, CorruptionIsDetectedAndAutoResumeFallsBack) {
   const std::string bad = dir + "/bad.h5";
   fs::copy_file(older, bad);
   fs::resize_file(bad, fs::file_size(bad) / 3);  // truncated
-  auto explicit_bad = tiny_config("gpt2", temp_run_dir("corrupt2"));
+  auto explicit_bad = c;
+  explicit_bad.log.run_dir = temp_run_dir("corrupt2-" + writer);
   explicit_bad.checkpoint.resume = bad;
   try {
     run(explicit_bad);
@@ -155,10 +189,13 @@ TEST(Checkpoint, CorruptionIsDetectedAndAutoResumeFallsBack) {
   } catch (const UserError& e) {
     EXPECT_NE(std::string(e.what()).find("bad.h5"), std::string::npos) << e.what();
   }
-  auto missing = tiny_config("gpt2", temp_run_dir("corrupt3"));
+  auto missing = c;
+  missing.log.run_dir = temp_run_dir("corrupt3-" + writer);
   missing.checkpoint.resume = dir + "/nope.h5";
   EXPECT_THROW(run(missing), UserError);
 }
+
+INSTANTIATE_TEST_SUITE_P(Writer, CorruptionWriter, ::testing::Values("gather", "parallel"));
 
 TEST(Checkpoint, MissingDatasetIsNamed) {
   const auto dir = temp_run_dir("missing");
