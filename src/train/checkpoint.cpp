@@ -1,5 +1,7 @@
 #include "kumiko/train/checkpoint.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -243,6 +245,19 @@ const float* in_slab_order(const model::ParameterSpec& local, const float* data,
     pos += run.count;
   }
   return scratch;
+}
+
+void ShardedState::reserve_snapshot() {
+  if (static_cast<int64_t>(snapshot.size()) == snapshot_elements) return;
+  snapshot = {};
+  snapshot.reserve(static_cast<size_t>(snapshot_elements));
+  // Huge pages for the aligned inside of the block (THP in "madvise" mode, Debian's
+  // default): 512x fewer page faults on the first touch.
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const auto begin = (reinterpret_cast<uintptr_t>(snapshot.data()) + kHuge - 1) & ~(kHuge - 1);
+  const auto end = (reinterpret_cast<uintptr_t>(snapshot.data() + snapshot_elements)) & ~(kHuge - 1);
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  snapshot.resize(static_cast<size_t>(snapshot_elements));  // zero-filled: touched
 }
 
 int64_t save_checkpoint(const std::string& path, comm::Communicator& group, const ShardedState& st,

@@ -211,6 +211,7 @@ struct Trainer::State {
   // Collective: a snapshot of this rank's state, written by every rank (parallel HDF5)
   // or by rank 0 after gathering, in the background with checkpoint.async.
   void save(const char* why);
+  void plan_shards();  // which parts of a parallel checkpoint this rank writes
   std::function<int64_t()> snapshot_sharded(const std::string& path);  // this rank's parts
   std::function<int64_t()> snapshot_gathered(const std::string& path, float* m, float* v);  // collective
   void finish_save();  // waits for a background save; logs it and its metrics (rank 0)
@@ -284,6 +285,12 @@ RunSummary Trainer::State::run() {
   setup_engine();
   setup_files();
   resume_or_init();
+  if (parallel_ckpt && async_ckpt && cfg.checkpoint.every_steps > 0) {
+    // The background saves' snapshot buffer, allocated and touched before step 1.
+    plan_shards();
+    shards->reserve_snapshot();
+    ckpt_log->info("checkpoint snapshot buffer: {:.1f} MB on this rank", shards->snapshot_elements * 4 / 1e6);
+  }
   while (train.step < end) {
     if (stop_requested()) break;
     Gradients g = compute_gradients();
@@ -859,27 +866,20 @@ std::pair<float*, float*> Trainer::State::flat_moments(std::vector<float>& m_cop
   return {m, v};
 }
 
-// This rank's parts of the checkpoint for a parallel write: the tensors of its pipeline
-// stage, each tensor-parallel shard by its own tp rank (a tensor held whole: tp rank 0),
-// and the tensors spread over the data-parallel replicas (tensor i: dp rank i % dp), so
-// that every rank writes about as much. Copies (the snapshot); collective over dp with
-// ZeRO-1 (the moments are gathered).
-std::function<int64_t()> Trainer::State::snapshot_sharded(const std::string& path) {
-  auto moments = std::make_shared<std::pair<std::vector<float>, std::vector<float>>>();
-  auto [m, v] = flat_moments(moments->first, moments->second);
+// Which parts of the checkpoint this rank writes in a parallel write (once: the layout
+// does not change): the tensors of its pipeline stage, each tensor-parallel shard by its
+// own tp rank (a tensor held whole: tp rank 0), and the tensors spread over the
+// data-parallel replicas (tensor i: dp rank i % dp), so that every rank writes about as
+// much.
+void Trainer::State::plan_shards() {
+  if (shards) return;
+  shards = std::make_shared<ShardedState>();
+  shards->specs = logical_specs;
+  shards->parts.resize(logical_specs.size());
   const auto& params = engine->params();
   std::map<std::string, int> local;
   for (size_t i = 0; i < params.size(); ++i) local[params.spec(static_cast<int>(i)).name] = static_cast<int>(i);
-  // Kept from save to save: a background write's copies are allocated once.
-  if (!shards) {
-    shards = std::make_shared<ShardedState>();
-    shards->specs = logical_specs;
-    shards->parts.resize(logical_specs.size());
-  }
-  const float* base = params.flat_values().data();
   for (size_t i = 0; i < logical_specs.size(); ++i) {
-    auto& part = shards->parts[i];
-    part.slabs.clear();
     const auto it = local.find(logical_specs[i].name);
     if (it == local.end()) continue;  // another stage's
     int owner = 0;  // the first stage holding it (a tied embedding is on two)
@@ -889,16 +889,31 @@ std::function<int64_t()> Trainer::State::snapshot_sharded(const std::string& pat
     const auto& spec = params.spec(it->second);
     if (owner != grid->pp_rank() || static_cast<int>(i % dp) != dp_rank) continue;
     if (spec.split == model::Split::none && grid->tp_rank() != 0) continue;
-    const int64_t offset = params.value(it->second) - base, n = params.numel(it->second);
+    auto& part = shards->parts[i];
+    part.local = it->second;
     part.slabs = shard_slabs(spec);
-    // In place for a foreground write (a copy only for a layout out of the slabs' order);
-    // copied for a background one.
-    const bool in_place = !async_ckpt && is_slab_order(spec);
-    if (in_place) {
-      part.copy = {};
-    } else {
-      part.copy.resize(static_cast<size_t>(3 * n));
-    }
+    part.offset = shards->snapshot_elements;
+    shards->snapshot_elements += 3 * params.numel(it->second);
+  }
+}
+
+// This rank's parts of the checkpoint: pointers into the live buffers for a foreground
+// write, a copy in the kept snapshot buffer for a background one. Collective over dp
+// with ZeRO-1 (the moments are gathered).
+std::function<int64_t()> Trainer::State::snapshot_sharded(const std::string& path) {
+  auto moments = std::make_shared<std::pair<std::vector<float>, std::vector<float>>>();
+  auto [m, v] = flat_moments(moments->first, moments->second);
+  plan_shards();
+  const auto& params = engine->params();
+  bool in_place = !async_ckpt;
+  for (const auto& part : shards->parts)
+    if (part.local >= 0 && !is_slab_order(params.spec(part.local))) in_place = false;
+  if (!in_place) shards->reserve_snapshot();
+  const float* base = params.flat_values().data();
+  for (auto& part : shards->parts) {
+    if (part.local < 0) continue;
+    const auto& spec = params.spec(part.local);
+    const int64_t offset = params.value(part.local) - base, n = params.numel(part.local);
     const float* sources[3] = {base + offset, m + offset, v + offset};
     const float* out[3];
     for (int k = 0; k < 3; ++k) {
@@ -906,7 +921,7 @@ std::function<int64_t()> Trainer::State::snapshot_sharded(const std::string& pat
         out[k] = sources[k];
         continue;
       }
-      float* dst = part.copy.data() + k * n;
+      float* dst = shards->snapshot.data() + part.offset + k * n;
       const float* ordered = in_slab_order(spec, sources[k], dst);
       if (ordered != dst) std::copy_n(ordered, n, dst);
       out[k] = dst;

@@ -65,13 +65,19 @@ const float* in_slab_order(const model::ParameterSpec& local, const float* data,
 // rank writes that tensor. The parts of all ranks cover every tensor exactly once.
 struct ShardedState {
   struct Part {
-    std::vector<ckpt::Slab> slabs;
-    // The slabs' elements: into the live buffers (a foreground write) or into `copy`.
+    std::vector<ckpt::Slab> slabs;  // empty: another rank writes this tensor
+    int local = -1;                 // the tensor's index in this rank's store
+    int64_t offset = 0;             // its value, m and v in `snapshot`, one after another
+    // The slabs' elements: in the live buffers (a foreground write) or in `snapshot`.
     const float *value = nullptr, *m = nullptr, *v = nullptr;
-    std::vector<float> copy;  // value, m and v one after another (a background write's snapshot)
   };
   std::vector<model::ParameterSpec> specs;  // logical
   std::vector<Part> parts;                  // one per spec
+  int64_t snapshot_elements = 0;            // 3 x the elements this rank writes
+  std::vector<float> snapshot;              // a background write's copy, kept from save to save
+  // Allocates and touches `snapshot` (transparent huge pages where the kernel offers
+  // them): the first save then copies at memory speed instead of faulting pages in.
+  void reserve_snapshot();
 };
 // Writes and commits one checkpoint file with every member of `group` writing its
 // parts through parallel HDF5 (collective). Returns the file's bytes.
