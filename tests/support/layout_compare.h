@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "kumiko/comm/communicator.h"
+#include "kumiko_test_support.h"
 #include "kumiko/model/sharding.h"
 #include "kumiko/train/trainer.h"
 #include "kumiko/train/weights.h"
@@ -21,6 +22,27 @@ struct LayoutResult {
   model::LogicalTensors weights;  // final, logical, in parameter_specs order
   std::vector<std::string> names;
 };
+
+// The layout tests' model and run: testing::tiny_config with 4 layers (pp=4 and pp=2 x
+// 2 chunks divide them), a vocabulary of 96 (divisible by tp=2 and 4), 8 sequences a
+// step, one thread per rank, tiny gradient buckets (several per step).
+// With 4 layers some gradient elements of the last block are near zero; AdamW with
+// eps = 1e-8 turns their rounding differences between layouts into +-lr steps
+// (checked: with a larger eps the one-step weights agree to 5e-9). eps = 1e-6 and
+// lr = 3e-3 keep the comparisons about the layouts.
+inline config::Config layout_config(const std::string& arch, const std::string& run_dir) {
+  auto c = tiny_config(arch, run_dir);
+  c.model.n_layers = 4;
+  c.model.vocab_size = 96;
+  c.train.global_batch = 8;
+  c.train.lr = 3e-3;
+  c.train.min_lr = 3e-4;
+  c.train.eps = 1e-6;
+  c.backend.threads = 1;
+  c.parallel.bucket_mb = 0.004;
+  c.log.level = "error";
+  return c;
+}
 
 // This rank's group for a run of layout `c` when `world` is cut into groups of
 // dp x tp x pp ranks (several copies of a small layout run side by side); the group's

@@ -23,18 +23,8 @@ namespace {
 std::string g_root;
 
 config::Config tiny(const std::string& arch, const std::string& run_dir) {
-  auto c = testing::tiny_config(arch, run_dir);
-  c.model.n_heads = 4;
-  c.model.n_kv_heads = arch == "llama" ? 2 : 0;
-  c.model.n_layers = 4;  // two per stage with pp2
-  c.model.vocab_size = 96;  // divisible by tp
-  c.train.global_batch = 8;
+  auto c = testing::layout_config(arch, run_dir);
   c.train.steps = 6;
-  c.train.lr = 3e-3;  // as the other layout tests: AdamW's sign-like steps amplify
-  c.train.min_lr = 3e-4;  // summation-order differences in proportion to lr
-  c.backend.threads = 1;
-  c.parallel.bucket_mb = 0.004;
-  c.log.level = "error";
   return c;
 }
 

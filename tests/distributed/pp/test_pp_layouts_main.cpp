@@ -22,25 +22,10 @@ namespace {
 
 std::string g_root;
 
-// 4 layers (so that pp=4 and pp=2 x 2 chunks divide them), head counts and a
-// vocabulary divisible by tp=2, 8 sequences per step in micro-batches of 1 (so each
-// pipeline has several micro-batches).
+// testing::layout_config in micro-batches of 1 (so each pipeline has several).
 config::Config tiny(const std::string& arch, const std::string& run_dir) {
-  auto c = testing::tiny_config(arch, run_dir);
-  c.model.n_layers = 4;
-  c.model.vocab_size = 96;
-  c.train.global_batch = 8;
+  auto c = testing::layout_config(arch, run_dir);
   c.train.micro_batch = 1;
-  c.train.lr = 3e-3;
-  c.train.min_lr = 3e-4;
-  // With 4 layers some gradient elements of the last block are near zero; AdamW with
-  // eps = 1e-8 turns their rounding differences between layouts into +-lr steps
-  // (checked: with a larger eps the one-step weights agree to 5e-9). eps = 1e-6 keeps
-  // the comparison about the layouts.
-  c.train.eps = 1e-6;
-  c.backend.threads = 1;
-  c.parallel.bucket_mb = 0.004;
-  c.log.level = "error";
   return c;
 }
 

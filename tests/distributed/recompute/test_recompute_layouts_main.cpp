@@ -16,14 +16,9 @@ namespace {
 std::string g_root;
 
 config::Config tiny(const std::string& arch, const std::string& run_dir) {
-  auto c = testing::tiny_config(arch, run_dir);
-  c.model.n_layers = 4;
-  c.model.vocab_size = 96;
-  c.train.global_batch = 8;
+  auto c = testing::layout_config(arch, run_dir);
   c.train.micro_batch = 2;
   c.train.steps = 8;
-  c.backend.threads = 1;
-  c.log.level = "error";
   return c;
 }
 
