@@ -27,7 +27,13 @@ void fsync_path(const fs::path& p, bool directory) {
 }
 }  // namespace
 
-Store::Store(std::string dir) : dir_(std::move(dir)) { fs::create_directories(dir_); }
+Store::Store(std::string dir) : dir_(std::move(dir)) {
+  std::error_code ec;
+  fs::create_directories(dir_, ec);
+  KUMIKO_USER_CHECK(!ec, dir_, ": cannot create the checkpoint folder (checkpoint.dir): ", ec.message());
+  KUMIKO_USER_CHECK(::access(dir_.c_str(), W_OK | X_OK) == 0, dir_,
+                    ": the checkpoint folder (checkpoint.dir) is not writable");
+}
 
 std::string Store::path_for(int64_t step) const {
   char name[64];

@@ -462,9 +462,20 @@ void Trainer::State::setup_files() {
   }
   train.seed = cfg.train.seed;
   run_dir = cfg.log.run_dir;
-  if (io) fs::create_directories(run_dir);
-  store = std::make_unique<ckpt::Store>(cfg.checkpoint.dir.empty() ? (run_dir / "checkpoints").string()
-                                                                   : cfg.checkpoint.dir);
+  agree(world, [&] {
+    std::error_code ec;
+    fs::create_directories(run_dir, ec);
+    KUMIKO_USER_CHECK(!ec, run_dir.string(), ": cannot create the run folder (log.run_dir): ", ec.message());
+    return std::string();
+  });
+  const std::string ckpt_dir = cfg.checkpoint.dir.empty() ? (run_dir / "checkpoints").string() : cfg.checkpoint.dir;
+  // Rank 0 first: a folder that cannot be written is one error on every rank at start,
+  // not a failed save hours later.
+  agree(world, [&] {
+    ckpt::Store check(ckpt_dir);
+    return std::string();
+  });
+  store = std::make_unique<ckpt::Store>(ckpt_dir);
   if (io)
     if (const int n = store->remove_partials(); n > 0)
       ckpt_log->warn("removed {} partial checkpoint file(s) left by an interrupted save in {}", n, store->dir());

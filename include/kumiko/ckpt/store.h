@@ -15,6 +15,7 @@ namespace kumiko::ckpt {
 
 class Store {
  public:
+  // Creates the folder; UserError naming it when it cannot be created or written.
   explicit Store(std::string dir);
 
   const std::string& dir() const { return dir_; }

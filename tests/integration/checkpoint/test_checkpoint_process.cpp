@@ -236,6 +236,17 @@ TEST(CheckpointProcess, UserErrorsExitTwoWithOneLine) {
             std::string::npos)
       << log;
   EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
+
+  // A checkpoint folder that cannot be created: one line naming it, at start.
+  const auto dir2 = temp_run_dir("usererr-dir");
+  auto d = tiny_config("gpt2", dir2);
+  d.checkpoint.dir = "/proc/kumiko-no-such-folder/checkpoints";
+  EXPECT_EQ(wait_exit(start(d)), 2);
+  const std::string log2 = read_file(dir2 + "/log.txt");
+  EXPECT_NE(log2.find("kumiko: error: /proc/kumiko-no-such-folder/checkpoints: cannot create the checkpoint folder"),
+            std::string::npos)
+      << log2;
+  EXPECT_EQ(std::count(log2.begin(), log2.end(), '\n'), 1) << log2;
 }
 
 }  // namespace
