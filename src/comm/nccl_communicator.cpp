@@ -6,6 +6,9 @@
 #include "kumiko/comm/nccl.h"
 #include "kumiko/comm/watchdog.h"
 
+#include <algorithm>
+#include <cstdlib>
+
 #ifdef KUMIKO_WITH_NCCL
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -222,18 +225,6 @@ class NcclCommunicator : public Communicator {
 
 }  // namespace
 
-int local_rank_from_launcher() {
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"})
-    if (const char* v = std::getenv(var)) return std::atoi(v);
-  return 0;
-}
-
-int local_size_from_launcher() {
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "MPI_LOCALNRANKS", "LOCAL_WORLD_SIZE"})
-    if (const char* v = std::getenv(var)) return std::max(1, std::atoi(v));
-  return 1;
-}
-
 std::unique_ptr<Communicator> make_nccl(Communicator& bootstrap, const std::string& name) {
   int devices = 0;
   check_cuda(cudaGetDeviceCount(&devices), "cudaGetDeviceCount");
@@ -288,8 +279,6 @@ void* nccl_stream(Communicator& comm) {
 #else  // !KUMIKO_WITH_NCCL
 
 namespace kumiko::comm {
-int local_rank_from_launcher() { return 0; }
-int local_size_from_launcher() { return 1; }
 std::unique_ptr<Communicator> make_nccl(Communicator&, const std::string&) {
   throw UserError("the NCCL communicator needs a build with CUDA (KUMIKO_CUDA=ON, nvcc found)");
 }
@@ -301,3 +290,19 @@ void* nccl_stream(Communicator& comm) {
 }  // namespace kumiko::comm
 
 #endif
+
+// The launcher's node-local placement, with or without CUDA (the CPU backend's
+// pre-flight memory check divides the node's memory by the ranks on it).
+namespace kumiko::comm {
+int local_rank_from_launcher() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"})
+    if (const char* v = std::getenv(var)) return std::atoi(v);
+  return 0;
+}
+
+int local_size_from_launcher() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "MPI_LOCALNRANKS", "LOCAL_WORLD_SIZE"})
+    if (const char* v = std::getenv(var)) return std::max(1, std::atoi(v));
+  return 1;
+}
+}  // namespace kumiko::comm
