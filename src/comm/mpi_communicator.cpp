@@ -25,19 +25,9 @@ MPI_Datatype mpi_type(DType t) {
   return MPI_DATATYPE_NULL;
 }
 
-// bfloat16 <-> fp32 on the host (round to nearest even; NaN stays NaN).
-float bf16_to_float(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-uint16_t float_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
+// bfloat16 <-> fp32 on the host (core/bf16.h: round to nearest even; NaN stays NaN).
+float bf16_to_float(uint16_t b) { return to_float(bf16{b}); }
+uint16_t float_to_bf16(float f) { return to_bf16(f).bits; }
 // MPI has no bfloat16: sum and max are user ops over MPI_UINT16_T, in fp32.
 extern "C" void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
   const auto* a = static_cast<const uint16_t*>(in);

@@ -183,9 +183,6 @@ void check_services(const Config& c, const Checker& check) {
                 "kumiko when backend.device is " + b.device, "'" + b.matmul + "'");
   check.require(b.attention == "kumiko" || b.device == "cuda", "backend.attention",
                 "kumiko when backend.device is " + b.device, "'" + b.attention + "'");
-  check.require(b.dtype == "fp32" || b.device == "cuda", "backend.dtype",
-                "fp32 when backend.device is " + b.device + " (bf16 mixed precision runs on cuda)",
-                "'" + b.dtype + "'");
   check.require(b.attention != "cudnn" || b.dtype == "bf16", "backend.attention",
                 "kumiko when backend.dtype is fp32 (cuDNN's fused attention is bf16 only)", "'cudnn'");
   if (b.device == "cuda") {

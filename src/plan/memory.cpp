@@ -5,6 +5,7 @@
 #include <sstream>
 #include <thread>
 
+#include "kumiko/core/bf16.h"
 #include "kumiko/core/error.h"
 #include "kumiko/model/parameters.h"
 #include "kumiko/model/transformer.h"
@@ -19,8 +20,8 @@ namespace kumiko::plan {
 namespace {
 
 // A backend's element types and where its parameters live, for planning only
-// (BasicTransformer::plan_arena needs nothing else). The CUDA backend's bf16 is two
-// bytes like this stand-in; engine_cuda.cpp asserts the sizes agree.
+// (BasicTransformer::plan_arena needs nothing else). The bf16 of the CUDA and CPU
+// backends is two bytes like this stand-in; engine_cuda.cpp asserts the sizes agree.
 template <typename A, typename G, bool Host>
 struct Types {
   using Act = A;
@@ -30,12 +31,24 @@ struct Types {
 };
 using CpuTypes = Types<float, float, true>;
 using CudaFp32 = Types<float, float, false>;
-using CudaBf16 = Types<uint16_t, float, false>;
+using Bf16Types = Types<uint16_t, float, false>;  // backend::Cuda<bf16> and backend::CpuBf16
+static_assert(sizeof(bf16) == 2);
 
 model::ArenaPlan arena_plan(const config::Config& cfg, const model::BufferLayout& l) {
+  if (cfg.backend.dtype == "bf16") return model::BasicTransformer<Bf16Types>::plan_arena(l);
   if (cfg.backend.device != "cuda") return model::BasicTransformer<CpuTypes>::plan_arena(l);
-  if (cfg.backend.dtype == "bf16") return model::BasicTransformer<CudaBf16>::plan_arena(l);
   return model::BasicTransformer<CudaFp32>::plan_arena(l);
+}
+
+// backend::CpuBf16's fp32 scratch (include/kumiko/backend/cpu_bf16.h): an op widens up
+// to three bf16 operands and writes up to two fp32 results; the largest are the logits
+// [N, V/tp] (the output projection and the loss), a weight matrix and [N, F/tp].
+double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp) {
+  const double N = static_cast<double>(B * T);
+  const double wide = static_cast<double>(std::max({d.F, d.qkv_width(), d.C})) / tp;
+  const double logits = N * static_cast<double>(d.V) / tp;
+  const double weight = static_cast<double>(std::max({d.V / tp, d.F / tp, d.qkv_width() / tp})) * d.C;
+  return 4.0 * (2 * logits + weight + 2 * N * wide);
 }
 
 // The CUDA backend's workspace beyond the arena (backend prepare()): the largest of
@@ -96,7 +109,8 @@ Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank) {
   m.pp_rank = pp_rank;
   m.rank_kind = l.pp == 1 ? "all" : pp_rank == 0 ? "first" : pp_rank == l.pp - 1 ? "last" : "middle";
   const bool device = cfg.backend.device == "cuda";
-  const double act_bytes = device && cfg.backend.dtype == "bf16" ? 2.0 : 4.0;
+  const bool bf16 = cfg.backend.dtype == "bf16";
+  const double act_bytes = bf16 ? 2.0 : 4.0;
   model::BufferLayout b;
   b.dims = l.dims;
   b.batch = l.MB;
@@ -128,17 +142,24 @@ Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank) {
   m.arena = static_cast<double>(a.total);
   m.activations = static_cast<double>(a.activations);
   m.workspace = static_cast<double>(a.workspace);
-  if (device) {
+  if (device || bf16) {
+    // Master weights, working copy and gradients in the arena; params() a host mirror.
     m.parameters = static_cast<double>(a.parameters);
     m.gradients = static_cast<double>(a.gradients);
     m.host_mirror = 8.0 * static_cast<double>(P);
+  }
+  if (device) {
     m.workspace += cuda_workspace(l.dims, l.MB, l.T, l.tp, P);
     // CUDA context, cuBLAS/cuDNN handles and (several ranks) NCCL's buffers: an
     // estimate, docs/plan.md.
     m.runtime = (1.0 + (l.dp * l.tp * l.pp > 1 ? 0.5 : 0.0)) * 1024 * 1024 * 1024;
   } else {
-    m.parameters = 4.0 * static_cast<double>(P);
-    m.gradients = 4.0 * static_cast<double>(P) + static_cast<double>(a.gradients);
+    if (bf16) {
+      m.workspace += cpu_bf16_scratch(l.dims, l.MB, l.T, l.tp);
+    } else {
+      m.parameters = 4.0 * static_cast<double>(P);
+      m.gradients = 4.0 * static_cast<double>(P) + static_cast<double>(a.gradients);
+    }
     // Buffers others allocate after start-up (an estimate measured on the validation
     // machine, docs/plan.md): OpenBLAS's and OpenMP's per-thread GEMM buffers, and
     // with several ranks Open MPI's reduction scratch and shared-memory segments.
@@ -152,7 +173,7 @@ Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank) {
     const int64_t elems = parallel::pipeline_buffer_elements(l.chunks, l.m, rows, l.dims.C);
     m.pipeline = act_bytes * static_cast<double>(elems);
     const double ids = 8.0 * l.m * l.MB * l.T;  // the step's token ids and targets, host vectors
-    (device ? m.host_mirror : m.pipeline) += ids;
+    (device || bf16 ? m.host_mirror : m.pipeline) += ids;
   }
   return m;
 }

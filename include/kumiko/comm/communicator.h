@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kumiko/core/bf16.h"
 #include "kumiko/core/error.h"
 
 namespace kumiko::comm {
@@ -24,12 +25,10 @@ class CommError : public Error {
 enum class ReduceOp { sum, avg, max };
 enum class DType { f32, f64, i32, i64, bf16 };
 
-// bfloat16 as the communicator sees it (the CUDA backend's bf16 tensors, passed
-// as these bits): NCCL reduces it natively, MPI through kumiko's own reduction ops
-// (sum in fp32, rounded to nearest even; max).
-struct BFloat16 {
-  uint16_t bits;
-};
+// bfloat16 as the communicator sees it (core/bf16.h: the CPU backend's bf16 tensors,
+// and the CUDA backend's, passed as these bits): NCCL reduces it natively, MPI through
+// kumiko's own reduction ops (sum in fp32, rounded to nearest even; max).
+using BFloat16 = kumiko::bf16;
 
 template <typename T>
 constexpr DType dtype_of();

@@ -71,8 +71,6 @@ TEST(ConfigValidate, EachRuleFailsWithItsMessage) {
        "backend.dtype: expected one of fp32|bf16, got 'fp16'"},
       {[](Config& c) { c.backend.matmul = "cublas"; },
        "backend.matmul: expected kumiko when backend.device is cpu, got 'cublas'"},
-      {[](Config& c) { c.backend.dtype = "bf16"; },
-       "backend.dtype: expected fp32 when backend.device is cpu (bf16 mixed precision runs on cuda), got 'bf16'"},
       {[](Config& c) { c.backend.device = "cuda", c.backend.attention = "cudnn"; },
        "backend.attention: expected kumiko when backend.dtype is fp32 (cuDNN's fused attention is bf16 only), got "
        "'cudnn'"},
@@ -106,6 +104,9 @@ TEST(ConfigValidate, ValidLayoutsPass) {
   c.train.global_batch = 32;
   c.train.micro_batch = 4;
   EXPECT_EQ(validation_error(c), "");
+  c.backend.dtype = "bf16";  // bf16 mixed precision on the cpu too
+  EXPECT_EQ(validation_error(c), "");
+  c.backend.dtype = "fp32";
   c.backend.device = "cuda";  // the cuda backend runs every layout the cpu one does
   c.model.d_model = 256;      // head dim 64
   EXPECT_EQ(validation_error(c), "");

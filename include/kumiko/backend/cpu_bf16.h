@@ -1,0 +1,300 @@
+#pragma once
+// The CPU backend's bf16 precision (backend.device = cpu, backend.dtype = bf16): the
+// mixed-precision contract of the CUDA backend's bf16 on host memory.
+//   Act  = bf16   activations and the working copy of the weights the GEMMs read;
+//   Grad = float  master weights, gradients, AdamW moments, gradient reductions;
+//   Stat = float  norm statistics, log-sum-exp, losses.
+// Every op reads its bf16 operands as fp32, computes in fp32 with the fp32 kernels of
+// kernels/cpu (GEMMs accumulate in fp32, softmax, norms and the loss stay fp32) and
+// rounds what it stores as bf16 once, to nearest even. Weight gradients accumulate in
+// fp32 straight into Grad. This path converts in software and multiplies with
+// OpenBLAS's sgemm ("bf16 emulated" in the log): it is the reference the CPU's native
+// bf16 instructions must match, and it trains on any x86-64 or aarch64 CPU.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kumiko/backend/adamw.h"
+#include "kumiko/backend/cpu.h"
+#include "kumiko/comm/communicator.h"
+#include "kumiko/core/bf16.h"
+#include "kumiko/core/error.h"
+#include "kumiko/ops/bf16.h"
+
+namespace kumiko::backend {
+
+class CpuBf16 {
+ public:
+  using Act = bf16;
+  using Grad = float;
+  using Stat = float;
+  static constexpr bool kHost = false;  // master weights, gradients and working copy in the arena
+  static constexpr const char* kName = "cpu";
+
+  template <typename Dims>
+  void prepare(const Dims&, int64_t, int64_t, int, int64_t) {}
+
+  // ---- memory (host memory; "to_host" copies between the arena and host buffers) ----
+  void* allocate(size_t bytes) { return fp32_.allocate(bytes); }
+  template <typename X>
+  void zero(X* x, int64_t n) {
+    std::memset(static_cast<void*>(x), 0, static_cast<size_t>(n) * sizeof(X));
+  }
+  template <typename X>
+  void copy(X* dst, const X* src, int64_t n) {
+    std::memcpy(static_cast<void*>(dst), src, static_cast<size_t>(n) * sizeof(X));
+  }
+  void add_inplace(float* out, const float* a, int64_t n) { cpu::add_inplace(out, a, n); }
+  void add_inplace(bf16* out, const bf16* a, int64_t n) {
+    float* af = widen(0, a, n);
+    cpu::add_narrow(out, af, n);
+  }
+  template <typename X>
+  void to_host(X* host, const X* x, int64_t n) {
+    if (host != x) copy(host, x, n);
+  }
+  template <typename X>
+  void from_host(X* x, const X* host, int64_t n) {
+    if (host != x) copy(x, host, n);
+  }
+  const int32_t* tokens(int32_t*, const int32_t* host, int64_t) { return host; }
+  void synchronize() {}
+
+  // ---- layers' ops: bf16 in, fp32 inside, bf16 out ----
+  void linear(Act* y, const Act* x, const Act* w, const Act* b, int64_t N, int64_t in, int64_t out,
+              Act* gelu_pre = nullptr) {
+    const float* xf = widen(0, x, N * in);
+    const float* wf = widen(1, w, out * in);
+    const float* bf = b ? widen(2, b, out) : nullptr;
+    float* yf = scratch(3, N * out);
+    fp32_.linear(yf, xf, wf, bf, N, in, out);
+    if (gelu_pre) {
+      // As a fused GEMM epilogue: GELU of the fp32 pre-activation, both stored as bf16.
+      cpu::narrow(gelu_pre, yf, N * out);
+      float* gf = scratch(4, N * out);
+      fp32_.gelu_forward(gf, yf, N * out);
+      cpu::narrow(y, gf, N * out);
+    } else {
+      cpu::narrow(y, yf, N * out);
+    }
+  }
+  void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, Grad* db, const Act* dy, const Act* x, const Act* w,
+                       int64_t N, int64_t in, int64_t out) {
+    const float* dyf = widen(0, dy, N * out);
+    const float* xf = widen(1, x, N * in);
+    const float* wf = widen(2, w, out * in);
+    float* dxf = scratch(3, N * in);
+    std::fill(dxf, dxf + N * in, 0.0f);
+    fp32_.linear_backward(dxf, true, dw, db, dyf, xf, wf, N, in, out);
+    if (accumulate_dx)
+      cpu::add_narrow(dx, dxf, N * in);
+    else
+      cpu::narrow(dx, dxf, N * in);
+  }
+  void add_bias(Act* o, const Act* b, int64_t rows, int64_t C) {
+    float* of = widen(0, o, rows * C);
+    const float* bf = widen(1, b, C);
+    fp32_.add_bias(of, bf, rows, C);
+    cpu::narrow(o, of, rows * C);
+  }
+  void bias_backward(Grad* db, const Act* dy, int64_t rows, int64_t C) {
+    fp32_.bias_backward(db, widen(0, dy, rows * C), rows, C);
+  }
+  void gelu_forward(Act* o, const Act* pre, int64_t n) {
+    float* of = scratch(1, n);
+    fp32_.gelu_forward(of, widen(0, pre, n), n);
+    cpu::narrow(o, of, n);
+  }
+  void gelu_backward(Act* dx, const Act* dy, const Act* pre, int64_t n) {
+    float* dxf = scratch(2, n);
+    fp32_.gelu_backward(dxf, widen(0, dy, n), widen(1, pre, n), n);
+    cpu::narrow(dx, dxf, n);
+  }
+  void swiglu_forward(Act* o, const Act* gate, const Act* up, int64_t n) {
+    float* of = scratch(2, n);
+    fp32_.swiglu_forward(of, widen(0, gate, n), widen(1, up, n), n);
+    cpu::narrow(o, of, n);
+  }
+  void swiglu_backward(Act* dgate, Act* dup, const Act* dy, const Act* gate, const Act* up, int64_t n) {
+    float* dg = scratch(3, n);
+    float* du = scratch(4, n);
+    fp32_.swiglu_backward(dg, du, widen(0, dy, n), widen(1, gate, n), widen(2, up, n), n);
+    cpu::narrow(dgate, dg, n);
+    cpu::narrow(dup, du, n);
+  }
+  void norm_forward(bool rms, Act* o, Stat* mean, Stat* rstd, const Act* x, const Act* w, const Act* b, int64_t N,
+                    int64_t C, double eps) {
+    float* of = scratch(3, N * C);
+    fp32_.norm_forward(rms, of, mean, rstd, widen(0, x, N * C), widen(1, w, C), b ? widen(2, b, C) : nullptr, N, C,
+                       eps);
+    cpu::narrow(o, of, N * C);
+  }
+  void norm_backward(bool rms, Act* dx, Grad* dw, Grad* db, const Act* dy, const Act* x, const Act* w,
+                     const Stat* mean, const Stat* rstd, int64_t N, int64_t C) {
+    float* dxf = scratch(3, N * C);
+    std::fill(dxf, dxf + N * C, 0.0f);
+    fp32_.norm_backward(rms, dxf, dw, db, widen(0, dy, N * C), widen(1, x, N * C), widen(2, w, C), mean, rstd, N, C);
+    cpu::add_narrow(dx, dxf, N * C);  // dx accumulates: the residual stream's gradient
+  }
+  void rope_forward(Act* qkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
+    const int64_t n = B * Tn * (Hq + 2 * Hkv) * D;
+    float* f = widen(0, qkv, n);
+    fp32_.rope_forward(f, B, Tn, Hq, Hkv, D, theta);
+    cpu::narrow(qkv, f, n);
+  }
+  void rope_backward(Act* dqkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
+    const int64_t n = B * Tn * (Hq + 2 * Hkv) * D;
+    float* f = widen(0, dqkv, n);
+    fp32_.rope_backward(f, B, Tn, Hq, Hkv, D, theta);
+    cpu::narrow(dqkv, f, n);
+  }
+  void rope_at(Act* qkv, int64_t pos, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
+    const int64_t n = (Hq + 2 * Hkv) * D;
+    float* f = widen(0, qkv, n);
+    fp32_.rope_at(f, pos, Hq, Hkv, D, theta);
+    cpu::narrow(qkv, f, n);
+  }
+  void attention_decode(Act* o, const Act* q, const Act* k, const Act* v, int64_t len, int64_t Hq, int64_t Hkv,
+                        int64_t D) {
+    float* of = scratch(3, Hq * D);
+    fp32_.attention_decode(of, widen(0, q, Hq * D), widen(1, k, len * Hkv * D), widen(2, v, len * Hkv * D), len, Hq,
+                           Hkv, D);
+    cpu::narrow(o, of, Hq * D);
+  }
+  void attention_forward(Act* o, Stat* lse, const Act* qkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv,
+                         int64_t D) {
+    float* of = scratch(1, B * Tn * Hq * D);
+    fp32_.attention_forward(of, lse, widen(0, qkv, B * Tn * (Hq + 2 * Hkv) * D), B, Tn, Hq, Hkv, D);
+    cpu::narrow(o, of, B * Tn * Hq * D);
+  }
+  void attention_backward(Act* dqkv, const Act* dy, const Act* qkv, const Act* o, const Stat* lse, int64_t B,
+                          int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D) {
+    const int64_t nq = B * Tn * (Hq + 2 * Hkv) * D, no = B * Tn * Hq * D;
+    float* df = scratch(3, nq);
+    fp32_.attention_backward(df, widen(0, dy, no), widen(1, qkv, nq), widen(2, o, no), lse, B, Tn, Hq, Hkv, D);
+    cpu::narrow(dqkv, df, nq);
+  }
+  // Embedding rows are copied as bits (no arithmetic, no rounding).
+  void embed(Act* o, const int32_t* ids, const Act* table, int64_t N, int64_t C, int64_t v0, int64_t Vl, int64_t) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t id = ids[i] - v0;
+      if (id >= 0 && id < Vl)
+        std::memcpy(o + i * C, table + id * C, static_cast<size_t>(C) * sizeof(bf16));
+      else
+        std::memset(static_cast<void*>(o + i * C), 0, static_cast<size_t>(C) * sizeof(bf16));
+    }
+  }
+  void add_positions(Act* x, const Act* pos, int64_t first, int64_t rows, int64_t Tn, int64_t C) {
+    float* xf = widen(0, x, rows * C);
+    const float* pf = widen(1, pos, Tn * C);
+    fp32_.add_positions(xf, pf, first, rows, Tn, C);
+    cpu::narrow(x, xf, rows * C);
+  }
+  void embed_backward(Grad* dtable, const Act* dx, const int32_t* host_ids, int64_t N, int64_t C, int64_t v0,
+                      int64_t Vl, int64_t V) {
+    fp32_.embed_backward(dtable, widen(0, dx, N * C), host_ids, N, C, v0, Vl, V);
+  }
+  void positions_backward(Grad* dpos, const Act* dx, int64_t B, int64_t Tn, int64_t C) {
+    fp32_.positions_backward(dpos, widen(0, dx, B * Tn * C), B, Tn, C);
+  }
+
+  // ---- cross-entropy: the logits in fp32, the gradient stored back as bf16 ----
+  void cross_entropy(Stat* losses, Act* logits, const int32_t* targets, int64_t N, int64_t V, bool backward,
+                     double scale) {
+    float* lf = widen(0, logits, N * V);
+    fp32_.cross_entropy(losses, lf, targets, N, V, backward, scale);
+    if (backward) cpu::narrow(logits, lf, N * V);
+  }
+  void ce_row_max(Stat* mx, const Act* logits, int64_t N, int64_t Vl) {
+    fp32_.ce_row_max(mx, widen(0, logits, N * Vl), N, Vl);
+  }
+  void ce_sums(Stat* sum, Stat* tgt, const Act* logits, const Stat* mx, const int32_t* targets, int64_t N, int64_t Vl,
+               int64_t v0) {
+    fp32_.ce_sums(sum, tgt, widen(0, logits, N * Vl), mx, targets, N, Vl, v0);
+  }
+  void ce_finish(Stat* losses, Act* logits, const Stat* mx, const Stat* sum, const Stat* tgt, const int32_t* targets,
+                 int64_t N, int64_t Vl, int64_t v0, bool backward, double scale) {
+    float* lf = widen(0, logits, N * Vl);
+    fp32_.ce_finish(losses, lf, mx, sum, tgt, targets, N, Vl, v0, backward, scale);
+    if (backward) cpu::narrow(logits, lf, N * Vl);
+  }
+  double sum(const Stat* x, int64_t n) { return fp32_.sum(x, n); }
+
+  // ---- optimizer: fp32 master weights and moments, then the bf16 working copy ----
+  double sum_squares(const Grad* x, int64_t n) { return fp32_.sum_squares(x, n); }
+  std::vector<double> sum_squares(const std::vector<std::pair<const Grad*, int64_t>>& ranges) {
+    return fp32_.sum_squares(ranges);
+  }
+  using AdamWRange = backend::AdamWRange<Act, Grad>;
+  using AdamW = AdamWStep;
+  void adamw(const std::vector<AdamWRange>& ranges, const AdamW& h) {
+    for (const auto& r : ranges) {
+      cpu::adamw_update(r.param, r.grad, r.m, r.v, r.n, h.lr, h.beta1, h.beta2, h.eps, r.decay ? h.weight_decay : 0.0,
+                        h.grad_scale, h.step);
+      if (r.work) cpu::narrow(r.work, r.param, r.n);
+    }
+  }
+  void refresh_work(Act* work, const Grad* master, int64_t n) { cpu::narrow(work, master, n); }
+
+  // ---- collectives: bf16 travels as comm::BFloat16 (the same type), reduced in fp32 ----
+  template <typename X>
+  void all_reduce(comm::Communicator& g, X* x, int64_t n, comm::ReduceOp op) {
+    g.all_reduce(x, n, op);
+  }
+  template <typename X>
+  void all_gather(comm::Communicator& g, X* x, const std::vector<int64_t>& counts) {
+    g.all_gather(x, counts);
+  }
+  template <typename X>
+  void reduce_scatter(comm::Communicator& g, const X* send, X* recv, const std::vector<int64_t>& counts) {
+    g.reduce_scatter(send, recv, counts, comm::ReduceOp::sum);
+  }
+  template <typename X>
+  std::unique_ptr<comm::Request> iall_reduce(comm::Communicator& g, X* x, int64_t n) {
+    return g.iall_reduce(x, n, comm::ReduceOp::sum);
+  }
+  template <typename X>
+  std::unique_ptr<comm::Request> ireduce_scatter(comm::Communicator& g, const X* send, X* recv,
+                                                 const std::vector<int64_t>& counts) {
+    return g.ireduce_scatter(send, recv, counts, comm::ReduceOp::sum);
+  }
+  template <typename X>
+  std::unique_ptr<comm::Request> iall_gather(comm::Communicator& g, X* x, const std::vector<int64_t>& counts) {
+    return g.iall_gather(x, counts);
+  }
+  template <typename X>
+  std::unique_ptr<comm::Request> isend(comm::Communicator& g, const X* x, int64_t n, int peer, int tag) {
+    return g.isend(x, n, peer, tag);
+  }
+  template <typename X>
+  void recv(comm::Communicator& g, X* x, int64_t n, int peer, int tag) {
+    g.recv(x, n, peer, tag);
+  }
+
+  std::string describe() const { return "cpu, dtype bf16 (emulated: software conversions, fp32 GEMM)"; }
+
+ private:
+  // fp32 scratch, one buffer per operand slot, grown on demand and kept from call to call.
+  float* scratch(int slot, int64_t n) {
+    auto& s = scratch_[static_cast<size_t>(slot)];
+    if (static_cast<int64_t>(s.size()) < n) s.resize(static_cast<size_t>(n));
+    return s.data();
+  }
+  float* widen(int slot, const bf16* x, int64_t n) {
+    float* f = scratch(slot, n);
+    cpu::widen(f, x, n);
+    return f;
+  }
+
+  Cpu<float> fp32_;  // the fp32 kernels, and the arena's allocator
+  std::vector<float> scratch_[5];
+};
+
+}  // namespace kumiko::backend

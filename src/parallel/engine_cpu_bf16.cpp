@@ -1,0 +1,26 @@
+// The CPU engine in bf16 (backend.dtype = bf16 on backend.device = cpu): the one model,
+// data-parallel layer and pipeline runner instantiated over backend::CpuBf16
+// (include/kumiko/backend/cpu_bf16.h), the same code the fp32 CPU and CUDA engines run.
+#include "kumiko/backend/cpu_bf16.h"
+#include "kumiko/parallel/engine.h"
+#include "model/transformer_impl.h"
+#include "parallel/data_parallel_impl.h"
+#include "parallel/engine_impl.h"
+#include "parallel/pipeline_impl.h"
+
+namespace kumiko {
+
+namespace model {
+template class BasicTransformer<backend::CpuBf16>;
+}  // namespace model
+
+namespace parallel {
+template class BasicDataParallel<backend::CpuBf16>;
+template class BasicPipelineRunner<backend::CpuBf16>;
+
+std::unique_ptr<Engine> make_cpu_bf16_engine(const EngineSetup& setup) {
+  return std::make_unique<EngineImpl<backend::CpuBf16>>(setup, std::make_unique<backend::CpuBf16>(), EngineComms{});
+}
+}  // namespace parallel
+
+}  // namespace kumiko
