@@ -83,19 +83,7 @@ void compare_with_cpu(const Case& c) {
   EXPECT_NEAR(gpu.loss(in.data(), tg.data(), B, T_), cpu_loss, (bf16 ? 2e-2 : 1e-4) * cpu_loss);
 
   gpu.download_grads();
-  const auto& p = cpu.params();
-  const float* grads = gpu.params().flat_grads().data();
-  for (size_t i = 0; i < p.size(); ++i) {
-    const int k = static_cast<int>(i);
-    const int64_t n = p.numel(k);
-    const int64_t offset = p.grad(k) - p.flat_grads().data();  // the shared (padded) flat layout
-    const std::string& name = p.spec(k).name;
-    const float* got = grads + offset;
-    const double err = kumiko::testing::relative_difference(std::vector<float>(got, got + n),
-                                                            std::vector<float>(p.grad(k), p.grad(k) + n), name);
-    EXPECT_LT(err, bf16 ? 5e-2 : 1e-4) << name;
-    for (int64_t j = 0; j < n; ++j) ASSERT_TRUE(std::isfinite(got[j])) << name;
-  }
+  kumiko::testing::expect_gradients_close(cpu.params(), gpu.params().flat_grads().data(), bf16 ? 5e-2 : 1e-4);
 }
 
 TEST_P(GpuModelVsCpu, LossAndGradients) {

@@ -88,6 +88,22 @@ inline double relative_difference(const std::vector<float>& a, const std::vector
   return n == 0 ? std::sqrt(d) : std::sqrt(d / n);
 }
 
+// Every gradient in `grads` (the flat, padded layout of `ref`'s ParameterStore, e.g.
+// another backend's download) within `bound` relative L2 of ref's, and finite.
+inline void expect_gradients_close(const model::ParameterStore<float>& ref, const float* grads, double bound) {
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const int k = static_cast<int>(i);
+    const int64_t n = ref.numel(k);
+    const std::string& name = ref.spec(k).name;
+    const float* got = grads + (ref.grad(k) - ref.flat_grads().data());
+    EXPECT_LT(relative_difference(std::vector<float>(got, got + n), std::vector<float>(ref.grad(k), ref.grad(k) + n),
+                                  name),
+              bound)
+        << name;
+    for (int64_t j = 0; j < n; ++j) ASSERT_TRUE(std::isfinite(got[j])) << name;
+  }
+}
+
 // Same losses step by step (1e-5 relative) and same final weights (weight_rtol relative,
 // 1e-5 unless the two runs use different kernels: see GpuLayouts.OneGpuMatchesCpu).
 inline void expect_same_run(const LayoutResult& a, const LayoutResult& ref, const std::string& what,

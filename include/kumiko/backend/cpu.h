@@ -32,8 +32,46 @@
 
 namespace kumiko::backend {
 
+// Collectives of the host backends (Cpu<T>, CpuBf16): run on the calling thread by
+// the communicator (tensor parallelism, the pipeline, the data-parallel reduction).
+struct HostCollectives {
+  template <typename X>
+  void all_reduce(comm::Communicator& g, X* x, int64_t n, comm::ReduceOp op) {
+    g.all_reduce(x, n, op);
+  }
+  template <typename X>
+  void all_gather(comm::Communicator& g, X* x, const std::vector<int64_t>& counts) {
+    g.all_gather(x, counts);
+  }
+  template <typename X>
+  void reduce_scatter(comm::Communicator& g, const X* send, X* recv, const std::vector<int64_t>& counts) {
+    g.reduce_scatter(send, recv, counts, comm::ReduceOp::sum);
+  }
+  template <typename X>
+  std::unique_ptr<comm::Request> iall_reduce(comm::Communicator& g, X* x, int64_t n) {
+    return g.iall_reduce(x, n, comm::ReduceOp::sum);
+  }
+  template <typename X>
+  std::unique_ptr<comm::Request> ireduce_scatter(comm::Communicator& g, const X* send, X* recv,
+                                                 const std::vector<int64_t>& counts) {
+    return g.ireduce_scatter(send, recv, counts, comm::ReduceOp::sum);
+  }
+  template <typename X>
+  std::unique_ptr<comm::Request> iall_gather(comm::Communicator& g, X* x, const std::vector<int64_t>& counts) {
+    return g.iall_gather(x, counts);
+  }
+  template <typename X>
+  std::unique_ptr<comm::Request> isend(comm::Communicator& g, const X* x, int64_t n, int peer, int tag) {
+    return g.isend(x, n, peer, tag);
+  }
+  template <typename X>
+  void recv(comm::Communicator& g, X* x, int64_t n, int peer, int tag) {
+    g.recv(x, n, peer, tag);
+  }
+};
+
 template <typename T>
-class Cpu {
+class Cpu : public HostCollectives {
  public:
   using Act = T;   // activations and the weights the matmuls read
   using Grad = T;  // gradients, master weights, optimizer state
@@ -282,41 +320,6 @@ class Cpu {
   }
   // The working copy of master weights (nothing to do when they are the same memory).
   void refresh_work(Act* /*work*/, const Grad* /*master*/, int64_t /*n*/) {}
-
-  // ---- collectives (tensor parallelism and the data-parallel reduction) ----
-  template <typename X>
-  void all_reduce(comm::Communicator& g, X* x, int64_t n, comm::ReduceOp op) {
-    g.all_reduce(x, n, op);
-  }
-  template <typename X>
-  void all_gather(comm::Communicator& g, X* x, const std::vector<int64_t>& counts) {
-    g.all_gather(x, counts);
-  }
-  template <typename X>
-  void reduce_scatter(comm::Communicator& g, const X* send, X* recv, const std::vector<int64_t>& counts) {
-    g.reduce_scatter(send, recv, counts, comm::ReduceOp::sum);
-  }
-  template <typename X>
-  std::unique_ptr<comm::Request> iall_reduce(comm::Communicator& g, X* x, int64_t n) {
-    return g.iall_reduce(x, n, comm::ReduceOp::sum);
-  }
-  template <typename X>
-  std::unique_ptr<comm::Request> ireduce_scatter(comm::Communicator& g, const X* send, X* recv,
-                                                 const std::vector<int64_t>& counts) {
-    return g.ireduce_scatter(send, recv, counts, comm::ReduceOp::sum);
-  }
-  template <typename X>
-  std::unique_ptr<comm::Request> iall_gather(comm::Communicator& g, X* x, const std::vector<int64_t>& counts) {
-    return g.iall_gather(x, counts);
-  }
-  template <typename X>
-  std::unique_ptr<comm::Request> isend(comm::Communicator& g, const X* x, int64_t n, int peer, int tag) {
-    return g.isend(x, n, peer, tag);
-  }
-  template <typename X>
-  void recv(comm::Communicator& g, X* x, int64_t n, int peer, int tag) {
-    g.recv(x, n, peer, tag);
-  }
 
   std::string describe() const { return "cpu"; }
 

@@ -29,7 +29,7 @@
 
 namespace kumiko::backend {
 
-class CpuBf16 {
+class CpuBf16 : public HostCollectives {
  public:
   using Act = bf16;
   using Grad = float;
@@ -243,40 +243,8 @@ class CpuBf16 {
   }
   void refresh_work(Act* work, const Grad* master, int64_t n) { cpu::narrow(work, master, n); }
 
-  // ---- collectives: bf16 travels as comm::BFloat16 (the same type), reduced in fp32 ----
-  template <typename X>
-  void all_reduce(comm::Communicator& g, X* x, int64_t n, comm::ReduceOp op) {
-    g.all_reduce(x, n, op);
-  }
-  template <typename X>
-  void all_gather(comm::Communicator& g, X* x, const std::vector<int64_t>& counts) {
-    g.all_gather(x, counts);
-  }
-  template <typename X>
-  void reduce_scatter(comm::Communicator& g, const X* send, X* recv, const std::vector<int64_t>& counts) {
-    g.reduce_scatter(send, recv, counts, comm::ReduceOp::sum);
-  }
-  template <typename X>
-  std::unique_ptr<comm::Request> iall_reduce(comm::Communicator& g, X* x, int64_t n) {
-    return g.iall_reduce(x, n, comm::ReduceOp::sum);
-  }
-  template <typename X>
-  std::unique_ptr<comm::Request> ireduce_scatter(comm::Communicator& g, const X* send, X* recv,
-                                                 const std::vector<int64_t>& counts) {
-    return g.ireduce_scatter(send, recv, counts, comm::ReduceOp::sum);
-  }
-  template <typename X>
-  std::unique_ptr<comm::Request> iall_gather(comm::Communicator& g, X* x, const std::vector<int64_t>& counts) {
-    return g.iall_gather(x, counts);
-  }
-  template <typename X>
-  std::unique_ptr<comm::Request> isend(comm::Communicator& g, const X* x, int64_t n, int peer, int tag) {
-    return g.isend(x, n, peer, tag);
-  }
-  template <typename X>
-  void recv(comm::Communicator& g, X* x, int64_t n, int peer, int tag) {
-    g.recv(x, n, peer, tag);
-  }
+  // Collectives: HostCollectives (bf16 travels as comm::BFloat16, the same type; the
+  // communicator reduces it in fp32).
 
   std::string describe() const { return "cpu, dtype bf16 (emulated: software conversions, fp32 GEMM)"; }
 
