@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "kumiko/core/cpu_features.h"
 #include "kumiko/comm/communicator.h"
 #include "kumiko/core/error.h"
 #include "kumiko/core/rng.h"
@@ -59,6 +60,9 @@ int run_gemm(const BenchOptions& o) {
               "peak of kumiko train at %d thread(s) (or set --backend.peak_gflops=%.0f)\n",
               static_cast<long>(n), static_cast<long>(n), static_cast<long>(n), threads, best, o.repeats,
               cache.c_str(), threads, best);
+  std::printf("cpu: %s; kumiko's kernels use what the compiler vectorised for (KUMIKO_MARCH / KUMIKO_NATIVE), "
+              "OpenBLAS picks its own kernels (OPENBLAS_VERBOSE=2 names them)\n",
+              cpu_features().describe().c_str());
   return 0;
 }
 

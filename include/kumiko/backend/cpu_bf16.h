@@ -24,6 +24,7 @@
 #include "kumiko/backend/cpu.h"
 #include "kumiko/comm/communicator.h"
 #include "kumiko/core/bf16.h"
+#include "kumiko/core/cpu_features.h"
 #include "kumiko/core/error.h"
 #include "kumiko/ops/bf16.h"
 
@@ -246,7 +247,9 @@ class CpuBf16 : public HostCollectives {
   // Collectives: HostCollectives (bf16 travels as comm::BFloat16, the same type; the
   // communicator reduces it in fp32).
 
-  std::string describe() const { return "cpu, dtype bf16 (emulated: software conversions, fp32 GEMM)"; }
+  std::string describe() const {
+    return "cpu, dtype bf16 (emulated: software conversions, fp32 GEMM; this CPU: " + cpu_features().describe() + ")";
+  }
 
  private:
   // fp32 scratch, one buffer per operand slot, grown on demand and kept from call to call.

@@ -19,6 +19,7 @@
 
 #include "kumiko/backend/cpu_bf16.h"
 #include "kumiko/config/load.h"
+#include "kumiko/core/cpu_features.h"
 #include "kumiko/core/log.h"
 #include "kumiko/model/transformer.h"
 #include "kumiko/ops/bf16.h"
@@ -82,6 +83,22 @@ TEST(Bf16, ArrayKernelsMatchTheScalarDefinition) {
   for (size_t i = 0; i < x.size(); ++i) want[i] = to_bf16(to_float(want[i]) + d[i]);
   cpu::add_narrow(acc.data(), d.data(), n);
   for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(acc[i].bits, want[i].bits) << i;
+}
+
+// The log line of a bf16 run names this CPU's vector units and whether it has bf16
+// instructions (the bf16 path is emulated either way).
+TEST(CpuFeatures, TheBf16BackendNamesTheCpu) {
+  const CpuFeatures f = cpu_features();
+#if defined(__x86_64__)
+  EXPECT_EQ(f.arch, "x86-64");
+  EXPECT_TRUE(f.vector == "AVX-512" || f.vector.rfind("AVX2", 0) == 0 || f.vector == "SSE") << f.vector;
+#elif defined(__aarch64__)
+  EXPECT_EQ(f.arch, "aarch64");
+  EXPECT_TRUE(f.vector == "NEON" || f.vector.find("-bit") != std::string::npos) << f.vector;
+#endif
+  const std::string d = backend::CpuBf16().describe();
+  EXPECT_NE(d.find("emulated"), std::string::npos) << d;
+  EXPECT_NE(d.find(f.describe()), std::string::npos) << d;
 }
 
 // One forward/backward of the one model over CpuBf16 against the fp32 model, from the
