@@ -1,6 +1,7 @@
 // Training loop: LR schedule, determinism (same seed -> bitwise identical losses),
 // thread-count independence, gradient accumulation, and the weights file.
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -127,6 +128,10 @@ TEST(Metrics, MfuIsNullWithoutAPeak) {
     }
     return fields;
   };
+  // An empty rate cache: a `kumiko bench gemm` run on this machine saves a CPU peak in
+  // ~/.cache/kumiko, which would give MFU a peak.
+  const std::string cache = temp_dir("mfu-cache");
+  setenv("KUMIKO_CACHE_DIR", cache.c_str(), 1);
   auto c = tiny_config("gpt2", temp_dir("mfu-none"));
   c.train.steps = 2;
   c.backend.peak_gflops = 0;
@@ -138,6 +143,7 @@ TEST(Metrics, MfuIsNullWithoutAPeak) {
   const auto with_peak = mfu_fields(c);
   ASSERT_EQ(with_peak.size(), 2u);
   for (const auto& f : with_peak) EXPECT_GT(std::stod(f), 0.0) << f;
+  unsetenv("KUMIKO_CACHE_DIR");
 }
 
 TEST(Weights, InitialWeightsOnlyWhenAsked) {
