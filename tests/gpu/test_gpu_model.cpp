@@ -68,10 +68,8 @@ void compare_with_cpu(const Case& c) {
   gpu.upload_parameters();
 
   std::mt19937 gen(11);
-  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(dims.V) - 1);
-  std::vector<int32_t> in(N), tg(N);
-  for (auto& x : in) x = tok(gen);
-  for (auto& x : tg) x = tok(gen);
+  const auto in = kumiko::testing::random_tokens(dims.V, N, gen);
+  const auto tg = kumiko::testing::random_tokens(dims.V, N, gen);
   const double scale = 1.0 / static_cast<double>(N);
 
   cpu.params().zero_grads();

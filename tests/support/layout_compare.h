@@ -4,6 +4,7 @@
 // weights with another run within 1e-5 relative.
 #include <cmath>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -86,6 +87,14 @@ inline double relative_difference(const std::vector<float>& a, const std::vector
     n += double(b[i]) * b[i];
   }
   return n == 0 ? std::sqrt(d) : std::sqrt(d / n);
+}
+
+// n random token ids in [0, V) from seed (inputs or targets of a model-level test).
+inline std::vector<int32_t> random_tokens(int64_t V, int64_t n, std::mt19937& gen) {
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(V) - 1);
+  std::vector<int32_t> out(static_cast<size_t>(n));
+  for (auto& x : out) x = tok(gen);
+  return out;
 }
 
 // Every gradient in `grads` (the flat, padded layout of `ref`'s ParameterStore, e.g.

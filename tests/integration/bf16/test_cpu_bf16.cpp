@@ -115,10 +115,8 @@ void compare_step(bool llama) {
   m.upload_parameters();
 
   std::mt19937 gen(11);
-  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(dims.V) - 1);
-  std::vector<int32_t> in(N), tg(N);
-  for (auto& x : in) x = tok(gen);
-  for (auto& x : tg) x = tok(gen);
+  const auto in = testing::random_tokens(dims.V, N, gen);
+  const auto tg = testing::random_tokens(dims.V, N, gen);
   const double scale = 1.0 / static_cast<double>(N);
   ref.params().zero_grads();
   const double want = ref.forward_backward(in.data(), tg.data(), B, T, scale);
