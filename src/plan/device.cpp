@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iostream>
 #include <sstream>
 #include <vector>
 
@@ -226,10 +227,18 @@ Device measured_cpu(const config::Config& cfg, int threads, const std::string& c
          e.value("layer_s", 0.0), e.value("head_s", 0.0), e.value("adamw_s", 0.0)};
   }
   if (r.matmul <= 0 || r.attention <= 0 || r.memory <= 0 || r.layer <= 0) {
+    // Large shapes (a GPU config's micro-batch on a few cores) take minutes: say so.
+    std::cerr << "kumiko plan: measuring this CPU's kernels on the layout's shapes (" << l.MB << " x " << l.T
+              << " tokens per micro-batch, " << threads << " thread(s)); done once, then cached in " << file.string()
+              << "\n";
+    const auto t0 = std::chrono::steady_clock::now();
     const int saved = omp_get_max_threads();
     omp_set_num_threads(threads);
     r = measure(cfg);
     omp_set_num_threads(saved);
+    char took[64];
+    std::snprintf(took, sizeof took, "%.1f s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    std::cerr << "kumiko plan: measured in " << took << "\n";
     cache[key.str()] = {{"matmul", r.matmul}, {"attention", r.attention}, {"memory", r.memory}, {"peak", r.peak},
                         {"layer_s", r.layer},  {"head_s", r.head},         {"adamw_s", r.adamw}};
     write_cache(file, cache);

@@ -53,9 +53,10 @@ COMMON = ["--data.synthetic=true", "--train.global_batch=8", "--train.steps=12",
 
 
 def run(cmd, env):
-    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # stdout alone is returned (plan's JSON); stderr carries progress lines.
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if p.returncode != 0:
-        sys.exit(f"validate_plan: {' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}")
+        sys.exit(f"validate_plan: {' '.join(cmd)} failed ({p.returncode}):\n{(p.stdout + p.stderr)[-3000:]}")
     return p.stdout
 
 
