@@ -15,6 +15,7 @@ PACKAGES=(
   libsentencepiece-dev
   libgtest-dev
   libopenblas-openmp-dev
+  libdnnl-dev
   iproute2 procps python3   # test scripts: network namespaces, pgrep, metrics comparison
 )
 case "${1:-}" in

@@ -14,12 +14,14 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "kumiko/core/bf16.h"
 #include "kumiko/core/cpu_features.h"
 #include "kumiko/comm/communicator.h"
 #include "kumiko/core/error.h"
 #include "kumiko/core/rng.h"
 #include "kumiko/gpu/bench.h"
 #include "kumiko/ops/matmul.h"
+#include "kumiko/ops/matmul_bf16.h"
 #include "kumiko/plan/plan.h"
 #include "kumiko/train/trainer.h"
 
@@ -63,6 +65,36 @@ int run_gemm(const BenchOptions& o) {
   std::printf("cpu: %s; kumiko's kernels use what the compiler vectorised for (KUMIKO_MARCH / KUMIKO_NATIVE), "
               "OpenBLAS picks its own kernels (OPENBLAS_VERBOSE=2 names them)\n",
               cpu_features().describe().c_str());
+  // The bf16 GEMMs of backend.dtype = bf16, side by side with the sgemm above, on
+  // the same matrices rounded to bf16 (same shape: y = x W^T).
+  std::vector<bf16> ab(n * n), bb(n * n);
+  for (int64_t i = 0; i < n * n; ++i) ab[i] = to_bf16(a[i]), bb[i] = to_bf16(b[i]);
+  double best_bf16 = 0;
+  cpu::Bf16Gemm fastest = cpu::Bf16Gemm::emulated;
+  for (const cpu::Bf16Gemm g : cpu::bf16_gemms_available()) {
+    double rate = 0;
+    for (int r = 0; r < o.repeats + 1; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      cpu::matmul_bf16(g, false, true, n, n, n, ab.data(), n, bb.data(), n, 0.0f, c.data(), n);
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (r > 0) rate = std::max(rate, 2.0 * n * n * n / dt / 1e9);
+    }
+    if (rate > best_bf16) best_bf16 = rate, fastest = g;
+    std::printf("bf16 gemm %-9s %ldx%ldx%ld, %d thread(s): %.1f GFLOP/s (%.2fx sgemm)\n", cpu::bf16_gemm_name(g),
+                static_cast<long>(n), static_cast<long>(n), static_cast<long>(n), threads, rate, rate / best);
+  }
+  const auto have = cpu::bf16_gemms_available();
+  auto has = [&](cpu::Bf16Gemm g) { return std::find(have.begin(), have.end(), g) != have.end(); };
+  if (!has(cpu::Bf16Gemm::openblas))
+    std::printf("bf16 gemm openblas  not available: the loaded OpenBLAS has no cblas_sbgemm (BUILD_BFLOAT16=1)\n");
+  if (!has(cpu::Bf16Gemm::onednn))
+    std::printf("bf16 gemm onednn    not available: built without oneDNN, or oneDNN has no bf16 on this CPU\n");
+  const cpu::Bf16Gemm chosen = cpu::bf16_gemm_default();
+  std::printf("backend.bf16_gemm = auto uses %s here%s\n", cpu::bf16_gemm_name(chosen),
+              chosen == fastest ? " (the fastest above)"
+                                : (std::string("; the fastest above is ") + cpu::bf16_gemm_name(fastest) +
+                                   ": set backend.bf16_gemm = " + cpu::bf16_gemm_name(fastest))
+                                      .c_str());
   return 0;
 }
 
@@ -144,7 +176,8 @@ int run_comm(const CommBenchOptions& o) {
 
 void add_bench_command(CLI::App& app, Registry& registry) {
   CLI::App* bench = app.add_subcommand("bench", "Micro-benchmarks of this machine");
-  CLI::App* gemm = bench->add_subcommand("gemm", "fp32 GEMM rate (the CPU peak for MFU)");
+  CLI::App* gemm =
+      bench->add_subcommand("gemm", "fp32 GEMM rate (the CPU peak for MFU) and the bf16 GEMMs beside it");
   auto o = std::make_shared<BenchOptions>();
   gemm->add_option("--threads", o->threads, "Threads (0 = all cores)");
   gemm->add_option("--size", o->size, "Matrix size n (n x n x n)")->check(CLI::Range(16, 16384));

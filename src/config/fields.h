@@ -95,6 +95,8 @@ void for_each_field(C& c, F&& f) {
     nullptr);
   f("backend.matmul", b.matmul, "matmul implementation", "kumiko|cublas");
   f("backend.attention", b.attention, "attention implementation", "kumiko|cudnn");
+  f("backend.bf16_gemm", b.bf16_gemm, "bf16 GEMM on the CPU (auto: the measured or the CPU's best)",
+    "auto|emulated|openblas|onednn");
   f("backend.comm", b.comm, "GPU collectives: NCCL, or MPI over pinned host buffers (ranks may share a GPU)", "auto|nccl|mpi");
 
   auto& k = c.checkpoint;

@@ -183,6 +183,9 @@ void check_services(const Config& c, const Checker& check) {
                 "kumiko when backend.device is " + b.device, "'" + b.matmul + "'");
   check.require(b.attention == "kumiko" || b.device == "cuda", "backend.attention",
                 "kumiko when backend.device is " + b.device, "'" + b.attention + "'");
+  check.require(b.bf16_gemm == "auto" || (b.device == "cpu" && b.dtype == "bf16"), "backend.bf16_gemm",
+                "auto unless backend.device = cpu and backend.dtype = bf16 (it picks the CPU's bf16 GEMM)",
+                "'" + b.bf16_gemm + "' with " + b.device + " " + b.dtype);
   check.require(b.attention != "cudnn" || b.dtype == "bf16", "backend.attention",
                 "kumiko when backend.dtype is fp32 (cuDNN's fused attention is bf16 only)", "'cudnn'");
   if (b.device == "cuda") {

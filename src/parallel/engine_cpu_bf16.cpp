@@ -18,8 +18,16 @@ namespace parallel {
 template class BasicDataParallel<backend::CpuBf16>;
 template class BasicPipelineRunner<backend::CpuBf16>;
 
+// backend.bf16_gemm: a named implementation, or "auto" (cpu::bf16_gemm_default: native
+// bf16 GEMMs where the CPU has bf16 instructions, the emulated one elsewhere).
+cpu::Bf16Gemm bf16_gemm_of(const config::Config* cfg) {
+  const std::string name = cfg ? cfg->backend.bf16_gemm : "auto";
+  return name == "auto" ? cpu::bf16_gemm_default() : cpu::bf16_gemm_from_name(name);
+}
+
 std::unique_ptr<Engine> make_cpu_bf16_engine(const EngineSetup& setup) {
-  return std::make_unique<EngineImpl<backend::CpuBf16>>(setup, std::make_unique<backend::CpuBf16>(), EngineComms{});
+  return std::make_unique<EngineImpl<backend::CpuBf16>>(
+      setup, std::make_unique<backend::CpuBf16>(bf16_gemm_of(setup.config)), EngineComms{});
 }
 }  // namespace parallel
 

@@ -7,9 +7,10 @@
 // Every op reads its bf16 operands as fp32, computes in fp32 with the fp32 kernels of
 // kernels/cpu (GEMMs accumulate in fp32, softmax, norms and the loss stay fp32) and
 // rounds what it stores as bf16 once, to nearest even. Weight gradients accumulate in
-// fp32 straight into Grad. This path converts in software and multiplies with
-// OpenBLAS's sgemm ("bf16 emulated" in the log): it is the reference the CPU's native
-// bf16 instructions must match, and it trains on any x86-64 or aarch64 CPU.
+// fp32 straight into Grad. The GEMMs are cpu::matmul_bf16 (backend.bf16_gemm): bf16
+// operands, fp32 accumulation and result, through OpenBLAS's sbgemm or oneDNN (AMX /
+// AVX512-BF16 where the CPU has them), or "emulated": widened to fp32 and multiplied
+// with OpenBLAS's sgemm, the reference the native ones must match, on any CPU.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -27,6 +28,7 @@
 #include "kumiko/core/cpu_features.h"
 #include "kumiko/core/error.h"
 #include "kumiko/ops/bf16.h"
+#include "kumiko/ops/matmul_bf16.h"
 
 namespace kumiko::backend {
 
@@ -37,6 +39,9 @@ class CpuBf16 : public HostCollectives {
   using Stat = float;
   static constexpr bool kHost = false;  // master weights, gradients and working copy in the arena
   static constexpr const char* kName = "cpu";
+
+  explicit CpuBf16(cpu::Bf16Gemm gemm = cpu::Bf16Gemm::emulated) : gemm_(gemm) {}
+  cpu::Bf16Gemm gemm() const { return gemm_; }
 
   template <typename Dims>
   void prepare(const Dims&, int64_t, int64_t, int, int64_t) {}
@@ -70,11 +75,16 @@ class CpuBf16 : public HostCollectives {
   // ---- layers' ops: bf16 in, fp32 inside, bf16 out ----
   void linear(Act* y, const Act* x, const Act* w, const Act* b, int64_t N, int64_t in, int64_t out,
               Act* gelu_pre = nullptr) {
-    const float* xf = widen(0, x, N * in);
-    const float* wf = widen(1, w, out * in);
-    const float* bf = b ? widen(2, b, out) : nullptr;
     float* yf = scratch(3, N * out);
-    fp32_.linear(yf, xf, wf, bf, N, in, out);
+    float beta = 0.0f;
+    if (b) {  // y starts as the broadcast bias; the GEMM accumulates onto it
+      const float* bf = widen(2, b, out);
+#pragma omp parallel for schedule(static)
+      for (int64_t n = 0; n < N; ++n) std::copy(bf, bf + out, yf + n * out);
+      beta = 1.0f;
+    }
+    // y[N, out] = x[N, in] W[out, in]^T
+    cpu::matmul_bf16(gemm_, false, true, N, out, in, x, in, w, in, beta, yf, out);
     if (gelu_pre) {
       // As a fused GEMM epilogue: GELU of the fp32 pre-activation, both stored as bf16.
       cpu::narrow(gelu_pre, yf, N * out);
@@ -87,12 +97,11 @@ class CpuBf16 : public HostCollectives {
   }
   void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, Grad* db, const Act* dy, const Act* x, const Act* w,
                        int64_t N, int64_t in, int64_t out) {
-    const float* dyf = widen(0, dy, N * out);
-    const float* xf = widen(1, x, N * in);
-    const float* wf = widen(2, w, out * in);
     float* dxf = scratch(3, N * in);
-    std::fill(dxf, dxf + N * in, 0.0f);
-    fp32_.linear_backward(dxf, true, dw, db, dyf, xf, wf, N, in, out);
+    // dx[N, in] = dy[N, out] W[out, in]; dw[out, in] += dy^T[out, N] x[N, in]
+    cpu::matmul_bf16(gemm_, false, false, N, in, out, dy, out, w, in, 0.0f, dxf, in);
+    cpu::matmul_bf16(gemm_, true, false, out, in, N, dy, out, x, in, 1.0f, dw, in);
+    if (db) fp32_.bias_backward(db, widen(0, dy, N * out), N, out);
     if (accumulate_dx)
       cpu::add_narrow(dx, dxf, N * in);
     else
@@ -248,7 +257,11 @@ class CpuBf16 : public HostCollectives {
   // communicator reduces it in fp32).
 
   std::string describe() const {
-    return "cpu, dtype bf16 (emulated: software conversions, fp32 GEMM; this CPU: " + cpu_features().describe() + ")";
+    if (gemm_ == cpu::Bf16Gemm::emulated)
+      return "cpu, dtype bf16 (emulated: software conversions, fp32 GEMM; this CPU: " + cpu_features().describe() +
+             ")";
+    return std::string("cpu, dtype bf16 (bf16 GEMM: ") + cpu::bf16_gemm_name(gemm_) +
+           "; other ops convert to fp32; this CPU: " + cpu_features().describe() + ")";
   }
 
  private:
@@ -264,6 +277,7 @@ class CpuBf16 : public HostCollectives {
     return f;
   }
 
+  cpu::Bf16Gemm gemm_;
   Cpu<float> fp32_;  // the fp32 kernels, and the arena's allocator
   std::vector<float> scratch_[5];
 };

@@ -96,6 +96,7 @@ struct BackendConfig {
   double peak_gflops = 0;            // measured GEMM peak per process for MFU; 0 = not reported
   std::string matmul = "kumiko";     // kumiko|cublas (cublas: cuda only, reference path)
   std::string attention = "kumiko";  // kumiko|cudnn (cudnn: cuda only, reference path)
+  std::string bf16_gemm = "auto";    // auto|emulated|openblas|onednn: the CPU's bf16 GEMM (cpu + bf16 only)
   std::string comm = "auto";         // auto|nccl|mpi: how cuda ranks exchange tensors (auto: nccl when each rank has its own GPU)
 };
 

@@ -102,13 +102,14 @@ TEST(CpuFeatures, TheBf16BackendNamesTheCpu) {
 }
 
 // One forward/backward of the one model over CpuBf16 against the fp32 model, from the
-// same fp32 weights and random tokens.
-void compare_step(bool llama) {
+// same fp32 weights and random tokens, with each bf16 GEMM this build and CPU have.
+void compare_step(bool llama, cpu::Bf16Gemm gemm) {
+  SCOPED_TRACE(cpu::bf16_gemm_name(gemm));
   const auto dims = testing::small_dims(llama);
   const int64_t B = 2, T = 16, N = B * T;
   model::Transformer<float> ref(dims, B, T);
   ref.params().initialize(7);
-  backend::CpuBf16 be;
+  backend::CpuBf16 be(gemm);
   model::BasicTransformer<backend::CpuBf16> m(dims, B, T, {}, {}, &be);
   ASSERT_EQ(m.flat_size(), ref.params().total_numel());
   std::copy_n(ref.params().flat_values().data(), m.flat_size(), m.params().flat_values().data());
@@ -130,8 +131,12 @@ void compare_step(bool llama) {
   testing::expect_gradients_close(ref.params(), m.params().flat_grads().data(), 5e-2);
 }
 
-TEST(CpuBf16, Gpt2StepMatchesFp32) { compare_step(false); }
-TEST(CpuBf16, LlamaStepMatchesFp32) { compare_step(true); }
+TEST(CpuBf16, Gpt2StepMatchesFp32) {
+  for (auto g : cpu::bf16_gemms_available()) compare_step(false, g);
+}
+TEST(CpuBf16, LlamaStepMatchesFp32) {
+  for (auto g : cpu::bf16_gemms_available()) compare_step(true, g);
+}
 
 std::vector<double> train(const std::string& arch, const std::string& dtype) {
   auto c = testing::tiny_config(arch, testing::temp_run_dir("bf16-" + arch + "-" + dtype));

@@ -1,0 +1,38 @@
+#pragma once
+// bf16 GEMM with fp32 accumulation and an fp32 result, row-major, the conventions of
+// cpu::matmul: C[M,N] = op(A) op(B) + beta * C with op(A) [M,K] (A stored [K,M] when
+// trans_a) and op(B) [K,N] (B stored [N,K] when trans_b); beta is 0 or 1.
+//
+// Every product of two bf16 numbers is exact in fp32, so the implementations differ
+// only in the order they add the products (and in whether they flush subnormals):
+//   emulated  widen A and B to fp32, OpenBLAS sgemm (any CPU);
+//   openblas  OpenBLAS's cblas_sbgemm (AVX512-BF16 kernels on CPUs that have them,
+//             generic C elsewhere), found at run time: only an OpenBLAS built with
+//             BUILD_BFLOAT16=1 has it (Debian's does not);
+//   onednn    oneDNN's matmul primitive (AMX / AVX512-BF16 JIT kernels; reference
+//             code elsewhere), only when the build found libdnnl.
+// docs/kernels.md has the measured choice; kumiko bench gemm times all of them.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kumiko/core/bf16.h"
+
+namespace kumiko::cpu {
+
+enum class Bf16Gemm { emulated, openblas, onednn };
+
+const char* bf16_gemm_name(Bf16Gemm g);
+// The implementations this build has, in the order above.
+std::vector<Bf16Gemm> bf16_gemms_available();
+// "emulated" / "openblas" / "onednn" (throws a user error naming the choices
+// otherwise, or when this build lacks oneDNN).
+Bf16Gemm bf16_gemm_from_name(const std::string& name);
+// What "auto" picks without a measurement: a native bf16 GEMM where the CPU has bf16
+// dot products or tiles (oneDNN if built, else OpenBLAS), the emulated one elsewhere.
+Bf16Gemm bf16_gemm_default();
+
+void matmul_bf16(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A,
+                 int64_t lda, const bf16* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+}  // namespace kumiko::cpu

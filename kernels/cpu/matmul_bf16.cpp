@@ -1,0 +1,129 @@
+// bf16 GEMMs (include/kumiko/ops/matmul_bf16.h): the emulated one and OpenBLAS's
+// sbgemm here, oneDNN's in onednn/matmul_bf16_onednn.cpp when the build has it.
+#include "kumiko/ops/matmul_bf16.h"
+
+#include <cblas.h>
+#include <dlfcn.h>
+
+#include <algorithm>
+
+#include "kernels/cpu/onednn/matmul_bf16_onednn.h"
+#include "kumiko/core/cpu_features.h"
+#include "kumiko/core/error.h"
+#include "kumiko/ops/bf16.h"
+#include "kumiko/ops/matmul.h"
+
+namespace kumiko::cpu {
+
+static_assert(sizeof(bf16) == sizeof(bfloat16), "kumiko's bf16 and OpenBLAS's bfloat16 are both 16-bit patterns");
+
+const char* bf16_gemm_name(Bf16Gemm g) {
+  switch (g) {
+    case Bf16Gemm::emulated: return "emulated";
+    case Bf16Gemm::openblas: return "openblas";
+    case Bf16Gemm::onednn: return "onednn";
+  }
+  return "?";
+}
+
+namespace {
+
+// OpenBLAS has cblas_sbgemm only when built with BUILD_BFLOAT16=1, which Debian's
+// 0.3.21 packages are not (their cblas.h declares it, the library lacks the symbol).
+// It is looked up at run time, so that the same binary uses it where the OpenBLAS it
+// runs with has it (a site build, OPENBLAS built for SAPPHIRERAPIDS / COOPERLAKE).
+using SbgemmFn = void (*)(CBLAS_ORDER, CBLAS_TRANSPOSE, CBLAS_TRANSPOSE, blasint, blasint, blasint, float,
+                          const bfloat16*, blasint, const bfloat16*, blasint, float, float*, blasint);
+SbgemmFn sbgemm() {
+  static const SbgemmFn fn = reinterpret_cast<SbgemmFn>(dlsym(RTLD_DEFAULT, "cblas_sbgemm"));
+  return fn;
+}
+
+}  // namespace
+
+std::vector<Bf16Gemm> bf16_gemms_available() {
+  std::vector<Bf16Gemm> v{Bf16Gemm::emulated};
+  if (sbgemm()) v.push_back(Bf16Gemm::openblas);
+  if (onednn::available()) v.push_back(Bf16Gemm::onednn);
+  return v;
+}
+
+Bf16Gemm bf16_gemm_from_name(const std::string& name) {
+  for (Bf16Gemm g : {Bf16Gemm::emulated, Bf16Gemm::openblas, Bf16Gemm::onednn}) {
+    if (name != bf16_gemm_name(g)) continue;
+    KUMIKO_USER_CHECK(g != Bf16Gemm::openblas || sbgemm(),
+                      "backend.bf16_gemm: 'openblas' needs an OpenBLAS built with BUILD_BFLOAT16=1 (cblas_sbgemm); "
+                      "the one this process loaded has none (Debian's has none)");
+    KUMIKO_USER_CHECK(g != Bf16Gemm::onednn || onednn::available(),
+                      "backend.bf16_gemm: 'onednn' needs a build with oneDNN (install libdnnl-dev and reconfigure) "
+                      "and a CPU it runs bf16 on (AVX-512 or newer); this CPU: ",
+                      cpu_features().describe());
+    return g;
+  }
+  KUMIKO_USER_CHECK(false, "backend.bf16_gemm: expected auto, emulated, openblas or onednn, got '", name, "'");
+  return Bf16Gemm::emulated;
+}
+
+Bf16Gemm bf16_gemm_default() {
+  const CpuFeatures f = cpu_features();
+  if (f.arch != "x86-64" || (!f.bf16_dot && !f.bf16_tiles)) return Bf16Gemm::emulated;
+  if (onednn::available()) return Bf16Gemm::onednn;
+  return sbgemm() ? Bf16Gemm::openblas : Bf16Gemm::emulated;
+}
+
+namespace {
+
+// Rows x cols stored with leading dimension ld, widened into a dense fp32 copy
+// (leading dimension cols). Scratch per operand, kept between calls.
+const float* widen_matrix(std::vector<float>& buf, const bf16* x, int64_t rows, int64_t cols, int64_t ld) {
+  buf.resize(static_cast<size_t>(rows * cols));
+  if (ld == cols) {
+    widen(buf.data(), x, rows * cols);
+  } else {
+    for (int64_t r = 0; r < rows; ++r) widen(buf.data() + r * cols, x + r * ld, cols);
+  }
+  return buf.data();
+}
+
+void emulated(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
+              int64_t ldb, float beta, float* C, int64_t ldc) {
+  thread_local std::vector<float> a, b;
+  const int64_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+  const float* af = widen_matrix(a, A, ar, ac, lda);
+  const float* bf = widen_matrix(b, B, br, bc, ldb);
+  matmul<float>(ta, tb, M, N, K, 1.0f, af, ac, bf, bc, beta, C, ldc);
+}
+
+void openblas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
+              int64_t ldb, float beta, float* C, int64_t ldc) {
+  sbgemm()(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(M),
+               static_cast<int>(N), static_cast<int>(K), 1.0f, reinterpret_cast<const bfloat16*>(A),
+               static_cast<int>(lda), reinterpret_cast<const bfloat16*>(B), static_cast<int>(ldb), beta, C,
+               static_cast<int>(ldc));
+}
+
+}  // namespace
+
+void matmul_bf16(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A,
+                 int64_t lda, const bf16* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  KUMIKO_CHECK(M >= 0 && N >= 0 && K >= 0, "matmul_bf16: negative size M=", M, " N=", N, " K=", K);
+  KUMIKO_CHECK(beta == 0.0f || beta == 1.0f, "matmul_bf16: beta must be 0 or 1, got ", beta);
+  constexpr int64_t kMax = int64_t{1} << 31;
+  KUMIKO_CHECK(M < kMax && N < kMax && K < kMax && lda < kMax && ldb < kMax && ldc < kMax,
+               "matmul_bf16: size exceeds the 32-bit BLAS interface");
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // an empty sum: C = beta C
+    if (beta == 0.0f)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
+    return;
+  }
+  switch (impl) {
+    case Bf16Gemm::emulated: return emulated(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    case Bf16Gemm::openblas:
+      KUMIKO_CHECK(sbgemm() != nullptr, "matmul_bf16: this OpenBLAS has no cblas_sbgemm");
+      return openblas(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    case Bf16Gemm::onednn: return onednn::matmul(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
+  }
+}
+
+}  // namespace kumiko::cpu

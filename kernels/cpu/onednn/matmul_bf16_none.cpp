@@ -1,0 +1,15 @@
+// A build without oneDNN: backend.bf16_gemm = onednn is refused before it gets here.
+#include "kernels/cpu/onednn/matmul_bf16_onednn.h"
+
+#include "kumiko/core/error.h"
+
+namespace kumiko::cpu::onednn {
+
+bool available() { return false; }
+
+void matmul(bool, bool, int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, int64_t, float, float*,
+            int64_t) {
+  KUMIKO_CHECK(false, "matmul_bf16: this build has no oneDNN");
+}
+
+}  // namespace kumiko::cpu::onednn

@@ -1,0 +1,90 @@
+// oneDNN's matmul primitive for cpu::matmul_bf16: bf16 source and weights, fp32
+// destination, fp32 accumulation; beta = 1 is a sum post-op. Transposes are strides
+// of the memory descriptors, so no operand is copied by kumiko. Primitives are made
+// once per shape and kept (oneDNN JIT-compiles each one for this CPU: AMX or
+// AVX512-BF16 brgemm kernels where present, reference code elsewhere).
+#include "kernels/cpu/onednn/matmul_bf16_onednn.h"
+
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "kumiko/core/error.h"
+
+namespace kumiko::cpu::onednn {
+
+namespace {
+
+using dt = dnnl::memory::data_type;
+using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool>;
+
+struct State {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
+  std::map<Key, dnnl::matmul> primitives;
+  std::mutex mutex;
+};
+
+State& state() {
+  static State s;
+  return s;
+}
+
+dnnl::memory::desc desc(int64_t rows, int64_t cols, bool transposed, int64_t ld, dt type) {
+  // Logical [rows, cols]; stored row-major with leading dimension ld, or transposed
+  // (stored [cols, rows]).
+  const dnnl::memory::dims strides = transposed ? dnnl::memory::dims{1, ld} : dnnl::memory::dims{ld, 1};
+  return dnnl::memory::desc({rows, cols}, type, strides);
+}
+
+}  // namespace
+
+// oneDNN has bf16 matmuls only on CPUs with AVX-512 or newer (2.6: avx512_core; its
+// reference code too refuses bf16 elsewhere): asked once with a 1 x 1 x 1 primitive.
+bool available() {
+  static const bool ok = [] {
+    try {
+      const auto md = [](dt type) { return dnnl::memory::desc({1, 1}, type, dnnl::memory::dims{1, 1}); };
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(md(dt::bf16), md(dt::bf16), md(dt::f32)),
+                                            state().engine);
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
+  return ok;
+}
+
+void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
+            int64_t ldb, float beta, float* C, int64_t ldc) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  const auto a_md = desc(M, K, trans_a, lda, dt::bf16);
+  const auto b_md = desc(K, N, trans_b, ldb, dt::bf16);
+  const auto c_md = desc(M, N, false, ldc, dt::f32);
+  const Key key{trans_a, trans_b, M, N, K, lda, ldb, ldc, beta != 0.0f};
+  auto it = s.primitives.find(key);
+  if (it == s.primitives.end()) {
+    dnnl::primitive_attr attr;
+    if (beta != 0.0f) {
+      dnnl::post_ops ops;
+      ops.append_sum(1.0f);
+      attr.set_post_ops(ops);
+    }
+    try {
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), attr, s.engine);
+      it = s.primitives.emplace(key, dnnl::matmul(pd)).first;
+    } catch (const dnnl::error& e) {
+      KUMIKO_CHECK(false, "matmul_bf16: oneDNN has no matmul for M=", M, " N=", N, " K=", K, ": ", e.what());
+    }
+  }
+  dnnl::memory a(a_md, s.engine, const_cast<bf16*>(A));
+  dnnl::memory b(b_md, s.engine, const_cast<bf16*>(B));
+  dnnl::memory c(c_md, s.engine, C);
+  it->second.execute(s.stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+  s.stream.wait();
+}
+
+}  // namespace kumiko::cpu::onednn

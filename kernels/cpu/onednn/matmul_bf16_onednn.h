@@ -1,0 +1,16 @@
+#pragma once
+// oneDNN's bf16 matmul behind cpu::matmul_bf16 (kernels/cpu/matmul_bf16.cpp). Built
+// from matmul_bf16_onednn.cpp when CMake finds libdnnl (KUMIKO_ONEDNN), otherwise
+// from matmul_bf16_none.cpp, whose available() is false. available() is also false
+// where oneDNN has no bf16 matmul for this CPU (before AVX-512).
+#include <cstdint>
+
+#include "kumiko/core/bf16.h"
+
+namespace kumiko::cpu::onednn {
+
+bool available();
+void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
+            int64_t ldb, float beta, float* C, int64_t ldc);
+
+}  // namespace kumiko::cpu::onednn

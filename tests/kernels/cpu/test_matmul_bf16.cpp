@@ -1,0 +1,96 @@
+// cpu::matmul_bf16 (every implementation this build and this CPU have) against a
+// double-precision product of the same bf16 inputs, for every transpose, beta 0 and 1,
+// padded leading dimensions and sizes that are not multiples of any vector width.
+//
+// Bound. Each product of two bf16 numbers is exact in fp32 (8 + 8 significant bits),
+// so an implementation differs from the exact sum only by its fp32 additions: with
+// u = 2^-24 and K + 1 terms (the K products and beta C), any summation order gives
+// |C - exact| <= gamma_{K+1} (sum_k |a_ik b_kj| + |beta C_ij|), gamma_n = n u / (1 - n u)
+// (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., eq. 3.5).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "kumiko/core/bf16.h"
+#include "kumiko/core/error.h"
+#include "kumiko/ops/matmul_bf16.h"
+#include "tests/kernels/cpu/test_util.h"
+
+namespace kumiko {
+namespace {
+
+std::vector<bf16> random_bf16(size_t n, uint32_t seed) {
+  const auto f = test::random_vec<float>(n, seed);
+  std::vector<bf16> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = to_bf16(f[i]);
+  return v;
+}
+
+void check(cpu::Bf16Gemm impl, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float beta, int pad) {
+  const int64_t lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+  const auto A = random_bf16(static_cast<size_t>((ta ? K : M) * lda), 1);
+  const auto B = random_bf16(static_cast<size_t>((tb ? N : K) * ldb), 2);
+  const auto C0 = test::random_vec<float>(static_cast<size_t>(M * ldc), 3);
+  auto C = C0;
+  cpu::matmul_bf16(impl, ta, tb, M, N, K, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
+  const double u = std::ldexp(1.0, -24), gamma = (K + 1) * u / (1 - (K + 1) * u);
+  int bad = 0;
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      double exact = beta * C0[i * ldc + j], mag = std::abs(exact);
+      for (int64_t k = 0; k < K; ++k) {
+        const double a = static_cast<float>(ta ? A[k * lda + i] : A[i * lda + k]);
+        const double b = static_cast<float>(tb ? B[j * ldb + k] : B[k * ldb + j]);
+        exact += a * b;
+        mag += std::abs(a * b);
+      }
+      if (std::abs(C[i * ldc + j] - exact) > gamma * mag && ++bad <= 5)
+        ADD_FAILURE() << cpu::bf16_gemm_name(impl) << " ta=" << ta << " tb=" << tb << " beta=" << beta << " C[" << i
+                      << "," << j << "] = " << C[i * ldc + j] << ", exact " << exact << ", bound " << gamma * mag;
+    }
+    // Padding columns are not part of C: untouched.
+    for (int64_t j = N; j < ldc; ++j) ASSERT_EQ(C[i * ldc + j], C0[i * ldc + j]) << "padding written";
+  }
+  EXPECT_EQ(bad, 0) << cpu::bf16_gemm_name(impl) << ": " << bad << " elements out of bounds";
+}
+
+TEST(MatmulBf16, EveryImplementationMatchesTheExactProduct) {
+  const auto impls = cpu::bf16_gemms_available();
+  std::string names;
+  for (auto g : impls) names += std::string(" ") + cpu::bf16_gemm_name(g);
+  std::printf("bf16 GEMMs in this build and process:%s (auto picks %s)\n", names.c_str(),
+              cpu::bf16_gemm_name(cpu::bf16_gemm_default()));
+  for (auto g : impls)
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (float beta : {0.0f, 1.0f}) {
+          check(g, ta, tb, 37, 53, 129, beta, 0);
+          check(g, ta, tb, 16, 64, 256, beta, 3);
+        }
+}
+
+TEST(MatmulBf16, TheLinearLayersShapes) {
+  // The three GEMMs of a linear layer at a model-like shape (N = 256 tokens, 96 -> 384).
+  for (auto g : cpu::bf16_gemms_available()) {
+    check(g, false, true, 256, 384, 96, 0.0f, 0);   // y = x W^T
+    check(g, false, false, 256, 96, 384, 0.0f, 0);  // dx = dy W
+    check(g, true, false, 384, 96, 256, 1.0f, 0);   // dW += dy^T x
+  }
+}
+
+TEST(MatmulBf16, EmptySumsAndNamesAreHandled) {
+  for (auto g : cpu::bf16_gemms_available()) {
+    std::vector<float> c{1.5f, -2.0f};
+    cpu::matmul_bf16(g, false, false, 1, 2, 0, nullptr, 1, nullptr, 2, 1.0f, c.data(), 2);
+    EXPECT_EQ(c, (std::vector<float>{1.5f, -2.0f}));
+    cpu::matmul_bf16(g, false, false, 1, 2, 0, nullptr, 1, nullptr, 2, 0.0f, c.data(), 2);
+    EXPECT_EQ(c, (std::vector<float>{0.0f, 0.0f}));
+    EXPECT_EQ(cpu::bf16_gemm_from_name(cpu::bf16_gemm_name(g)), g);
+  }
+  EXPECT_THROW(cpu::bf16_gemm_from_name("mkl"), UserError);
+}
+
+}  // namespace
+}  // namespace kumiko
