@@ -1,145 +1,191 @@
 #!/usr/bin/env bash
-# CPU training throughput: kumiko vs PyTorch on the same model shapes, same thread count.
+# CPU training throughput: kumiko (fp32, bf16) against PyTorch's configurations on the
+# same model shapes and thread count, in one run (docs/performance.md).
 #
-# Usage: scripts/bench/cpu_vs_torch.sh [--torch-only] [--runs N] [--threads N]
-#   env: KUMIKO_BIN (default build/bin/kumiko), KUMIKO_CONFIG (default configs/tiny.ini),
-#        STEPS_TINY (default 10), STEPS_124M (default 6), PYTHON (default /usr/bin/python3)
+# Usage: scripts/bench/cpu_vs_torch.sh [--runs N] [--threads N] [--shapes tiny,124m]
+#                                      [--markdown FILE] [--no-compile] [--setup]
+#   --setup      make the PyTorch 2.x virtualenv ($TORCH_VENV, from PyPI) and exit
+#   env: PYTHON (default $TORCH_VENV/bin/python, TORCH_VENV default /opt/torch-venv),
+#        KUMIKO_BIN (default build/bin/kumiko), STEPS_TINY (10), STEPS_124M (6)
 #
 # Shapes: tiny  gpt2 L=4  H=4  C=256 T=256 B=8 V=8192
 #         124m  gpt2 L=12 H=12 C=768 T=64  B=4 V=50304   (GPT-2-124M-shaped)
-# For each shape, torch and kumiko runs alternate (RUNS each). Each run's figure is the median
-# tokens/s over steps > 2; the table shows the median over runs and kumiko/torch.
-# Fairness: both sides use OpenBLAS (openmp build; torch gets it through libblas.so.3), with
-# OMP_NUM_THREADS=THREADS and OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset (this script only).
-# Both train fp32 with AdamW, grad clip 1.0, tied embeddings, d_ff = 4C, random tokens.
+# Configurations, alternating within each run:
+#   kumiko fp32, kumiko bf16 (backend.bf16_gemm = auto),
+#   torch fp32 eager, torch bf16 autocast, torch bf16 autocast + torch.compile.
+# Each figure is the median tokens/s over a run's steps after warm-up (compiled runs
+# leave out 3 more steps: compilation), then the median over runs. The last column is
+# kumiko's best configuration over torch's best. Same model for both: AdamW, grad clip
+# 1.0, tied embeddings, d_ff = 4C, random tokens, OMP_NUM_THREADS = threads.
+# On a CPU without bf16 instructions torch's autocast is very slow (oneDNN's reference
+# bf16 code): its bf16 figures then come from 3 steps of one run.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PYTHON="${PYTHON:-/usr/bin/python3}"
+TORCH_VENV="${TORCH_VENV:-/opt/torch-venv}"
+PYTHON="${PYTHON:-$TORCH_VENV/bin/python}"
 KUMIKO_BIN="${KUMIKO_BIN:-$ROOT/build/bin/kumiko}"
-KUMIKO_CONFIG="${KUMIKO_CONFIG:-configs/tiny.ini}"
 STEPS_TINY="${STEPS_TINY:-10}"
 STEPS_124M="${STEPS_124M:-6}"
 RUNS=3
 THREADS=2
-TORCH_ONLY=0
+SHAPES_WANTED="tiny,124m"
+MARKDOWN=""
+COMPILE=1
+
+die() { echo "cpu_vs_torch: error: $*" >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --torch-only) TORCH_ONLY=1 ;;
     --runs) RUNS="$2"; shift ;;
     --threads) THREADS="$2"; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
-    *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    --shapes) SHAPES_WANTED="$2"; shift ;;
+    --markdown) MARKDOWN="$2"; shift ;;
+    --no-compile) COMPILE=0 ;;
+    --setup)
+      python3 -m venv "$TORCH_VENV" && "$TORCH_VENV/bin/pip" install -q torch numpy
+      "$TORCH_VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "in", "'"$TORCH_VENV"'")'
+      exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
 done
-
-die() { echo "error: $*" >&2; exit 2; }
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "--runs expects a positive integer, got '$RUNS'"
+[[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "--threads expects a positive integer, got '$THREADS'"
 
 # --- prerequisites -----------------------------------------------------------------------------
-[[ -x "$PYTHON" ]] || die "$PYTHON not found; the torch side needs Debian's python3 with python3-torch"
-"$PYTHON" -c 'import torch' 2>/dev/null ||
-  die "$PYTHON cannot import torch; install python3-torch (apt-get install python3-torch)." \
-      "Note: the pyenv 'python3' first on PATH has no torch; this script uses $PYTHON."
-dpkg-query -W -f='${Status}' libopenblas0-openmp 2>/dev/null | grep -q "install ok installed" ||
-  die "libopenblas0-openmp is not installed; install it (apt-get install libopenblas0-openmp)" \
-      "so that torch's BLAS is the same OpenBLAS (openmp) as kumiko's"
-BLAS_LIB="$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || true)"
-[[ "$BLAS_LIB" == *openblas-openmp* ]] ||
-  die "libblas.so.3 resolves to '$BLAS_LIB', not openblas-openmp; run" \
-      "update-alternatives --config libblas.so.3-x86_64-linux-gnu"
-if [[ $TORCH_ONLY -eq 0 ]]; then
-  [[ -x "$KUMIKO_BIN" ]] ||
-    die "kumiko binary '$KUMIKO_BIN' is missing; build it first (cmake --build build --target" \
-        "kumiko), set KUMIKO_BIN, or pass --torch-only"
-  [[ -f "$ROOT/$KUMIKO_CONFIG" || -f "$KUMIKO_CONFIG" ]] ||
-    die "kumiko config '$KUMIKO_CONFIG' not found (relative to $ROOT); set KUMIKO_CONFIG"
-fi
+[[ -x "$PYTHON" ]] || die "$PYTHON not found: run '$0 --setup' (PyTorch 2.x from PyPI into $TORCH_VENV) or set PYTHON"
+TORCH_VERSION="$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null)" ||
+  die "$PYTHON cannot import torch: run '$0 --setup' or set PYTHON to a python with torch 2.x"
+[[ "$TORCH_VERSION" == 1.* ]] && COMPILE=0 && echo "note: torch $TORCH_VERSION has no torch.compile" >&2
+[[ -x "$KUMIKO_BIN" ]] || die "kumiko binary '$KUMIKO_BIN' is missing: build it (scripts/test.sh or" \
+  "cmake --build build --target kumiko) or set KUMIKO_BIN"
 
 LOAD="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)"
 CORES="$(nproc 2>/dev/null || echo 1)"
 if awk -v l="$LOAD" -v c="$CORES" 'BEGIN { exit !(l > 0.5 * c) }'; then
-  echo "warning: machine is busy (load $LOAD on $CORES cores); with OpenMP spin-waiting the" \
-       "numbers can be several times too low and noisy: rerun when the machine is idle" >&2
+  echo "warning: machine is busy (load $LOAD on $CORES cores): with OpenMP spin-waiting the" \
+       "numbers can be several times too low and noisy; rerun when the machine is idle" >&2
 fi
+NATIVE_BF16=0
+grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && NATIVE_BF16=1
+CPU_NAME="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
 
 unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS GOTO_NUM_THREADS MKL_NUM_THREADS
 export OMP_NUM_THREADS="$THREADS"
-
 TMP="$(mktemp -d -t kumiko-bench.XXXXXX)"
 trap 'rm -rf "$TMP"' EXIT
 
-# --- one run of each side; each prints a tokens/s figure on stdout -----------------------------
-run_torch() {  # name L H C T B V steps
-  local out
-  out="$("$PYTHON" "$ROOT/scripts/bench/torch_train.py" --arch gpt2 --layers "$2" --heads "$3" \
-    --d-model "$4" --seq "$5" --batch "$6" --vocab "$7" --steps "$8" --threads "$THREADS" \
-    2>"$TMP/torch-$1.log")" || { cat "$TMP/torch-$1.log" >&2; die "torch run failed ($1)"; }
+# --- one run of one configuration; prints a tokens/s figure -------------------------------------
+run_torch() {  # shape L H C T B V steps mode(fp32|bf16|compiled)
+  local args=(--arch gpt2 --layers "$2" --heads "$3" --d-model "$4" --seq "$5" --batch "$6" --vocab "$7"
+              --threads "$THREADS")
+  local steps="$8" warmup=2
+  case "$9" in
+    bf16) args+=(--amp bf16) ;;
+    compiled) args+=(--amp bf16 --compile); warmup=5; steps=$((steps + 3)) ;;
+  esac
+  if [[ "$9" != fp32 && $NATIVE_BF16 -eq 0 ]]; then steps=$((warmup + 1)); fi
+  local log="$TMP/torch-$1-$9.log" out
+  out="$("$PYTHON" "$ROOT/scripts/bench/torch_train.py" "${args[@]}" --steps "$steps" --warmup "$warmup" \
+    2>"$log")" || {
+    tail -n 20 "$log" >&2
+    # torch.compile needs a working C++ toolchain for inductor: a failure there costs
+    # one column, not the table.
+    [[ "$9" == compiled ]] && { echo "warning: torch.compile run failed ($1); log above" >&2; echo "-"; return; }
+    die "torch $9 run failed ($1); log above"
+  }
   sed -n 's/^tokens_per_s=//p' <<<"$out" | tail -n 1
 }
 
-run_kumiko() {  # name L H C T B V steps run_index
+run_kumiko() {  # shape L H C T B V steps dtype
   local dir="$TMP/kumiko-$1-$9"
-  mkdir -p "$dir"
-  (cd "$ROOT" && "$KUMIKO_BIN" train --config "$KUMIKO_CONFIG" --data.synthetic=true \
+  rm -rf "$dir" && mkdir -p "$dir"
+  (cd "$ROOT" && "$KUMIKO_BIN" train --config configs/tiny.ini --data.synthetic=true \
     --model.arch=gpt2 --model.tie_embeddings=true \
     --model.n_layers="$2" --model.n_heads="$3" --model.d_model="$4" --model.d_ff="$(($4 * 4))" \
     --model.vocab_size="$7" --model.max_seq_len="$5" --data.seq_len="$5" \
     --train.global_batch="$6" --train.micro_batch="$6" --train.steps="$8" --train.warmup_steps=1 \
-    --backend.threads="$THREADS" --train.eval_every=0 --log.run_dir="$dir") \
-    >"$dir/stdout.log" 2>&1 ||
-    { tail -n 20 "$dir/stdout.log" >&2; die "kumiko run failed ($1); log above"; }
-  [[ -s "$dir/metrics.jsonl" ]] || die "kumiko wrote no $dir/metrics.jsonl ($1)"
+    --backend.threads="$THREADS" --backend.dtype="$9" --train.eval_every=0 --checkpoint.every_steps=0 \
+    --log.run_dir="$dir") >"$dir/stdout.log" 2>&1 ||
+    { tail -n 20 "$dir/stdout.log" >&2; die "kumiko $9 run failed ($1); log above"; }
+  [[ "$9" == bf16 ]] && sed -n 's/.*\(dtype bf16 ([^)]*)\).*/\1/p' "$dir/stdout.log" | head -n 1 >"$TMP/kumiko-bf16-line"
   "$PYTHON" - "$dir/metrics.jsonl" <<'EOF'
 import json, statistics, sys
-rates = []
-for line in open(sys.argv[1]):
-  line = line.strip()
-  if not line:
-    continue
-  r = json.loads(line)
-  if "tokens_per_s" in r and "step" in r and r["step"] > 2:
-    rates.append(float(r["tokens_per_s"]))
+rates = [float(r["tokens_per_s"]) for r in map(json.loads, filter(str.strip, open(sys.argv[1])))
+         if "tokens_per_s" in r and r.get("step", 0) > 2]
 if not rates:
   sys.exit(f"error: {sys.argv[1]} has no records with step > 2 and tokens_per_s")
 print(f"{statistics.median(rates):.1f}")
 EOF
 }
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {
-  if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+median() { printf '%s\n' "$@" | grep -v '^-$' | sort -g | awk '{a[NR]=$1} END {
+  if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 
 # --- main loop -----------------------------------------------------------------------------------
 #        name  L  H  C   T   B V     steps
-SHAPES=("tiny  4  4  256 256 8 8192  $STEPS_TINY"
-        "124m  12 12 768 64  4 50304 $STEPS_124M")
-declare -A TORCH_MED KUMIKO_MED
-echo "threads=$THREADS runs=$RUNS torch=$("$PYTHON" -c 'import torch; print(torch.__version__)')" \
-     "blas=$BLAS_LIB kumiko=$([[ $TORCH_ONLY -eq 1 ]] && echo skipped || echo "$KUMIKO_BIN")"
+ALL_SHAPES=("tiny  4  4  256 256 8 8192  $STEPS_TINY"
+            "124m  12 12 768 64  4 50304 $STEPS_124M")
+SHAPES=()
+for s in "${ALL_SHAPES[@]}"; do
+  [[ ",$SHAPES_WANTED," == *",${s%% *},"* ]] && SHAPES+=("$s")
+done
+[[ ${#SHAPES[@]} -gt 0 ]] || die "--shapes expects a comma list of tiny and 124m, got '$SHAPES_WANTED'"
+CONFIGS=(kumiko:fp32 kumiko:bf16 torch:fp32 torch:bf16)
+[[ $COMPILE -eq 1 ]] && CONFIGS+=(torch:compiled)
+
+echo "cpu: $CPU_NAME ($([[ $NATIVE_BF16 -eq 1 ]] && echo "bf16 instructions" || echo "no bf16 instructions"))," \
+     "threads=$THREADS runs=$RUNS torch=$TORCH_VERSION kumiko=$KUMIKO_BIN" >&2
+declare -A MED
 for shape in "${SHAPES[@]}"; do
   read -r name L H C T B V N <<<"$shape"
-  t_rates=(); k_rates=()
+  declare -A rates=()
   for ((r = 1; r <= RUNS; r++)); do
-    t="$(run_torch "$name" "$L" "$H" "$C" "$T" "$B" "$V" "$N")"
-    t_rates+=("$t")
-    echo "  $name run $r: torch $t tok/s" >&2
-    if [[ $TORCH_ONLY -eq 0 ]]; then
-      k="$(run_kumiko "$name" "$L" "$H" "$C" "$T" "$B" "$V" "$N" "$r")"
-      k_rates+=("$k")
-      echo "  $name run $r: kumiko $k tok/s" >&2
-    fi
+    for cfg in "${CONFIGS[@]}"; do
+      side="${cfg%%:*}" mode="${cfg#*:}"
+      # Without bf16 instructions torch's bf16 runs take minutes a step on 124m: once.
+      if [[ $side == torch && $mode != fp32 && $NATIVE_BF16 -eq 0 && $r -gt 1 ]]; then continue; fi
+      if [[ $side == torch ]]; then v="$(run_torch "$name" "$L" "$H" "$C" "$T" "$B" "$V" "$N" "$mode")"
+      else v="$(run_kumiko "$name" "$L" "$H" "$C" "$T" "$B" "$V" "$N" "$mode")"; fi
+      rates[$cfg]="${rates[$cfg]:-} $v"
+      echo "  $name run $r: $side $mode $v tok/s" >&2
+    done
   done
-  TORCH_MED[$name]="$(median "${t_rates[@]}")"
-  KUMIKO_MED[$name]="$([[ $TORCH_ONLY -eq 0 ]] && median "${k_rates[@]}" || echo -)"
+  for cfg in "${CONFIGS[@]}"; do
+    # shellcheck disable=SC2086
+    MED[$name:$cfg]="$(median ${rates[$cfg]:-})"
+  done
+  unset rates
 done
 
-printf '\n%-6s %-36s %14s %14s %14s\n' shape "(L,H,C,T,B,V)" "torch tok/s" "kumiko tok/s" \
-  "kumiko/torch"
-for shape in "${SHAPES[@]}"; do
-  read -r name L H C T B V N <<<"$shape"
-  tm="${TORCH_MED[$name]}"; km="${KUMIKO_MED[$name]}"
-  ratio="-"
-  [[ "$km" != "-" ]] && ratio="$(awk -v k="$km" -v t="$tm" 'BEGIN { printf "%.2f", k / t }')"
-  printf '%-6s %-36s %14s %14s %14s\n' "$name" "($L,$H,$C,$T,$B,$V)" "$tm" "$km" "$ratio"
-done
+best() {  # name side -> "value label" of the side's best configuration
+  local name="$1" side="$2" b=0 label="-" v
+  for cfg in "${CONFIGS[@]}"; do
+    [[ "${cfg%%:*}" == "$side" ]] || continue
+    v="${MED[$name:$cfg]}"
+    [[ "$v" != "-" ]] && awk -v v="$v" -v b="$b" 'BEGIN { exit !(v > b) }' && b="$v" label="${cfg#*:}"
+  done
+  echo "$b $label"
+}
+
+header="| shape | kumiko fp32 | kumiko bf16 | torch fp32 eager | torch bf16 autocast | torch bf16 + compile | kumiko best / torch best |"
+{
+  echo "$header"
+  echo "|---|---:|---:|---:|---:|---:|---|"
+  for shape in "${SHAPES[@]}"; do
+    read -r name L H C T B V N <<<"$shape"
+    read -r kb kl <<<"$(best "$name" kumiko)"
+    read -r tb tl <<<"$(best "$name" torch)"
+    ratio="$(awk -v k="$kb" -v t="$tb" 'BEGIN { printf "%.2fx", k / t }')"
+    printf '| %s (L%s H%s C%s T%s B%s V%s) | %s | %s | %s | %s | %s | **%s** (kumiko %s / torch %s) |\n' \
+      "$name" "$L" "$H" "$C" "$T" "$B" "$V" "${MED[$name:kumiko:fp32]}" "${MED[$name:kumiko:bf16]}" \
+      "${MED[$name:torch:fp32]}" "${MED[$name:torch:bf16]}" "${MED[$name:torch:compiled]:--}" "$ratio" "$kl" "$tl"
+  done
+  echo
+  echo "tokens/s, median of $RUNS run(s), $THREADS thread(s); $CPU_NAME; torch $TORCH_VERSION;" \
+       "kumiko bf16: $(cat "$TMP/kumiko-bf16-line" 2>/dev/null || echo "?")"
+} | tee "$TMP/table.md"
+[[ -n "$MARKDOWN" ]] && cp "$TMP/table.md" "$MARKDOWN" && echo "table written to $MARKDOWN" >&2
+exit 0

@@ -7,8 +7,9 @@ Usage: /usr/bin/python3 scripts/bench/torch_train.py --arch gpt2 --layers 4 --he
 fp32, AdamW (lr 3e-4, betas 0.9/0.95, wd 0.1 on linear weights), grad clip 1.0, random tokens
 drawn fresh each step. One step = forward + backward + clip + optimizer step. Prints one line
 per step on stderr and, last on stdout, `tokens_per_s=<median over the steps after warmup>`.
---device cuda --amp bf16: the same on a GPU with bf16 autocast (fp32 master weights and
-AdamW state, fused AdamW), the peer of kumiko's backend.device = cuda, dtype = bf16.
+--amp bf16: bf16 autocast (fp32 master weights and AdamW state; on the CPU through
+oneDNN's bf16 kernels), the peer of kumiko's backend.dtype = bf16; with --device cuda
+also the fused AdamW. --compile: torch.compile the forward and loss.
 The model is scripts/reference/torch_model.py with torch's fused LayerNorm/GELU (fast=True);
 attention uses F.scaled_dot_product_attention when this torch has it, else explicit matmuls.
 """
@@ -60,7 +61,7 @@ def main(argv=None):
   ap.add_argument("--grad-clip", type=float, default=1.0)
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--device", default="cpu", help="cpu or cuda")
-  ap.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast dtype (cuda)")
+  ap.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast dtype")
   ap.add_argument("--compile", action="store_true",
                   help="torch.compile the forward and loss (torch >= 2.0; the first steps compile:\n"
                        "give --warmup enough steps to leave them out)")
@@ -92,7 +93,7 @@ def main(argv=None):
   params = list(p.values())
   gen = torch.Generator().manual_seed(a.seed + 1)
   tokens = a.batch * a.seq
-  print(f"torch {torch.__version__}{' compiled' if a.compile else ''} threads={torch.get_num_threads()} attention={attn_kind} "
+  print(f"torch {torch.__version__}{' compiled' if a.compile else ''}{' bf16 autocast' if a.amp == 'bf16' else ''} threads={torch.get_num_threads()} attention={attn_kind} "
         f"arch={a.arch} L={a.layers} H={a.heads} C={a.d_model} F={cfg.d_ff} T={a.seq} "
         f"B={a.batch} V={a.vocab} params={n_params / 1e6:.2f}M", file=sys.stderr)
 
@@ -110,8 +111,8 @@ def main(argv=None):
       torch.cuda.synchronize()
     t0 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
-    amp = cuda and a.amp == "bf16"
-    with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+    amp = a.amp == "bf16"
+    with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
       loss = loss_of(x, y)
     loss.backward()
     if a.grad_clip > 0:

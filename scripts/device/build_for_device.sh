@@ -15,11 +15,12 @@ if [ -x /usr/local/cuda/bin/nvcc ]; then export PATH="/usr/local/cuda/bin:$PATH"
 command -v nvcc >/dev/null || { echo "build_for_device: nvcc not found (install the CUDA toolkit)" >&2; exit 2; }
 cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DKUMIKO_MPI=OFF -DKUMIKO_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
-cmake --build build-device -j "${KUMIKO_JOBS:-$(nproc)}" --target kumiko kernels_cuda_test gpu_model_test test_gpu_layouts
+cmake --build build-device -j "${KUMIKO_JOBS:-$(nproc)}" --target kumiko kernels_cuda_test gpu_model_test test_gpu_layouts \
+  kernels_cpu_test test_cpu_bf16
 STAGE=build-device/stage
 rm -rf "$STAGE" .device && mkdir -p "$STAGE/bin" "$STAGE/lib" .device
 cp build-device/bin/kumiko build-device/bin/kernels_cuda_test build-device/bin/gpu_model_test \
-  build-device/bin/test_gpu_layouts "$STAGE/bin/"
+  build-device/bin/test_gpu_layouts build-device/bin/kernels_cpu_test build-device/bin/test_cpu_bf16 "$STAGE/bin/"
 strip "$STAGE"/bin/*
 # Shared libraries: everything ldd resolves except glibc's own and CUDA's.
 ldd "$STAGE"/bin/* | awk '/=> \// {print $3}' | sort -u | while read -r lib; do

@@ -12,7 +12,8 @@
 #      same shape: tokens/s and MFU;
 # then prints one summary table. The tables and logs.tar.gz go to $OUT (or
 # ./gpu-check-out).
-# GPU_CHECK_STEPS="tests" (or any of tests bench train torch) runs only those steps.
+# GPU_CHECK_STEPS="tests" (or any of tests bench train torch cpu) runs only those steps;
+# "cpu" (the host CPU's bf16, step 4) runs only when named.
 # Budget: 124-156 s on an H200 (2026-12-04; 72 s without torch.compile); every step has its own
 # timeout (TERM, then KILL 5 s later) and all of them end by GPU_CHECK_BUDGET seconds (default 540) after
 # the start, so a hang still leaves the tables of the steps before it. summary.txt and
@@ -220,6 +221,30 @@ torch_rate() {  # label cap_seconds warmup [torch_train.py options]
 if want torch; then
   torch_rate eager 70 3
   torch_rate compiled 180 6 --compile
+fi
+
+# 4. (only when GPU_CHECK_STEPS names "cpu") this machine's host CPU, for the CPU
+# backend's bf16 (issue 17 needs a CPU with AVX512-BF16 / AMX, which the build machine
+# may lack): the bf16 GEMM and CPU-bf16 tests, kumiko bench gemm at 2 and all threads,
+# and scripts/bench/cpu_vs_torch.sh at 2 threads (one run) into cpu_vs_torch.md.
+if want cpu; then
+  echo "== host CPU"
+  { lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Socket|NUMA node\(s\))'
+    echo "bf16 flags: $(grep -owE 'avx512f|avx512_bf16|amx_bf16|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+  } | tee "$OUT/cpu.txt"
+  run_tests kernels_cpu_test 60
+  run_tests test_cpu_bf16 120
+  for t in 2 0; do
+    timeout -k 5 "$(step_time 60)" "$DEV/bin/kumiko" bench gemm --threads "$t" --size 2048 2>&1
+  done | tee "$LOGS/bench-gemm.log" >>"$OUT/cpu.txt"
+  while IFS= read -r l; do note "cpu $l"; done < <(grep -E '^(sgemm|bf16 gemm|backend.bf16_gemm)' "$LOGS/bench-gemm.log")
+  printf '#!/bin/sh\nexec env LD_LIBRARY_PATH="%s" "%s" "$@"\n' "$LD_LIBRARY_PATH" "$DEV/bin/kumiko" >/tmp/kumiko-host
+  chmod +x /tmp/kumiko-host
+  timeout -k 5 "$(step_time 330)" "${PYENV[@]}" KUMIKO_BIN=/tmp/kumiko-host PYTHON="$(command -v python3)" \
+    scripts/bench/cpu_vs_torch.sh --runs 1 --threads 2 --markdown "$OUT/cpu_vs_torch.md" >"$OUT/cpu_vs_torch.log" 2>&1
+  rc=$?
+  note "cpu_vs_torch: rc=$rc ($(grep -c 'tok/s' "$OUT/cpu_vs_torch.log") runs; table in cpu_vs_torch.md)"
+  pack_logs
 fi
 
 echo

@@ -14,6 +14,7 @@ IN.h5 must hold /batch/inputs and /batch/targets. OUT.json fields:
   final_param_samples  {name: first 8 values (row-major) after the last step}
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -50,7 +51,7 @@ def warn_schedule(cp):
       print(f"warning: [train] {key} = {v} ignored; golden run uses constant lr", file=sys.stderr)
 
 
-def run_golden(path, steps=10):
+def run_golden(path, steps=10, autocast_bf16=False):
   text, raw, inputs, targets = tm.read_weights(path)
   cp = tm.parse_ini(text)
   cfg = tm.model_config_from_ini(cp)
@@ -69,7 +70,11 @@ def run_golden(path, steps=10):
 
   torch.manual_seed(0)
   raw = {n: raw[n] for n in tm.expected_shapes(cfg)}  # model order, not HDF5's alphabetical
-  p = tm.to_torch(raw, dtype=torch.float64)
+  # float64, or (--autocast-bf16) fp32 master weights and AdamW state with the forward
+  # under torch.autocast("cpu", bfloat16): PyTorch's bf16 mixed precision, the peer
+  # of kumiko's backend.dtype = bf16.
+  p = tm.to_torch(raw, dtype=torch.float32 if autocast_bf16 else torch.float64)
+  amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast_bf16 else contextlib.nullcontext
   x = torch.tensor(inputs)
   y = torch.tensor(targets)
   opt = tm.make_adamw(tc, p)
@@ -78,7 +83,8 @@ def run_golden(path, steps=10):
   losses, total_norms, grad_norms = [], [], None
   for step in range(steps):
     opt.zero_grad(set_to_none=True)
-    loss = tm.loss_fn(cfg, p, x, y)
+    with amp():
+      loss = tm.loss_fn(cfg, p, x, y)
     loss.backward()
     losses.append(loss.item())
     if step == 0:
@@ -89,13 +95,15 @@ def run_golden(path, steps=10):
       torch.nn.utils.clip_grad_norm_(params, max_norm=tc.grad_clip)
     opt.step()
   with torch.no_grad():
-    final_loss = tm.loss_fn(cfg, p, x, y).item()
+    with amp():
+      final_loss = tm.loss_fn(cfg, p, x, y).item()
     final_norms = {n: t.norm().item() for n, t in p.items()}
     samples = {n: p[n].reshape(-1)[:8].tolist() for n in sample_names(cfg)}
 
   return {
       "arch": cfg.arch,
-      "dtype": "float64",
+      "dtype": "bf16-autocast" if autocast_bf16 else "float64",
+      "torch": torch.__version__,
       "source": os.path.basename(path),
       "batch_shape": list(inputs.shape),
       "steps": steps,
@@ -116,9 +124,11 @@ def main(argv=None):
   ap.add_argument("input")
   ap.add_argument("output")
   ap.add_argument("--steps", type=int, default=10)
+  ap.add_argument("--autocast-bf16", action="store_true",
+                  help="fp32 weights, forward under torch.autocast('cpu', bfloat16) (torch >= 1.10)")
   a = ap.parse_args(argv)
   try:
-    g, cfg = run_golden(a.input, a.steps)
+    g, cfg = run_golden(a.input, a.steps, a.autocast_bf16)
   except (ValueError, KeyError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
