@@ -1,0 +1,120 @@
+// backend.dtype = bf16 on the CPU in every parallel layout, two ranks, against one
+// process in bf16 (the fp32 layouts: tests/distributed/{dp,tp,pp}; bf16 one process
+// against fp32 and PyTorch: tests/integration/bf16).
+//
+// What may differ, and the bounds (8 steps of the layout tests' 4-layer model; measured
+// 2026-12-04 in brackets, gpt2 / llama):
+//   pp2 (1f1b, interleaved): stages pass bf16 activations exactly and every op runs on
+//     the same rows as in one process: loss and weights 1e-5, as in fp32 [0 / 0 loss,
+//     2.7e-8 / 0 weights].
+//   dp2, dp2 + ZeRO-1: each rank runs whole sequences, so activations are as in one
+//     process; only the fp32 gradient sums are split (reduced in fp32). The master
+//     weights differ by fp32 rounding, and one near the midpoint of two bf16 numbers
+//     can round its working copy the other way (one bf16 ulp for that element): loss
+//     1e-5, weights 1e-4 [0 / 0, 4.0e-6 / 5.4e-8].
+//   tp2 (+ sequence parallelism): a row-parallel linear's halves are each rounded to
+//     bf16 before their fp32 sum, where one process rounds the sum once: one more bf16
+//     rounding (2^-9 relative) of each block output, so loss 2e-3. Those roundings are
+//     of the kind and size that separate bf16 from fp32 at all; AdamW turns them into
+//     +-lr steps of the weights whose gradients they dominate (zero-initialised biases
+//     most), so the weights are held to 3x the distance between the one-process bf16
+//     and fp32 runs [loss 1.1e-4 / 3.6e-5; weights 5.5e-2 / 1.1e-2 against bf16-fp32
+//     distances 5.1e-2 / 1.6e-2].
+// Each layout must also differ from fp32 (a bf16 run that fell back to fp32 fails).
+#include <cstdio>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "kumiko/comm/communicator.h"
+#include "kumiko_test_support.h"
+#include "layout_compare.h"
+
+namespace kumiko {
+namespace {
+
+std::string g_root;
+
+config::Config tiny(const std::string& arch, const std::string& run_dir) {
+  auto c = testing::layout_config(arch, run_dir);
+  c.train.micro_batch = 2;
+  c.train.steps = 8;
+  c.backend.dtype = "bf16";
+  return c;
+}
+
+struct Layout {
+  const char* name;
+  int dp, tp, pp, zero, chunks;
+  bool sp;
+  const char* schedule;
+  double loss_rtol, weight_rtol;  // weight_rtol < 0: -weight_rtol x the bf16-vs-fp32 distance
+};
+
+double largest_loss_gap(const testing::LayoutResult& a, const testing::LayoutResult& b) {
+  double g = 0;
+  for (size_t i = 0; i < a.losses.size(); ++i) g = std::max(g, std::abs(a.losses[i] - b.losses[i]) / b.losses[i]);
+  return g;
+}
+
+class Bf16Layouts : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Bf16Layouts, EveryLayoutFollowsOneProcess) {
+  const std::string arch = GetParam();
+  auto& world = comm::world();
+  ASSERT_EQ(world.size(), 2) << "run under mpirun -np 2";
+  const int r = world.rank();
+  auto solo = world.split(r, 0, "solo");
+  testing::LayoutResult one, fp32;
+  double bf16_distance = 0;  // largest per-tensor weight distance, one process bf16 vs fp32
+  if (r == 0) {
+    one = testing::train_on(*solo, tiny(arch, g_root + "/" + arch + "-one"));
+    auto c = tiny(arch, g_root + "/" + arch + "-one-fp32");
+    c.backend.dtype = "fp32";
+    fp32 = testing::train_on(*solo, c);
+    for (size_t i = 0; i < one.weights.size(); ++i)
+      bf16_distance =
+          std::max(bf16_distance, testing::relative_difference(one.weights[i], fp32.weights[i], one.names[i]));
+    std::printf("%s one process: bf16 vs fp32 largest loss gap %.2e, weights %.2e\n", arch.c_str(),
+                largest_loss_gap(one, fp32), bf16_distance);
+  }
+  const Layout layouts[] = {
+      {"dp2", 2, 1, 1, 0, 1, false, "1f1b", 1e-5, 1e-4},
+      {"dp2-zero1", 2, 1, 1, 1, 1, false, "1f1b", 1e-5, 1e-4},
+      {"tp2", 1, 2, 1, 0, 1, false, "1f1b", 2e-3, -3},
+      {"tp2-sp", 1, 2, 1, 0, 1, true, "1f1b", 2e-3, -3},
+      {"pp2-1f1b", 1, 1, 2, 0, 1, false, "1f1b", 1e-5, 1e-5},
+      {"pp2-interleaved", 1, 1, 2, 0, 2, false, "interleaved", 1e-5, 1e-5},
+  };
+  for (const Layout& l : layouts) {
+    auto c = tiny(arch, g_root + "/" + arch + "-" + l.name);
+    c.parallel.dp = l.dp;
+    c.parallel.tp = l.tp;
+    c.parallel.pp = l.pp;
+    c.parallel.zero = l.zero;
+    c.parallel.pp_chunks = l.chunks;
+    c.parallel.pp_schedule = l.schedule;
+    c.parallel.sequence_parallel = l.sp;
+    const testing::LayoutResult got = testing::train_on(world, c);
+    if (r != 0) continue;
+    const std::string what = arch + " bf16 " + l.name;
+    ASSERT_EQ(got.losses.size(), one.losses.size()) << what;
+    double wgap = 0;
+    for (size_t i = 0; i < got.weights.size(); ++i)
+      wgap = std::max(wgap, testing::relative_difference(got.weights[i], one.weights[i], one.names[i]));
+    const double weight_rtol = l.weight_rtol < 0 ? -l.weight_rtol * bf16_distance : l.weight_rtol;
+    std::printf("%s: largest loss gap to one process %.2e, weights %.2e (bounds %.1e, %.1e)\n", what.c_str(),
+                largest_loss_gap(got, one), wgap, l.loss_rtol, weight_rtol);
+    testing::expect_same_run(got, one, what, weight_rtol, l.loss_rtol);
+    EXPECT_NE(got.losses, fp32.losses) << what << ": the same losses as fp32";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Arch, Bf16Layouts, ::testing::Values("gpt2", "llama"));
+
+}  // namespace
+}  // namespace kumiko
+
+int main(int argc, char** argv) {
+  return kumiko::testing::mpi_test_main(argc, argv, "kumiko-bf16-layouts", kumiko::g_root);
+}
