@@ -122,7 +122,9 @@ void matmul_bf16(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64_t N
     case Bf16Gemm::openblas:
       KUMIKO_CHECK(sbgemm() != nullptr, "matmul_bf16: this OpenBLAS has no cblas_sbgemm");
       return openblas(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
-    case Bf16Gemm::onednn: return onednn::matmul(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    case Bf16Gemm::onednn:
+      if (onednn::matmul(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc)) return;
+      return emulated(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
   }
 }
 

@@ -7,9 +7,10 @@ namespace kumiko::cpu::onednn {
 
 bool available() { return false; }
 
-void matmul(bool, bool, int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, int64_t, float, float*,
+bool matmul(bool, bool, int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, int64_t, float, float*,
             int64_t) {
   KUMIKO_CHECK(false, "matmul_bf16: this build has no oneDNN");
+  return false;
 }
 
 }  // namespace kumiko::cpu::onednn

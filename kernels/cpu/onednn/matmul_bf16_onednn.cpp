@@ -5,8 +5,10 @@
 // AVX512-BF16 brgemm kernels where present, reference code elsewhere).
 #include "kernels/cpu/onednn/matmul_bf16_onednn.h"
 
+#include <cstdio>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <tuple>
 
 #include <oneapi/dnnl/dnnl.hpp>
@@ -23,7 +25,7 @@ using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, 
 struct State {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
-  std::map<Key, dnnl::matmul> primitives;
+  std::map<Key, std::optional<dnnl::matmul>> primitives;  // nullopt: oneDNN has none
   std::mutex mutex;
 };
 
@@ -57,7 +59,7 @@ bool available() {
   return ok;
 }
 
-void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
+bool matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
             int64_t ldb, float beta, float* C, int64_t ldc) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
@@ -73,18 +75,23 @@ void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const b
       ops.append_sum(1.0f);
       attr.set_post_ops(ops);
     }
+    std::optional<dnnl::matmul> prim;
     try {
       const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), attr, s.engine);
-      it = s.primitives.emplace(key, dnnl::matmul(pd)).first;
+      prim.emplace(pd);
     } catch (const dnnl::error& e) {
-      KUMIKO_CHECK(false, "matmul_bf16: oneDNN has no matmul for M=", M, " N=", N, " K=", K, ": ", e.what());
+      std::fprintf(stderr, "kumiko: oneDNN has no bf16 matmul for M=%ld N=%ld K=%ld (%s); that shape uses the emulated GEMM\n",
+                   static_cast<long>(M), static_cast<long>(N), static_cast<long>(K), e.what());
     }
+    it = s.primitives.emplace(key, std::move(prim)).first;
   }
+  if (!it->second) return false;
   dnnl::memory a(a_md, s.engine, const_cast<bf16*>(A));
   dnnl::memory b(b_md, s.engine, const_cast<bf16*>(B));
   dnnl::memory c(c_md, s.engine, C);
-  it->second.execute(s.stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+  it->second->execute(s.stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
   s.stream.wait();
+  return true;
 }
 
 }  // namespace kumiko::cpu::onednn

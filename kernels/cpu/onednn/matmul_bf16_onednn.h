@@ -10,7 +10,9 @@
 namespace kumiko::cpu::onednn {
 
 bool available();
-void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
+// False (and nothing written) when oneDNN has no primitive for these shapes and
+// strides: the caller falls back to the emulated GEMM.
+bool matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
             int64_t ldb, float beta, float* C, int64_t ldc);
 
 }  // namespace kumiko::cpu::onednn
