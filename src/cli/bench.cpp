@@ -83,6 +83,8 @@ int run_gemm(const BenchOptions& o) {
     std::printf("bf16 gemm %-9s %ldx%ldx%ld, %d thread(s): %.1f GFLOP/s (%.2fx sgemm)\n", cpu::bf16_gemm_name(g),
                 static_cast<long>(n), static_cast<long>(n), static_cast<long>(n), threads, rate, rate / best);
   }
+  plan::save_cpu_peak_gflops(threads, best_bf16, cache, "bf16");
+  std::printf("saved %.1f GFLOP/s as the bf16 MFU peak of kumiko train at %d thread(s)\n", best_bf16, threads);
   const auto have = cpu::bf16_gemms_available();
   auto has = [&](cpu::Bf16Gemm g) { return std::find(have.begin(), have.end(), g) != have.end(); };
   if (!has(cpu::Bf16Gemm::openblas))

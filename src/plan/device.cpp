@@ -269,20 +269,22 @@ Device measured_cpu(const config::Config& cfg, int threads, const std::string& c
 namespace kumiko::plan {
 
 namespace {
-std::string peak_key(int threads) { return cpu_model() + " | threads " + std::to_string(threads) + " | gemm peak"; }
+std::string peak_key(int threads, const std::string& dtype) {
+  return cpu_model() + " | threads " + std::to_string(threads) + (dtype == "bf16" ? " | bf16 gemm peak" : " | gemm peak");
+}
 }  // namespace
 
-double cached_cpu_peak_gflops(int threads, const std::string& cache_dir) {
+double cached_cpu_peak_gflops(int threads, const std::string& cache_dir, const std::string& dtype) {
   const auto cache = read_cache(std::filesystem::path(cache_dir) / "cpu_rates.json");
-  const auto it = cache.find(peak_key(threads));
+  const auto it = cache.find(peak_key(threads, dtype));
   return it != cache.end() && it->is_object() ? it->value("gflops", 0.0) : 0.0;
 }
 
-void save_cpu_peak_gflops(int threads, double gflops, const std::string& cache_dir) {
+void save_cpu_peak_gflops(int threads, double gflops, const std::string& cache_dir, const std::string& dtype) {
   namespace fs = std::filesystem;
   const fs::path file = fs::path(cache_dir) / "cpu_rates.json";
   auto cache = read_cache(file);
-  cache[peak_key(threads)] = {{"gflops", gflops}};
+  cache[peak_key(threads, dtype)] = {{"gflops", gflops}};
   write_cache(file, cache);
 }
 

@@ -414,8 +414,12 @@ void Trainer::State::setup_engine() {
     peak_flops = plan::gpu_peak_flops(gpu::device_name(), cfg.backend.dtype);
     peak_source = "the datasheet of " + gpu::device_name();
   } else if (peak_flops <= 0) {
-    peak_flops = 1e9 * plan::cached_cpu_peak_gflops(omp_get_max_threads(), plan::default_cache_dir());
-    peak_source = "kumiko bench gemm at " + std::to_string(omp_get_max_threads()) + " thread(s)";
+    // bf16 against the fastest bf16 GEMM this machine has (the emulated one's is about
+    // sgemm's), fp32 against sgemm.
+    peak_flops =
+        1e9 * plan::cached_cpu_peak_gflops(omp_get_max_threads(), plan::default_cache_dir(), cfg.backend.dtype);
+    peak_source = "kumiko bench gemm (" + cfg.backend.dtype + ") at " + std::to_string(omp_get_max_threads()) +
+                  " thread(s)";
   }
   if (peak_flops > 0)
     log->info("MFU against {:.1f} GFLOP/s per rank ({})", peak_flops / 1e9, peak_source);

@@ -101,10 +101,11 @@ struct Plan {
 // stage holds the same): the trainer's pre-flight check, before any allocation.
 Memory rank_memory(const config::Config& cfg, int pp_rank);
 
-// The CPU's measured GEMM peak (GFLOP/s) at `threads` threads saved by kumiko bench
-// gemm in the cache (0 when none), and saving it.
-double cached_cpu_peak_gflops(int threads, const std::string& cache_dir);
-void save_cpu_peak_gflops(int threads, double gflops, const std::string& cache_dir);
+// The CPU's measured GEMM peak (GFLOP/s) of `dtype` (fp32: sgemm; bf16: the fastest
+// bf16 GEMM) at `threads` threads saved by kumiko bench gemm in the cache (0 when
+// none), and saving it.
+double cached_cpu_peak_gflops(int threads, const std::string& cache_dir, const std::string& dtype = "fp32");
+void save_cpu_peak_gflops(int threads, double gflops, const std::string& cache_dir, const std::string& dtype = "fp32");
 // The datasheet peak (FLOP/s) of a GPU named by the driver (e.g. "NVIDIA H100 80GB
 // HBM3") for dtype: A100, H100 SXM and H200; 0 for others (H100 PCIe and NVL too).
 double gpu_peak_flops(const std::string& device_name, const std::string& dtype);
