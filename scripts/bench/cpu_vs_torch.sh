@@ -3,7 +3,9 @@
 # same model shapes and thread count, in one run (docs/performance.md).
 #
 # Usage: scripts/bench/cpu_vs_torch.sh [--runs N] [--threads N] [--shapes tiny,124m]
-#                                      [--markdown FILE] [--no-compile] [--setup]
+#                                      [--markdown FILE] [--no-compile] [--configs LIST] [--setup]
+#   --configs    comma list of the configurations below to run (default all), e.g.
+#                torch:fp32-compiled,kumiko:bf16; the others show as -
 #   --setup      make the PyTorch 2.x virtualenv ($TORCH_VENV, from PyPI) and exit
 #   env: PYTHON (default $TORCH_VENV/bin/python, TORCH_VENV default /opt/torch-venv),
 #        KUMIKO_BIN (default build/bin/kumiko), STEPS_TINY (10), STEPS_124M (6)
@@ -11,8 +13,9 @@
 # Shapes: tiny  gpt2 L=4  H=4  C=256 T=256 B=8 V=8192
 #         124m  gpt2 L=12 H=12 C=768 T=64  B=4 V=50304   (GPT-2-124M-shaped)
 # Configurations, alternating within each run:
-#   kumiko fp32, kumiko bf16 (backend.bf16_gemm = auto),
-#   torch fp32 eager, torch bf16 autocast, torch bf16 autocast + torch.compile.
+#   kumiko:fp32, kumiko:bf16 (backend.bf16_gemm = auto), torch:fp32 (eager),
+#   torch:fp32-compiled, torch:bf16 (autocast), torch:compiled (bf16 autocast +
+#   torch.compile).
 # Each figure is the median tokens/s over a run's steps after warm-up (compiled runs
 # leave out 3 more steps: compilation), then the median over runs. The last column is
 # kumiko's best configuration over torch's best. Same model for both: AdamW, grad clip
@@ -32,6 +35,7 @@ THREADS=2
 SHAPES_WANTED="tiny,124m"
 MARKDOWN=""
 COMPILE=1
+CONFIGS_WANTED=""
 
 die() { echo "cpu_vs_torch: error: $*" >&2; exit 2; }
 
@@ -46,7 +50,8 @@ while [[ $# -gt 0 ]]; do
       python3 -m venv "$TORCH_VENV" && "$TORCH_VENV/bin/pip" install -q torch numpy
       "$TORCH_VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "in", "'"$TORCH_VENV"'")'
       exit 0 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --configs) CONFIGS_WANTED="$2"; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -85,15 +90,16 @@ run_torch() {  # shape L H C T B V steps mode(fp32|bf16|compiled)
   case "$9" in
     bf16) args+=(--amp bf16) ;;
     compiled) args+=(--amp bf16 --compile); warmup=5; steps=$((steps + 3)) ;;
+    fp32-compiled) args+=(--compile); warmup=5; steps=$((steps + 3)) ;;
   esac
-  if [[ "$9" != fp32 && $NATIVE_BF16 -eq 0 ]]; then steps=$((warmup + 1)); fi
+  if [[ "$9" == bf16 || "$9" == compiled ]] && [[ $NATIVE_BF16 -eq 0 ]]; then steps=$((warmup + 1)); fi
   local log="$TMP/torch-$1-$9.log" out
   out="$("$PYTHON" "$ROOT/scripts/bench/torch_train.py" "${args[@]}" --steps "$steps" --warmup "$warmup" \
     2>"$log")" || {
     tail -n 20 "$log" >&2
     # torch.compile needs a working C++ toolchain for inductor: a failure there costs
     # one column, not the table.
-    [[ "$9" == compiled ]] && { echo "warning: torch.compile run failed ($1); log above" >&2; echo "-"; return; }
+    [[ "$9" == *compiled ]] && { echo "warning: torch.compile run failed ($1); log above" >&2; echo "-"; return; }
     die "torch $9 run failed ($1); log above"
   }
   sed -n 's/^tokens_per_s=//p' <<<"$out" | tail -n 1
@@ -133,12 +139,17 @@ for s in "${ALL_SHAPES[@]}"; do
   [[ ",$SHAPES_WANTED," == *",${s%% *},"* ]] && SHAPES+=("$s")
 done
 [[ ${#SHAPES[@]} -gt 0 ]] || die "--shapes expects a comma list of tiny and 124m, got '$SHAPES_WANTED'"
-CONFIGS=(kumiko:fp32 kumiko:bf16 torch:fp32 torch:bf16)
-[[ $COMPILE -eq 1 ]] && CONFIGS+=(torch:compiled)
+ALL_CONFIGS=(kumiko:fp32 kumiko:bf16 torch:fp32 torch:bf16)
+[[ $COMPILE -eq 1 ]] && ALL_CONFIGS+=(torch:fp32-compiled torch:compiled)
+CONFIGS=()
+for cfg in "${ALL_CONFIGS[@]}"; do
+  [[ -z "$CONFIGS_WANTED" || ",$CONFIGS_WANTED," == *",$cfg,"* ]] && CONFIGS+=("$cfg")
+done
+[[ ${#CONFIGS[@]} -gt 0 ]] || die "--configs '$CONFIGS_WANTED' names none of: ${ALL_CONFIGS[*]}"
+declare -A MED
 
 echo "cpu: $CPU_NAME ($([[ $NATIVE_BF16 -eq 1 ]] && echo "bf16 instructions" || echo "no bf16 instructions"))," \
      "threads=$THREADS runs=$RUNS torch=$TORCH_VERSION kumiko=$KUMIKO_BIN" >&2
-declare -A MED
 for shape in "${SHAPES[@]}"; do
   read -r name L H C T B V N <<<"$shape"
   declare -A rates=()
@@ -146,7 +157,9 @@ for shape in "${SHAPES[@]}"; do
     for cfg in "${CONFIGS[@]}"; do
       side="${cfg%%:*}" mode="${cfg#*:}"
       # Without bf16 instructions torch's bf16 runs take minutes a step on 124m: once.
-      if [[ $side == torch && $mode != fp32 && $NATIVE_BF16 -eq 0 && $r -gt 1 ]]; then continue; fi
+      if [[ $side == torch && ($mode == bf16 || $mode == compiled) && $NATIVE_BF16 -eq 0 && $r -gt 1 ]]; then
+        continue
+      fi
       if [[ $side == torch ]]; then v="$(run_torch "$name" "$L" "$H" "$C" "$T" "$B" "$V" "$N" "$mode")"
       else v="$(run_kumiko "$name" "$L" "$H" "$C" "$T" "$B" "$V" "$N" "$mode")"; fi
       rates[$cfg]="${rates[$cfg]:-} $v"
@@ -164,24 +177,25 @@ best() {  # name side -> "value label" of the side's best configuration
   local name="$1" side="$2" b=0 label="-" v
   for cfg in "${CONFIGS[@]}"; do
     [[ "${cfg%%:*}" == "$side" ]] || continue
-    v="${MED[$name:$cfg]}"
+    v="${MED[$name:$cfg]:--}"
     [[ "$v" != "-" ]] && awk -v v="$v" -v b="$b" 'BEGIN { exit !(v > b) }' && b="$v" label="${cfg#*:}"
   done
   echo "$b $label"
 }
 
-header="| shape | kumiko fp32 | kumiko bf16 | torch fp32 eager | torch bf16 autocast | torch bf16 + compile | kumiko best / torch best |"
+header="| shape | kumiko fp32 | kumiko bf16 | torch fp32 eager | torch fp32 + compile | torch bf16 autocast | torch bf16 + compile | kumiko best / torch best |"
 {
   echo "$header"
-  echo "|---|---:|---:|---:|---:|---:|---|"
+  echo "|---|---:|---:|---:|---:|---:|---:|---|"
   for shape in "${SHAPES[@]}"; do
     read -r name L H C T B V N <<<"$shape"
     read -r kb kl <<<"$(best "$name" kumiko)"
     read -r tb tl <<<"$(best "$name" torch)"
-    ratio="$(awk -v k="$kb" -v t="$tb" 'BEGIN { printf "%.2fx", k / t }')"
-    printf '| %s (L%s H%s C%s T%s B%s V%s) | %s | %s | %s | %s | %s | **%s** (kumiko %s / torch %s) |\n' \
-      "$name" "$L" "$H" "$C" "$T" "$B" "$V" "${MED[$name:kumiko:fp32]}" "${MED[$name:kumiko:bf16]}" \
-      "${MED[$name:torch:fp32]}" "${MED[$name:torch:bf16]}" "${MED[$name:torch:compiled]:--}" "$ratio" "$kl" "$tl"
+    ratio="$(awk -v k="$kb" -v t="$tb" 'BEGIN { if (k > 0 && t > 0) printf "%.2fx", k / t; else print "-" }')"
+    printf '| %s (L%s H%s C%s T%s B%s V%s) | %s | %s | %s | %s | %s | %s | **%s** (kumiko %s / torch %s) |\n' \
+      "$name" "$L" "$H" "$C" "$T" "$B" "$V" "${MED[$name:kumiko:fp32]:--}" "${MED[$name:kumiko:bf16]:--}" \
+      "${MED[$name:torch:fp32]:--}" "${MED[$name:torch:fp32-compiled]:--}" "${MED[$name:torch:bf16]:--}" \
+      "${MED[$name:torch:compiled]:--}" "$ratio" "$kl" "$tl"
   done
   echo
   echo "tokens/s, median of $RUNS run(s), $THREADS thread(s); $CPU_NAME; torch $TORCH_VERSION;" \
