@@ -41,14 +41,19 @@ model::ArenaPlan arena_plan(const config::Config& cfg, const model::BufferLayout
 }
 
 // backend::CpuBf16's fp32 scratch (include/kumiko/backend/cpu_bf16.h): an op widens up
-// to three bf16 operands and writes up to two fp32 results; the largest are the logits
-// [N, V/tp] (the output projection and the loss), a weight matrix and [N, F/tp].
+// to three bf16 operands and writes up to two fp32 results, and the emulated bf16 GEMM
+// (backend.bf16_gemm = emulated, kernels/cpu/matmul_bf16.cpp) keeps fp32 copies of
+// both operands. The buffers are kept at their largest size: the logits [N, V/tp] three
+// times (the head's fp32 output, the loss's widened logits, the head's dlogits widened
+// for its backward GEMMs), a weight matrix and [N, F/tp] twice. The native GEMMs need no
+// operand copies; the plan does not know which one `auto` picks on the target CPU and
+// counts the larger.
 double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp) {
   const double N = static_cast<double>(B * T);
   const double wide = static_cast<double>(std::max({d.F, d.qkv_width(), d.C})) / tp;
   const double logits = N * static_cast<double>(d.V) / tp;
   const double weight = static_cast<double>(std::max({d.V / tp, d.F / tp, d.qkv_width() / tp})) * d.C;
-  return 4.0 * (2 * logits + weight + 2 * N * wide);
+  return 4.0 * (3 * logits + weight + 2 * N * wide);
 }
 
 // The CUDA backend's workspace beyond the arena (backend prepare()): the largest of
