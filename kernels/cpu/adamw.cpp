@@ -3,13 +3,17 @@
 
 #include <cmath>
 
+#include "kernels/cpu/bf16_convert.h"
 #include "kumiko/core/error.h"
 
 namespace kumiko::cpu {
 
-template <typename T>
-void adamw_update(T* param, const T* grad, T* m, T* v, int64_t n, double lr, double beta1,
-                  double beta2, double eps, double weight_decay, double grad_scale, int64_t step) {
+namespace {
+
+// The update; with kWork also work[i] = bf16(param[i]) in the same pass.
+template <typename T, bool kWork>
+void adamw_loop(T* param, const T* grad, T* m, T* v, bf16* work, int64_t n, double lr, double beta1, double beta2,
+                double eps, double weight_decay, double grad_scale, int64_t step) {
   KUMIKO_CHECK(step >= 1, "adamw_update: step counts from 1, got ", step);
   const double bc1 = 1.0 - std::pow(beta1, double(step));
   const double bc2 = 1.0 - std::pow(beta2, double(step));
@@ -25,8 +29,23 @@ void adamw_update(T* param, const T* grad, T* m, T* v, int64_t n, double lr, dou
     const T vi = b2 * v[i] + one_b2 * g * g;
     m[i] = mi;
     v[i] = vi;
-    param[i] = param[i] * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps_t);
+    const T p = param[i] * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps_t);
+    param[i] = p;
+    if constexpr (kWork) work[i] = detail::narrow1(p);
   }
+}
+
+}  // namespace
+
+template <typename T>
+void adamw_update(T* param, const T* grad, T* m, T* v, int64_t n, double lr, double beta1,
+                  double beta2, double eps, double weight_decay, double grad_scale, int64_t step) {
+  adamw_loop<T, false>(param, grad, m, v, nullptr, n, lr, beta1, beta2, eps, weight_decay, grad_scale, step);
+}
+
+void adamw_update(float* param, const float* grad, float* m, float* v, bf16* work, int64_t n, double lr,
+                  double beta1, double beta2, double eps, double weight_decay, double grad_scale, int64_t step) {
+  adamw_loop<float, true>(param, grad, m, v, work, n, lr, beta1, beta2, eps, weight_decay, grad_scale, step);
 }
 
 template void adamw_update<float>(float*, const float*, float*, float*, int64_t, double, double,

@@ -5,7 +5,9 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
+#include "kernels/cpu/bf16_convert.h"
 #include "kernels/cpu/common.h"
 #include "kumiko/core/error.h"
 
@@ -60,6 +62,32 @@ void cross_entropy_forward_backward(T* losses, T* dlogits, const T* logits, cons
 #pragma omp simd
     for (int64_t v = 0; v < V; ++v) drow[v] = detail::exp_approx(row[v] - lse) * dloss_scale;
     drow[target] -= dloss_scale;
+  }
+}
+
+void cross_entropy_bf16(float* losses, bf16* logits, const int32_t* targets, int64_t N, int64_t V, bool backward,
+                        float dloss_scale) {
+  check_targets(targets, N, V);
+#pragma omp parallel
+  {
+    std::vector<float> buf(static_cast<size_t>(V));  // this thread's row in fp32 (L1/L2-sized)
+    float* f = buf.data();
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      bf16* row = logits + n * V;
+#pragma omp simd
+      for (int64_t v = 0; v < V; ++v) f[v] = detail::widen1(row[v]);
+      const float lse = row_logsumexp(f, V);
+      const int64_t target = targets[n];
+      losses[n] = lse - f[target];
+      if (!backward) continue;
+      // The same operations as cross_entropy_forward_backward<float>, rounded once.
+#pragma omp simd
+      for (int64_t v = 0; v < V; ++v) f[v] = detail::exp_approx(f[v] - lse) * dloss_scale;
+      f[target] -= dloss_scale;
+#pragma omp simd
+      for (int64_t v = 0; v < V; ++v) row[v] = detail::narrow1(f[v]);
+    }
   }
 }
 

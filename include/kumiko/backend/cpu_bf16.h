@@ -28,6 +28,7 @@
 #include "kumiko/core/cpu_features.h"
 #include "kumiko/core/error.h"
 #include "kumiko/ops/bf16.h"
+#include "kumiko/ops/cross_entropy.h"
 #include "kumiko/ops/matmul_bf16.h"
 
 namespace kumiko::backend {
@@ -218,9 +219,7 @@ class CpuBf16 : public HostCollectives {
   // ---- cross-entropy: the logits in fp32, the gradient stored back as bf16 ----
   void cross_entropy(Stat* losses, Act* logits, const int32_t* targets, int64_t N, int64_t V, bool backward,
                      double scale) {
-    float* lf = widen(0, logits, N * V);
-    fp32_.cross_entropy(losses, lf, targets, N, V, backward, scale);
-    if (backward) cpu::narrow(logits, lf, N * V);
+    cpu::cross_entropy_bf16(losses, logits, targets, N, V, backward, static_cast<float>(scale));  // row by row
   }
   void ce_row_max(Stat* mx, const Act* logits, int64_t N, int64_t Vl) {
     fp32_.ce_row_max(mx, widen(0, logits, N * Vl), N, Vl);
@@ -246,9 +245,12 @@ class CpuBf16 : public HostCollectives {
   using AdamW = AdamWStep;
   void adamw(const std::vector<AdamWRange>& ranges, const AdamW& h) {
     for (const auto& r : ranges) {
-      cpu::adamw_update(r.param, r.grad, r.m, r.v, r.n, h.lr, h.beta1, h.beta2, h.eps, r.decay ? h.weight_decay : 0.0,
-                        h.grad_scale, h.step);
-      if (r.work) cpu::narrow(r.work, r.param, r.n);
+      const double wd = r.decay ? h.weight_decay : 0.0;
+      if (r.work)  // the bf16 working copy rounded in the update's own pass
+        cpu::adamw_update(r.param, r.grad, r.m, r.v, r.work, r.n, h.lr, h.beta1, h.beta2, h.eps, wd, h.grad_scale,
+                          h.step);
+      else
+        cpu::adamw_update(r.param, r.grad, r.m, r.v, r.n, h.lr, h.beta1, h.beta2, h.eps, wd, h.grad_scale, h.step);
     }
   }
   void refresh_work(Act* work, const Grad* master, int64_t n) { cpu::narrow(work, master, n); }

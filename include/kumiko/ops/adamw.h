@@ -7,10 +7,17 @@
 // step counts from 1.
 #include <cstdint>
 
+#include "kumiko/core/bf16.h"
+
 namespace kumiko::cpu {
 
 template <typename T>
 void adamw_update(T* param, const T* grad, T* m, T* v, int64_t n, double lr, double beta1,
                   double beta2, double eps, double weight_decay, double grad_scale, int64_t step);
+
+// fp32 master weights with a bf16 working copy (backend::CpuBf16): the same update,
+// and work[i] = bf16(param[i]) (rounded to nearest even) written in the same pass.
+void adamw_update(float* param, const float* grad, float* m, float* v, bf16* work, int64_t n, double lr,
+                  double beta1, double beta2, double eps, double weight_decay, double grad_scale, int64_t step);
 
 }  // namespace kumiko::cpu

@@ -1,6 +1,8 @@
 // bf16 mixed precision on the CPU backend (backend.dtype = bf16, backend::CpuBf16):
 //   conversions: round to nearest even, ties to even, overflow to infinity, NaN kept,
-//     the array kernels bitwise equal to the scalar definition;
+//     the array kernels bitwise equal to the scalar definition, and the fused kernels
+//     (cross-entropy on bf16 rows, AdamW writing the working copy) bitwise equal to
+//     widen + the fp32 kernel + narrow;
 //   one forward/backward of the one model against the fp32 model: the bounds the CUDA
 //     backend's bf16 is held to (tests/gpu/test_gpu_model.cpp), loss within 2e-2 and
 //     every gradient within 5e-2 relative L2: bf16 keeps 8 significant bits (relative
@@ -28,7 +30,9 @@
 #include "kumiko/core/cpu_features.h"
 #include "kumiko/core/log.h"
 #include "kumiko/model/transformer.h"
+#include "kumiko/ops/adamw.h"
 #include "kumiko/ops/bf16.h"
+#include "kumiko/ops/cross_entropy.h"
 #include "kumiko/train/trainer.h"
 #include "kumiko/parallel/data_parallel.h"
 #include "kumiko_test_support.h"
@@ -92,6 +96,52 @@ TEST(Bf16, ArrayKernelsMatchTheScalarDefinition) {
   for (size_t i = 0; i < x.size(); ++i) want[i] = to_bf16(to_float(want[i]) + d[i]);
   cpu::add_narrow(acc.data(), d.data(), n);
   for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(acc[i].bits, want[i].bits) << i;
+}
+
+// The fused bf16 kernels give the bits of the unfused composition they replace:
+// cross-entropy row by row on bf16 logits = widen, the fp32 kernel, narrow; AdamW with
+// the working copy = the fp32 update, then narrow.
+TEST(Bf16, FusedKernelsMatchWidenComputeNarrow) {
+  std::mt19937 gen(11);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  const int64_t N = 37, V = 1031;
+  std::vector<bf16> logits(static_cast<size_t>(N * V));
+  for (auto& v : logits) v = to_bf16(normal(gen));
+  std::vector<int32_t> targets(static_cast<size_t>(N));
+  for (auto& t : targets) t = static_cast<int32_t>(gen() % V);
+  for (const bool backward : {false, true}) {
+    std::vector<float> wide(logits.size()), want_loss(static_cast<size_t>(N)), got_loss(static_cast<size_t>(N));
+    cpu::widen(wide.data(), logits.data(), N * V);
+    if (backward)
+      cpu::cross_entropy_forward_backward(want_loss.data(), wide.data(), wide.data(), targets.data(), N, V, 0.25f);
+    else
+      cpu::cross_entropy_forward(want_loss.data(), wide.data(), targets.data(), N, V);
+    std::vector<bf16> want(logits.size()), got = logits;
+    cpu::narrow(want.data(), wide.data(), N * V);
+    cpu::cross_entropy_bf16(got_loss.data(), got.data(), targets.data(), N, V, backward, 0.25f);
+    for (int64_t n = 0; n < N; ++n) ASSERT_EQ(bits(got_loss[n]), bits(want_loss[n])) << "loss row " << n;
+    if (!backward) continue;
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i].bits, want[i].bits) << "dlogits " << i;
+  }
+  const int64_t n = 10007;
+  std::vector<float> p(n), g(n), m(n), v(n);
+  for (int64_t i = 0; i < n; ++i) {
+    p[i] = normal(gen);
+    g[i] = normal(gen);
+    m[i] = 0.1f * normal(gen);
+    v[i] = std::abs(normal(gen));
+  }
+  auto p2 = p, m2 = m, v2 = v;
+  std::vector<bf16> work(n), want_work(n);
+  cpu::adamw_update(p.data(), g.data(), m.data(), v.data(), n, 1e-3, 0.9, 0.95, 1e-8, 0.1, 0.5, 3);
+  cpu::narrow(want_work.data(), p.data(), n);
+  cpu::adamw_update(p2.data(), g.data(), m2.data(), v2.data(), work.data(), n, 1e-3, 0.9, 0.95, 1e-8, 0.1, 0.5, 3);
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(bits(p2[i]), bits(p[i])) << i;
+    ASSERT_EQ(bits(m2[i]), bits(m[i])) << i;
+    ASSERT_EQ(bits(v2[i]), bits(v[i])) << i;
+    ASSERT_EQ(work[i].bits, want_work[i].bits) << i;
+  }
 }
 
 // The log line of a bf16 run names this CPU's vector units and whether it has bf16
