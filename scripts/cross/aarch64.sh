@@ -76,7 +76,9 @@ log() { printf '[aarch64 %4ds] %s\n' $((SECONDS - start)) "$*"; }
 
 # ---- host packages ------------------------------------------------------------------
 scripts/install_deps.sh
-HOST_PACKAGES=(g++-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user-static mmdebstrap)
+# arch-test: mmdebstrap checks with it that this machine can run arm64 programs (a
+# Recommends of mmdebstrap, so --no-install-recommends leaves it out).
+HOST_PACKAGES=(g++-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user-static mmdebstrap arch-test)
 missing=()
 for p in "${HOST_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
