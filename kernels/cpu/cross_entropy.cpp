@@ -34,6 +34,20 @@ T row_logsumexp(const T* row, int64_t V) {
   return mx + std::log(sum);
 }
 
+// One row: returns the loss; with drow, also writes the gradient (softmax - onehot) *
+// scale there (drow may alias row: each index is read before it is written).
+template <typename T>
+T row_loss(const T* row, T* drow, int64_t target, int64_t V, T dloss_scale) {
+  const T lse = row_logsumexp(row, V);
+  const T loss = lse - row[target];
+  if (drow) {
+#pragma omp simd
+    for (int64_t v = 0; v < V; ++v) drow[v] = detail::exp_approx(row[v] - lse) * dloss_scale;
+    drow[target] -= dloss_scale;
+  }
+  return loss;
+}
+
 }  // namespace
 
 template <typename T>
@@ -41,10 +55,7 @@ void cross_entropy_forward(T* losses, const T* logits, const int32_t* targets, i
                            int64_t V) {
   check_targets(targets, N, V);
 #pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
-    const T* row = logits + n * V;  // [V]
-    losses[n] = row_logsumexp(row, V) - row[targets[n]];
-  }
+  for (int64_t n = 0; n < N; ++n) losses[n] = row_loss<T>(logits + n * V, nullptr, targets[n], V, T(0));
 }
 
 template <typename T>
@@ -52,17 +63,8 @@ void cross_entropy_forward_backward(T* losses, T* dlogits, const T* logits, cons
                                     int64_t N, int64_t V, T dloss_scale) {
   check_targets(targets, N, V);
 #pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
-    const T* row = logits + n * V;  // [V]
-    T* drow = dlogits + n * V;      // [V], may be the same memory as row
-    const T lse = row_logsumexp(row, V);
-    const int64_t target = targets[n];
-    losses[n] = lse - row[target];
-    // Same index read then written: safe when drow aliases row.
-#pragma omp simd
-    for (int64_t v = 0; v < V; ++v) drow[v] = detail::exp_approx(row[v] - lse) * dloss_scale;
-    drow[target] -= dloss_scale;
-  }
+  for (int64_t n = 0; n < N; ++n)
+    losses[n] = row_loss(logits + n * V, dlogits + n * V, targets[n], V, dloss_scale);  // may alias
 }
 
 void cross_entropy_bf16(float* losses, bf16* logits, const int32_t* targets, int64_t N, int64_t V, bool backward,
@@ -77,14 +79,8 @@ void cross_entropy_bf16(float* losses, bf16* logits, const int32_t* targets, int
       bf16* row = logits + n * V;
 #pragma omp simd
       for (int64_t v = 0; v < V; ++v) f[v] = detail::widen1(row[v]);
-      const float lse = row_logsumexp(f, V);
-      const int64_t target = targets[n];
-      losses[n] = lse - f[target];
+      losses[n] = row_loss(f, backward ? f : nullptr, targets[n], V, dloss_scale);  // the fp32 kernel's row
       if (!backward) continue;
-      // The same operations as cross_entropy_forward_backward<float>, rounded once.
-#pragma omp simd
-      for (int64_t v = 0; v < V; ++v) f[v] = detail::exp_approx(f[v] - lse) * dloss_scale;
-      f[target] -= dloss_scale;
 #pragma omp simd
       for (int64_t v = 0; v < V; ++v) row[v] = detail::narrow1(f[v]);
     }

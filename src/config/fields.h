@@ -95,7 +95,7 @@ void for_each_field(C& c, F&& f) {
     nullptr);
   f("backend.matmul", b.matmul, "matmul implementation", "kumiko|cublas");
   f("backend.attention", b.attention, "attention implementation", "kumiko|cudnn");
-  f("backend.bf16_gemm", b.bf16_gemm, "bf16 GEMM on the CPU (auto: the measured or the CPU's best)",
+  f("backend.bf16_gemm", b.bf16_gemm, "bf16 GEMM on the CPU (auto: oneDNN / sbgemm where the CPU has bf16 instructions, else emulated)",
     "auto|emulated|openblas|onednn");
   f("backend.comm", b.comm, "GPU collectives: NCCL, or MPI over pinned host buffers (ranks may share a GPU)", "auto|nccl|mpi");
 

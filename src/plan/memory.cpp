@@ -40,20 +40,23 @@ model::ArenaPlan arena_plan(const config::Config& cfg, const model::BufferLayout
   return model::BasicTransformer<CudaFp32>::plan_arena(l);
 }
 
-// backend::CpuBf16's fp32 scratch (include/kumiko/backend/cpu_bf16.h): an op widens up
-// to three bf16 operands and writes up to two fp32 results, and the emulated bf16 GEMM
-// (backend.bf16_gemm = emulated, kernels/cpu/matmul_bf16.cpp) keeps fp32 copies of
-// both operands. The buffers are kept at their largest size: the logits [N, V/tp] three
-// times (the head's fp32 output, the loss's widened logits, the head's dlogits widened
-// for its backward GEMMs), a weight matrix and [N, F/tp] twice. The native GEMMs need no
-// operand copies; the plan does not know which one `auto` picks on the target CPU and
-// counts the larger.
+// backend::CpuBf16's fp32 scratch (include/kumiko/backend/cpu_bf16.h), five operand
+// slots kept at their largest size, plus the emulated bf16 GEMM's fp32 copies of its
+// two operands (backend.bf16_gemm = emulated, kernels/cpu/matmul_bf16.cpp; the native
+// GEMMs need none, and the plan does not know which one `auto` picks on the target
+// CPU, so it counts them). [N, wide] is the widest activation (F, qkv or C, over tp):
+//   slot 0     the vocab-parallel loss's widened logits [N, V/tp] (tp > 1; the tp = 1
+//              loss converts row by row), else an activation;
+//   slot 3     the head's fp32 output [N, V/tp];
+//   slots 1, 2, 4   activations;
+//   GEMM copies     the head's dlogits [N, V/tp] and a weight matrix.
 double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp) {
   const double N = static_cast<double>(B * T);
-  const double wide = static_cast<double>(std::max({d.F, d.qkv_width(), d.C})) / tp;
+  const double act = N * static_cast<double>(std::max({d.F, d.qkv_width(), d.C})) / tp;
   const double logits = N * static_cast<double>(d.V) / tp;
   const double weight = static_cast<double>(std::max({d.V / tp, d.F / tp, d.qkv_width() / tp})) * d.C;
-  return 4.0 * (3 * logits + weight + 2 * N * wide);
+  const double slot0 = tp > 1 ? std::max(logits, act) : act;
+  return 4.0 * (slot0 + 3 * act + std::max(logits, act) + std::max(logits, act) + weight);
 }
 
 // The CUDA backend's workspace beyond the arena (backend prepare()): the largest of
