@@ -13,7 +13,8 @@
 // The GEMMs read Q/V/dO in place inside the packed qkv rows (leading dimension = row).
 // OpenBLAS (OpenMP build) runs single-threaded inside the parallel region. Every task's
 // arithmetic is independent of the thread that runs it, so results are bitwise identical
-// for any thread count.
+// for any thread count. bf16 storage (the CPU backend's bf16): each task widens the tiles
+// it multiplies to fp32, sums dQ, dK and dV in fp32 and rounds them once when complete.
 #include "kumiko/ops/attention.h"
 
 #include <omp.h>
@@ -21,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/common.h"
@@ -50,12 +52,40 @@ void check_heads(int64_t Hq, int64_t Hkv, int64_t D) {
 // dst[d, jj] = src[jj * ld + d] for jj < nk (dst [D, kBlock]). OpenBLAS's NT GEMM on
 // 64-sized blocks runs at ~60-80 GFLOP/s here against ~110 for NN, so Q·Kᵀ is an NN
 // GEMM on a transposed copy of the key block.
-template <typename T>
-void transpose_block(T* dst, const T* src, int64_t ld, int64_t nk, int64_t D) {
+template <typename S, typename T>
+void transpose_block(T* dst, const S* src, int64_t ld, int64_t nk, int64_t D) {
   for (int64_t jj = 0; jj < nk; ++jj) {
-    const T* r = src + jj * ld;
-    for (int64_t d = 0; d < D; ++d) dst[d * kBlock + jj] = r[d];
+    const S* r = src + jj * ld;
+    for (int64_t d = 0; d < D; ++d) dst[d * kBlock + jj] = detail::ld(r[d]);
   }
+}
+
+// Copies a [rows, D] tile between storage (leading dimension ld) and the arithmetic type
+// (leading dimension D): the bf16 kernels' fp32 operands and dQ, dK, dV accumulators.
+template <typename S, typename T>
+void load_tile(T* dst, const S* src, int64_t ld, int64_t rows, int64_t D) {
+  for (int64_t r = 0; r < rows; ++r)
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) dst[r * D + d] = detail::ld(src[r * ld + d]);
+}
+// A [rows, D] tile of storage S (leading dimension ld) as a GEMM operand of the
+// arithmetic type T: read in place when S is T (ld unchanged); bf16 widened into buf
+// (leading dimension D).
+template <typename S, typename T>
+const T* tile(const S* src, int64_t& ld, int64_t rows, int64_t D, T* buf) {
+  if constexpr (std::is_same_v<S, T>) {
+    return src;
+  } else {
+    load_tile(buf, src, ld, rows, D);
+    ld = D;
+    return buf;
+  }
+}
+template <typename S, typename T>
+void store_tile(S* dst, int64_t ld, const T* acc, int64_t rows, int64_t D) {
+  for (int64_t r = 0; r < rows; ++r)
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) dst[r * ld + d] = detail::st<S>(acc[r * D + d]);
 }
 
 // Tasks [begin, end) of thread `tid` out of `nt`: task k (cost c_k, prefix sum P_k before
@@ -74,9 +104,11 @@ void balanced_range(const std::vector<int64_t>& prefix, int tid, int nt, int64_t
 
 }  // namespace
 
-template <typename T>
-void attention_forward(T* out, T* lse, const T* qkv, int64_t B, int64_t T_, int64_t Hq,
+template <typename S>
+void attention_forward(S* out, math_t<S>* lse, const S* qkv, int64_t B, int64_t T_, int64_t Hq,
                        int64_t Hkv, int64_t D) {
+  using T = math_t<S>;
+  constexpr bool kWiden = !std::is_same_v<S, T>;  // bf16: tiles widened to fp32
   check_heads<T>(Hq, Hkv, D);
   const Layout L{T_, Hq, Hkv, D};
   const int64_t row = L.row(), group = Hq / Hkv, blocks = (T_ + kBlock - 1) / kBlock;
@@ -91,14 +123,17 @@ void attention_forward(T* out, T* lse, const T* qkv, int64_t B, int64_t T_, int6
     std::vector<T> kt(static_cast<size_t>(D * kBlock));      // [D, kBlock] K_jᵀ
     std::vector<T> s(static_cast<size_t>(kBlock * kBlock));  // [kBlock, kBlock] scores / P
     std::vector<T> acc(static_cast<size_t>(kBlock * D));     // [kBlock, D] unnormalised out
+    std::vector<T> qbuf(kWiden ? static_cast<size_t>(kBlock * D) : 0);  // bf16: Q_i, V_j in fp32
+    std::vector<T> vbuf(qbuf.size());
     T m[kBlock], l[kBlock];
     int64_t k0 = 0, k1 = 0;
     balanced_range(prefix, omp_get_thread_num(), omp_get_num_threads(), k0, k1);
     for (int64_t task = k0; task < k1; ++task) {
       const int64_t qb = task % blocks, h = task / blocks % Hq, b = task / blocks / Hq;
       const int64_t g = h / group, i0 = qb * kBlock, nq = std::min(kBlock, T_ - i0);
-      const T* base = qkv + b * T_ * row;
-      const T* q = base + i0 * row + L.q_off(h);
+      const S* base = qkv + b * T_ * row;
+      int64_t ldq = row;
+      const T* q = tile(base + i0 * row + L.q_off(h), ldq, nq, D, qbuf.data());
       for (int64_t ii = 0; ii < nq; ++ii) {
         m[ii] = neg_inf;
         l[ii] = T(0);
@@ -106,7 +141,7 @@ void attention_forward(T* out, T* lse, const T* qkv, int64_t B, int64_t T_, int6
       for (int64_t j0 = 0; j0 <= i0; j0 += kBlock) {
         const int64_t nk = std::min(kBlock, T_ - j0);
         transpose_block(kt.data(), base + j0 * row + L.k_off(g), row, nk, D);
-        matmul<T>(false, false, nq, nk, D, scale, q, row, kt.data(), kBlock, T(0), s.data(),
+        matmul<T>(false, false, nq, nk, D, scale, q, ldq, kt.data(), kBlock, T(0), s.data(),
                   kBlock);
         for (int64_t ii = 0; ii < nq; ++ii) {
           T* sr = s.data() + ii * kBlock;
@@ -131,25 +166,28 @@ void attention_forward(T* out, T* lse, const T* qkv, int64_t B, int64_t T_, int6
             for (int64_t d = 0; d < D; ++d) a[d] *= corr;
           }
         }
-        matmul<T>(false, false, nq, D, nk, T(1), s.data(), kBlock, base + j0 * row + L.v_off(g),
-                  row, j0 > 0 ? T(1) : T(0), acc.data(), D);
+        int64_t ldv = row;
+        const T* v = tile(base + j0 * row + L.v_off(g), ldv, nk, D, vbuf.data());
+        matmul<T>(false, false, nq, D, nk, T(1), s.data(), kBlock, v, ldv, j0 > 0 ? T(1) : T(0), acc.data(), D);
       }
       for (int64_t ii = 0; ii < nq; ++ii) {
         const int64_t i = i0 + ii;
         const T inv = T(1) / l[ii];
-        T* o = out + (b * T_ + i) * Hq * D + h * D;
+        S* o = out + (b * T_ + i) * Hq * D + h * D;
         const T* a = acc.data() + ii * D;
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) o[d] = a[d] * inv;
+        for (int64_t d = 0; d < D; ++d) o[d] = detail::st<S>(a[d] * inv);
         lse[(b * Hq + h) * T_ + i] = m[ii] + std::log(l[ii]);
       }
     }
   }
 }
 
-template <typename T>
-void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse,
+template <typename S>
+void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, const math_t<S>* lse,
                         int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D) {
+  using T = math_t<S>;
+  constexpr bool kWiden = !std::is_same_v<S, T>;  // bf16: tiles widened, gradients summed in fp32
   check_heads<T>(Hq, Hkv, D);
   const Layout L{T_, Hq, Hkv, D};
   const int64_t row = L.row(), group = Hq / Hkv, orow = Hq * D;
@@ -162,44 +200,74 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
     std::vector<T> p(static_cast<size_t>(kBlock * kBlock));   // [kBlock, kBlock] P
     std::vector<T> ds(static_cast<size_t>(kBlock * kBlock));  // [kBlock, kBlock] dP, then dS
     std::vector<T> delta(static_cast<size_t>(group * T_));    // [group, T] rowsum(dout*out)
+    // bf16 only: fp32 copies of K_j, Q_i, dO_i and fp32 accumulators of dK_j, dV_j and the
+    // group's dQ (stored as bf16 once complete); float and double work in place.
+    const size_t tile_n = kWiden ? static_cast<size_t>(kBlock * D) : 0;
+    std::vector<T> kbuf(tile_n), qbuf(tile_n), dobuf(tile_n), dkacc(tile_n), dvacc(tile_n);
+    // [group, T, D], allocated by a thread's first task: at most min(threads, B Hkv)
+    // of them, so never more than an fp32 copy of qkv's q part.
+    std::vector<T> dqacc;
 #pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t g = 0; g < Hkv; ++g) {
-        const T* base = qkv + b * T_ * row;
-        T* dbase = dqkv + b * T_ * row;
-        const T* obase = out + b * T_ * orow;
-        const T* dobase = dout + b * T_ * orow;
+        if (kWiden && dqacc.empty()) dqacc.resize(static_cast<size_t>(group * T_ * D));
+        const S* base = qkv + b * T_ * row;
+        S* dbase = dqkv + b * T_ * row;
+        const S* obase = out + b * T_ * orow;
+        const S* dobase = dout + b * T_ * orow;
         for (int64_t hh = 0; hh < group; ++hh) {
           const int64_t h = g * group + hh;
           for (int64_t i = 0; i < T_; ++i) {
-            const T* o = obase + i * orow + h * D;
-            const T* dO = dobase + i * orow + h * D;
+            const S* o = obase + i * orow + h * D;
+            const S* dO = dobase + i * orow + h * D;
             T sum = 0;
 #pragma omp simd reduction(+ : sum)
-            for (int64_t d = 0; d < D; ++d) sum += o[d] * dO[d];
+            for (int64_t d = 0; d < D; ++d) sum += detail::ld(o[d]) * detail::ld(dO[d]);
             delta[hh * T_ + i] = sum;
           }
+          if constexpr (kWiden) load_tile(dqacc.data() + hh * T_ * D, dbase + L.q_off(h), row, T_, D);
         }
         for (int64_t j0 = 0; j0 < T_; j0 += kBlock) {
           const int64_t nk = std::min(kBlock, T_ - j0);
-          const T* k = base + j0 * row + L.k_off(g);
-          const T* v = base + j0 * row + L.v_off(g);
-          T* dk = dbase + j0 * row + L.k_off(g);
-          T* dv = dbase + j0 * row + L.v_off(g);
-          transpose_block(kt.data(), k, row, nk, D);
-          transpose_block(vt.data(), v, row, nk, D);
+          const S* ks = base + j0 * row + L.k_off(g);
+          const S* vs = base + j0 * row + L.v_off(g);
+          S* dks = dbase + j0 * row + L.k_off(g);
+          S* dvs = dbase + j0 * row + L.v_off(g);
+          transpose_block(kt.data(), ks, row, nk, D);
+          transpose_block(vt.data(), vs, row, nk, D);
+          int64_t ldk = row, lddkv = row;
+          const T* k = tile(ks, ldk, nk, D, kbuf.data());
+          T* dk = nullptr;
+          T* dv = nullptr;
+          if constexpr (kWiden) {
+            load_tile(dkacc.data(), dks, row, nk, D);
+            load_tile(dvacc.data(), dvs, row, nk, D);
+            dk = dkacc.data();
+            dv = dvacc.data();
+            lddkv = D;
+          } else {
+            dk = dks;
+            dv = dvs;
+          }
           for (int64_t hh = 0; hh < group; ++hh) {
             const int64_t h = g * group + hh;
             const T* lse_h = lse + (b * Hq + h) * T_;
             const T* delta_h = delta.data() + hh * T_;
             for (int64_t i0 = j0; i0 < T_; i0 += kBlock) {
               const int64_t nq = std::min(kBlock, T_ - i0);
-              const T* q = base + i0 * row + L.q_off(h);
-              const T* dO = dobase + i0 * orow + h * D;
-              T* dq = dbase + i0 * row + L.q_off(h);
-              matmul<T>(false, false, nq, nk, D, scale, q, row, kt.data(), kBlock, T(0), p.data(),
+              int64_t ldq = row, ldo = orow, lddq = row;
+              const T* q = tile(base + i0 * row + L.q_off(h), ldq, nq, D, qbuf.data());
+              const T* dO = tile(dobase + i0 * orow + h * D, ldo, nq, D, dobuf.data());
+              T* dq = nullptr;
+              if constexpr (kWiden) {
+                dq = dqacc.data() + (hh * T_ + i0) * D;
+                lddq = D;
+              } else {
+                dq = dbase + i0 * row + L.q_off(h);
+              }
+              matmul<T>(false, false, nq, nk, D, scale, q, ldq, kt.data(), kBlock, T(0), p.data(),
                         kBlock);
-              matmul<T>(false, false, nq, nk, D, T(1), dO, orow, vt.data(), kBlock, T(0), ds.data(),
+              matmul<T>(false, false, nq, nk, D, T(1), dO, ldo, vt.data(), kBlock, T(0), ds.data(),
                         kBlock);
               for (int64_t ii = 0; ii < nq; ++ii) {
                 const T lse_i = lse_h[i0 + ii], delta_i = delta_h[i0 + ii];
@@ -214,12 +282,19 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
                   dsr[jj] = pr[jj] * (dsr[jj] - delta_i);
                 }
               }
-              matmul<T>(true, false, nk, D, nq, T(1), p.data(), kBlock, dO, orow, T(1), dv, row);
-              matmul<T>(true, false, nk, D, nq, scale, ds.data(), kBlock, q, row, T(1), dk, row);
-              matmul<T>(false, false, nq, D, nk, scale, ds.data(), kBlock, k, row, T(1), dq, row);
+              matmul<T>(true, false, nk, D, nq, T(1), p.data(), kBlock, dO, ldo, T(1), dv, lddkv);
+              matmul<T>(true, false, nk, D, nq, scale, ds.data(), kBlock, q, ldq, T(1), dk, lddkv);
+              matmul<T>(false, false, nq, D, nk, scale, ds.data(), kBlock, k, ldk, T(1), dq, lddq);
             }
           }
+          if constexpr (kWiden) {
+            store_tile(dks, row, dkacc.data(), nk, D);
+            store_tile(dvs, row, dvacc.data(), nk, D);
+          }
         }
+        if constexpr (kWiden)
+          for (int64_t hh = 0; hh < group; ++hh)
+            store_tile(dbase + L.q_off(g * group + hh), row, dqacc.data() + hh * T_ * D, T_, D);
       }
     }
   }
@@ -234,5 +309,8 @@ template void attention_backward<float>(float*, const float*, const float*, cons
 template void attention_backward<double>(double*, const double*, const double*, const double*,
                                          const double*, int64_t, int64_t, int64_t, int64_t,
                                          int64_t);
+template void attention_forward<bf16>(bf16*, float*, const bf16*, int64_t, int64_t, int64_t, int64_t, int64_t);
+template void attention_backward<bf16>(bf16*, const bf16*, const bf16*, const bf16*, const float*, int64_t,
+                                       int64_t, int64_t, int64_t, int64_t);
 
 }  // namespace kumiko::cpu

@@ -18,9 +18,4 @@ void narrow(bf16* dst, const float* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = narrow1(src[i]);
 }
 
-void add_narrow(bf16* dst, const float* src, int64_t n) {
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) dst[i] = narrow1(widen1(dst[i]) + src[i]);
-}
-
 }  // namespace kumiko::cpu

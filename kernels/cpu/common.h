@@ -1,6 +1,7 @@
 #pragma once
-// Internal helpers shared by the CPU kernels (not a public header): vectorisable
-// exp, fused multiply-add, and fixed-size chunking for deterministic reductions.
+// Internal helpers shared by the CPU kernels (not a public header): loads and stores of
+// kernels templated on their storage type (float, double, bf16), vectorisable exp,
+// fused multiply-add, and fixed-size chunking for deterministic reductions.
 #include <omp.h>
 
 #include <algorithm>
@@ -8,9 +9,27 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
+#include "kernels/cpu/bf16_convert.h"
+#include "kumiko/core/bf16.h"
+
 namespace kumiko::cpu::detail {
+
+// Loads and stores of a kernel templated on its storage type S (math_t<S> arithmetic):
+// identities for float and double, so those instantiations are the plain kernels; bf16
+// widens exactly on load and rounds to nearest even once on store (bf16_convert.h).
+[[gnu::always_inline]] inline float ld(float x) { return x; }
+[[gnu::always_inline]] inline double ld(double x) { return x; }
+[[gnu::always_inline]] inline float ld(bf16 x) { return widen1(x); }
+template <typename S>
+[[gnu::always_inline]] inline S st(math_t<S> x) {
+  if constexpr (std::is_same_v<S, bf16>)
+    return narrow1(x);
+  else
+    return x;
+}
 
 // a * b + c, as one FMA instruction where the ISA has it (vectorises under omp simd).
 template <typename T>

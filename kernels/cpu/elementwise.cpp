@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <vector>
 
+#include "kernels/cpu/common.h"
+
 namespace kumiko::cpu {
 
 namespace {
@@ -17,10 +19,10 @@ void add(T* out, const T* a, const T* b, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
 }
 
-template <typename T>
-void add_inplace(T* out, const T* a, int64_t n) {
+template <typename S>
+void add_inplace(S* out, const S* a, int64_t n) {
 #pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) out[i] += a[i];
+  for (int64_t i = 0; i < n; ++i) out[i] = detail::st<S>(detail::ld(out[i]) + detail::ld(a[i]));
 }
 
 template <typename T>
@@ -53,6 +55,7 @@ double sum_squares(const T* x, int64_t n) {
   template double sum_squares<T>(const T*, int64_t);
 KUMIKO_INSTANTIATE(float)
 KUMIKO_INSTANTIATE(double)
+template void add_inplace<bf16>(bf16*, const bf16*, int64_t);  // the sum in fp32, rounded once
 #undef KUMIKO_INSTANTIATE
 
 }  // namespace kumiko::cpu

@@ -33,17 +33,20 @@ void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, i
   if (dx != nullptr) matmul<T>(false, false, N, in, out, T(1), dy, out, w, in, T(1), dx, in);
   // dw[out, in] += dy^T[out, N] · x[N, in]
   matmul<T>(true, false, out, in, N, T(1), dy, out, x, in, T(1), dw, in);
-  if (db != nullptr) {
-    // Each thread owns a column range of db and sums rows in order n = 0..N-1.
+  if (db != nullptr) bias_backward(db, dy, N, out);
+}
+
+template <typename S>
+void bias_backward(math_t<S>* db, const S* dy, int64_t N, int64_t C) {
+  // Each thread owns a column range of db and sums rows in order n = 0..N-1.
 #pragma omp parallel
-    {
-      int64_t c0 = 0, c1 = 0;
-      detail::column_range(out, omp_get_thread_num(), omp_get_num_threads(), c0, c1);
-      for (int64_t n = 0; n < N; ++n) {
-        const T* dyr = dy + n * out;
+  {
+    int64_t c0 = 0, c1 = 0;
+    detail::column_range(C, omp_get_thread_num(), omp_get_num_threads(), c0, c1);
+    for (int64_t n = 0; n < N; ++n) {
+      const S* dyr = dy + n * C;
 #pragma omp simd
-        for (int64_t o = c0; o < c1; ++o) db[o] += dyr[o];
-      }
+      for (int64_t c = c0; c < c1; ++c) db[c] += detail::ld(dyr[c]);
     }
   }
 }
@@ -56,5 +59,8 @@ template void linear_backward<float>(float*, float*, float*, const float*, const
                                      const float*, int64_t, int64_t, int64_t);
 template void linear_backward<double>(double*, double*, double*, const double*, const double*,
                                       const double*, int64_t, int64_t, int64_t);
+template void bias_backward<float>(float*, const float*, int64_t, int64_t);
+template void bias_backward<double>(double*, const double*, int64_t, int64_t);
+template void bias_backward<bf16>(float*, const bf16*, int64_t, int64_t);
 
 }  // namespace kumiko::cpu

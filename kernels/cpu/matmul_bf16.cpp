@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "kernels/cpu/bf16_convert.h"
 #include "kernels/cpu/onednn/matmul_bf16_onednn.h"
 #include "kumiko/core/cpu_features.h"
 #include "kumiko/core/error.h"
@@ -123,9 +124,51 @@ void matmul_bf16(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64_t N
       KUMIKO_CHECK(sbgemm() != nullptr, "matmul_bf16: this OpenBLAS has no cblas_sbgemm");
       return openblas(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
     case Bf16Gemm::onednn:
-      if (onednn::matmul(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc)) return;
+      if (onednn::matmul(trans_a, trans_b, M, N, K, A, lda, B, ldb, nullptr, beta != 0.0f, C, ldc)) return;
       return emulated(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
   }
+}
+
+void matmul_bf16_out(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A,
+                     int64_t lda, const bf16* B, int64_t ldb, const bf16* bias, bool accumulate, bf16* C,
+                     int64_t ldc) {
+  KUMIKO_CHECK(!(bias && accumulate), "matmul_bf16_out: a bias and accumulate together are not supported");
+  if (M == 0 || N == 0) return;
+  if (impl == Bf16Gemm::onednn && K > 0 &&
+      onednn::matmul(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, accumulate, C, ldc))
+    return;
+  // The fp32 result in scratch (C widened into it first when accumulating), rounded once.
+  thread_local std::vector<float> acc;
+  acc.resize(static_cast<size_t>(M * N));
+  float* a = acc.data();
+  if (accumulate) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < M; ++i)
+#pragma omp simd
+      for (int64_t j = 0; j < N; ++j) a[i * N + j] = detail::widen1(C[i * ldc + j]);
+  }
+  matmul_bf16_out(impl, trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, accumulate, a, N);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < M; ++i)
+#pragma omp simd
+    for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = detail::narrow1(a[i * N + j]);
+}
+
+void matmul_bf16_out(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A,
+                     int64_t lda, const bf16* B, int64_t ldb, const bf16* bias, bool accumulate, float* C,
+                     int64_t ldc) {
+  KUMIKO_CHECK(!(bias && accumulate), "matmul_bf16_out: a bias and accumulate together are not supported");
+  if (M == 0 || N == 0) return;
+  if (impl == Bf16Gemm::onednn && K > 0 &&
+      onednn::matmul(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, accumulate, C, ldc))
+    return;
+  if (bias) {  // C starts as the broadcast bias; the GEMM accumulates onto it
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < M; ++i)
+#pragma omp simd
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = detail::widen1(bias[j]);
+  }
+  matmul_bf16(impl, trans_a, trans_b, M, N, K, A, lda, B, ldb, bias || accumulate ? 1.0f : 0.0f, C, ldc);
 }
 
 }  // namespace kumiko::cpu

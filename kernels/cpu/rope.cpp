@@ -1,19 +1,22 @@
 // Rotary position embedding, in place on the q and k heads of packed qkv. A cos/sin
-// table [T, D/2] is computed in double per call (cheap next to the rotation).
+// table [T, D/2] is computed in double per call (cheap next to the rotation). bf16 is
+// rotated in fp32 and rounded once on store.
 #include "kumiko/ops/rope.h"
 
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/common.h"
 #include "kumiko/core/error.h"
 
 namespace kumiko::cpu {
 
 namespace {
 
-template <typename T>
-void rope_apply(T* qkv, int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D, double theta,
-                T sin_sign) {
+template <typename S>
+void rope_apply(S* qkv, int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D, double theta,
+                math_t<S> sin_sign) {
+  using T = math_t<S>;
   KUMIKO_CHECK(D % 2 == 0, "rope: head dim D must be even, got ", D);
   const int64_t half = D / 2;
   std::vector<T> cos_t(static_cast<size_t>(T_ * half)), sin_t(cos_t.size());  // [T, D/2]
@@ -33,14 +36,14 @@ void rope_apply(T* qkv, int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t 
     for (int64_t t = 0; t < T_; ++t) {
       const T* ct = cos_t.data() + t * half;
       const T* st = sin_t.data() + t * half;
-      T* tok = qkv + (b * T_ + t) * row;
+      S* tok = qkv + (b * T_ + t) * row;
       for (int64_t h = 0; h < heads; ++h) {
-        T* x = tok + h * D;  // [D]
+        S* x = tok + h * D;  // [D]
 #pragma omp simd
         for (int64_t i = 0; i < half; ++i) {
-          const T x0 = x[i], x1 = x[i + half];
-          x[i] = x0 * ct[i] - x1 * st[i];
-          x[i + half] = x1 * ct[i] + x0 * st[i];
+          const T x0 = detail::ld(x[i]), x1 = detail::ld(x[i + half]);
+          x[i] = detail::st<S>(x0 * ct[i] - x1 * st[i]);
+          x[i + half] = detail::st<S>(x1 * ct[i] + x0 * st[i]);
         }
       }
     }
@@ -51,19 +54,21 @@ void rope_apply(T* qkv, int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t 
 
 template <typename T>
 void rope_forward(T* qkv, int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
-  rope_apply(qkv, B, T_, Hq, Hkv, D, theta, T(1));
+  rope_apply(qkv, B, T_, Hq, Hkv, D, theta, math_t<T>(1));
 }
 
 template <typename T>
 void rope_backward(T* dqkv, int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D,
                    double theta) {
   // The rotation is orthogonal: its transpose is the rotation by -angle.
-  rope_apply(dqkv, B, T_, Hq, Hkv, D, theta, T(-1));
+  rope_apply(dqkv, B, T_, Hq, Hkv, D, theta, math_t<T>(-1));
 }
 
 template void rope_forward<float>(float*, int64_t, int64_t, int64_t, int64_t, int64_t, double);
 template void rope_forward<double>(double*, int64_t, int64_t, int64_t, int64_t, int64_t, double);
 template void rope_backward<float>(float*, int64_t, int64_t, int64_t, int64_t, int64_t, double);
 template void rope_backward<double>(double*, int64_t, int64_t, int64_t, int64_t, int64_t, double);
+template void rope_forward<bf16>(bf16*, int64_t, int64_t, int64_t, int64_t, int64_t, double);
+template void rope_backward<bf16>(bf16*, int64_t, int64_t, int64_t, int64_t, int64_t, double);
 
 }  // namespace kumiko::cpu

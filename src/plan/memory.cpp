@@ -40,23 +40,26 @@ model::ArenaPlan arena_plan(const config::Config& cfg, const model::BufferLayout
   return model::BasicTransformer<CudaFp32>::plan_arena(l);
 }
 
-// backend::CpuBf16's fp32 scratch (include/kumiko/backend/cpu_bf16.h), five operand
-// slots kept at their largest size, plus the emulated bf16 GEMM's fp32 copies of its
-// two operands (backend.bf16_gemm = emulated, kernels/cpu/matmul_bf16.cpp; the native
-// GEMMs need none, and the plan does not know which one `auto` picks on the target
-// CPU, so it counts them). [N, wide] is the widest activation (F, qkv or C, over tp):
-//   slot 0     the vocab-parallel loss's widened logits [N, V/tp] (tp > 1; the tp = 1
-//              loss converts row by row), else an activation;
-//   slot 3     the head's fp32 output [N, V/tp];
-//   slots 1, 2, 4   activations;
-//   GEMM copies     the head's dlogits [N, V/tp] and a weight matrix.
+// backend::CpuBf16's fp32 scratch (include/kumiko/backend/cpu_bf16.h and the kernels
+// it calls), each buffer kept at its largest size. The plan does not know which bf16
+// GEMM `auto` picks on the target CPU, so it counts what the non-oneDNN ones need.
+// [N, wide] is the widest activation (F, qkv or C, over tp):
+//   the GELU linear's fp32 output [N, F/tp] (slot 3; every other op converts in its
+//     own loops or tiles);
+//   the vocab-parallel loss's widened logits [N, V/tp] (slot 0, tp > 1 only; the
+//     tp = 1 loss converts row by row);
+//   matmul_bf16_out's fp32 result before rounding (emulated / OpenBLAS; oneDNN writes
+//     bf16 itself), the head's [N, V/tp] the largest;
+//   the emulated GEMM's fp32 copies of its operands: the head's dlogits and a weight;
+//   attention backward's fp32 dQ accumulators, at most [N, Hq D / tp] over its threads.
 double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp) {
   const double N = static_cast<double>(B * T);
   const double act = N * static_cast<double>(std::max({d.F, d.qkv_width(), d.C})) / tp;
   const double logits = N * static_cast<double>(d.V) / tp;
   const double weight = static_cast<double>(std::max({d.V / tp, d.F / tp, d.qkv_width() / tp})) * d.C;
-  const double slot0 = tp > 1 ? std::max(logits, act) : act;
-  return 4.0 * (slot0 + 3 * act + std::max(logits, act) + std::max(logits, act) + weight);
+  const double slot0 = tp > 1 ? std::max(logits, N * static_cast<double>(d.C)) : 0.0;
+  const double dq = N * static_cast<double>(d.Hq * d.D) / tp;
+  return 4.0 * (act + slot0 + std::max(logits, act) + std::max(logits, act) + weight + dq);
 }
 
 // The CUDA backend's workspace beyond the arena (backend prepare()): the largest of

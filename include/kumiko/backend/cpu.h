@@ -135,9 +135,7 @@ class Cpu : public HostCollectives {
   }
   // out[rows, C] += b[C] per row; db[C] += column sums of dy[rows, C].
   void add_bias(Act* out, const Act* b, int64_t rows, int64_t C) { cpu::add_positions_forward(out, b, rows, int64_t{1}, C); }
-  void bias_backward(Grad* db, const Act* dy, int64_t rows, int64_t C) {
-    cpu::add_positions_backward(db, dy, rows, int64_t{1}, C);
-  }
+  void bias_backward(Grad* db, const Act* dy, int64_t rows, int64_t C) { cpu::bias_backward(db, dy, rows, C); }
   void gelu_backward(Act* dx, const Act* dy, const Act* pre, int64_t n) {  // dx overwritten
     zero(dx, n);
     cpu::gelu_backward(dx, dy, pre, n);
@@ -235,7 +233,7 @@ class Cpu : public HostCollectives {
   }
   // x[rows, C] += pos[(first + i) % Tn] for row i.
   void add_positions(Act* x, const Act* pos, int64_t first, int64_t rows, int64_t Tn, int64_t C) {
-    for (int64_t i = 0; i < rows; ++i) cpu::add_inplace(x + i * C, pos + ((first + i) % Tn) * C, C);
+    cpu::add_positions_range(x, pos, first, rows, Tn, C);
   }
   // dtable[id - v0] += dx[i] for ids in the shard; host_ids are the host copy.
   void embed_backward(Grad* dtable, const Act* dx, const int32_t* host_ids, int64_t N, int64_t C, int64_t v0,

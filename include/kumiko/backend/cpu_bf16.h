@@ -4,10 +4,14 @@
 //   Act  = bf16   activations and the working copy of the weights the GEMMs read;
 //   Grad = float  master weights, gradients, AdamW moments, gradient reductions;
 //   Stat = float  norm statistics, log-sum-exp, losses.
-// Every op reads its bf16 operands as fp32, computes in fp32 with the fp32 kernels of
-// kernels/cpu (GEMMs accumulate in fp32, softmax, norms and the loss stay fp32) and
-// rounds what it stores as bf16 once, to nearest even. Weight gradients accumulate in
-// fp32 straight into Grad. The GEMMs are cpu::matmul_bf16 (backend.bf16_gemm): bf16
+// Every op reads its bf16 operands as fp32, computes in fp32 (GEMMs accumulate in fp32,
+// softmax, norms' statistics and the loss stay fp32) and rounds what it stores as bf16
+// once, to nearest even. Norms, GELU, SwiGLU, RoPE, biases, positions, residual adds,
+// attention and the loss are kernels/cpu's kernels instantiated on bf16 storage (they
+// convert inside their own loops or tiles); the linears' GEMMs write fp32 scratch that
+// is rounded once (with the GELU epilogue where there is one); the vocab-parallel loss
+// (tp > 1) and decoding widen their operands into scratch. Weight gradients accumulate
+// in fp32 straight into Grad. The GEMMs are cpu::matmul_bf16 (backend.bf16_gemm): bf16
 // operands, fp32 accumulation and result, through OpenBLAS's sbgemm or oneDNN (AMX /
 // AVX512-BF16 where the CPU has them), or "emulated": widened to fp32 and multiplied
 // with OpenBLAS's sgemm, the reference the native ones must match, on any CPU.
@@ -58,10 +62,7 @@ class CpuBf16 : public HostCollectives {
     std::memcpy(static_cast<void*>(dst), src, static_cast<size_t>(n) * sizeof(X));
   }
   void add_inplace(float* out, const float* a, int64_t n) { cpu::add_inplace(out, a, n); }
-  void add_inplace(bf16* out, const bf16* a, int64_t n) {
-    float* af = widen(0, a, n);
-    cpu::add_narrow(out, af, n);
-  }
+  void add_inplace(bf16* out, const bf16* a, int64_t n) { cpu::add_inplace(out, a, n); }
   template <typename X>
   void to_host(X* host, const X* x, int64_t n) {
     if (host != x) copy(host, x, n);
@@ -76,94 +77,53 @@ class CpuBf16 : public HostCollectives {
   // ---- layers' ops: bf16 in, fp32 inside, bf16 out ----
   void linear(Act* y, const Act* x, const Act* w, const Act* b, int64_t N, int64_t in, int64_t out,
               Act* gelu_pre = nullptr) {
+    // y[N, out] = x[N, in] W[out, in]^T (+ b), the GEMM storing bf16 itself where it can.
+    if (!gelu_pre) return cpu::matmul_bf16_out(gemm_, false, true, N, out, in, x, in, w, in, b, false, y, out);
     float* yf = scratch(3, N * out);
-    float beta = 0.0f;
-    if (b) {  // y starts as the broadcast bias; the GEMM accumulates onto it
-      const float* bf = widen(2, b, out);
-#pragma omp parallel for schedule(static)
-      for (int64_t n = 0; n < N; ++n) std::copy(bf, bf + out, yf + n * out);
-      beta = 1.0f;
-    }
-    // y[N, out] = x[N, in] W[out, in]^T
-    cpu::matmul_bf16(gemm_, false, true, N, out, in, x, in, w, in, beta, yf, out);
-    if (gelu_pre) {
-      // As a fused GEMM epilogue: GELU of the fp32 pre-activation, both stored as bf16.
-      cpu::narrow(gelu_pre, yf, N * out);
-      float* gf = scratch(4, N * out);
-      fp32_.gelu_forward(gf, yf, N * out);
-      cpu::narrow(y, gf, N * out);
-    } else {
-      cpu::narrow(y, yf, N * out);
-    }
+    cpu::matmul_bf16_out(gemm_, false, true, N, out, in, x, in, w, in, b, false, yf, out);
+    // As a fused GEMM epilogue: GELU of the fp32 pre-activation, both stored as bf16.
+    cpu::gelu_epilogue(gelu_pre, y, yf, N * out);
   }
   void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, Grad* db, const Act* dy, const Act* x, const Act* w,
                        int64_t N, int64_t in, int64_t out) {
-    float* dxf = scratch(3, N * in);
-    // dx[N, in] = dy[N, out] W[out, in]; dw[out, in] += dy^T[out, N] x[N, in]
-    cpu::matmul_bf16(gemm_, false, false, N, in, out, dy, out, w, in, 0.0f, dxf, in);
+    // dx[N, in] (+)= dy[N, out] W[out, in] in bf16; dw[out, in] += dy^T[out, N] x[N, in] in fp32
+    cpu::matmul_bf16_out(gemm_, false, false, N, in, out, dy, out, w, in, nullptr, accumulate_dx, dx, in);
     cpu::matmul_bf16(gemm_, true, false, out, in, N, dy, out, x, in, 1.0f, dw, in);
-    if (db) fp32_.bias_backward(db, widen(0, dy, N * out), N, out);
-    if (accumulate_dx)
-      cpu::add_narrow(dx, dxf, N * in);
-    else
-      cpu::narrow(dx, dxf, N * in);
+    if (db) cpu::bias_backward(db, dy, N, out);
   }
-  void add_bias(Act* o, const Act* b, int64_t rows, int64_t C) {
-    float* of = widen(0, o, rows * C);
-    const float* bf = widen(1, b, C);
-    fp32_.add_bias(of, bf, rows, C);
-    cpu::narrow(o, of, rows * C);
+  void add_bias(Act* o, const Act* b, int64_t rows, int64_t C) { cpu::add_positions_forward(o, b, rows, int64_t{1}, C); }
+  void bias_backward(Grad* db, const Act* dy, int64_t rows, int64_t C) { cpu::bias_backward(db, dy, rows, C); }
+  void gelu_forward(Act* o, const Act* pre, int64_t n) { cpu::gelu_forward(o, pre, n); }
+  void gelu_backward(Act* dx, const Act* dy, const Act* pre, int64_t n) {  // dx overwritten
+    zero(dx, n);
+    cpu::gelu_backward(dx, dy, pre, n);
   }
-  void bias_backward(Grad* db, const Act* dy, int64_t rows, int64_t C) {
-    fp32_.bias_backward(db, widen(0, dy, rows * C), rows, C);
-  }
-  void gelu_forward(Act* o, const Act* pre, int64_t n) {
-    float* of = scratch(1, n);
-    fp32_.gelu_forward(of, widen(0, pre, n), n);
-    cpu::narrow(o, of, n);
-  }
-  void gelu_backward(Act* dx, const Act* dy, const Act* pre, int64_t n) {
-    float* dxf = scratch(2, n);
-    fp32_.gelu_backward(dxf, widen(0, dy, n), widen(1, pre, n), n);
-    cpu::narrow(dx, dxf, n);
-  }
-  void swiglu_forward(Act* o, const Act* gate, const Act* up, int64_t n) {
-    float* of = scratch(2, n);
-    fp32_.swiglu_forward(of, widen(0, gate, n), widen(1, up, n), n);
-    cpu::narrow(o, of, n);
-  }
+  void swiglu_forward(Act* o, const Act* gate, const Act* up, int64_t n) { cpu::swiglu_forward(o, gate, up, n); }
   void swiglu_backward(Act* dgate, Act* dup, const Act* dy, const Act* gate, const Act* up, int64_t n) {
-    float* dg = scratch(3, n);
-    float* du = scratch(4, n);
-    fp32_.swiglu_backward(dg, du, widen(0, dy, n), widen(1, gate, n), widen(2, up, n), n);
-    cpu::narrow(dgate, dg, n);
-    cpu::narrow(dup, du, n);
+    zero(dgate, n);
+    zero(dup, n);
+    cpu::swiglu_backward(dgate, dup, dy, gate, up, n);
   }
   void norm_forward(bool rms, Act* o, Stat* mean, Stat* rstd, const Act* x, const Act* w, const Act* b, int64_t N,
                     int64_t C, double eps) {
-    float* of = scratch(3, N * C);
-    fp32_.norm_forward(rms, of, mean, rstd, widen(0, x, N * C), widen(1, w, C), b ? widen(2, b, C) : nullptr, N, C,
-                       eps);
-    cpu::narrow(o, of, N * C);
+    if (rms)
+      cpu::rmsnorm_forward(o, rstd, x, w, N, C, static_cast<float>(eps));
+    else
+      cpu::layernorm_forward(o, mean, rstd, x, w, b, N, C, static_cast<float>(eps));
   }
+  // dx accumulates (the residual stream's gradient): bf16(dx + the fp32 term), one rounding.
   void norm_backward(bool rms, Act* dx, Grad* dw, Grad* db, const Act* dy, const Act* x, const Act* w,
                      const Stat* mean, const Stat* rstd, int64_t N, int64_t C) {
-    float* dxf = scratch(3, N * C);
-    std::fill(dxf, dxf + N * C, 0.0f);
-    fp32_.norm_backward(rms, dxf, dw, db, widen(0, dy, N * C), widen(1, x, N * C), widen(2, w, C), mean, rstd, N, C);
-    cpu::add_narrow(dx, dxf, N * C);  // dx accumulates: the residual stream's gradient
+    if (rms)
+      cpu::rmsnorm_backward(dx, dw, dy, x, w, rstd, N, C);
+    else
+      cpu::layernorm_backward(dx, dw, db, dy, x, w, mean, rstd, N, C);
   }
   void rope_forward(Act* qkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
-    const int64_t n = B * Tn * (Hq + 2 * Hkv) * D;
-    float* f = widen(0, qkv, n);
-    fp32_.rope_forward(f, B, Tn, Hq, Hkv, D, theta);
-    cpu::narrow(qkv, f, n);
+    cpu::rope_forward(qkv, B, Tn, Hq, Hkv, D, theta);
   }
   void rope_backward(Act* dqkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
-    const int64_t n = B * Tn * (Hq + 2 * Hkv) * D;
-    float* f = widen(0, dqkv, n);
-    fp32_.rope_backward(f, B, Tn, Hq, Hkv, D, theta);
-    cpu::narrow(dqkv, f, n);
+    cpu::rope_backward(dqkv, B, Tn, Hq, Hkv, D, theta);
   }
   void rope_at(Act* qkv, int64_t pos, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
     const int64_t n = (Hq + 2 * Hkv) * D;
@@ -180,16 +140,12 @@ class CpuBf16 : public HostCollectives {
   }
   void attention_forward(Act* o, Stat* lse, const Act* qkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv,
                          int64_t D) {
-    float* of = scratch(1, B * Tn * Hq * D);
-    fp32_.attention_forward(of, lse, widen(0, qkv, B * Tn * (Hq + 2 * Hkv) * D), B, Tn, Hq, Hkv, D);
-    cpu::narrow(o, of, B * Tn * Hq * D);
+    cpu::attention_forward(o, lse, qkv, B, Tn, Hq, Hkv, D);  // fp32 tiles, bf16 out
   }
   void attention_backward(Act* dqkv, const Act* dy, const Act* qkv, const Act* o, const Stat* lse, int64_t B,
-                          int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D) {
-    const int64_t nq = B * Tn * (Hq + 2 * Hkv) * D, no = B * Tn * Hq * D;
-    float* df = scratch(3, nq);
-    fp32_.attention_backward(df, widen(0, dy, no), widen(1, qkv, nq), widen(2, o, no), lse, B, Tn, Hq, Hkv, D);
-    cpu::narrow(dqkv, df, nq);
+                          int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D) {  // dqkv overwritten
+    zero(dqkv, B * Tn * (Hq + 2 * Hkv) * D);
+    cpu::attention_backward(dqkv, dy, qkv, o, lse, B, Tn, Hq, Hkv, D);  // fp32 sums, rounded once
   }
   // Embedding rows are copied as bits (no arithmetic, no rounding).
   void embed(Act* o, const int32_t* ids, const Act* table, int64_t N, int64_t C, int64_t v0, int64_t Vl, int64_t) {
@@ -203,17 +159,15 @@ class CpuBf16 : public HostCollectives {
     }
   }
   void add_positions(Act* x, const Act* pos, int64_t first, int64_t rows, int64_t Tn, int64_t C) {
-    float* xf = widen(0, x, rows * C);
-    const float* pf = widen(1, pos, Tn * C);
-    fp32_.add_positions(xf, pf, first, rows, Tn, C);
-    cpu::narrow(x, xf, rows * C);
+    cpu::add_positions_range(x, pos, first, rows, Tn, C);
   }
   void embed_backward(Grad* dtable, const Act* dx, const int32_t* host_ids, int64_t N, int64_t C, int64_t v0,
                       int64_t Vl, int64_t V) {
-    fp32_.embed_backward(dtable, widen(0, dx, N * C), host_ids, N, C, v0, Vl, V);
+    if (v0 == 0 && Vl == V) return cpu::embedding_backward(dtable, dx, host_ids, N, C);
+    fp32_.embed_backward(dtable, widen(0, dx, N * C), host_ids, N, C, v0, Vl, V);  // a vocab shard (tp > 1)
   }
   void positions_backward(Grad* dpos, const Act* dx, int64_t B, int64_t Tn, int64_t C) {
-    fp32_.positions_backward(dpos, widen(0, dx, B * Tn * C), B, Tn, C);
+    cpu::add_positions_backward(dpos, dx, B, Tn, C);
   }
 
   // ---- cross-entropy: the logits in fp32, the gradient stored back as bf16 ----
@@ -281,7 +235,7 @@ class CpuBf16 : public HostCollectives {
 
   cpu::Bf16Gemm gemm_;
   Cpu<float> fp32_;  // the fp32 kernels, and the arena's allocator
-  std::vector<float> scratch_[5];
+  std::vector<float> scratch_[4];
 };
 
 }  // namespace kumiko::backend

@@ -29,4 +29,18 @@ inline bf16 to_bf16(float f) {
 }
 // Whole arrays: kumiko/ops/bf16.h (kernels/cpu).
 
+// The arithmetic type of a storage type: the CPU kernels templated on what they load
+// and store compute bf16 data in fp32 (statistics, weight gradients and the like are
+// math_t<S> too) and float / double data in their own type.
+template <typename S>
+struct math_of {
+  using type = S;
+};
+template <>
+struct math_of<bf16> {
+  using type = float;
+};
+template <typename S>
+using math_t = typename math_of<S>::type;
+
 }  // namespace kumiko

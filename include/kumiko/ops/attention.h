@@ -4,17 +4,20 @@
 // no [T, T] matrix). qkv packed [B, T, (Hq + 2*Hkv) * D] (q heads, k heads, v heads).
 #include <cstdint>
 
+#include "kumiko/core/bf16.h"
+
 namespace kumiko::cpu {
 
 // out [B, T, Hq*D] (overwritten); lse [B, Hq, T]: log-sum-exp of each scaled score row.
+// T is the storage type (float, double, bf16: fp32 tiles inside, fp32 lse).
 template <typename T>
-void attention_forward(T* out, T* lse, const T* qkv, int64_t B, int64_t T_, int64_t Hq,
+void attention_forward(T* out, math_t<T>* lse, const T* qkv, int64_t B, int64_t T_, int64_t Hq,
                        int64_t Hkv, int64_t D);
 
 // dqkv [B, T, (Hq + 2*Hkv) * D] += gradient w.r.t. qkv. Recomputes the probabilities
 // from lse (flash-attention-2 backward, D_i = rowsum(dout * out)).
 template <typename T>
-void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse,
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const math_t<T>* lse,
                         int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D);
 
 }  // namespace kumiko::cpu

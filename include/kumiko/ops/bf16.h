@@ -9,7 +9,5 @@ namespace kumiko::cpu {
 
 void widen(float* dst, const bf16* src, int64_t n);   // dst = float(src)
 void narrow(bf16* dst, const float* src, int64_t n);  // dst = bf16(src)
-// dst = bf16(float(dst) + src): the sum in fp32, one rounding.
-void add_narrow(bf16* dst, const float* src, int64_t n);
 
 }  // namespace kumiko::cpu

@@ -1,6 +1,9 @@
 #pragma once
 // GELU, tanh approximation (GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+// T is the storage type: float, double, or bf16 (computed in fp32, rounded once on store).
 #include <cstdint>
+
+#include "kumiko/core/bf16.h"
 
 namespace kumiko::cpu {
 
@@ -10,5 +13,9 @@ void gelu_forward(T* out, const T* x, int64_t n);
 // dx += dout * gelu'(x).
 template <typename T>
 void gelu_backward(T* dx, const T* dout, const T* x, int64_t n);
+
+// A GEMM's GELU epilogue on bf16 storage: pre = bf16(acc), out = bf16(GELU(acc)), the
+// GELU of the fp32 accumulator (not of its rounding), in one pass over acc.
+void gelu_epilogue(bf16* pre, bf16* out, const float* acc, int64_t n);
 
 }  // namespace kumiko::cpu

@@ -2,6 +2,8 @@
 // Fully connected layer with PyTorch's weight layout W[out, in].
 #include <cstdint>
 
+#include "kumiko/core/bf16.h"
+
 namespace kumiko::cpu {
 
 // y[N, out] = x[N, in] · W[out, in]^T (+ b[out]); b may be nullptr. y is overwritten.
@@ -13,5 +15,10 @@ void linear_forward(T* y, const T* x, const T* w, const T* b, int64_t N, int64_t
 template <typename T>
 void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t N,
                      int64_t in, int64_t out);
+
+// db[c] += sum_n dy[n, c] (dy [N, C] of float, double or bf16; db in math_t<T>), rows
+// summed in order, columns split between threads: the same bits for any thread count.
+template <typename T>
+void bias_backward(math_t<T>* db, const T* dy, int64_t N, int64_t C);
 
 }  // namespace kumiko::cpu

@@ -35,4 +35,16 @@ Bf16Gemm bf16_gemm_default();
 void matmul_bf16(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A,
                  int64_t lda, const bf16* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// The same product with a bias: C = op(A) op(B) + bias + (accumulate ? C : 0), bias [N]
+// bf16, broadcast over rows (nullable; not with accumulate), the sum in fp32. A bf16 C
+// is rounded once to nearest even: oneDNN writes bf16 (and adds the bias) itself, no
+// fp32 round trip through memory (AVX512-BF16's conversion flushes subnormal results
+// to zero); the others compute into fp32 scratch and round it.
+void matmul_bf16_out(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A,
+                     int64_t lda, const bf16* B, int64_t ldb, const bf16* bias, bool accumulate, bf16* C,
+                     int64_t ldc);
+void matmul_bf16_out(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A,
+                     int64_t lda, const bf16* B, int64_t ldb, const bf16* bias, bool accumulate, float* C,
+                     int64_t ldc);
+
 }  // namespace kumiko::cpu

@@ -3,7 +3,8 @@
 // the q and k heads of a packed qkv buffer [B, T, (Hq + 2*Hkv) * D] (q heads, k heads,
 // v heads; v untouched). inv_freq[i] = theta^(-2i/D), i < D/2; angle = t * inv_freq[i];
 // x'[i] = x[i] cos - x[i+D/2] sin;  x'[i+D/2] = x[i+D/2] cos + x[i] sin.
-// The angles are computed in double and rounded to T.
+// The angles are computed in double and rounded to T (fp32 for T = bf16, whose rotation
+// is computed in fp32 and rounded once on store).
 #include <cstdint>
 
 namespace kumiko::cpu {

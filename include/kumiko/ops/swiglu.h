@@ -1,6 +1,9 @@
 #pragma once
-// SwiGLU gate: out = silu(gate) * up, silu(g) = g * sigmoid(g). Arrays of n elements.
+// SwiGLU gate: out = silu(gate) * up, silu(g) = g * sigmoid(g). Arrays of n elements of
+// float, double or bf16 (computed in fp32).
 #include <cstdint>
+
+#include "kumiko/core/bf16.h"
 
 namespace kumiko::cpu {
 

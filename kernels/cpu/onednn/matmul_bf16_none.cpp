@@ -7,8 +7,14 @@ namespace kumiko::cpu::onednn {
 
 bool available() { return false; }
 
-bool matmul(bool, bool, int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, int64_t, float, float*,
-            int64_t) {
+bool matmul(bool, bool, int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, int64_t, const bf16*, bool,
+            float*, int64_t) {
+  KUMIKO_CHECK(false, "matmul_bf16: this build has no oneDNN");
+  return false;
+}
+
+bool matmul(bool, bool, int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, int64_t, const bf16*, bool,
+            bf16*, int64_t) {
   KUMIKO_CHECK(false, "matmul_bf16: this build has no oneDNN");
   return false;
 }

@@ -10,9 +10,14 @@
 namespace kumiko::cpu::onednn {
 
 bool available();
-// False (and nothing written) when oneDNN has no primitive for these shapes and
-// strides: the caller falls back to the emulated GEMM.
+// C = A B (+ bias [N] broadcast over rows) (+ C when accumulate), fp32 accumulation;
+// C fp32, or bf16 rounded once from the fp32 sum (oneDNN's rounding: AVX512-BF16's
+// vcvtneps2bf16 flushes subnormal results to zero). False (and nothing written) when
+// oneDNN has no primitive for these shapes and strides: the caller falls back to the
+// emulated GEMM.
 bool matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
-            int64_t ldb, float beta, float* C, int64_t ldc);
+            int64_t ldb, const bf16* bias, bool accumulate, float* C, int64_t ldc);
+bool matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
+            int64_t ldb, const bf16* bias, bool accumulate, bf16* C, int64_t ldc);
 
 }  // namespace kumiko::cpu::onednn

@@ -41,6 +41,7 @@
 #include "kumiko/ops/adamw.h"
 #include "kumiko/ops/bf16.h"
 #include "kumiko/ops/cross_entropy.h"
+#include "kumiko/ops/elementwise.h"
 #include "kumiko/train/trainer.h"
 #include "kumiko/parallel/data_parallel.h"
 #include "kumiko_test_support.h"
@@ -96,13 +97,15 @@ TEST(Bf16, ArrayKernelsMatchTheScalarDefinition) {
   cpu::widen(back.data(), b.data(), n);
   for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(bits(back[i]), uint32_t{b[i].bits} << 16) << i;
   std::normal_distribution<float> normal(0.0f, 3.0f);
-  std::vector<float> d(x.size());
-  for (auto& v : d) v = normal(gen);
-  std::vector<bf16> acc(x.size());
-  for (size_t i = 0; i < x.size(); ++i) acc[i] = to_bf16(normal(gen));
+  // The residual add on bf16 storage: the sum of the two widened values, rounded once.
+  std::vector<bf16> d(x.size()), acc(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    d[i] = to_bf16(normal(gen));
+    acc[i] = to_bf16(normal(gen));
+  }
   std::vector<bf16> want = acc;
-  for (size_t i = 0; i < x.size(); ++i) want[i] = to_bf16(to_float(want[i]) + d[i]);
-  cpu::add_narrow(acc.data(), d.data(), n);
+  for (size_t i = 0; i < x.size(); ++i) want[i] = to_bf16(to_float(want[i]) + to_float(d[i]));
+  cpu::add_inplace(acc.data(), d.data(), n);
   for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(acc[i].bits, want[i].bits) << i;
 }
 

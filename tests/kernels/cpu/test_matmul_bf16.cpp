@@ -1,6 +1,7 @@
 // cpu::matmul_bf16 (every implementation this build and this CPU have) against a
 // double-precision product of the same bf16 inputs, for every transpose, beta 0 and 1,
-// padded leading dimensions and sizes that are not multiples of any vector width.
+// padded leading dimensions and sizes that are not multiples of any vector width; and
+// cpu::matmul_bf16_out, the product with a bias or accumulated, in fp32 or rounded to bf16.
 //
 // Bound. Each product of two bf16 numbers is exact in fp32 (8 + 8 significant bits),
 // so an implementation differs from the exact sum only by its fp32 additions: with
@@ -11,6 +12,7 @@
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kumiko/core/bf16.h"
@@ -77,6 +79,66 @@ TEST(MatmulBf16, TheLinearLayersShapes) {
     check(g, false, true, 256, 384, 96, 0.0f, 0);   // y = x W^T
     check(g, false, false, 256, 96, 384, 0.0f, 0);  // dx = dy W
     check(g, true, false, 384, 96, 256, 1.0f, 0);   // dW += dy^T x
+  }
+}
+
+// matmul_bf16_out: the same product (+ a bf16 bias, or + C) in fp32 or rounded once to
+// bf16. The fp32 sum is within the bound above; rounding it to nearest bf16 (8
+// significant bits, unit roundoff 2^-8) adds at most 2^-8 of its magnitude.
+double value(float x) { return x; }
+double value(bf16 x) { return to_float(x); }
+
+template <typename Out>
+void check_out(cpu::Bf16Gemm impl, bool ta, bool tb, int64_t M, int64_t N, int64_t K, bool bias, bool accumulate,
+               int pad) {
+  const int64_t lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+  const auto A = random_bf16(static_cast<size_t>((ta ? K : M) * lda), 4);
+  const auto B = random_bf16(static_cast<size_t>((tb ? N : K) * ldb), 5);
+  const auto b = random_bf16(static_cast<size_t>(N), 6);
+  std::vector<Out> C0(static_cast<size_t>(M * ldc));
+  const auto c0 = random_bf16(C0.size(), 7);
+  for (size_t i = 0; i < C0.size(); ++i) C0[i] = static_cast<Out>(c0[i]);
+  auto C = C0;
+  cpu::matmul_bf16_out(impl, ta, tb, M, N, K, A.data(), lda, B.data(), ldb, bias ? b.data() : nullptr, accumulate,
+                       C.data(), ldc);
+  const double u = std::ldexp(1.0, -24), gamma = (K + 1) * u / (1 - (K + 1) * u);
+  const double rounding = std::is_same_v<Out, bf16> ? std::ldexp(1.0, -8) : 0.0;
+  int bad = 0;
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      double exact = accumulate ? value(C0[i * ldc + j]) : bias ? to_float(b[j]) : 0.0, mag = std::abs(exact);
+      for (int64_t k = 0; k < K; ++k) {
+        const double x = static_cast<float>(ta ? A[k * lda + i] : A[i * lda + k]);
+        const double y = static_cast<float>(tb ? B[j * ldb + k] : B[k * ldb + j]);
+        exact += x * y;
+        mag += std::abs(x * y);
+      }
+      const double bound = gamma * mag + rounding * (std::abs(exact) + gamma * mag);
+      const double got = value(C[i * ldc + j]);
+      if (std::abs(got - exact) > bound && ++bad <= 5)
+        ADD_FAILURE() << cpu::bf16_gemm_name(impl) << (rounding > 0 ? " bf16" : " fp32") << " ta=" << ta
+                      << " tb=" << tb << " bias=" << bias << " accumulate=" << accumulate << " C[" << i << "," << j
+                      << "] = " << got << ", exact " << exact << ", bound " << bound;
+    }
+    for (int64_t j = N; j < ldc; ++j) ASSERT_EQ(value(C[i * ldc + j]), value(C0[i * ldc + j])) << "padding written";
+  }
+  EXPECT_EQ(bad, 0) << cpu::bf16_gemm_name(impl) << ": " << bad << " elements out of bounds";
+}
+
+TEST(MatmulBf16, OutputsWithBiasOrAccumulation) {
+  for (auto g : cpu::bf16_gemms_available())
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (int mode = 0; mode < 3; ++mode) {
+          check_out<bf16>(g, ta, tb, 37, 53, 129, mode == 1, mode == 2, 0);
+          check_out<bf16>(g, ta, tb, 16, 64, 256, mode == 1, mode == 2, 3);
+          check_out<float>(g, ta, tb, 37, 53, 129, mode == 1, mode == 2, 0);
+        }
+  // The linear layer's outputs: y = x W^T + b (bf16, or fp32 before a GELU), dx += dy W.
+  for (auto g : cpu::bf16_gemms_available()) {
+    check_out<bf16>(g, false, true, 256, 384, 96, true, false, 0);
+    check_out<float>(g, false, true, 256, 384, 96, true, false, 0);
+    check_out<bf16>(g, false, false, 256, 96, 384, false, true, 0);
   }
 }
 
