@@ -13,8 +13,9 @@
 // The GEMMs read Q/V/dO in place inside the packed qkv rows (leading dimension = row).
 // OpenBLAS (OpenMP build) runs single-threaded inside the parallel region. Every task's
 // arithmetic is independent of the thread that runs it, so results are bitwise identical
-// for any thread count. bf16 storage (the CPU backend's bf16): each task widens the tiles
-// it multiplies to fp32, sums dQ, dK and dV in fp32 and rounds them once when complete.
+// for any thread count. bf16 storage (the CPU backend's bf16) with AVX512-BF16 and an
+// even D: attention_dpbf16.cpp, every tile product on vdpbf16ps. Otherwise each task widens
+// the tiles it multiplies to fp32, sums dQ, dK and dV in fp32 and rounds them once.
 #include "kumiko/ops/attention.h"
 
 #include <omp.h>
@@ -25,6 +26,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/attention_tiles.h"
+#include "kernels/cpu/bf16_dot.h"
 #include "kernels/cpu/common.h"
 #include "kumiko/core/error.h"
 #include "kumiko/ops/matmul.h"
@@ -33,15 +36,8 @@ namespace kumiko::cpu {
 
 namespace {
 
-constexpr int64_t kBlock = 64;  // queries per query block and keys per key block
-
-struct Layout {
-  int64_t T, Hq, Hkv, D;
-  int64_t row() const { return (Hq + 2 * Hkv) * D; }  // stride of one token in qkv
-  int64_t q_off(int64_t h) const { return h * D; }
-  int64_t k_off(int64_t g) const { return (Hq + g) * D; }
-  int64_t v_off(int64_t g) const { return (Hq + Hkv + g) * D; }
-};
+using detail::kBlock;
+using Layout = detail::AttnLayout;
 
 template <typename T>
 void check_heads(int64_t Hq, int64_t Hkv, int64_t D) {
@@ -60,14 +56,6 @@ void transpose_block(T* dst, const S* src, int64_t ld, int64_t nk, int64_t D) {
   }
 }
 
-// Copies a [rows, D] tile between storage (leading dimension ld) and the arithmetic type
-// (leading dimension D): the bf16 kernels' fp32 operands and dQ, dK, dV accumulators.
-template <typename S, typename T>
-void load_tile(T* dst, const S* src, int64_t ld, int64_t rows, int64_t D) {
-  for (int64_t r = 0; r < rows; ++r)
-#pragma omp simd
-    for (int64_t d = 0; d < D; ++d) dst[r * D + d] = detail::ld(src[r * ld + d]);
-}
 // A [rows, D] tile of storage S (leading dimension ld) as a GEMM operand of the
 // arithmetic type T: read in place when S is T (ld unchanged); bf16 widened into buf
 // (leading dimension D).
@@ -76,32 +64,11 @@ const T* tile(const S* src, int64_t& ld, int64_t rows, int64_t D, T* buf) {
   if constexpr (std::is_same_v<S, T>) {
     return src;
   } else {
-    load_tile(buf, src, ld, rows, D);
+    detail::load_tile(buf, src, ld, rows, D);
     ld = D;
     return buf;
   }
 }
-template <typename S, typename T>
-void store_tile(S* dst, int64_t ld, const T* acc, int64_t rows, int64_t D) {
-  for (int64_t r = 0; r < rows; ++r)
-#pragma omp simd
-    for (int64_t d = 0; d < D; ++d) dst[r * ld + d] = detail::st<S>(acc[r * D + d]);
-}
-
-// Tasks [begin, end) of thread `tid` out of `nt`: task k (cost c_k, prefix sum P_k before
-// it, total C) goes to thread floor(nt * (P_k + c_k / 2) / C). Static and contiguous.
-void balanced_range(const std::vector<int64_t>& prefix, int tid, int nt, int64_t& begin,
-                    int64_t& end) {
-  const int64_t n = static_cast<int64_t>(prefix.size()) - 1, total = prefix[n];
-  auto owner = [&](int64_t k) {
-    return (2 * prefix[k] + (prefix[k + 1] - prefix[k])) * nt / (2 * total);
-  };
-  begin = 0;
-  while (begin < n && owner(begin) < tid) ++begin;
-  end = begin;
-  while (end < n && owner(end) <= tid) ++end;
-}
-
 }  // namespace
 
 template <typename S>
@@ -110,14 +77,15 @@ void attention_forward(S* out, math_t<S>* lse, const S* qkv, int64_t B, int64_t 
   using T = math_t<S>;
   constexpr bool kWiden = !std::is_same_v<S, T>;  // bf16: tiles widened to fp32
   check_heads<T>(Hq, Hkv, D);
+  if constexpr (kWiden) {
+    if (detail::kHaveDpbf16 && D % 2 == 0)
+      return detail::attention_forward_dpbf16(out, lse, qkv, B, T_, Hq, Hkv, D);
+  }
   const Layout L{T_, Hq, Hkv, D};
   const int64_t row = L.row(), group = Hq / Hkv, blocks = (T_ + kBlock - 1) / kBlock;
   const T scale = T(1) / std::sqrt(T(D));
   const T neg_inf = -std::numeric_limits<T>::infinity();
-  // Task k = (b * Hq + h) * blocks + qb costs qb + 1 key blocks.
-  const int64_t tasks = B * Hq * blocks;
-  std::vector<int64_t> prefix(static_cast<size_t>(tasks + 1), 0);
-  for (int64_t k = 0; k < tasks; ++k) prefix[k + 1] = prefix[k] + k % blocks + 1;
+  const std::vector<int64_t> prefix = detail::forward_cost_prefix(B * Hq * blocks, blocks);
 #pragma omp parallel
   {
     std::vector<T> kt(static_cast<size_t>(D * kBlock));      // [D, kBlock] K_jᵀ
@@ -127,7 +95,7 @@ void attention_forward(S* out, math_t<S>* lse, const S* qkv, int64_t B, int64_t 
     std::vector<T> vbuf(qbuf.size());
     T m[kBlock], l[kBlock];
     int64_t k0 = 0, k1 = 0;
-    balanced_range(prefix, omp_get_thread_num(), omp_get_num_threads(), k0, k1);
+    detail::balanced_range(prefix, omp_get_thread_num(), omp_get_num_threads(), k0, k1);
     for (int64_t task = k0; task < k1; ++task) {
       const int64_t qb = task % blocks, h = task / blocks % Hq, b = task / blocks / Hq;
       const int64_t g = h / group, i0 = qb * kBlock, nq = std::min(kBlock, T_ - i0);
@@ -144,22 +112,8 @@ void attention_forward(S* out, math_t<S>* lse, const S* qkv, int64_t B, int64_t 
         matmul<T>(false, false, nq, nk, D, scale, q, ldq, kt.data(), kBlock, T(0), s.data(),
                   kBlock);
         for (int64_t ii = 0; ii < nq; ++ii) {
-          T* sr = s.data() + ii * kBlock;
-          // Causal mask (diagonal block only): keys j > i get -inf, hence p = 0.
-          for (int64_t jj = std::max<int64_t>(0, i0 + ii - j0 + 1); jj < nk; ++jj)
-            sr[jj] = neg_inf;
-          T mx = m[ii];
-#pragma omp simd reduction(max : mx)
-          for (int64_t jj = 0; jj < nk; ++jj) mx = sr[jj] > mx ? sr[jj] : mx;
-          const T corr = detail::exp_approx(m[ii] - mx);  // 0 on the first block
-          T sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t jj = 0; jj < nk; ++jj) {
-            sr[jj] = detail::exp_approx(sr[jj] - mx);
-            sum += sr[jj];
-          }
-          m[ii] = mx;
-          l[ii] = l[ii] * corr + sum;
+          const T corr = detail::softmax_row(s.data() + ii * kBlock, nk,
+                                             std::max<int64_t>(0, i0 + ii - j0 + 1), m[ii], l[ii]);
           if (j0 > 0) {
             T* a = acc.data() + ii * D;
 #pragma omp simd
@@ -189,10 +143,13 @@ void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, cons
   using T = math_t<S>;
   constexpr bool kWiden = !std::is_same_v<S, T>;  // bf16: tiles widened, gradients summed in fp32
   check_heads<T>(Hq, Hkv, D);
+  if constexpr (kWiden) {
+    if (detail::kHaveDpbf16 && D % 2 == 0)
+      return detail::attention_backward_dpbf16(dqkv, dout, qkv, out, lse, B, T_, Hq, Hkv, D);
+  }
   const Layout L{T_, Hq, Hkv, D};
   const int64_t row = L.row(), group = Hq / Hkv, orow = Hq * D;
   const T scale = T(1) / std::sqrt(T(D));
-  const T neg_inf = -std::numeric_limits<T>::infinity();
 #pragma omp parallel
   {
     std::vector<T> kt(static_cast<size_t>(D * kBlock));      // [D, kBlock] K_jᵀ
@@ -217,15 +174,8 @@ void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, cons
         const S* dobase = dout + b * T_ * orow;
         for (int64_t hh = 0; hh < group; ++hh) {
           const int64_t h = g * group + hh;
-          for (int64_t i = 0; i < T_; ++i) {
-            const S* o = obase + i * orow + h * D;
-            const S* dO = dobase + i * orow + h * D;
-            T sum = 0;
-#pragma omp simd reduction(+ : sum)
-            for (int64_t d = 0; d < D; ++d) sum += detail::ld(o[d]) * detail::ld(dO[d]);
-            delta[hh * T_ + i] = sum;
-          }
-          if constexpr (kWiden) load_tile(dqacc.data() + hh * T_ * D, dbase + L.q_off(h), row, T_, D);
+          detail::row_dots(delta.data() + hh * T_, obase + h * D, dobase + h * D, orow, T_, D);
+          if constexpr (kWiden) detail::load_tile(dqacc.data() + hh * T_ * D, dbase + L.q_off(h), row, T_, D);
         }
         for (int64_t j0 = 0; j0 < T_; j0 += kBlock) {
           const int64_t nk = std::min(kBlock, T_ - j0);
@@ -240,8 +190,8 @@ void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, cons
           T* dk = nullptr;
           T* dv = nullptr;
           if constexpr (kWiden) {
-            load_tile(dkacc.data(), dks, row, nk, D);
-            load_tile(dvacc.data(), dvs, row, nk, D);
+            detail::load_tile(dkacc.data(), dks, row, nk, D);
+            detail::load_tile(dvacc.data(), dvs, row, nk, D);
             dk = dkacc.data();
             dv = dvacc.data();
             lddkv = D;
@@ -269,32 +219,23 @@ void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, cons
                         kBlock);
               matmul<T>(false, false, nq, nk, D, T(1), dO, ldo, vt.data(), kBlock, T(0), ds.data(),
                         kBlock);
-              for (int64_t ii = 0; ii < nq; ++ii) {
-                const T lse_i = lse_h[i0 + ii], delta_i = delta_h[i0 + ii];
-                T* pr = p.data() + ii * kBlock;
-                T* dsr = ds.data() + ii * kBlock;
-                // Causal mask (diagonal block only): keys j > i get -inf, hence p = 0.
-                for (int64_t jj = std::max<int64_t>(0, i0 + ii - j0 + 1); jj < nk; ++jj)
-                  pr[jj] = neg_inf;
-#pragma omp simd
-                for (int64_t jj = 0; jj < nk; ++jj) {
-                  pr[jj] = detail::exp_approx(pr[jj] - lse_i);
-                  dsr[jj] = pr[jj] * (dsr[jj] - delta_i);
-                }
-              }
+              for (int64_t ii = 0; ii < nq; ++ii)
+                detail::grad_row(p.data() + ii * kBlock, ds.data() + ii * kBlock, nk,
+                                 std::max<int64_t>(0, i0 + ii - j0 + 1), lse_h[i0 + ii],
+                                 delta_h[i0 + ii]);
               matmul<T>(true, false, nk, D, nq, T(1), p.data(), kBlock, dO, ldo, T(1), dv, lddkv);
               matmul<T>(true, false, nk, D, nq, scale, ds.data(), kBlock, q, ldq, T(1), dk, lddkv);
               matmul<T>(false, false, nq, D, nk, scale, ds.data(), kBlock, k, ldk, T(1), dq, lddq);
             }
           }
           if constexpr (kWiden) {
-            store_tile(dks, row, dkacc.data(), nk, D);
-            store_tile(dvs, row, dvacc.data(), nk, D);
+            detail::store_tile(dks, row, dkacc.data(), nk, D);
+            detail::store_tile(dvs, row, dvacc.data(), nk, D);
           }
         }
         if constexpr (kWiden)
           for (int64_t hh = 0; hh < group; ++hh)
-            store_tile(dbase + L.q_off(g * group + hh), row, dqacc.data() + hh * T_ * D, T_, D);
+            detail::store_tile(dbase + L.q_off(g * group + hh), row, dqacc.data() + hh * T_ * D, T_, D);
       }
     }
   }

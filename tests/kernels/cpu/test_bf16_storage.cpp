@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/attention_tiles.h"
 #include "kumiko/core/bf16.h"
 #include "kumiko/ops/attention.h"
 #include "kumiko/ops/bf16.h"
@@ -214,16 +215,26 @@ TEST(Bf16Storage, RopeBiasesPositionsAndEmbeddings) {
   expect_fp32_near(dtable, dtablef, N, "embedding_backward");
 }
 
-// Attention on bf16 storage: each task widens its tiles, sums dQ, dK, dV in fp32 and
-// rounds them once. T = 100 leaves a partial 64-key block; Hq = 4 over Hkv = 2 is GQA.
-TEST(Bf16Storage, Attention) {
-  const int64_t B = 2, T = 100, Hq = 4, Hkv = 2, D = 16, nq = B * T * (Hq + 2 * Hkv) * D,
+// Attention on bf16 storage against the fp32 kernel on the same (widened) inputs. T = 100
+// leaves a partial 64-key block; Hq = 4 over Hkv = 2 is GQA. Run through the public entry
+// points (vdpbf16ps tiles on CPUs with AVX512-BF16, widened fp32 tiles elsewhere) and
+// through the vdpbf16ps kernels directly (their portable loop where the CPU lacks them):
+// the first products are the fp32 arithmetic in another order, P and dS reach the second
+// products to 2^-16 (bf16_dot.h), far inside the one-ulp / 99 % bounds above.
+using AttnForward = void (*)(bf16*, float*, const bf16*, int64_t, int64_t, int64_t, int64_t,
+                             int64_t);
+using AttnBackward = void (*)(bf16*, const bf16*, const bf16*, const bf16*, const float*, int64_t,
+                              int64_t, int64_t, int64_t, int64_t);
+
+void check_attention(AttnForward forward, AttnBackward backward, int64_t D = 16) {
+  SCOPED_TRACE("D = " + std::to_string(D));
+  const int64_t B = 2, T = 100, Hq = 4, Hkv = 2, nq = B * T * (Hq + 2 * Hkv) * D,
                 no = B * T * Hq * D;
   const auto qkv = random_bf16(sz(nq), 31), dy = random_bf16(sz(no), 32);
   const auto qkvf = wide(qkv), dyf = wide(dy);
   std::vector<bf16> out(sz(no));
   std::vector<float> outf(sz(no)), lse(sz(B * Hq * T)), lsef(lse.size());
-  attention_forward(out.data(), lse.data(), qkv.data(), B, T, Hq, Hkv, D);
+  forward(out.data(), lse.data(), qkv.data(), B, T, Hq, Hkv, D);
   attention_forward(outf.data(), lsef.data(), qkvf.data(), B, T, Hq, Hkv, D);
   expect_bf16_near(out, outf, "attention out");
   expect_fp32_near(lse, lsef, T, "attention lse");
@@ -231,10 +242,21 @@ TEST(Bf16Storage, Attention) {
   auto dqkv = random_bf16(sz(nq), 33);
   auto dqkvf = wide(dqkv);
   const auto outw = wide(out);
-  attention_backward(dqkv.data(), dy.data(), qkv.data(), out.data(), lse.data(), B, T, Hq, Hkv, D);
+  backward(dqkv.data(), dy.data(), qkv.data(), out.data(), lse.data(), B, T, Hq, Hkv, D);
   attention_backward(dqkvf.data(), dyf.data(), qkvf.data(), outw.data(), lse.data(), B, T, Hq, Hkv,
                      D);
   expect_bf16_near(dqkv, dqkvf, "attention dqkv");
+}
+
+// An odd D takes the widened tiles on every CPU.
+TEST(Bf16Storage, Attention) {
+  for (int64_t D : {16, 15}) check_attention(attention_forward<bf16>, attention_backward<bf16>, D);
+}
+
+// D = 40: a 16-column group cut at 8; D = 72: a second 64-column panel.
+TEST(Bf16Storage, AttentionOnBf16Pairs) {
+  for (int64_t D : {16, 40, 72})
+    check_attention(detail::attention_forward_dpbf16, detail::attention_backward_dpbf16, D);
 }
 
 }  // namespace

@@ -1,0 +1,128 @@
+// Small GEMMs on bf16 pairs (bf16_dot.h): a register-blocked vdpbf16ps microkernel on
+// CPUs with AVX512-BF16, a plain loop elsewhere (what the tests check the layout with).
+#include "kernels/cpu/bf16_dot.h"
+
+#include <algorithm>
+
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace kumiko::cpu::detail {
+
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+
+namespace {
+
+// C[MR rows, NR x 16 columns] from MR rows of A and NR 16-word column groups of B: MR x NR
+// zmm accumulators (at most 16 of the 32 registers), one B load per group and one
+// broadcast per row for each pair of k. `tail` masks the last group's columns.
+template <int MR, int NR>
+void micro(int64_t K2, const Pair* a, int64_t lda, const Pair* b, int64_t ldb, float alpha,
+           bool accumulate, float* c, int64_t ldc, __mmask16 tail) {
+  __m512 acc[MR][NR];
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < K2; ++p) {
+    __m512bh bv[NR];
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) bv[j] = (__m512bh)_mm512_loadu_si512(b + p * ldb + 16 * j);
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
+#pragma GCC unroll 4
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av, bv[j]);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(alpha);
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) {
+      const __mmask16 m = j == NR - 1 ? tail : __mmask16(0xffff);
+      float* cp = c + i * ldc + 16 * j;
+      const __m512 r = accumulate ? _mm512_fmadd_ps(va, acc[i][j], _mm512_maskz_loadu_ps(m, cp))
+                                  : _mm512_mul_ps(va, acc[i][j]);
+      _mm512_mask_storeu_ps(cp, m, r);
+    }
+}
+
+using Micro = void (*)(int64_t, const Pair*, int64_t, const Pair*, int64_t, float, bool, float*,
+                       int64_t, __mmask16);
+
+template <int MR>
+constexpr Micro pick(int nr) {
+  switch (nr) {
+    case 1: return micro<MR, 1>;
+    case 2: return micro<MR, 2>;
+    case 3: return micro<MR, 3>;
+    default: return micro<MR, 4>;
+  }
+}
+
+Micro pick(int mr, int nr) {
+  switch (mr) {
+    case 1: return pick<1>(nr);
+    case 2: return pick<2>(nr);
+    case 3: return pick<3>(nr);
+    default: return pick<4>(nr);
+  }
+}
+
+}  // namespace
+
+void dpbf16_gemm(int64_t M, int64_t N, int64_t K2, float alpha, const Pair* A, int64_t lda,
+                 const Pair* B, int64_t ldb, bool accumulate, float* C, int64_t ldc) {
+  for (int64_t n0 = 0; n0 < N; n0 += 64) {  // 64 columns: one B panel, reused by every row block
+    const int64_t nn = std::min<int64_t>(64, N - n0);
+    const int nr = static_cast<int>((nn + 15) / 16);
+    const __mmask16 tail = nn % 16 ? __mmask16((1u << (nn % 16)) - 1) : __mmask16(0xffff);
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const int mr = static_cast<int>(std::min<int64_t>(4, M - m0));
+      pick(mr, nr)(K2, A + m0 * lda, lda, B + n0, ldb, alpha, accumulate, C + m0 * ldc + n0, ldc,
+                   tail);
+    }
+  }
+}
+
+#else
+
+void dpbf16_gemm(int64_t M, int64_t N, int64_t K2, float alpha, const Pair* A, int64_t lda,
+                 const Pair* B, int64_t ldb, bool accumulate, float* C, int64_t ldc) {
+  const auto lo = [](uint32_t w) { return widen1(bf16{static_cast<uint16_t>(w & 0xffffu)}); };
+  const auto hi = [](uint32_t w) { return widen1(bf16{static_cast<uint16_t>(w >> 16)}); };
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      float s = 0;
+      for (int64_t p = 0; p < K2; ++p) {
+        const uint32_t a = A[m * lda + p], b = B[p * ldb + n];
+        s += lo(a) * lo(b) + hi(a) * hi(b);
+      }
+      float& c = C[m * ldc + n];
+      c = accumulate ? alpha * s + c : alpha * s;
+    }
+}
+
+#endif
+
+void pack_transposed(Pair* dst, int64_t ldb, const bf16* src, int64_t ld, int64_t n, int64_t K2) {
+  for (int64_t j = 0; j < n; ++j) {
+    const Pair* row = as_pairs(src + j * ld);
+    for (int64_t p = 0; p < K2; ++p) dst[p * ldb + j] = row[p];
+  }
+  for (int64_t p = 0; p < K2; ++p)
+    for (int64_t j = n; j < round16(n); ++j) dst[p * ldb + j] = 0;
+}
+
+void pack_dup(Pair* dst, int64_t ldb, const bf16* src, int64_t ld, int64_t k, int64_t n) {
+  for (int64_t r = 0; r < k; ++r) {
+    Pair* d = dst + r * ldb;
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) d[c] = dup(src[r * ld + c]);
+    for (int64_t c = n; c < round16(n); ++c) d[c] = 0;
+  }
+}
+
+}  // namespace kumiko::cpu::detail
