@@ -241,6 +241,8 @@ void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, cons
   }
 }
 
+const char* attention_bf16_tiles() { return detail::kHaveDpbf16 ? "vdpbf16ps" : "fp32"; }
+
 template void attention_forward<float>(float*, float*, const float*, int64_t, int64_t, int64_t,
                                        int64_t, int64_t);
 template void attention_forward<double>(double*, double*, const double*, int64_t, int64_t, int64_t,

@@ -51,14 +51,17 @@ model::ArenaPlan arena_plan(const config::Config& cfg, const model::BufferLayout
 //   matmul_bf16_out's fp32 result before rounding (emulated / OpenBLAS; oneDNN writes
 //     bf16 itself), the head's [N, V/tp] the largest;
 //   the emulated GEMM's fp32 copies of its operands: the head's dlogits and a weight;
-//   attention backward's fp32 dQ accumulators, at most [N, Hq D / tp] over its threads.
+//   attention backward's per-thread buffers, at most [N, Hq / tp, ...] over its threads:
+//     fp32 dQ accumulators (D wide) and, on AVX512-BF16 CPUs, Q and dO as pair words
+//     (D rounded up to 16 wide each; attention_dpbf16.cpp). The forward's packed K and
+//     V, [T, 1.5 D] words per thread, are left out: the plan does not know the threads.
 double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp) {
   const double N = static_cast<double>(B * T);
   const double act = N * static_cast<double>(std::max({d.F, d.qkv_width(), d.C})) / tp;
   const double logits = N * static_cast<double>(d.V) / tp;
   const double weight = static_cast<double>(std::max({d.V / tp, d.F / tp, d.qkv_width() / tp})) * d.C;
   const double slot0 = tp > 1 ? std::max(logits, N * static_cast<double>(d.C)) : 0.0;
-  const double dq = N * static_cast<double>(d.Hq * d.D) / tp;
+  const double dq = N * static_cast<double>(d.Hq * (d.D + 2 * ((d.D + 15) / 16 * 16))) / tp;
   return 4.0 * (act + slot0 + std::max(logits, act) + std::max(logits, act) + weight + dq);
 }
 

@@ -31,6 +31,7 @@
 #include "kumiko/core/bf16.h"
 #include "kumiko/core/cpu_features.h"
 #include "kumiko/core/error.h"
+#include "kumiko/ops/attention.h"
 #include "kumiko/ops/bf16.h"
 #include "kumiko/ops/cross_entropy.h"
 #include "kumiko/ops/matmul_bf16.h"
@@ -217,6 +218,7 @@ class CpuBf16 : public HostCollectives {
       return "cpu, dtype bf16 (emulated: software conversions, fp32 GEMM; this CPU: " + cpu_features().describe() +
              ")";
     return std::string("cpu, dtype bf16 (bf16 GEMM: ") + cpu::bf16_gemm_name(gemm_) +
+           "; attention tiles: " + cpu::attention_bf16_tiles() +
            "; other ops convert to fp32; this CPU: " + cpu_features().describe() + ")";
   }
 
