@@ -56,11 +56,13 @@ template <typename T>
   for (int64_t jj = 0; jj < nk; ++jj) mx = sr[jj] > mx ? sr[jj] : mx;
   const T corr = exp_approx(m - mx);
   T sum = 0;
+  // Two loops, not one that stores and sums: GCC 12's SVE code for the fused loop lost
+  // the sum when inlined into attention_forward_dpbf16 (l = 0 under qemu-aarch64, SVE
+  // 128 and 512 bits; correct with -fno-tree-vectorize or with the loops apart).
+#pragma omp simd
+  for (int64_t jj = 0; jj < nk; ++jj) sr[jj] = exp_approx(sr[jj] - mx);
 #pragma omp simd reduction(+ : sum)
-  for (int64_t jj = 0; jj < nk; ++jj) {
-    sr[jj] = exp_approx(sr[jj] - mx);
-    sum += sr[jj];
-  }
+  for (int64_t jj = 0; jj < nk; ++jj) sum += sr[jj];
   m = mx;
   l = l * corr + sum;
   return corr;
