@@ -129,14 +129,25 @@ void matmul_bf16(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64_t N
   }
 }
 
+namespace {
+
+// What both matmul_bf16_out overloads do first: check the arguments, and finish an
+// empty product, or the whole product when oneDNN runs it. False: the caller computes.
+template <typename Out>
+bool out_done(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A,
+              int64_t lda, const bf16* B, int64_t ldb, const bf16* bias, bool accumulate, Out* C, int64_t ldc) {
+  KUMIKO_CHECK(!(bias && accumulate), "matmul_bf16_out: a bias and accumulate together are not supported");
+  if (M == 0 || N == 0) return true;
+  return impl == Bf16Gemm::onednn && K > 0 &&
+         onednn::matmul(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, accumulate, C, ldc);
+}
+
+}  // namespace
+
 void matmul_bf16_out(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A,
                      int64_t lda, const bf16* B, int64_t ldb, const bf16* bias, bool accumulate, bf16* C,
                      int64_t ldc) {
-  KUMIKO_CHECK(!(bias && accumulate), "matmul_bf16_out: a bias and accumulate together are not supported");
-  if (M == 0 || N == 0) return;
-  if (impl == Bf16Gemm::onednn && K > 0 &&
-      onednn::matmul(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, accumulate, C, ldc))
-    return;
+  if (out_done(impl, trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, accumulate, C, ldc)) return;
   // The fp32 result in scratch (C widened into it first when accumulating), rounded once.
   thread_local std::vector<float> acc;
   acc.resize(static_cast<size_t>(M * N));
@@ -157,11 +168,7 @@ void matmul_bf16_out(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64
 void matmul_bf16_out(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A,
                      int64_t lda, const bf16* B, int64_t ldb, const bf16* bias, bool accumulate, float* C,
                      int64_t ldc) {
-  KUMIKO_CHECK(!(bias && accumulate), "matmul_bf16_out: a bias and accumulate together are not supported");
-  if (M == 0 || N == 0) return;
-  if (impl == Bf16Gemm::onednn && K > 0 &&
-      onednn::matmul(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, accumulate, C, ldc))
-    return;
+  if (out_done(impl, trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, accumulate, C, ldc)) return;
   if (bias) {  // C starts as the broadcast bias; the GEMM accumulates onto it
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < M; ++i)
