@@ -241,7 +241,10 @@ void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, cons
   }
 }
 
-const char* attention_bf16_tiles() { return detail::kHaveDpbf16 ? "vdpbf16ps" : "fp32"; }
+const char* attention_bf16_tiles(int64_t D) {
+  if (!detail::kHaveDpbf16) return "fp32";
+  return D % 2 == 0 ? "vdpbf16ps" : "fp32 (odd head dim)";
+}
 
 template void attention_forward<float>(float*, float*, const float*, int64_t, int64_t, int64_t,
                                        int64_t, int64_t);

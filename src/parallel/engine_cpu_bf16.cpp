@@ -27,7 +27,7 @@ cpu::Bf16Gemm bf16_gemm_of(const config::Config* cfg) {
 
 std::unique_ptr<Engine> make_cpu_bf16_engine(const EngineSetup& setup) {
   return std::make_unique<EngineImpl<backend::CpuBf16>>(
-      setup, std::make_unique<backend::CpuBf16>(bf16_gemm_of(setup.config)), EngineComms{});
+      setup, std::make_unique<backend::CpuBf16>(bf16_gemm_of(setup.config), setup.dims.D), EngineComms{});
 }
 }  // namespace parallel
 

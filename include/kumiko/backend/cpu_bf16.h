@@ -46,7 +46,9 @@ class CpuBf16 : public HostCollectives {
   static constexpr bool kHost = false;  // master weights, gradients and working copy in the arena
   static constexpr const char* kName = "cpu";
 
-  explicit CpuBf16(cpu::Bf16Gemm gemm = cpu::Bf16Gemm::emulated) : gemm_(gemm) {}
+  // head_dim: the model's, for the start-up line's account of attention's tiles.
+  explicit CpuBf16(cpu::Bf16Gemm gemm = cpu::Bf16Gemm::emulated, int64_t head_dim = 0)
+      : gemm_(gemm), head_dim_(head_dim) {}
   cpu::Bf16Gemm gemm() const { return gemm_; }
 
   template <typename Dims>
@@ -215,10 +217,10 @@ class CpuBf16 : public HostCollectives {
 
   std::string describe() const {
     if (gemm_ == cpu::Bf16Gemm::emulated)
-      return "cpu, dtype bf16 (emulated: software conversions, fp32 GEMM; this CPU: " + cpu_features().describe() +
-             ")";
+      return std::string("cpu, dtype bf16 (emulated: software conversions, fp32 GEMM; attention tiles: ") +
+             cpu::attention_bf16_tiles(head_dim_) + "; this CPU: " + cpu_features().describe() + ")";
     return std::string("cpu, dtype bf16 (bf16 GEMM: ") + cpu::bf16_gemm_name(gemm_) +
-           "; attention tiles: " + cpu::attention_bf16_tiles() +
+           "; attention tiles: " + cpu::attention_bf16_tiles(head_dim_) +
            "; other ops convert to fp32; this CPU: " + cpu_features().describe() + ")";
   }
 
@@ -236,6 +238,7 @@ class CpuBf16 : public HostCollectives {
   }
 
   cpu::Bf16Gemm gemm_;
+  int64_t head_dim_;
   Cpu<float> fp32_;  // the fp32 kernels, and the arena's allocator
   std::vector<float> scratch_[4];
 };

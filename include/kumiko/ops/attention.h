@@ -20,8 +20,8 @@ template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const math_t<T>* lse,
                         int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D);
 
-// How attention multiplies its tiles on bf16 storage in this build: "vdpbf16ps"
-// (AVX512-BF16, even D) or "fp32" (widened, OpenBLAS).
-const char* attention_bf16_tiles();
+// How attention multiplies its tiles on bf16 storage in this build for head dim D:
+// "vdpbf16ps" (AVX512-BF16, even D) or "fp32..." (widened, OpenBLAS).
+const char* attention_bf16_tiles(int64_t D);
 
 }  // namespace kumiko::cpu

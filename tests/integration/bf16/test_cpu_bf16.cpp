@@ -39,6 +39,7 @@
 #include "kumiko/core/log.h"
 #include "kumiko/model/transformer.h"
 #include "kumiko/ops/adamw.h"
+#include "kumiko/ops/attention.h"
 #include "kumiko/ops/bf16.h"
 #include "kumiko/ops/cross_entropy.h"
 #include "kumiko/ops/elementwise.h"
@@ -169,6 +170,16 @@ TEST(CpuFeatures, TheBf16BackendNamesTheCpu) {
   const std::string d = backend::CpuBf16().describe();
   EXPECT_NE(d.find("emulated"), std::string::npos) << d;
   EXPECT_NE(d.find(f.describe()), std::string::npos) << d;
+  // Attention's tiles as they run for the model's head dim: an odd one never pairs.
+  const std::string odd = backend::CpuBf16(cpu::Bf16Gemm::emulated, 15).describe();
+  const std::string even = backend::CpuBf16(cpu::Bf16Gemm::emulated, 16).describe();
+  // (vdpbf16ps where the kernels were compiled for AVX512-BF16, fp32 elsewhere)
+  EXPECT_NE(odd.find("attention tiles: fp32"), std::string::npos) << odd;
+  EXPECT_NE(even.find(std::string("attention tiles: ") + cpu::attention_bf16_tiles(16) + ";"), std::string::npos)
+      << even;
+  EXPECT_TRUE(std::string(cpu::attention_bf16_tiles(16)) == "vdpbf16ps" ||
+              std::string(cpu::attention_bf16_tiles(16)) == "fp32")
+      << cpu::attention_bf16_tiles(16);
 }
 
 // One forward/backward of the one model over CpuBf16 against the fp32 model, from the
