@@ -95,4 +95,45 @@ template void cross_entropy_forward_backward<float>(float*, float*, const float*
 template void cross_entropy_forward_backward<double>(double*, double*, const double*,
                                                      const int32_t*, int64_t, int64_t, double);
 
+void ce_shard_max(float* mx, const float* logits, int64_t N, int64_t Vl) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* row = logits + n * Vl;
+    float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)
+    for (int64_t v = 0; v < Vl; ++v) m = std::max(m, row[v]);
+    mx[n] = m;
+  }
+}
+
+void ce_shard_sums(float* sum, float* tgt, const float* logits, const float* mx, const int32_t* targets, int64_t N,
+                   int64_t Vl, int64_t v0) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* row = logits + n * Vl;
+    const float m = mx[n];
+    float s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t v = 0; v < Vl; ++v) s += detail::exp_approx(row[v] - m);
+    sum[n] = s;
+    const int64_t t = targets[n] - v0;
+    tgt[n] = t >= 0 && t < Vl ? row[t] : 0.0f;
+  }
+}
+
+void ce_shard_finish(float* losses, float* logits, const float* mx, const float* sum, const float* tgt,
+                     const int32_t* targets, int64_t N, int64_t Vl, int64_t v0, bool backward, float scale) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    losses[n] = std::log(sum[n]) + mx[n] - tgt[n];
+    if (!backward) continue;
+    float* row = logits + n * Vl;
+    const float m = mx[n], inv = scale / sum[n];
+#pragma omp simd
+    for (int64_t v = 0; v < Vl; ++v) row[v] = detail::exp_approx(row[v] - m) * inv;
+    const int64_t t = targets[n] - v0;
+    if (t >= 0 && t < Vl) row[t] -= scale;
+  }
+}
+
 }  // namespace kumiko::cpu

@@ -18,8 +18,6 @@ namespace parallel {
 template class BasicDataParallel<backend::CpuBf16>;
 template class BasicPipelineRunner<backend::CpuBf16>;
 
-// backend.bf16_gemm: a named implementation, or "auto" (cpu::bf16_gemm_default: native
-// bf16 GEMMs where the CPU has bf16 instructions, the emulated one elsewhere).
 cpu::Bf16Gemm bf16_gemm_of(const config::Config* cfg) {
   const std::string name = cfg ? cfg->backend.bf16_gemm : "auto";
   return name == "auto" ? cpu::bf16_gemm_default() : cpu::bf16_gemm_from_name(name);

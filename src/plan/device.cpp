@@ -13,14 +13,18 @@
 #include <functional>
 #include <iostream>
 #include <sstream>
+#include <type_traits>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "kumiko/backend/cpu.h"
+#include "kumiko/backend/cpu_bf16.h"
 #include "kumiko/core/error.h"
 #include "kumiko/core/rng.h"
 #include "kumiko/model/transformer.h"
+#include "kumiko/ops/bf16.h"
+#include "kumiko/parallel/engine.h"
 #include "kumiko/plan/plan.h"
 #include "plan/internal.h"
 
@@ -128,11 +132,26 @@ struct Rates {
   double layer = 0, head = 0, adamw = 0;  // seconds: per layer, the rest of a micro-batch, per AdamW element
 };
 
+// `n` random values as the backend's activations (bf16 rounded from fp32 for CpuBf16).
+template <typename B>
+std::vector<typename B::Act> random_act(int64_t n, uint64_t seed) {
+  std::vector<float> f = random(n, seed);
+  if constexpr (std::is_same_v<typename B::Act, float>) {
+    return f;
+  } else {
+    std::vector<typename B::Act> a(static_cast<size_t>(n));
+    cpu::narrow(a.data(), f.data(), n);
+    return a;
+  }
+}
+
 // One micro-batch through the model itself at the layout's local shapes (tp's
 // heads, MLP and vocabulary shares) with a and b layers (2 and 4, or 1 and 2 for
 // smaller models; enough layers that caches hold what they hold in training): the
-// difference per layer is one layer, the rest is embedding, head and loss.
-void time_layers(const Layout& l, Rates& r) {
+// difference per layer is one layer, the rest is embedding, head and loss. `be`: the
+// backend the run would use (fp32, or bf16 with its GEMM choice).
+template <typename B>
+void time_layers(const Layout& l, B& be, Rates& r) {
   model::Dims d = l.dims;
   d.Hq /= l.tp;
   d.Hkv /= l.tp;
@@ -144,7 +163,7 @@ void time_layers(const Layout& l, Rates& r) {
   double t[2];
   for (int k = 0; k < 2; ++k) {
     d.L = k == 0 ? a : b;
-    model::Transformer<float> m(d, l.MB, l.T, {}, {}, nullptr, l.recompute);
+    model::BasicTransformer<B> m(d, l.MB, l.T, {}, {}, &be, l.recompute);
     m.params().initialize(1);
     t[k] = best_seconds(5, [&] { m.forward_backward(ids.data(), ids.data(), l.MB, l.T, 1.0); });
   }
@@ -153,22 +172,27 @@ void time_layers(const Layout& l, Rates& r) {
   const int64_t n = 1 << 20;
   auto p = random(n, 40), g = random(n, 41), mm = random(n, 42), vv = random(n, 43);
   for (auto& x : vv) x = x * x;
-  backend::Cpu<float> be;
+  // bf16: the update also writes the parameter's bf16 working copy.
+  std::vector<typename B::Act> work;
+  if constexpr (!std::is_same_v<typename B::Act, float>) work.resize(static_cast<size_t>(n));
+  typename B::Act* w = nullptr;
+  if constexpr (std::is_same_v<typename B::Act, float>) w = p.data();
+  else w = work.data();
   const double s = best_seconds(3, [&] {
-    be.adamw({{p.data(), p.data(), g.data(), mm.data(), vv.data(), n, true}}, {1e-3, 0.9, 0.95, 1e-8, 0.1, 1.0, 1});
+    be.adamw({{p.data(), w, g.data(), mm.data(), vv.data(), n, true}}, {1e-3, 0.9, 0.95, 1e-8, 0.1, 1.0, 1});
   });
   r.adamw = s / static_cast<double>(n);
 }
 
 // Times one layer's ops (and the head's) as the model calls them, on the local
-// shapes of cfg's layout, with the current OpenMP threads.
-Rates measure(const config::Config& cfg) {
+// shapes of cfg's layout, with the current OpenMP threads, on backend `be`.
+template <typename B>
+Rates measure(const config::Config& cfg, B& be) {
   const Layout l = layout_of(cfg);
   const auto& d = l.dims;
   const int t = l.tp;
   const int64_t N = int64_t{l.MB} * l.T, C = d.C, F = d.F / t, W = d.qkv_width() / t, A = d.Hq / t * d.D,
                 V = d.V / t, Hq = d.Hq / t, Hkv = d.Hkv / t;
-  backend::Cpu<float> be;
   Rates r;
   // GEMMs: forward and backward of qkv, projection, MLP, and the head.
   struct Shape {
@@ -178,8 +202,9 @@ Rates measure(const config::Config& cfg) {
   if (d.llama) shapes.push_back({C, F});
   double flops = 0, secs = 0;
   for (const auto& s : shapes) {
-    auto x = random(N * s.in, 1), w = random(s.in * s.out, 2), y = random(N * s.out, 3), dw = random(s.in * s.out, 4),
-         dx = random(N * s.in, 5);
+    auto x = random_act<B>(N * s.in, 1), w = random_act<B>(s.in * s.out, 2), y = random_act<B>(N * s.out, 3),
+         dx = random_act<B>(N * s.in, 5);
+    auto dw = random(s.in * s.out, 4);
     secs += best_seconds(2, [&] {
       be.linear(y.data(), x.data(), w.data(), nullptr, N, s.in, s.out);
       be.linear_backward(dx.data(), false, dw.data(), nullptr, y.data(), x.data(), w.data(), N, s.in, s.out);
@@ -188,7 +213,8 @@ Rates measure(const config::Config& cfg) {
   }
   r.matmul = flops / secs;
   {
-    auto qkv = random(N * W, 6), out = random(N * A, 7), dy = random(N * A, 8), dqkv = random(N * W, 9);
+    auto qkv = random_act<B>(N * W, 6), out = random_act<B>(N * A, 7), dy = random_act<B>(N * A, 8),
+         dqkv = random_act<B>(N * W, 9);
     std::vector<float> lse(static_cast<size_t>(l.MB * Hq * l.T));
     const double s = best_seconds(2, [&] {
       be.attention_forward(out.data(), lse.data(), qkv.data(), l.MB, l.T, Hq, Hkv, d.D);
@@ -198,13 +224,23 @@ Rates measure(const config::Config& cfg) {
   }
   {
     const int64_t n = 512;
-    auto a = random(n * n, 30), b = random(n * n, 31), c = random(n * n, 32);
+    auto a = random_act<B>(n * n, 30), b = random_act<B>(n * n, 31), c = random_act<B>(n * n, 32);
     const double s = best_seconds(3, [&] { be.linear(c.data(), a.data(), b.data(), nullptr, n, n, n); });
     r.peak = std::max(r.matmul, 2.0 * n * n * n / s);
   }
-  time_layers(l, r);
-  r.memory = 28.0 / r.adamw;  // AdamW streams 28 bytes per element (docs/plan.md)
+  time_layers(l, be, r);
+  // AdamW streams 28 bytes per element, 30 with the bf16 working copy (docs/plan.md).
+  r.memory = (std::is_same_v<typename B::Act, float> ? 28.0 : 30.0) / r.adamw;
   return r;
+}
+
+Rates measure(const config::Config& cfg) {
+  if (cfg.backend.dtype == "bf16") {
+    backend::CpuBf16 be(parallel::bf16_gemm_of(&cfg), layout_of(cfg).dims.D);
+    return measure(cfg, be);
+  }
+  backend::Cpu<float> be;
+  return measure(cfg, be);
 }
 
 }  // namespace
@@ -217,6 +253,8 @@ Device measured_cpu(const config::Config& cfg, int threads, const std::string& c
       << d.F / l.tp << " W" << d.qkv_width() / l.tp << " H" << d.Hq / l.tp << "/" << d.Hkv / l.tp << " D" << d.D
       << " V" << d.V / l.tp << " N" << l.MB << "x" << l.T << " recompute " << model::recompute_name(l.recompute)
       << (d.tied ? " tied" : "");
+  // bf16 rates belong to the GEMM that ran them (backend.bf16_gemm: auto picks by CPU).
+  if (cfg.backend.dtype == "bf16") key << " | bf16 " << cpu::bf16_gemm_name(parallel::bf16_gemm_of(&cfg));
   namespace fs = std::filesystem;
   const fs::path file = fs::path(cache_dir) / "cpu_rates.json";
   nlohmann::json cache = read_cache(file);
@@ -245,7 +283,12 @@ Device measured_cpu(const config::Config& cfg, int threads, const std::string& c
   }
   Device dev;
   dev.name = "cpu";
-  dev.source = "measured with kumiko's CPU kernels on this layout's shapes, " + std::to_string(threads) +
+  const std::string kernels =
+      cfg.backend.dtype == "bf16"
+          ? std::string("kumiko's CPU kernels in bf16 (") + cpu::bf16_gemm_name(parallel::bf16_gemm_of(&cfg)) +
+                " GEMM)"
+          : std::string("kumiko's CPU kernels");
+  dev.source = "measured with " + kernels + " on this layout's shapes, " + std::to_string(threads) +
                " thread(s) (" + cpu_model() + "; cache " + file.string() + ")";
   const double pages = static_cast<double>(sysconf(_SC_PHYS_PAGES)), page = static_cast<double>(sysconf(_SC_PAGE_SIZE));
   dev.memory = pages * page;

@@ -10,6 +10,7 @@
 #include "kumiko/model/parameters.h"
 #include "kumiko/model/transformer.h"
 #include "kumiko/parallel/data_parallel.h"
+#include "kumiko/parallel/engine.h"
 #include "kumiko/parallel/pipeline.h"
 #include "kumiko/parallel/schedule.h"
 #include "model/transformer_impl.h"
@@ -41,8 +42,8 @@ model::ArenaPlan arena_plan(const config::Config& cfg, const model::BufferLayout
 }
 
 // backend::CpuBf16's fp32 scratch (include/kumiko/backend/cpu_bf16.h and the kernels
-// it calls), each buffer kept at its largest size. The plan does not know which bf16
-// GEMM `auto` picks on the target CPU, so it counts what the non-oneDNN ones need.
+// it calls), each buffer kept at its largest size, for the bf16 GEMM the run uses
+// (backend.bf16_gemm; `auto` as this CPU picks it: the plan is of this machine).
 // [N, wide] is the widest activation (F, qkv or C, over tp):
 //   the GELU linear's fp32 output [N, F/tp] (slot 3; every other op converts in its
 //     own loops or tiles);
@@ -50,19 +51,23 @@ model::ArenaPlan arena_plan(const config::Config& cfg, const model::BufferLayout
 //     tp = 1 loss converts row by row);
 //   matmul_bf16_out's fp32 result before rounding (emulated / OpenBLAS; oneDNN writes
 //     bf16 itself), the head's [N, V/tp] the largest;
-//   the emulated GEMM's fp32 copies of its operands: the head's dlogits and a weight;
+//   the emulated GEMM's fp32 copies of its operands: the head's dlogits and a weight
+//     (oneDNN's own scratchpad, under 2 MiB for the tiny model's GEMMs, is left out;
+//     so is a shape oneDNN refuses, which takes the emulated GEMM and says so);
 //   attention backward's per-thread buffers, at most [N, Hq / tp, ...] over its threads:
 //     fp32 dQ accumulators (D wide) and, on AVX512-BF16 CPUs, Q and dO as pair words
 //     (D rounded up to 16 wide each; attention_dpbf16.cpp). The forward's packed K and
 //     V, [T, 1.5 D] words per thread, are left out: the plan does not know the threads.
-double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp) {
+double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp, cpu::Bf16Gemm gemm) {
   const double N = static_cast<double>(B * T);
   const double act = N * static_cast<double>(std::max({d.F, d.qkv_width(), d.C})) / tp;
   const double logits = N * static_cast<double>(d.V) / tp;
   const double weight = static_cast<double>(std::max({d.V / tp, d.F / tp, d.qkv_width() / tp})) * d.C;
   const double slot0 = tp > 1 ? std::max(logits, N * static_cast<double>(d.C)) : 0.0;
   const double dq = N * static_cast<double>(d.Hq * (d.D + 2 * ((d.D + 15) / 16 * 16))) / tp;
-  return 4.0 * (act + slot0 + std::max(logits, act) + std::max(logits, act) + weight + dq);
+  const double fp32_result = gemm == cpu::Bf16Gemm::onednn ? 0.0 : std::max(logits, act);
+  const double operand_copies = gemm == cpu::Bf16Gemm::emulated ? std::max(logits, act) + weight : 0.0;
+  return 4.0 * (act + slot0 + fp32_result + operand_copies + dq);
 }
 
 // The CUDA backend's workspace beyond the arena (backend prepare()): the largest of
@@ -169,7 +174,12 @@ Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank) {
     m.runtime = (1.0 + (l.dp * l.tp * l.pp > 1 ? 0.5 : 0.0)) * 1024 * 1024 * 1024;
   } else {
     if (bf16) {
-      m.workspace += cpu_bf16_scratch(l.dims, l.MB, l.T, l.tp);
+      m.workspace += cpu_bf16_scratch(l.dims, l.MB, l.T, l.tp, parallel::bf16_gemm_of(&cfg));
+      // params()' fp32 values and gradients (the host layout checkpoints and the
+      // communicator read) beside the arena's: host memory too on the CPU.
+      m.parameters += 4.0 * static_cast<double>(P);
+      m.gradients += 4.0 * static_cast<double>(P);
+      m.host_mirror = 0;
     } else {
       m.parameters = 4.0 * static_cast<double>(P);
       m.gradients = 4.0 * static_cast<double>(P) + static_cast<double>(a.gradients);
@@ -187,7 +197,7 @@ Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank) {
     const int64_t elems = parallel::pipeline_buffer_elements(l.chunks, l.m, rows, l.dims.C);
     m.pipeline = act_bytes * static_cast<double>(elems);
     const double ids = 8.0 * l.m * l.MB * l.T;  // the step's token ids and targets, host vectors
-    (device || bf16 ? m.host_mirror : m.pipeline) += ids;
+    (device ? m.host_mirror : m.pipeline) += ids;
   }
   return m;
 }

@@ -188,7 +188,7 @@ std::string describe(const config::Config& cfg, const Cluster& cluster, const Pl
   std::ostringstream o;
   o << fmt::format("kumiko plan: {} L{} C{} heads {}/{} F{} V{}, seq {} x global batch {}, {} {}\n", cfg.model.arch,
                    d.L, d.C, d.Hq, d.Hkv, d.F, d.V, cfg.data.seq_len, cfg.train.global_batch, cfg.backend.device,
-                   cfg.backend.device == "cuda" ? cfg.backend.dtype : std::string("fp32"));
+                   cfg.backend.dtype);
   o << fmt::format("cluster: {} node(s) x {} rank(s) of {} ({})\n", cluster.nodes, cluster.ranks_per_node,
                    dev.name, dev.source);
   o << fmt::format("rates:   GEMM {:.1f} GFLOP/s, attention {:.1f} GFLOP/s, memory {:.1f} GB/s, peak {:.1f} GFLOP/s; "

@@ -113,7 +113,7 @@ StepTime step_time(const config::Config& cfg, const Layout& l, const Cluster& c)
   KUMIKO_USER_CHECK(dev.matmul_flops > 0 && dev.memory_bw > 0, "kumiko plan: device '", dev.name,
                     "' has no rates to predict step time with");
   const bool device = cfg.backend.device == "cuda";
-  const double ab = device && cfg.backend.dtype == "bf16" ? 2.0 : 4.0;
+  const double ab = cfg.backend.dtype == "bf16" ? 2.0 : 4.0;  // activations (both backends store bf16)
   const int per_node = std::max(c.ranks_per_node, 1);
   // A CPU node with more threads than cores shares them.
   double share = 1;

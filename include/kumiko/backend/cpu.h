@@ -12,6 +12,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -260,7 +261,10 @@ class Cpu : public HostCollectives {
   // Vocabulary shards [v0, v0 + Vl) (Megatron's vocab-parallel cross-entropy), in
   // three steps around the model's all-reduces: the row maxima (then max over ranks),
   // sums of exponentials and target logits (then sum), the losses and gradients.
+  // fp32: the vectorised kernels of ops/cross_entropy.h; other types (double, the
+  // gradient checks) the scalar loops below.
   void ce_row_max(Stat* mx, const Act* logits, int64_t N, int64_t Vl) {
+    if constexpr (std::is_same_v<T, float>) return cpu::ce_shard_max(mx, logits, N, Vl);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < N; ++i) {
       const T* row = logits + i * Vl;
@@ -269,6 +273,7 @@ class Cpu : public HostCollectives {
   }
   void ce_sums(Stat* sum, Stat* tgt, const Act* logits, const Stat* mx, const int32_t* targets, int64_t N,
                int64_t Vl, int64_t v0) {
+    if constexpr (std::is_same_v<T, float>) return cpu::ce_shard_sums(sum, tgt, logits, mx, targets, N, Vl, v0);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < N; ++i) {
       const T* row = logits + i * Vl;
@@ -281,6 +286,9 @@ class Cpu : public HostCollectives {
   }
   void ce_finish(Stat* losses, Act* logits, const Stat* mx, const Stat* sum, const Stat* tgt, const int32_t* targets,
                  int64_t N, int64_t Vl, int64_t v0, bool backward, double scale) {
+    if constexpr (std::is_same_v<T, float>)
+      return cpu::ce_shard_finish(losses, logits, mx, sum, tgt, targets, N, Vl, v0, backward,
+                                  static_cast<float>(scale));
     const T s = static_cast<T>(scale);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < N; ++i) {

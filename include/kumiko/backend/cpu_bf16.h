@@ -143,7 +143,7 @@ class CpuBf16 : public HostCollectives {
   }
   void attention_forward(Act* o, Stat* lse, const Act* qkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv,
                          int64_t D) {
-    cpu::attention_forward(o, lse, qkv, B, Tn, Hq, Hkv, D);  // fp32 tiles, bf16 out
+    cpu::attention_forward(o, lse, qkv, B, Tn, Hq, Hkv, D);  // vdpbf16ps or fp32 tiles, bf16 out
   }
   void attention_backward(Act* dqkv, const Act* dy, const Act* qkv, const Act* o, const Stat* lse, int64_t B,
                           int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D) {  // dqkv overwritten

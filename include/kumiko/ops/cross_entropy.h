@@ -26,4 +26,19 @@ void cross_entropy_forward_backward(T* losses, T* dlogits, const T* logits, cons
 void cross_entropy_bf16(float* losses, bf16* logits, const int32_t* targets, int64_t N, int64_t V, bool backward,
                         float dloss_scale);
 
+// The vocabulary-parallel loss (tp > 1) in three passes over this rank's columns
+// logits[N, Vl] = the full logits' [v0, v0 + Vl); between them the caller takes the
+// max of mx and the sums of sum and tgt over the tensor-parallel group. Vectorised
+// with the same exp as the loss above.
+//   ce_shard_max:    mx[n] = max of the row;
+//   ce_shard_sums:   sum[n] = sum of exp(row - mx[n]); tgt[n] = the target's logit
+//                    where this rank holds it, else 0;
+//   ce_shard_finish: losses[n] = log(sum[n]) + mx[n] - tgt[n]; with `backward` the row
+//                    overwritten by (softmax - onehot) * scale.
+void ce_shard_max(float* mx, const float* logits, int64_t N, int64_t Vl);
+void ce_shard_sums(float* sum, float* tgt, const float* logits, const float* mx, const int32_t* targets, int64_t N,
+                   int64_t Vl, int64_t v0);
+void ce_shard_finish(float* losses, float* logits, const float* mx, const float* sum, const float* tgt,
+                     const int32_t* targets, int64_t N, int64_t Vl, int64_t v0, bool backward, float scale);
+
 }  // namespace kumiko::cpu

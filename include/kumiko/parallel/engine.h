@@ -16,6 +16,7 @@
 #include "kumiko/config/config.h"
 #include "kumiko/model/parameters.h"
 #include "kumiko/model/transformer.h"
+#include "kumiko/ops/matmul_bf16.h"
 #include "kumiko/parallel/grid.h"
 
 namespace kumiko::parallel {
@@ -74,5 +75,10 @@ class Engine {
 // The CPU engine (the CUDA one: gpu/engine.h). Throws UserError for a layout the
 // model cannot be split into.
 std::unique_ptr<Engine> make_cpu_engine(const EngineSetup& setup);
+
+// The bf16 GEMM a CPU run of `cfg` uses (backend.bf16_gemm: a named implementation, or
+// "auto": cpu::bf16_gemm_default, native bf16 GEMMs where the CPU has bf16
+// instructions, the emulated one elsewhere); nullptr: "auto". kumiko plan times with it.
+cpu::Bf16Gemm bf16_gemm_of(const config::Config* cfg);
 
 }  // namespace kumiko::parallel

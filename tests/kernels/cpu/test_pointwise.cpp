@@ -82,6 +82,49 @@ TEST(CrossEntropy, MatchesReferenceAndAliases) {
   expect_close(inplace, dr, 1e-5, "ce dlogits (aliased)");
 }
 
+// The vocabulary-parallel passes (tp > 1) over uneven column shards, combined as the
+// tensor-parallel group does (max of mx, sums of sum and tgt), against the reference.
+TEST(CrossEntropy, ShardsMatchReference) {
+  const int64_t N = 9, V = 203, split = 77;  // shards [0, 77) and [77, 203); 203 = no vector multiple
+  const auto logits = random_vec(static_cast<size_t>(N * V), 122, 4.0);
+  const auto targets = test::random_ids(static_cast<size_t>(N), int32_t(V), 123);
+  std::vector<double> lr(static_cast<size_t>(N)), dr(static_cast<size_t>(N * V));
+  reference::cross_entropy<double>(lr.data(), dr.data(), cast_vec<double>(logits).data(), targets.data(), N, V,
+                                   0.25);
+  for (const bool backward : {false, true}) {
+    const int64_t v0s[2] = {0, split}, vls[2] = {split, V - split};
+    std::vector<std::vector<float>> shard(2);
+    std::vector<float> mx(static_cast<size_t>(N), -std::numeric_limits<float>::infinity());
+    std::vector<float> sum(static_cast<size_t>(N), 0.0f), tgt(static_cast<size_t>(N), 0.0f);
+    for (int r = 0; r < 2; ++r) {
+      shard[r].resize(static_cast<size_t>(N * vls[r]));
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t v = 0; v < vls[r]; ++v) shard[r][n * vls[r] + v] = logits[n * V + v0s[r] + v];
+      auto m = test::poisoned<float>(static_cast<size_t>(N));
+      ce_shard_max(m.data(), shard[r].data(), N, vls[r]);
+      for (int64_t n = 0; n < N; ++n) mx[n] = std::max(mx[n], m[n]);
+    }
+    for (int r = 0; r < 2; ++r) {
+      auto s = test::poisoned<float>(static_cast<size_t>(N)), t = test::poisoned<float>(static_cast<size_t>(N));
+      ce_shard_sums(s.data(), t.data(), shard[r].data(), mx.data(), targets.data(), N, vls[r], v0s[r]);
+      for (int64_t n = 0; n < N; ++n) {
+        sum[n] += s[n];
+        tgt[n] += t[n];
+      }
+    }
+    std::vector<float> d(static_cast<size_t>(N * V));
+    for (int r = 0; r < 2; ++r) {
+      auto losses = test::poisoned<float>(static_cast<size_t>(N));
+      ce_shard_finish(losses.data(), shard[r].data(), mx.data(), sum.data(), tgt.data(), targets.data(), N, vls[r],
+                      v0s[r], backward, 0.25f);
+      expect_close(losses, lr, 1e-5, "ce shard losses");
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t v = 0; v < vls[r]; ++v) d[n * V + v0s[r] + v] = shard[r][n * vls[r] + v];
+    }
+    if (backward) expect_close(d, dr, 1e-5, "ce shard dlogits");
+  }
+}
+
 TEST(CrossEntropy, RejectsTargetOutsideVocabulary) {
   const auto logits = random_vec(12, 130);
   std::vector<int32_t> targets = {1, 4};  // V = 4
