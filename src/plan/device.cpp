@@ -174,10 +174,13 @@ void time_layers(const Layout& l, B& be, Rates& r) {
   for (auto& x : vv) x = x * x;
   // bf16: the update also writes the parameter's bf16 working copy.
   std::vector<typename B::Act> work;
-  if constexpr (!std::is_same_v<typename B::Act, float>) work.resize(static_cast<size_t>(n));
   typename B::Act* w = nullptr;
-  if constexpr (std::is_same_v<typename B::Act, float>) w = p.data();
-  else w = work.data();
+  if constexpr (std::is_same_v<typename B::Act, float>) {
+    w = p.data();
+  } else {
+    work.resize(static_cast<size_t>(n));
+    w = work.data();
+  }
   const double s = best_seconds(3, [&] {
     be.adamw({{p.data(), w, g.data(), mm.data(), vv.data(), n, true}}, {1e-3, 0.9, 0.95, 1e-8, 0.1, 1.0, 1});
   });

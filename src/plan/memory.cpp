@@ -161,12 +161,11 @@ Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank) {
   m.arena = static_cast<double>(a.total);
   m.activations = static_cast<double>(a.activations);
   m.workspace = static_cast<double>(a.workspace);
-  if (device || bf16) {
-    // Master weights, working copy and gradients in the arena; params() a host mirror.
+  if (device || bf16) {  // master weights, working copy and gradients in the arena
     m.parameters = static_cast<double>(a.parameters);
     m.gradients = static_cast<double>(a.gradients);
-    m.host_mirror = 8.0 * static_cast<double>(P);
   }
+  if (device) m.host_mirror = 8.0 * static_cast<double>(P);  // params(), host memory beside the GPU's
   if (device) {
     m.workspace += cuda_workspace(l.dims, l.MB, l.T, l.tp, P);
     // CUDA context, cuBLAS/cuDNN handles and (several ranks) NCCL's buffers: an
@@ -179,7 +178,6 @@ Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank) {
       // communicator read) beside the arena's: host memory too on the CPU.
       m.parameters += 4.0 * static_cast<double>(P);
       m.gradients += 4.0 * static_cast<double>(P);
-      m.host_mirror = 0;
     } else {
       m.parameters = 4.0 * static_cast<double>(P);
       m.gradients = 4.0 * static_cast<double>(P) + static_cast<double>(a.gradients);
