@@ -125,6 +125,28 @@ inline Chunks make_chunks(int64_t n, int64_t max_chunks = 64, int64_t min_rows =
   return {count, size};
 }
 
+// out[c] += sum over k of partial[k * stride + c], k = 0, 1, ... in order (the chunk
+// order above), for c in [0, C): vectorised across columns, each column's additions in
+// the same order as a scalar loop over k, so the result does not change with the
+// vector width or the thread count.
+template <typename T>
+void add_chunk_sums(T* out, const T* partial, int64_t count, int64_t stride, int64_t C) {
+  constexpr int64_t kBlock = 64;  // columns per task: 4 AVX-512 vectors
+#pragma omp parallel for schedule(static)
+  for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
+    const int64_t nc = std::min(kBlock, C - c0);
+    T acc[kBlock];
+    for (int64_t c = 0; c < nc; ++c) acc[c] = T(0);
+    for (int64_t k = 0; k < count; ++k) {
+      const T* p = partial + k * stride + c0;
+#pragma omp simd
+      for (int64_t c = 0; c < nc; ++c) acc[c] += p[c];
+    }
+#pragma omp simd
+    for (int64_t c = 0; c < nc; ++c) out[c0 + c] += acc[c];
+  }
+}
+
 // Column range [c0, c1) of thread `tid` out of `nt` for C columns, aligned to 16.
 inline void column_range(int64_t C, int tid, int nt, int64_t& c0, int64_t& c1) {
   const int64_t blocks = (C + 15) / 16;

@@ -70,16 +70,8 @@ void layernorm_backward(S* dx, math_t<S>* dw, math_t<S>* db, const S* dout, cons
       }
     }
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < C; ++c) {
-    T sw = 0, sb = 0;
-    for (int64_t k = 0; k < chunks.count; ++k) {
-      sw += partial[k * 2 * C + c];
-      sb += partial[k * 2 * C + C + c];
-    }
-    dw[c] += sw;
-    db[c] += sb;
-  }
+  detail::add_chunk_sums(dw, partial.data(), chunks.count, 2 * C, C);
+  detail::add_chunk_sums(db, partial.data() + C, chunks.count, 2 * C, C);
 }
 
 template void layernorm_forward<float>(float*, float*, float*, const float*, const float*,

@@ -58,12 +58,7 @@ void rmsnorm_backward(S* dx, math_t<S>* dw, const S* dout, const S* x, const S* 
       }
     }
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < C; ++c) {
-    T sw = 0;
-    for (int64_t k = 0; k < chunks.count; ++k) sw += partial[k * C + c];
-    dw[c] += sw;
-  }
+  detail::add_chunk_sums(dw, partial.data(), chunks.count, C, C);
 }
 
 template void rmsnorm_forward<float>(float*, float*, const float*, const float*, int64_t, int64_t,

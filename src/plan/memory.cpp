@@ -47,8 +47,9 @@ model::ArenaPlan arena_plan(const config::Config& cfg, const model::BufferLayout
 // [N, wide] is the widest activation (F, qkv or C, over tp):
 //   the GELU linear's fp32 output [N, F/tp] (slot 3; every other op converts in its
 //     own loops or tiles);
-//   the vocab-parallel loss's widened logits [N, V/tp] (slot 0, tp > 1 only; the
-//     tp = 1 loss converts row by row);
+//   the vocab-shard embedding backward's widened dx [N, C] (slot 0, tp > 1 only; both
+//     losses read bf16 logits as they are, the backward's one fp32 row per thread left
+//     out with the other per-thread rows);
 //   matmul_bf16_out's fp32 result before rounding (emulated / OpenBLAS; oneDNN writes
 //     bf16 itself), the head's [N, V/tp] the largest;
 //   the emulated GEMM's fp32 copies of its operands: the head's dlogits and a weight
@@ -63,7 +64,7 @@ double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp, cpu:
   const double act = N * static_cast<double>(std::max({d.F, d.qkv_width(), d.C})) / tp;
   const double logits = N * static_cast<double>(d.V) / tp;
   const double weight = static_cast<double>(std::max({d.V / tp, d.F / tp, d.qkv_width() / tp})) * d.C;
-  const double slot0 = tp > 1 ? std::max(logits, N * static_cast<double>(d.C)) : 0.0;
+  const double slot0 = tp > 1 ? N * static_cast<double>(d.C) : 0.0;
   const double dq = N * static_cast<double>(d.Hq * (d.D + 2 * ((d.D + 15) / 16 * 16))) / tp;
   const double fp32_result = gemm == cpu::Bf16Gemm::onednn ? 0.0 : std::max(logits, act);
   const double operand_copies = gemm == cpu::Bf16Gemm::emulated ? std::max(logits, act) + weight : 0.0;

@@ -178,18 +178,15 @@ class CpuBf16 : public HostCollectives {
                      double scale) {
     cpu::cross_entropy_bf16(losses, logits, targets, N, V, backward, static_cast<float>(scale));  // row by row
   }
-  void ce_row_max(Stat* mx, const Act* logits, int64_t N, int64_t Vl) {
-    fp32_.ce_row_max(mx, widen(0, logits, N * Vl), N, Vl);
-  }
+  // The vocabulary-parallel loss on the bf16 logits as they are (no [N, Vl] fp32 copy).
+  void ce_row_max(Stat* mx, const Act* logits, int64_t N, int64_t Vl) { cpu::ce_shard_max(mx, logits, N, Vl); }
   void ce_sums(Stat* sum, Stat* tgt, const Act* logits, const Stat* mx, const int32_t* targets, int64_t N, int64_t Vl,
                int64_t v0) {
-    fp32_.ce_sums(sum, tgt, widen(0, logits, N * Vl), mx, targets, N, Vl, v0);
+    cpu::ce_shard_sums(sum, tgt, logits, mx, targets, N, Vl, v0);
   }
   void ce_finish(Stat* losses, Act* logits, const Stat* mx, const Stat* sum, const Stat* tgt, const int32_t* targets,
                  int64_t N, int64_t Vl, int64_t v0, bool backward, double scale) {
-    float* lf = widen(0, logits, N * Vl);
-    fp32_.ce_finish(losses, lf, mx, sum, tgt, targets, N, Vl, v0, backward, scale);
-    if (backward) cpu::narrow(logits, lf, N * Vl);
+    cpu::ce_shard_finish(losses, logits, mx, sum, tgt, targets, N, Vl, v0, backward, static_cast<float>(scale));
   }
   double sum(const Stat* x, int64_t n) { return fp32_.sum(x, n); }
 

@@ -156,6 +156,46 @@ TEST(Bf16, FusedKernelsMatchWidenComputeNarrow) {
   }
 }
 
+// The vocabulary-parallel loss on bf16 shards (tp > 1 under backend::CpuBf16) reads the
+// bf16 logits as they are: the fp32 passes on the widened shard, then narrow. Max,
+// target logit and the finished rows bit for bit; the row sums add the same terms in
+// the order the compiler vectorises each instantiation in, so they agree within two
+// sums' rounding, 2 gamma_Vl of the (positive) sum. Shard [77, 203) of V = 203 (no
+// vector multiple), targets inside and outside it.
+TEST(Bf16, VocabShardLossMatchesWidenComputeNarrow) {
+  std::mt19937 gen(12);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  const int64_t N = 23, Vl = 126, v0 = 77, V = 203;
+  std::vector<bf16> logits(static_cast<size_t>(N * Vl));
+  for (auto& v : logits) v = to_bf16(normal(gen));
+  std::vector<int32_t> targets(static_cast<size_t>(N));
+  for (auto& t : targets) t = static_cast<int32_t>(gen() % V);
+  std::vector<float> wide(logits.size());
+  cpu::widen(wide.data(), logits.data(), N * Vl);
+  std::vector<float> mx(N), mx_b(N), sum(N), sum_b(N), tgt(N), tgt_b(N);
+  cpu::ce_shard_max(mx.data(), wide.data(), N, Vl);
+  cpu::ce_shard_max(mx_b.data(), logits.data(), N, Vl);
+  cpu::ce_shard_sums(sum.data(), tgt.data(), wide.data(), mx.data(), targets.data(), N, Vl, v0);
+  cpu::ce_shard_sums(sum_b.data(), tgt_b.data(), logits.data(), mx.data(), targets.data(), N, Vl, v0);
+  for (int64_t n = 0; n < N; ++n) {
+    ASSERT_EQ(bits(mx_b[n]), bits(mx[n])) << "max row " << n;
+    const double u = std::ldexp(1.0, -24), gamma = Vl * u / (1 - Vl * u);
+    ASSERT_NEAR(sum_b[n], sum[n], 2 * gamma * sum[n]) << "sum row " << n;
+    ASSERT_EQ(bits(tgt_b[n]), bits(tgt[n])) << "target logit row " << n;
+  }
+  for (const bool backward : {false, true}) {
+    std::vector<float> w = wide, loss(N), loss_b(N);
+    std::vector<bf16> got = logits, want(logits.size());
+    cpu::ce_shard_finish(loss.data(), w.data(), mx.data(), sum.data(), tgt.data(), targets.data(), N, Vl, v0,
+                         backward, 0.25f);
+    cpu::ce_shard_finish(loss_b.data(), got.data(), mx.data(), sum.data(), tgt.data(), targets.data(), N, Vl, v0,
+                         backward, 0.25f);
+    cpu::narrow(want.data(), w.data(), N * Vl);
+    for (int64_t n = 0; n < N; ++n) ASSERT_EQ(bits(loss_b[n]), bits(loss[n])) << "loss row " << n;
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i].bits, want[i].bits) << "dlogits " << i;
+  }
+}
+
 // The log line of a bf16 run names this CPU's vector units and whether it has bf16
 // instructions (the bf16 path is emulated either way).
 TEST(CpuFeatures, TheBf16BackendNamesTheCpu) {

@@ -46,6 +46,31 @@ TEST(Bf16Dot, SplitCarriesFp32To2PowMinus16) {
   }
 }
 
+// pack_transposed word for word against its definition, over row and word tails (n and
+// K2 not multiples of 16, one word deep, one row), padded rows (ld > 2 K2) and a wider B
+// (ldb > round16(n)): columns [n, round16(n)) zero, columns past them untouched.
+TEST(Bf16Dot, PackTransposedIsTheTranspose) {
+  struct Shape { int64_t n, K2, ld, ldb; };
+  for (const Shape sh : {Shape{1, 1, 2, 16}, Shape{16, 16, 32, 16}, Shape{37, 13, 30, 48},
+                         Shape{64, 32, 64, 64}, Shape{50, 36, 76, 80}, Shape{15, 8, 16, 16}}) {
+    const auto x = random_bf16(size_t(sh.n * sh.ld), 47);
+    const uint32_t junk = 0xdeadbeefu;
+    std::vector<uint32_t> b(size_t(sh.K2 * sh.ldb), junk);
+    detail::pack_transposed(b.data(), sh.ldb, x.data(), sh.ld, sh.n, sh.K2);
+    for (int64_t p = 0; p < sh.K2; ++p)
+      for (int64_t j = 0; j < sh.ldb; ++j) {
+        uint32_t want = junk;
+        if (j < sh.n) {
+          want = uint32_t{x[size_t(j * sh.ld + 2 * p)].bits} | (uint32_t{x[size_t(j * sh.ld + 2 * p + 1)].bits} << 16);
+        } else if (j < detail::round16(sh.n)) {
+          want = 0;
+        }
+        ASSERT_EQ(b[size_t(p * sh.ldb + j)], want)
+            << "n " << sh.n << " K2 " << sh.K2 << ": word " << p << ", column " << j;
+      }
+  }
+}
+
 // C = alpha Xᵀ-packed product and the split / dup product, with row and column tails
 // (M = 7, N = 37 over 64-column panels and 16-column groups), accumulating or not.
 TEST(Bf16Dot, GemmMatchesADoubleProduct) {
