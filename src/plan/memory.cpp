@@ -166,8 +166,8 @@ Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank) {
     m.parameters = static_cast<double>(a.parameters);
     m.gradients = static_cast<double>(a.gradients);
   }
-  if (device) m.host_mirror = 8.0 * static_cast<double>(P);  // params(), host memory beside the GPU's
   if (device) {
+    m.host_mirror = 8.0 * static_cast<double>(P);  // params(), host memory beside the GPU's
     m.workspace += cuda_workspace(l.dims, l.MB, l.T, l.tp, P);
     // CUDA context, cuBLAS/cuDNN handles and (several ranks) NCCL's buffers: an
     // estimate, docs/plan.md.

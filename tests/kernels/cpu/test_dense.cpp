@@ -131,7 +131,8 @@ void run_layernorm(int64_t N, int64_t C) {
 
 TEST(LayerNorm, MatchesReference) {
   run_layernorm(7, 33);
-  run_layernorm(301, 20);  // many row chunks
+  run_layernorm(301, 20);   // many row chunks
+  run_layernorm(301, 150);  // chunk sums over 64-column blocks, the last one partial
 }
 
 void run_rmsnorm(int64_t N, int64_t C) {
@@ -156,6 +157,7 @@ void run_rmsnorm(int64_t N, int64_t C) {
 TEST(RmsNorm, MatchesReference) {
   run_rmsnorm(7, 33);
   run_rmsnorm(301, 20);
+  run_rmsnorm(301, 150);
 }
 
 TEST(Norms, DeterministicAcrossCallsAndThreads) {
