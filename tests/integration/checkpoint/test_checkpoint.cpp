@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -86,18 +87,23 @@ TEST(Checkpoint, RoundTripIsBitExact) {
   EXPECT_TRUE(ckpt::verify_file(again).empty());
 }
 
-class ResumeArch : public ::testing::TestWithParam<std::string> {};
+// (architecture, backend.dtype): bf16 keeps fp32 master weights and moments in the
+// checkpoint and rebuilds its bf16 working copy from them on resume, which must give
+// the copy AdamW wrote at that step (round to nearest even of the same fp32 value).
+class ResumeArch : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
 // 20 steps straight vs 10 steps, a checkpoint, a fresh Trainer resuming for 10 more:
 // identical losses and final parameters, bit for bit.
 TEST_P(ResumeArch, ResumeIsBitwiseIdentical) {
+  const auto& [arch, dtype] = GetParam();
   for (const auto& writer : writers()) {
     SCOPED_TRACE("checkpoint.writer = " + writer);
-    const auto straight_dir = temp_run_dir("straight-" + GetParam() + "-" + writer);
-    const auto split_dir = temp_run_dir("split-" + GetParam() + "-" + writer);
+    const auto straight_dir = temp_run_dir("straight-" + arch + "-" + dtype + "-" + writer);
+    const auto split_dir = temp_run_dir("split-" + arch + "-" + dtype + "-" + writer);
     auto config = [&](const std::string& dir) {
-      auto c = tiny_config(GetParam(), dir);
+      auto c = tiny_config(arch, dir);
       c.checkpoint.writer = writer;
+      c.backend.dtype = dtype;
       return c;
     };
     const auto straight = run(config(straight_dir));
@@ -115,10 +121,23 @@ TEST_P(ResumeArch, ResumeIsBitwiseIdentical) {
     for (size_t i = 0; i < 10; ++i) EXPECT_EQ(a.losses[i], straight.losses[i]) << "step " << i + 1;
     for (size_t i = 0; i < 10; ++i) EXPECT_EQ(b.losses[i], straight.losses[10 + i]) << "step " << 11 + i;
     EXPECT_EQ(final_weights(config(straight_dir)), final_weights(second));
+    if (dtype == "bf16") {  // the bf16 runs must not have been fp32 runs
+      auto fp32 = config(temp_run_dir("fp32-" + arch + "-" + writer));
+      fp32.backend.dtype = "fp32";
+      fp32.train.stop_at = 2;
+      const auto f = run(fp32);
+      ASSERT_EQ(f.losses.size(), 2u);
+      EXPECT_NE(f.losses[1], straight.losses[1]);
+    }
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Arch, ResumeArch, ::testing::Values("gpt2", "llama"));
+INSTANTIATE_TEST_SUITE_P(Arch, ResumeArch,
+                         ::testing::Combine(::testing::Values("gpt2", "llama"),
+                                            ::testing::Values("fp32", "bf16")),
+                         [](const auto& p) {
+                           return std::get<0>(p.param) + "_" + std::get<1>(p.param);
+                         });
 
 TEST(Checkpoint, RetentionKeepsNewestAndLatest) {
   const auto dir = temp_run_dir("keep");
