@@ -3,7 +3,8 @@
 //   - the file holds exactly the bytes of every dataset that rank 0 writes after
 //     gathering (writer = gather), for dp2 x tp2 with ZeRO-1, pp2 x tp2 and pp2 x dp2;
 //   - a checkpoint written by dp2 x tp2 resumes as pp2 x tp2 (each rank reading only its
-//     shards) and follows the straight pp2 x tp2 run.
+//     shards) and follows the straight pp2 x tp2 run;
+//   - in bf16, dp2 x tp2 resumes bitwise from its own parallel write.
 // Without parallel HDF5 in the build the cases skip with a message.
 #include <string>
 #include <vector>
@@ -129,6 +130,43 @@ TEST_P(ParallelCheckpoint, ResumesIntoAnotherLayout) {
   s.losses.insert(s.losses.begin(), straight.losses.begin(), straight.losses.begin() + 3);
   EXPECT_EQ(s.losses, straight.losses) << arch << " dp2 x tp2 resumed from its own parallel write";
   EXPECT_EQ(s.weights, straight.weights) << arch << " dp2 x tp2 resumed from its own parallel write";
+}
+
+// backend.dtype = bf16, dp2 x tp2 with ZeRO-1: the checkpoint holds the fp32 master
+// weights and the moments' shards; each rank rounds its bf16 working copy from what it
+// read. Resuming in the layout that wrote the file continues bitwise.
+TEST_P(ParallelCheckpoint, Bf16ResumesBitwiseInItsLayout) {
+  if (skip_without_parallel_hdf5()) GTEST_SKIP() << "SKIP: this build has serial HDF5";
+  auto& world = comm::world();
+  const std::string arch = GetParam();
+  const std::string base = g_root + "/" + arch + "-bf16";
+  auto c = tiny(arch, base + "-straight");
+  c.backend.dtype = "bf16";
+  c.parallel.dp = 2;
+  c.parallel.tp = 2;
+  c.parallel.zero = 1;
+  c.checkpoint.writer = "parallel";
+  const testing::LayoutResult straight = testing::train_on(world, c);
+  auto first = c;
+  first.log.run_dir = base + "-first";
+  first.train.stop_at = 3;
+  train::Trainer(first, world).run();
+  world.barrier();
+  auto resumed = c;
+  resumed.log.run_dir = base + "-resumed";
+  resumed.checkpoint.resume = first.log.run_dir + "/checkpoints/step_00000003.h5";
+  testing::LayoutResult r = testing::train_on(world, resumed);
+  ASSERT_EQ(r.losses.size() + 3, straight.losses.size());
+  r.losses.insert(r.losses.begin(), straight.losses.begin(), straight.losses.begin() + 3);
+  EXPECT_EQ(r.losses, straight.losses) << arch << " bf16 dp2 x tp2 resumed from its own parallel write";
+  EXPECT_EQ(r.weights, straight.weights) << arch << " bf16 dp2 x tp2 resumed from its own parallel write";
+  auto fp32 = c;  // and it was a bf16 run
+  fp32.backend.dtype = "fp32";
+  fp32.log.run_dir = base + "-fp32";
+  fp32.train.stop_at = 1;
+  const auto f = train::Trainer(fp32, world).run().losses;
+  ASSERT_FALSE(f.empty());
+  EXPECT_NE(f[0], straight.losses[0]) << arch;
 }
 
 INSTANTIATE_TEST_SUITE_P(Arch, ParallelCheckpoint, ::testing::Values("gpt2", "llama"));
