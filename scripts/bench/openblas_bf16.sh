@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Builds Debian's own OpenBLAS source (0.3.21) with BUILD_BFLOAT16=1, so that
+# backend.bf16_gemm = openblas (cblas_sbgemm) can be used and measured beside oneDNN:
+# Debian's binary package is built without it. Nothing is installed system-wide: the
+# library goes to PREFIX and is picked up through LD_LIBRARY_PATH by the kumiko
+# binary as it is (kumiko looks cblas_sbgemm up at run time).
+#
+# Usage: scripts/bench/openblas_bf16.sh [--prefix DIR] [--target NAME]
+#   --prefix  where libopenblas.so.0 goes (default /opt/openblas-bf16)
+#   --target  OpenBLAS TARGET (default from this CPU: SAPPHIRERAPIDS with AMX-BF16,
+#             COOPERLAKE with AVX512-BF16; other CPUs have no bf16 instructions and
+#             no native sbgemm kernels, so the script stops there)
+# Then:  LD_LIBRARY_PATH=/opt/openblas-bf16 build/bin/kumiko bench gemm --threads 2
+#        LD_LIBRARY_PATH=/opt/openblas-bf16 build/bin/kumiko train ... --backend.dtype=bf16 \
+#            --backend.bf16_gemm=openblas
+# The source comes from Debian (apt-get source, through a deb-src entry that exists
+# only while the script runs). Takes about 3 minutes on 2 cores.
+set -euo pipefail
+
+PREFIX=/opt/openblas-bf16
+TARGET=""
+die() { echo "openblas_bf16: error: $*" >&2; exit 2; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --prefix) PREFIX="${2:?--prefix needs a directory}"; shift ;;
+    --target) TARGET="${2:?--target needs an OpenBLAS target name}"; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+  shift
+done
+
+if [[ -z "$TARGET" ]]; then
+  flags="$(grep -m1 '^flags' /proc/cpuinfo || true)"
+  if [[ "$flags" == *" amx_bf16"* ]]; then TARGET=SAPPHIRERAPIDS
+  elif [[ "$flags" == *" avx512_bf16"* ]]; then TARGET=COOPERLAKE
+  else die "this CPU has neither AMX-BF16 nor AVX512-BF16: OpenBLAS has no native sbgemm for it" \
+           "(backend.bf16_gemm = emulated is what runs here); pass --target to build anyway"
+  fi
+fi
+
+[[ $(id -u) == 0 ]] || die "run as root (apt-get source and build dependencies)"
+if ! command -v make >/dev/null || ! command -v gcc >/dev/null; then apt-get install -y -qq build-essential >/dev/null; fi
+command -v dpkg-source >/dev/null || apt-get install -y -qq dpkg-dev >/dev/null
+
+WORK="$(mktemp -d -t openblas-bf16.XXXXXX)"
+SRC_LIST=/etc/apt/sources.list.d/kumiko-openblas-src.sources
+cleanup() { rm -f "$SRC_LIST"; rm -rf "$WORK"; }
+trap cleanup EXIT
+cat >"$SRC_LIST" <<EOF
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: $(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+echo "openblas_bf16: fetching Debian's OpenBLAS source" >&2
+apt-get update -qq -o Dir::Etc::sourcelist="$SRC_LIST" -o Dir::Etc::sourceparts=- >/dev/null
+(cd "$WORK" && apt-get source -qq --download-only openblas >/dev/null 2>&1) ||
+  die "apt-get source openblas failed (is deb.debian.org reachable?)"
+tar -C "$WORK" -xf "$WORK"/openblas_*.orig.tar.xz
+SRC="$(find "$WORK" -maxdepth 1 -type d -name 'OpenBLAS-*' | head -n 1)"
+[[ -n "$SRC" ]] || die "no OpenBLAS-* directory in the source package"
+
+echo "openblas_bf16: building $(basename "$SRC") TARGET=$TARGET BUILD_BFLOAT16=1 (OpenMP) in $WORK" >&2
+make -C "$SRC" -j"$(nproc)" TARGET="$TARGET" BUILD_BFLOAT16=1 USE_OPENMP=1 NUM_THREADS=256 \
+  NOFORTRAN=1 NO_LAPACK=1 NO_LAPACKE=1 NO_STATIC=1 libs shared >"$WORK/build.log" 2>&1 ||
+  { tail -n 30 "$WORK/build.log" >&2; die "the OpenBLAS build failed (log above)"; }
+grep -q ' T cblas_sbgemm$' <(nm -D "$SRC/libopenblas.so.0") || die "the built library has no cblas_sbgemm"
+
+mkdir -p "$PREFIX"
+cp -L "$SRC/libopenblas.so.0" "$PREFIX/libopenblas.so.0"
+echo "openblas_bf16: $PREFIX/libopenblas.so.0 (cblas_sbgemm, $TARGET kernels); use it with" >&2
+echo "  LD_LIBRARY_PATH=$PREFIX build/bin/kumiko bench gemm --threads 2" >&2
