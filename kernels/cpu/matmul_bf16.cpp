@@ -54,7 +54,8 @@ Bf16Gemm bf16_gemm_from_name(const std::string& name) {
     if (name != bf16_gemm_name(g)) continue;
     KUMIKO_USER_CHECK(g != Bf16Gemm::openblas || sbgemm(),
                       "backend.bf16_gemm: 'openblas' needs an OpenBLAS built with BUILD_BFLOAT16=1 (cblas_sbgemm); "
-                      "the one this process loaded has none (Debian's has none)");
+                      "the one this process loaded has none (Debian's has none; scripts/bench/openblas_bf16.sh "
+                      "builds one for LD_LIBRARY_PATH)");
     KUMIKO_USER_CHECK(g != Bf16Gemm::onednn || onednn::available(),
                       "backend.bf16_gemm: 'onednn' needs a build with oneDNN (install libdnnl-dev and reconfigure) "
                       "and a CPU it runs bf16 on (AVX-512 or newer); this CPU: ",
