@@ -10,6 +10,7 @@
 // (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., eq. 3.5).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <type_traits>
@@ -152,6 +153,20 @@ TEST(MatmulBf16, EmptySumsAndNamesAreHandled) {
     EXPECT_EQ(cpu::bf16_gemm_from_name(cpu::bf16_gemm_name(g)), g);
   }
   EXPECT_THROW(cpu::bf16_gemm_from_name("mkl"), UserError);
+  // One this process lacks (Debian's OpenBLAS has no sbgemm; oneDNN needs AVX-512) is
+  // refused by name, saying what it needs.
+  const auto have = cpu::bf16_gemms_available();
+  for (auto g : {cpu::Bf16Gemm::openblas, cpu::Bf16Gemm::onednn}) {
+    if (std::find(have.begin(), have.end(), g) != have.end()) continue;
+    try {
+      cpu::bf16_gemm_from_name(cpu::bf16_gemm_name(g));
+      ADD_FAILURE() << cpu::bf16_gemm_name(g) << " is not available here but was accepted";
+    } catch (const UserError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("backend.bf16_gemm"), std::string::npos) << what;
+      EXPECT_NE(what.find(cpu::bf16_gemm_name(g)), std::string::npos) << what;
+    }
+  }
 }
 
 }  // namespace
