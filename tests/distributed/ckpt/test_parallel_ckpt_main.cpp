@@ -53,6 +53,16 @@ void expect_same_datasets(const std::string& got, const std::string& want, const
   EXPECT_GT(compared, 30) << what;
 }
 
+// Runs c in run_dir until step 3 (train.stop_at) and returns that checkpoint's path.
+std::string checkpoint_at_step3(comm::Communicator& world, const config::Config& c, const std::string& run_dir) {
+  auto first = c;
+  first.log.run_dir = run_dir;
+  first.train.stop_at = 3;
+  train::Trainer(first, world).run();
+  world.barrier();
+  return run_dir + "/checkpoints/step_00000003.h5";
+}
+
 bool skip_without_parallel_hdf5() { return !ckpt::H5Writer::parallel_available(); }
 
 class ParallelCheckpoint : public ::testing::TestWithParam<std::string> {};
@@ -106,12 +116,7 @@ TEST_P(ParallelCheckpoint, ResumesIntoAnotherLayout) {
   dp.parallel.zero = 1;
   dp.checkpoint.writer = "parallel";
   const testing::LayoutResult straight = testing::train_on(world, dp);
-  auto first = dp;
-  first.log.run_dir = base + "-first";
-  first.train.stop_at = 3;
-  train::Trainer(first, world).run();
-  world.barrier();
-  const std::string ckpt = first.log.run_dir + "/checkpoints/step_00000003.h5";
+  const std::string ckpt = checkpoint_at_step3(world, dp, base + "-first");
 
   auto pp = dp;
   pp.parallel.dp = 1;
@@ -147,14 +152,9 @@ TEST_P(ParallelCheckpoint, Bf16ResumesBitwiseInItsLayout) {
   c.parallel.zero = 1;
   c.checkpoint.writer = "parallel";
   const testing::LayoutResult straight = testing::train_on(world, c);
-  auto first = c;
-  first.log.run_dir = base + "-first";
-  first.train.stop_at = 3;
-  train::Trainer(first, world).run();
-  world.barrier();
   auto resumed = c;
   resumed.log.run_dir = base + "-resumed";
-  resumed.checkpoint.resume = first.log.run_dir + "/checkpoints/step_00000003.h5";
+  resumed.checkpoint.resume = checkpoint_at_step3(world, c, base + "-first");
   testing::LayoutResult r = testing::train_on(world, resumed);
   ASSERT_EQ(r.losses.size() + 3, straight.losses.size());
   r.losses.insert(r.losses.begin(), straight.losses.begin(), straight.losses.begin() + 3);
