@@ -55,7 +55,10 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
 echo "openblas_bf16: fetching Debian's OpenBLAS source" >&2
-apt-get update -qq -o Dir::Etc::sourcelist="$SRC_LIST" -o Dir::Etc::sourceparts=- >/dev/null
+# Only the source index is fetched; List-Cleanup=0 keeps the binary package indexes
+# (an update restricted to one list would otherwise delete the others').
+apt-get update -qq -o Dir::Etc::sourcelist="$SRC_LIST" -o Dir::Etc::sourceparts=- \
+  -o APT::Get::List-Cleanup=0 >/dev/null
 (cd "$WORK" && apt-get source -qq --download-only openblas >/dev/null 2>&1) ||
   die "apt-get source openblas failed (is deb.debian.org reachable?)"
 tar -C "$WORK" -xf "$WORK"/openblas_*.orig.tar.xz
