@@ -97,13 +97,17 @@ void write_header(ckpt::H5Writer& w, const TrainState& state, const CheckpointMe
 
 }  // namespace
 
-std::string model_config_diff(const std::string& checkpoint_ini, const std::string& config_ini) {
+namespace {
+// The keys selected by `take` on which the two INI texts differ, as
+// "key: checkpoint X, config Y; ...".
+template <typename Take>
+std::string config_diff(const std::string& checkpoint_ini, const std::string& config_ini, Take take) {
   const auto a = ini_values(checkpoint_ini), b = ini_values(config_ini);
   std::set<std::string> keys;
   for (const auto& [k, v] : a)
-    if (k.rfind("model.", 0) == 0) keys.insert(k);
+    if (take(k)) keys.insert(k);
   for (const auto& [k, v] : b)
-    if (k.rfind("model.", 0) == 0) keys.insert(k);
+    if (take(k)) keys.insert(k);
   std::string diff;
   for (const auto& k : keys) {
     const auto ia = a.find(k), ib = b.find(k);
@@ -120,6 +124,20 @@ std::string model_config_diff(const std::string& checkpoint_ini, const std::stri
     diff += k + ": checkpoint " + va + ", config " + vb;
   }
   return diff;
+}
+
+bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
+}  // namespace
+
+std::string model_config_diff(const std::string& checkpoint_ini, const std::string& config_ini) {
+  return config_diff(checkpoint_ini, config_ini, [](const std::string& k) { return starts_with(k, "model."); });
+}
+
+std::string run_config_changes(const std::string& checkpoint_ini, const std::string& config_ini) {
+  return config_diff(checkpoint_ini, config_ini, [](const std::string& k) {
+    return !starts_with(k, "model.") && !starts_with(k, "log.") && !starts_with(k, "checkpoint.") &&
+           k != "train.stop_at";
+  });
 }
 
 namespace {

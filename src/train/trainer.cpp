@@ -15,6 +15,7 @@
 #include <sstream>
 #include <limits>
 
+#include "kumiko/ckpt/h5file.h"
 #include "kumiko/ckpt/store.h"
 #include "kumiko/config/load.h"
 #include "kumiko/comm/communicator.h"
@@ -622,6 +623,13 @@ void Trainer::State::resume_or_init() {
     summary.first_step = train.step;
     ckpt_log->info("resumed from {} at step {} ({} tokens seen), loaded in {:.2f}s", resume_path, train.step,
                    train.tokens_seen, std::chrono::duration<double>(Clock::now() - t0).count());
+    if (io) {
+      const std::string changed = run_config_changes(ckpt::H5Reader(resume_path).read_string("/config"), meta.config_ini);
+      if (!changed.empty())
+        ckpt_log->info("settings changed since that checkpoint was written (the run continues with them; it "
+                       "is bitwise the uninterrupted run only without such changes): {}",
+                       changed);
+    }
   } else {
     if (!cfg.train.init_from.empty())
       init_from_weights(cfg, meta.tokenizer_sha256, logical_specs, stage_specs, engine->params());

@@ -120,5 +120,10 @@ TrainState load_checkpoint(const std::string& path, const config::Config& config
 
 // The [model] keys on which `a` and `b` differ, as "key: checkpoint X, config Y; ...".
 std::string model_config_diff(const std::string& checkpoint_ini, const std::string& config_ini);
+// The other keys that changed since the checkpoint's run (all but [model], which must
+// match, [log], [checkpoint] and train.stop_at), in the same form: what a resume logs,
+// since a run continues bitwise only where they match (backend.dtype, the parallel
+// layout, backend.threads, train.lr, ...).
+std::string run_config_changes(const std::string& checkpoint_ini, const std::string& config_ini);
 
 }  // namespace kumiko::train

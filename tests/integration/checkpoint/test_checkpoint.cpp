@@ -265,5 +265,29 @@ TEST(Checkpoint, DifferentModelIsRefusedWithKeyByKeyDiff) {
   }
 }
 
+// What a resume logs as changed: the run's own settings (precision, layout, schedule),
+// not [model] (refused when it differs), [log], [checkpoint] or train.stop_at.
+TEST(Checkpoint, RunConfigChangesNameWhatDiffers) {
+  auto a = tiny_config("gpt2", temp_run_dir("changes-a"));
+  auto b = a;
+  b.log.run_dir = temp_run_dir("changes-b");
+  b.checkpoint.resume = "auto";
+  b.checkpoint.every_steps = a.checkpoint.every_steps + 1;
+  b.train.stop_at = 3;
+  EXPECT_EQ(run_config_changes(config::to_ini(a), config::to_ini(b)), "");
+  b.backend.dtype = "bf16";
+  b.parallel.tp = 2;
+  b.train.lr = a.train.lr * 2;
+  const std::string changed = run_config_changes(config::to_ini(a), config::to_ini(b));
+  EXPECT_NE(changed.find("backend.dtype: checkpoint fp32, config bf16"), std::string::npos) << changed;
+  EXPECT_NE(changed.find("parallel.tp: checkpoint 1, config 2"), std::string::npos) << changed;
+  EXPECT_NE(changed.find("train.lr: checkpoint "), std::string::npos) << changed;
+  EXPECT_EQ(changed.find("log."), std::string::npos) << changed;
+  EXPECT_EQ(changed.find("checkpoint."), std::string::npos) << changed;
+  EXPECT_EQ(changed.find("train.stop_at"), std::string::npos) << changed;
+  b.model.d_model = a.model.d_model * 2;
+  EXPECT_EQ(run_config_changes(config::to_ini(a), config::to_ini(b)), changed);
+}
+
 }  // namespace
 }  // namespace kumiko::train
