@@ -40,8 +40,10 @@ if [[ -z "$TARGET" ]]; then
 fi
 
 [[ $(id -u) == 0 ]] || die "run as root (apt-get source and build dependencies)"
-if ! command -v make >/dev/null || ! command -v gcc >/dev/null; then apt-get install -y -qq build-essential >/dev/null; fi
-command -v dpkg-source >/dev/null || apt-get install -y -qq dpkg-dev >/dev/null
+# make, a C compiler, xz for the tarball (apt-get source --download-only needs nothing more)
+if ! command -v make >/dev/null || ! command -v gcc >/dev/null || ! command -v xz >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq build-essential xz-utils >/dev/null
+fi
 
 WORK="$(mktemp -d -t openblas-bf16.XXXXXX)"
 SRC_LIST=/etc/apt/sources.list.d/kumiko-openblas-src.sources

@@ -624,7 +624,8 @@ void Trainer::State::resume_or_init() {
     ckpt_log->info("resumed from {} at step {} ({} tokens seen), loaded in {:.2f}s", resume_path, train.step,
                    train.tokens_seen, std::chrono::duration<double>(Clock::now() - t0).count());
     if (io) {
-      const std::string changed = run_config_changes(ckpt::H5Reader(resume_path).read_string("/config"), meta.config_ini);
+      const std::string stored = ckpt::H5Reader(resume_path).read_string("/config");
+      const std::string changed = run_config_changes(stored, meta.config_ini);
       if (!changed.empty())
         ckpt_log->info("settings changed since that checkpoint was written (the run continues with them; it "
                        "is bitwise the uninterrupted run only without such changes): {}",
