@@ -6,6 +6,9 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <tuple>
 
 #include "kernels/cpu/bf16_convert.h"
 #include "kernels/cpu/onednn/matmul_bf16_onednn.h"
@@ -32,15 +35,54 @@ namespace {
 // OpenBLAS has cblas_sbgemm only when built with BUILD_BFLOAT16=1, which Debian's
 // 0.3.21 packages are not (their cblas.h declares it, the library lacks the symbol).
 // It is looked up at run time, so that the same binary uses it where the OpenBLAS it
-// runs with has it (a site build, OPENBLAS built for SAPPHIRERAPIDS / COOPERLAKE).
+// runs with has it (a site build, OPENBLAS built for COOPERLAKE; scripts/bench/
+// openblas_bf16.sh builds one), unless that build is one known to be wrong.
 using SbgemmFn = void (*)(CBLAS_ORDER, CBLAS_TRANSPOSE, CBLAS_TRANSPOSE, blasint, blasint, blasint, float,
                           const bfloat16*, blasint, const bfloat16*, blasint, float, float*, blasint);
-SbgemmFn sbgemm() {
-  static const SbgemmFn fn = reinterpret_cast<SbgemmFn>(dlsym(RTLD_DEFAULT, "cblas_sbgemm"));
-  return fn;
+struct Sbgemm {
+  SbgemmFn fn = nullptr;
+  std::string why_not;
+};
+
+const Sbgemm& sbgemm_lookup() {
+  static const Sbgemm s = [] {
+    Sbgemm r;
+    auto* fn = reinterpret_cast<SbgemmFn>(dlsym(RTLD_DEFAULT, "cblas_sbgemm"));
+    if (!fn) {
+      r.why_not = "the OpenBLAS this process loaded has no cblas_sbgemm (it needs BUILD_BFLOAT16=1; Debian's has "
+                  "none; scripts/bench/openblas_bf16.sh builds one for LD_LIBRARY_PATH)";
+      return r;
+    }
+    using StrFn = char* (*)();
+    auto* config = reinterpret_cast<StrFn>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
+    auto* corename = reinterpret_cast<StrFn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+    if (config && corename) r.why_not = openblas_sbgemm_defect(config(), corename());
+    if (r.why_not.empty()) r.fn = fn;
+    return r;
+  }();
+  return s;
 }
 
+SbgemmFn sbgemm() { return sbgemm_lookup().fn; }
+
 }  // namespace
+
+std::string sbgemm_unavailable_reason() { return sbgemm_lookup().why_not; }
+
+std::string openblas_sbgemm_defect(const std::string& config, const std::string& corename) {
+  std::string core = corename;
+  std::transform(core.begin(), core.end(), core.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (core != "sapphirerapids") return "";
+  // "OpenBLAS 0.3.21 NO_AFFINITY ...": the version is the second word.
+  int major = 0, minor = 0, patch = 0;
+  if (std::sscanf(config.c_str(), "OpenBLAS %d.%d.%d", &major, &minor, &patch) != 3) return "";
+  if (std::make_tuple(major, minor, patch) >= std::make_tuple(0, 3, 24)) return "";
+  return "the OpenBLAS this process loaded (" + std::to_string(major) + "." + std::to_string(minor) + "." +
+         std::to_string(patch) + ", " + corename +
+         " kernels) has the AMX sbgemm of OpenBLAS before 0.3.24, which sums odd K wrongly and never asks Linux for "
+         "the AMX tile state (fixed upstream by OpenBLAS pull request 4048); build it for COOPERLAKE "
+         "(scripts/bench/openblas_bf16.sh does) or use OpenBLAS 0.3.24 or newer";
+}
 
 std::vector<Bf16Gemm> bf16_gemms_available() {
   std::vector<Bf16Gemm> v{Bf16Gemm::emulated};
@@ -52,10 +94,8 @@ std::vector<Bf16Gemm> bf16_gemms_available() {
 Bf16Gemm bf16_gemm_from_name(const std::string& name) {
   for (Bf16Gemm g : {Bf16Gemm::emulated, Bf16Gemm::openblas, Bf16Gemm::onednn}) {
     if (name != bf16_gemm_name(g)) continue;
-    KUMIKO_USER_CHECK(g != Bf16Gemm::openblas || sbgemm(),
-                      "backend.bf16_gemm: 'openblas' needs an OpenBLAS built with BUILD_BFLOAT16=1 (cblas_sbgemm); "
-                      "the one this process loaded has none (Debian's has none; scripts/bench/openblas_bf16.sh "
-                      "builds one for LD_LIBRARY_PATH)");
+    KUMIKO_USER_CHECK(g != Bf16Gemm::openblas || sbgemm(), "backend.bf16_gemm: 'openblas' cannot be used: ",
+                      sbgemm_unavailable_reason());
     KUMIKO_USER_CHECK(g != Bf16Gemm::onednn || onednn::available(),
                       "backend.bf16_gemm: 'onednn' needs a build with oneDNN (install libdnnl-dev and reconfigure) "
                       "and a CPU it runs bf16 on (AVX-512 or newer); this CPU: ",

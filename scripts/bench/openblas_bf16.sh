@@ -7,9 +7,13 @@
 #
 # Usage: scripts/bench/openblas_bf16.sh [--prefix DIR] [--target NAME]
 #   --prefix  where libopenblas.so.0 goes (default /opt/openblas-bf16)
-#   --target  OpenBLAS TARGET (default from this CPU: SAPPHIRERAPIDS with AMX-BF16,
-#             COOPERLAKE with AVX512-BF16; other CPUs have no bf16 instructions and
-#             no native sbgemm kernels, so the script stops there)
+#   --target  OpenBLAS TARGET (default COOPERLAKE on a CPU with AVX512-BF16, which
+#             every AMX CPU also has; other CPUs have no bf16 instructions and no
+#             native sbgemm kernels, so the script stops there). Not SAPPHIRERAPIDS:
+#             0.3.21's AMX sbgemm kernel loads its K-tail tiles from the wrong offset
+#             (wrong sums for odd K) and never asks Linux for the AMX tile state
+#             (SIGILL unless something else in the process did); OpenBLAS fixed both in
+#             pull request 4048 (0.3.24), after the source Debian 12 ships.
 # Then:  LD_LIBRARY_PATH=/opt/openblas-bf16 build/bin/kumiko bench gemm --threads 2
 #        LD_LIBRARY_PATH=/opt/openblas-bf16 build/bin/kumiko train ... --backend.dtype=bf16 \
 #            --backend.bf16_gemm=openblas
@@ -24,7 +28,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --prefix) PREFIX="${2:?--prefix needs a directory}"; shift ;;
     --target) TARGET="${2:?--target needs an OpenBLAS target name}"; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -32,12 +36,15 @@ done
 
 if [[ -z "$TARGET" ]]; then
   flags="$(grep -m1 '^flags' /proc/cpuinfo || true)"
-  if [[ "$flags" == *" amx_bf16"* ]]; then TARGET=SAPPHIRERAPIDS
-  elif [[ "$flags" == *" avx512_bf16"* ]]; then TARGET=COOPERLAKE
-  else die "this CPU has neither AMX-BF16 nor AVX512-BF16: OpenBLAS has no native sbgemm for it" \
+  if [[ "$flags" == *" avx512_bf16"* ]]; then TARGET=COOPERLAKE
+  else die "this CPU has no AVX512-BF16: OpenBLAS has no native sbgemm for it" \
            "(backend.bf16_gemm = emulated is what runs here); pass --target to build anyway"
   fi
 fi
+[[ "${TARGET^^}" != SAPPHIRERAPIDS ]] ||
+  die "--target SAPPHIRERAPIDS: OpenBLAS 0.3.21's AMX sbgemm kernel gives wrong sums for odd K and" \
+      "does not request the AMX tile state (fixed in OpenBLAS 0.3.24); COOPERLAKE's AVX512-BF16 kernels" \
+      "run on AMX CPUs too (and kumiko refuses that library's sbgemm)"
 
 [[ $(id -u) == 0 ]] || die "run as root (apt-get source and build dependencies)"
 # make, a C compiler, xz for the tarball (apt-get source --download-only needs nothing more)

@@ -88,7 +88,7 @@ int run_gemm(const BenchOptions& o) {
   const auto have = cpu::bf16_gemms_available();
   auto has = [&](cpu::Bf16Gemm g) { return std::find(have.begin(), have.end(), g) != have.end(); };
   if (!has(cpu::Bf16Gemm::openblas))
-    std::printf("bf16 gemm openblas  not available: the loaded OpenBLAS has no cblas_sbgemm (BUILD_BFLOAT16=1)\n");
+    std::printf("bf16 gemm openblas  not available: %s\n", cpu::sbgemm_unavailable_reason().c_str());
   if (!has(cpu::Bf16Gemm::onednn))
     std::printf("bf16 gemm onednn    not available: built without oneDNN, or oneDNN has no bf16 on this CPU\n");
   const cpu::Bf16Gemm chosen = cpu::bf16_gemm_default();

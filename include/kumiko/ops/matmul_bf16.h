@@ -31,6 +31,15 @@ Bf16Gemm bf16_gemm_from_name(const std::string& name);
 // What "auto" picks without a measurement: a native bf16 GEMM where the CPU has bf16
 // dot products or tiles (oneDNN if built, else OpenBLAS), the emulated one elsewhere.
 Bf16Gemm bf16_gemm_default();
+// Why "openblas" is not among the available ones ("" when it is): the loaded OpenBLAS
+// has no cblas_sbgemm, or has one known to compute wrong results (below).
+std::string sbgemm_unavailable_reason();
+// A reason to refuse the cblas_sbgemm of the OpenBLAS whose openblas_get_config() and
+// openblas_get_corename() these are, "" if none: before 0.3.24 the SAPPHIRERAPIDS
+// (AMX) kernel loads its K-tail tiles from the wrong offset (wrong sums for odd K) and
+// never asks Linux for the AMX tile state (SIGILL unless something else did); fixed
+// upstream by OpenBLAS pull request 4048. Its COOPERLAKE (AVX512-BF16) kernel is fine.
+std::string openblas_sbgemm_defect(const std::string& config, const std::string& corename);
 
 void matmul_bf16(Bf16Gemm impl, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A,
                  int64_t lda, const bf16* B, int64_t ldb, float beta, float* C, int64_t ldc);

@@ -169,5 +169,25 @@ TEST(MatmulBf16, EmptySumsAndNamesAreHandled) {
   }
 }
 
+TEST(MatmulBf16, OpenblasAmxSbgemmBefore0324IsRefused) {
+  // openblas_get_config() / openblas_get_corename() as OpenBLAS writes them (a TARGET
+  // build says SAPPHIRERAPIDS, a DYNAMIC_ARCH one Sapphirerapids).
+  const std::string v0321 = "OpenBLAS 0.3.21  NO_AFFINITY USE_OPENMP SAPPHIRERAPIDS MAX_THREADS=256";
+  const std::string refused = cpu::openblas_sbgemm_defect(v0321, "SAPPHIRERAPIDS");
+  EXPECT_NE(refused.find("0.3.21"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("COOPERLAKE"), std::string::npos) << refused;
+  EXPECT_NE(cpu::openblas_sbgemm_defect("OpenBLAS 0.3.23.dev DYNAMIC_ARCH", "Sapphirerapids"), "");
+  // The fixed releases, and every other kernel family of the broken ones, are kept.
+  EXPECT_EQ(cpu::openblas_sbgemm_defect("OpenBLAS 0.3.24 USE_OPENMP", "SAPPHIRERAPIDS"), "");
+  EXPECT_EQ(cpu::openblas_sbgemm_defect("OpenBLAS 0.3.29.dev DYNAMIC_ARCH", "Sapphirerapids"), "");
+  EXPECT_EQ(cpu::openblas_sbgemm_defect("OpenBLAS 0.4.0", "SAPPHIRERAPIDS"), "");
+  EXPECT_EQ(cpu::openblas_sbgemm_defect(v0321, "COOPERLAKE"), "");
+  EXPECT_EQ(cpu::openblas_sbgemm_defect(v0321, "Zen"), "");
+  // The sbgemm this process has, if any, is one that is not refused.
+  const auto have = cpu::bf16_gemms_available();
+  const bool has_openblas = std::find(have.begin(), have.end(), cpu::Bf16Gemm::openblas) != have.end();
+  EXPECT_EQ(has_openblas, cpu::sbgemm_unavailable_reason().empty()) << cpu::sbgemm_unavailable_reason();
+}
+
 }  // namespace
 }  // namespace kumiko

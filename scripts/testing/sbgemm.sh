@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The bf16 tests once more with OpenBLAS's cblas_sbgemm among the bf16 GEMMs
+# (docs/testing.md, "OpenBLAS sbgemm"). Debian's OpenBLAS has no sbgemm, so the suite
+# alone never runs backend.bf16_gemm = openblas; this builds Debian's OpenBLAS source
+# with it (scripts/bench/openblas_bf16.sh, COOPERLAKE kernels, about 3 minutes) into
+# build/openblas-bf16, once, and reruns with it on LD_LIBRARY_PATH the tests that take
+# every bf16 GEMM the process has: MatmulBf16.* (each GEMM against the exact product),
+# test_cpu_bf16 (a training step against the PyTorch bf16-autocast goldens) and
+# test_bf16_layouts (every parallel layout against one process).
+#
+# Usage: scripts/testing/sbgemm.sh   (after scripts/test.sh has built build/)
+# A CPU without AVX512-BF16 has no native sbgemm kernels: reported as not run, exit 0.
+# Exit 1 if a test failed or if the rebuilt library's sbgemm was not the one used.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+if ! grep -m1 '^flags' /proc/cpuinfo | grep -qw avx512_bf16; then
+  echo "sbgemm: not run (this CPU has no AVX512-BF16, so OpenBLAS has no native sbgemm for it)"
+  exit 0
+fi
+lib="$PWD/build/openblas-bf16"
+if ! grep -q ' T cblas_sbgemm$' <(nm -D "$lib/libopenblas.so.0" 2>/dev/null); then
+  scripts/bench/openblas_bf16.sh --prefix "$lib"
+fi
+export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+log=build/sbgemm-tests.log
+status=0
+(cd build && ctest --output-on-failure --timeout 900 -V -R 'MatmulBf16|test_cpu_bf16|test_bf16_layouts') >"$log" 2>&1 ||
+  status=1
+grep -E '^[0-9]+% tests passed|^\s+[0-9]+ - ' "$log" || true
+# The rerun only counts if sbgemm really ran: each test names the GEMMs it took.
+gemms=$(grep -m1 -o 'bf16 GEMMs in this build and process:.*' "$log" || true)
+echo "sbgemm: ${gemms:-no GEMM list in $log}"
+for want in 'bf16 GEMMs in this build and process:.* openblas' 'gpt2 openblas one process' 'llama openblas one process'; do
+  if ! grep -qE "$want" "$log"; then
+    echo "sbgemm: FAILED: '$want' not in $log: the rebuilt OpenBLAS's sbgemm did not run" >&2
+    status=1
+  fi
+done
+[ "$status" = 0 ] && echo "sbgemm: passed (log: $log)" || echo "sbgemm: FAILED (log: $log)" >&2
+exit "$status"
