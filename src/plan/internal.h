@@ -25,6 +25,11 @@ struct Layout {
 Layout layout_of(const config::Config& cfg);
 model::PipelineStage stage_of(const Layout& l, int pp_rank);
 Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank);
+// A CPU rank's OpenMP threads (backend.threads, else the cores shared by the ranks).
+int cpu_threads(const config::Config& cfg, const Layout& l);
+// Bytes of oneDNN's shared GEMM scratchpad for these local shapes (N tokens per
+// micro-batch) at `threads` threads: the largest over the linear layers' GEMMs.
+double onednn_scratchpad(const model::Dims& d, int64_t N, int tp, int threads);
 std::vector<Memory> plan_memory(const config::Config& cfg, const Layout& l);
 
 // Work of one micro-batch on one pipeline rank (all its chunks).

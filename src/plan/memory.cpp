@@ -1,10 +1,15 @@
 // kumiko plan, memory: each rank kind's bytes from the planning code of the model,
 // the data-parallel layer and the pipeline runner, for the backend's element types.
+#include <omp.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
+#include "kernels/cpu/onednn/matmul_bf16_onednn.h"
 #include "kumiko/core/bf16.h"
 #include "kumiko/core/error.h"
 #include "kumiko/model/parameters.h"
@@ -41,6 +46,46 @@ model::ArenaPlan arena_plan(const config::Config& cfg, const model::BufferLayout
   return model::BasicTransformer<CudaFp32>::plan_arena(l);
 }
 
+}  // namespace
+
+// The scratchpad oneDNN's GEMMs share (kernels/cpu/onednn: kumiko's buffer, the
+// largest any GEMM run needs), asked of oneDNN itself for every linear layer's three
+// GEMMs at the layout's local shapes and the run's threads (oneDNN sizes it by them),
+// each variant the model calls (with and without bias, bf16 or fp32 out, dx
+// accumulated or not), chunked as the run would chunk it. Cached per shape and threads.
+double onednn_scratchpad(const model::Dims& d, int64_t N, int tp, int threads) {
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int>, double> cache;
+  struct Linear {
+    int64_t in, out;
+  };
+  const Linear linears[] = {{d.C, d.qkv_width() / tp}, {d.Hq / tp * d.D, d.C}, {d.C, d.F / tp}, {d.F / tp, d.C},
+                            {d.C, d.V / tp}};
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(threads);
+  double most = 0;
+  for (const Linear& l : linears) {
+    auto [it, fresh] = cache.try_emplace({N, l.in, l.out, threads}, 0.0);
+    if (fresh) {
+      size_t b = 0;
+      for (bool bias : {false, true})
+        for (bool bf16_out : {false, true})  // y = x W^T (+ b)
+          b = std::max(b, cpu::onednn::scratchpad_bytes(false, true, N, l.out, l.in, l.in, l.in, l.out, bias, false,
+                                                        bf16_out));
+      for (bool accumulate : {false, true})  // dx (+)= dy W
+        b = std::max(b, cpu::onednn::scratchpad_bytes(false, false, N, l.in, l.out, l.out, l.in, l.in, false,
+                                                      accumulate, true));
+      // dW += dy^T x
+      b = std::max(b, cpu::onednn::scratchpad_bytes(true, false, l.out, l.in, N, l.out, l.in, l.in, false, true, false));
+      it->second = static_cast<double>(b);
+    }
+    most = std::max(most, it->second);
+  }
+  omp_set_num_threads(saved);
+  return most;
+}
+
+namespace {
+
 // backend::CpuBf16's fp32 scratch (include/kumiko/backend/cpu_bf16.h and the kernels
 // it calls), each buffer kept at its largest size, for the bf16 GEMM the run uses
 // (backend.bf16_gemm; `auto` as this CPU picks it: the plan is of this machine).
@@ -53,13 +98,13 @@ model::ArenaPlan arena_plan(const config::Config& cfg, const model::BufferLayout
 //   matmul_bf16_out's fp32 result before rounding (emulated / OpenBLAS; oneDNN writes
 //     bf16 itself), the head's [N, V/tp] the largest;
 //   the emulated GEMM's fp32 copies of its operands: the head's dlogits and a weight
-//     (oneDNN's own scratchpad, under 2 MiB for the tiny model's GEMMs, is left out;
-//     so is a shape oneDNN refuses, which takes the emulated GEMM and says so);
+//     (a shape oneDNN refuses takes the emulated GEMM and says so; left out);
+//   oneDNN's scratchpad (onednn_scratchpad below).
 //   attention backward's per-thread buffers, at most [N, Hq / tp, ...] over its threads:
 //     fp32 dQ accumulators (D wide) and, on AVX512-BF16 CPUs, Q and dO as pair words
 //     (D rounded up to 16 wide each; attention_dpbf16.cpp). The forward's packed K and
 //     V, [T, 1.5 D] words per thread, are left out: the plan does not know the threads.
-double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp, cpu::Bf16Gemm gemm) {
+double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp, cpu::Bf16Gemm gemm, int threads) {
   const double N = static_cast<double>(B * T);
   const double act = N * static_cast<double>(std::max({d.F, d.qkv_width(), d.C})) / tp;
   const double logits = N * static_cast<double>(d.V) / tp;
@@ -68,7 +113,8 @@ double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp, cpu:
   const double dq = N * static_cast<double>(d.Hq * (d.D + 2 * ((d.D + 15) / 16 * 16))) / tp;
   const double fp32_result = gemm == cpu::Bf16Gemm::onednn ? 0.0 : std::max(logits, act);
   const double operand_copies = gemm == cpu::Bf16Gemm::emulated ? std::max(logits, act) + weight : 0.0;
-  return 4.0 * (act + slot0 + fp32_result + operand_copies + dq);
+  const double onednn = gemm == cpu::Bf16Gemm::onednn ? onednn_scratchpad(d, B * T, tp, threads) : 0.0;
+  return 4.0 * (act + slot0 + fp32_result + operand_copies + dq) + onednn;
 }
 
 // The CUDA backend's workspace beyond the arena (backend prepare()): the largest of
@@ -86,6 +132,20 @@ double cuda_workspace(const model::Dims& d, int64_t B, int64_t T, int tp, int64_
 }
 
 }  // namespace
+
+int cpu_threads(const config::Config& cfg, const Layout& l) {
+  return cfg.backend.threads > 0
+             ? cfg.backend.threads
+             : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, l.ranks()));
+}
+
+double cpu_gemm_scratchpad(const config::Config& cfg) {
+  if (cfg.backend.device == "cuda" || cfg.backend.dtype != "bf16" ||
+      parallel::bf16_gemm_of(&cfg) != cpu::Bf16Gemm::onednn)
+    return 0;
+  const Layout l = layout_of(cfg);
+  return onednn_scratchpad(l.dims, int64_t{l.MB} * l.T, l.tp, cpu_threads(cfg, l));
+}
 
 Layout layout_of(const config::Config& cfg) {
   Layout l;
@@ -173,8 +233,9 @@ Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank) {
     // estimate, docs/plan.md.
     m.runtime = (1.0 + (l.dp * l.tp * l.pp > 1 ? 0.5 : 0.0)) * 1024 * 1024 * 1024;
   } else {
+    const int threads = cpu_threads(cfg, l);
     if (bf16) {
-      m.workspace += cpu_bf16_scratch(l.dims, l.MB, l.T, l.tp, parallel::bf16_gemm_of(&cfg));
+      m.workspace += cpu_bf16_scratch(l.dims, l.MB, l.T, l.tp, parallel::bf16_gemm_of(&cfg), threads);
       // params()' fp32 values and gradients (the host layout checkpoints and the
       // communicator read) beside the arena's: host memory too on the CPU.
       m.parameters += 4.0 * static_cast<double>(P);
@@ -186,9 +247,6 @@ Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank) {
     // Buffers others allocate after start-up (an estimate measured on the validation
     // machine, docs/plan.md): OpenBLAS's and OpenMP's per-thread GEMM buffers, and
     // with several ranks Open MPI's reduction scratch and shared-memory segments.
-    const int threads = cfg.backend.threads > 0
-                            ? cfg.backend.threads
-                            : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, l.ranks()));
     m.runtime = (6.0 * threads + (l.ranks() > 1 ? 6.0 : 0.0) + (l.dp > 1 ? 14.0 : 0.0)) * 1024 * 1024;
   }
   if (l.pp > 1) {

@@ -100,6 +100,9 @@ struct Plan {
 // The memory of pipeline rank `pp_rank` of cfg's layout (every dp and tp rank of a
 // stage holds the same): the trainer's pre-flight check, before any allocation.
 Memory rank_memory(const config::Config& cfg, int pp_rank);
+// Of a CPU bf16 rank's workspace, oneDNN's GEMM scratchpad at the run's threads (0
+// unless backend.bf16_gemm resolves to onednn).
+double cpu_gemm_scratchpad(const config::Config& cfg);
 
 // The CPU's measured GEMM peak (GFLOP/s) of `dtype` (fp32: sgemm; bf16: the fastest
 // bf16 GEMM) at `threads` threads saved by kumiko bench gemm in the cache (0 when

@@ -6,6 +6,9 @@
 namespace kumiko::cpu::onednn {
 
 bool available() { return false; }
+size_t scratchpad_bytes(bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool) { return 0; }
+size_t scratchpad_in_use() { return 0; }
+void set_scratchpad_budget(size_t) {}
 
 bool matmul(bool, bool, int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, int64_t, const bf16*, bool,
             float*, int64_t) {

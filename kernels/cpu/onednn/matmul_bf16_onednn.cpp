@@ -3,11 +3,18 @@
 // fp32 accumulation; beta = 1 is a sum post-op. Transposes are strides
 // of the memory descriptors, so no operand is copied by kumiko. Primitives are made
 // once per shape and kept (oneDNN JIT-compiles each one for this CPU: AMX or
-// AVX512-BF16 brgemm kernels where present, reference code elsewhere).
+// AVX512-BF16 brgemm kernels where present, reference code elsewhere). Their
+// scratchpad is kumiko's (scratchpad_mode::user), one buffer for all, bounded by
+// running a GEMM whose scratchpad would exceed the budget in chunks of rows.
 #include "kernels/cpu/onednn/matmul_bf16_onednn.h"
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <tuple>
@@ -22,13 +29,33 @@ namespace kumiko::cpu::onednn {
 namespace {
 
 using dt = dnnl::memory::data_type;
-// transposes, M, N, K, lda, ldb, ldc, sum post-op, bf16 output, bias
-using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool>;
+// transposes, M, N, K, lda, ldb, ldc, sum post-op, bf16 output, bias, OpenMP threads
+using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool, int>;
+
+// One GEMM as oneDNN runs it: rows of C per call (all M, or chunks of it when the
+// whole product would need more scratchpad than the budget), the primitive of a full
+// chunk and of the last, shorter one, and their scratchpad descriptors.
+struct Plan {
+  int64_t rows = 0;
+  dnnl::matmul::primitive_desc full, tail;
+  size_t scratch = 0;
+};
+
+struct Gemm {
+  int64_t rows = 0;
+  std::optional<dnnl::matmul> full, tail;
+  dnnl::memory::desc full_scratch, tail_scratch;
+};
 
 struct State {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
-  std::map<Key, std::optional<dnnl::matmul>> primitives;  // nullopt: oneDNN has none
+  std::map<Key, std::optional<Gemm>> primitives;  // nullopt: oneDNN has none
+  // The scratchpad every primitive shares (scratchpad_mode::user), grown to the
+  // largest one run so far: what oneDNN's own global scratchpad would be, but counted.
+  std::unique_ptr<uint8_t, void (*)(void*)> scratch{nullptr, std::free};
+  size_t scratch_size = 0;
+  size_t budget = kDefaultScratchpadBudget;
   std::mutex mutex;
 };
 
@@ -42,6 +69,44 @@ dnnl::memory::desc desc(int64_t rows, int64_t cols, bool transposed, int64_t ld,
   // (stored [cols, rows]).
   const dnnl::memory::dims strides = transposed ? dnnl::memory::dims{1, ld} : dnnl::memory::dims{ld, 1};
   return dnnl::memory::desc({rows, cols}, type, strides);
+}
+
+dnnl::matmul::primitive_desc make_pd(State& s, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                                     int64_t lda, int64_t ldb, int64_t ldc, bool bias, bool sum, dt c_type) {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (sum) {
+    dnnl::post_ops ops;
+    ops.append_sum(1.0f);
+    attr.set_post_ops(ops);
+  }
+  const auto bias_md = bias ? desc(1, N, false, N, dt::bf16) : dnnl::memory::desc();
+  return dnnl::matmul::primitive_desc(
+      dnnl::matmul::desc(desc(M, K, trans_a, lda, dt::bf16), desc(K, N, trans_b, ldb, dt::bf16), bias_md,
+                         desc(M, N, false, ldc, c_type)),
+      attr, s.engine);
+}
+
+// The chunking of one GEMM: the whole of M if its scratchpad fits the budget, else
+// the fewest equal chunks of rows whose scratchpads do (down to one row). oneDNN sizes
+// the scratchpad by the threads it will use; splitting over K across many threads
+// keeps a private fp32 copy of C per thread group (Debian's oneDNN 2.6 on a
+// transposed A: 12 GB for a 32000 x 2048 weight gradient at 48 threads).
+// Throws dnnl::error when oneDNN has no primitive for it.
+Plan plan(State& s, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
+          int64_t ldc, bool bias, bool sum, dt c_type) {
+  for (int64_t chunks = 1;; chunks *= 2) {
+    Plan p;
+    p.rows = (M + chunks - 1) / chunks;
+    p.full = make_pd(s, trans_a, trans_b, p.rows, N, K, lda, ldb, ldc, bias, sum, c_type);
+    p.scratch = p.full.scratchpad_desc().get_size();
+    const int64_t last = M - (M - 1) / p.rows * p.rows;
+    if (last != p.rows) {
+      p.tail = make_pd(s, trans_a, trans_b, last, N, K, lda, ldb, ldc, bias, sum, c_type);
+      p.scratch = std::max(p.scratch, p.tail.scratchpad_desc().get_size());
+    }
+    if (p.scratch <= s.budget || p.rows == 1) return p;
+  }
 }
 
 }  // namespace
@@ -62,44 +127,85 @@ bool available() {
   return ok;
 }
 
+size_t scratchpad_bytes(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
+                        int64_t ldc, bool bias, bool accumulate, bool bf16_out) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  try {
+    return plan(s, trans_a, trans_b, M, N, K, lda, ldb, ldc, bias, accumulate, bf16_out ? dt::bf16 : dt::f32).scratch;
+  } catch (const dnnl::error&) {
+    return 0;  // the emulated GEMM runs it
+  }
+}
+
+size_t scratchpad_in_use() {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  return s.scratch_size;
+}
+
+void set_scratchpad_budget(size_t bytes) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  s.budget = bytes;
+  s.primitives.clear();  // chunked for the old budget
+  s.scratch.reset();
+  s.scratch_size = 0;
+}
+
 namespace {
 
 // C (fp32 or bf16, per c_type) = A B [+ bias] [+ C]: one primitive per shape, strides,
-// output type and epilogue, made on first use and kept.
+// output type, epilogue and thread count, made on first use and kept.
 bool run(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
          int64_t ldb, const bf16* bias, bool sum, dt c_type, void* C, int64_t ldc) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
-  const auto a_md = desc(M, K, trans_a, lda, dt::bf16);
-  const auto b_md = desc(K, N, trans_b, ldb, dt::bf16);
-  const auto c_md = desc(M, N, false, ldc, c_type);
-  const auto bias_md = bias ? desc(1, N, false, N, dt::bf16) : dnnl::memory::desc();
-  const Key key{trans_a, trans_b, M, N, K, lda, ldb, ldc, sum, c_type == dt::bf16, bias != nullptr};
+  const Key key{trans_a, trans_b, M,   N, K, lda, ldb, ldc, sum, c_type == dt::bf16, bias != nullptr,
+                omp_get_max_threads()};
   auto it = s.primitives.find(key);
   if (it == s.primitives.end()) {
-    dnnl::primitive_attr attr;
-    if (sum) {
-      dnnl::post_ops ops;
-      ops.append_sum(1.0f);
-      attr.set_post_ops(ops);
-    }
-    std::optional<dnnl::matmul> prim;
+    std::optional<Gemm> g;
     try {
-      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, bias_md, c_md), attr, s.engine);
-      prim.emplace(pd);
+      const Plan p = plan(s, trans_a, trans_b, M, N, K, lda, ldb, ldc, bias != nullptr, sum, c_type);
+      g.emplace();
+      g->rows = p.rows;
+      g->full.emplace(p.full);
+      g->full_scratch = p.full.scratchpad_desc();
+      if (M % p.rows != 0) {
+        g->tail.emplace(p.tail);
+        g->tail_scratch = p.tail.scratchpad_desc();
+      }
+      if (p.scratch > s.scratch_size) {
+        const size_t bytes = (p.scratch + 4095) / 4096 * 4096;
+        s.scratch.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, bytes)));
+        KUMIKO_CHECK(s.scratch != nullptr, "oneDNN: cannot allocate a ", bytes, "-byte GEMM scratchpad");
+        s.scratch_size = p.scratch;
+      }
     } catch (const dnnl::error& e) {
+      g.reset();
       std::fprintf(stderr, "kumiko: oneDNN has no bf16 matmul for M=%ld N=%ld K=%ld (%s); that shape uses the emulated GEMM\n",
                    static_cast<long>(M), static_cast<long>(N), static_cast<long>(K), e.what());
     }
-    it = s.primitives.emplace(key, std::move(prim)).first;
+    it = s.primitives.emplace(key, std::move(g)).first;
   }
   if (!it->second) return false;
-  dnnl::memory a(a_md, s.engine, const_cast<bf16*>(A));
-  dnnl::memory b(b_md, s.engine, const_cast<bf16*>(B));
-  dnnl::memory c(c_md, s.engine, C);
-  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}};
-  if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_md, s.engine, const_cast<bf16*>(bias)));
-  it->second->execute(s.stream, args);
+  const Gemm& g = *it->second;
+  const size_t c_size = c_type == dt::bf16 ? sizeof(bf16) : sizeof(float);
+  for (int64_t m0 = 0; m0 < M; m0 += g.rows) {
+    // Rows m0.. of C: A's rows (its columns when stored transposed), C's rows.
+    const int64_t rows = std::min(g.rows, M - m0);
+    const bool last = rows != g.rows;
+    const bf16* a_rows = A + (trans_a ? m0 : m0 * lda);
+    uint8_t* c_rows = static_cast<uint8_t*>(C) + static_cast<size_t>(m0 * ldc) * c_size;
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, dnnl::memory(desc(rows, K, trans_a, lda, dt::bf16), s.engine, const_cast<bf16*>(a_rows))},
+        {DNNL_ARG_WEIGHTS, dnnl::memory(desc(K, N, trans_b, ldb, dt::bf16), s.engine, const_cast<bf16*>(B))},
+        {DNNL_ARG_DST, dnnl::memory(desc(rows, N, false, ldc, c_type), s.engine, c_rows)},
+        {DNNL_ARG_SCRATCHPAD, dnnl::memory(last ? g.tail_scratch : g.full_scratch, s.engine, s.scratch.get())}};
+    if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(desc(1, N, false, N, dt::bf16), s.engine, const_cast<bf16*>(bias)));
+    (last ? *g.tail : *g.full).execute(s.stream, args);
+  }
   s.stream.wait();
   return true;
 }

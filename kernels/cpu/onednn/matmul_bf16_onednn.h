@@ -3,6 +3,7 @@
 // from matmul_bf16_onednn.cpp when CMake finds libdnnl (KUMIKO_ONEDNN), otherwise
 // from matmul_bf16_none.cpp, whose available() is false. available() is also false
 // where oneDNN has no bf16 matmul for this CPU (before AVX-512).
+#include <cstddef>
 #include <cstdint>
 
 #include "kumiko/core/bf16.h"
@@ -19,5 +20,21 @@ bool matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const b
             int64_t ldb, const bf16* bias, bool accumulate, float* C, int64_t ldc);
 bool matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
             int64_t ldb, const bf16* bias, bool accumulate, bf16* C, int64_t ldc);
+
+// Scratchpad. oneDNN sizes a primitive's scratchpad by the OpenMP threads it will use;
+// at many threads it may split the sum over K with a private fp32 copy of C per thread
+// group (on a 48-thread process, 12 GB for llama-1b's head weight gradient). kumiko
+// owns the scratchpad, one buffer shared by every primitive, grown to the largest one
+// run, and runs a GEMM whose scratchpad would exceed the budget in the fewest equal
+// chunks of C's rows that fit it (rows are independent sums; one row at least).
+inline constexpr size_t kDefaultScratchpadBudget = size_t{256} << 20;
+// The scratchpad the GEMM of these arguments needs at the current OpenMP thread count,
+// chunked as it would run (0 where oneDNN has no primitive: the emulated GEMM runs it).
+size_t scratchpad_bytes(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
+                        int64_t ldc, bool bias, bool accumulate, bool bf16_out);
+// Bytes of the shared scratchpad now (the largest needed by the GEMMs run so far).
+size_t scratchpad_in_use();
+// Another budget (tests); drops the primitives and the scratchpad made for the old one.
+void set_scratchpad_budget(size_t bytes);
 
 }  // namespace kumiko::cpu::onednn

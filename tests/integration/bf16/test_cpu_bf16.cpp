@@ -33,6 +33,9 @@
 
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
+#include "kernels/cpu/onednn/matmul_bf16_onednn.h"
 #include "kumiko/backend/cpu_bf16.h"
 #include "kumiko/config/load.h"
 #include "kumiko/core/cpu_features.h"
@@ -45,6 +48,7 @@
 #include "kumiko/ops/elementwise.h"
 #include "kumiko/train/trainer.h"
 #include "kumiko/parallel/data_parallel.h"
+#include "kumiko/plan/plan.h"
 #include "kumiko_test_support.h"
 #include "layout_compare.h"
 #include "tests/integration/parity/mini_json.h"
@@ -250,6 +254,43 @@ void compare_step(bool llama, cpu::Bf16Gemm gemm) {
 
   m.download_grads();
   testing::expect_gradients_close(ref.params(), m.params().flat_grads().data(), 5e-2);
+}
+
+// kumiko plan counts oneDNN's GEMM scratchpad (kumiko's buffer, kernels/cpu/onednn)
+// by asking oneDNN for the model's GEMMs at the run's threads: at least what a
+// forward/backward of that model then allocates.
+TEST(CpuBf16, PlanCountsTheOnednnScratchpad) {
+  if (!cpu::onednn::available()) GTEST_SKIP() << "no oneDNN bf16 matmul in this build or on this CPU";
+  for (const bool llama : {false, true}) {
+    config::Config c;
+    c.model.arch = llama ? "llama" : "gpt2";
+    c.model.n_layers = 2;
+    c.model.n_heads = 4;
+    c.model.d_model = 128;
+    c.model.vocab_size = 1024;
+    c.model.max_seq_len = 64;
+    c.data.seq_len = 64;
+    c.train.micro_batch = c.train.global_batch = 8;
+    c.backend.dtype = "bf16";
+    c.backend.bf16_gemm = "onednn";
+    c.backend.threads = omp_get_max_threads();
+    const double planned = plan::cpu_gemm_scratchpad(c);
+
+    cpu::onednn::set_scratchpad_budget(cpu::onednn::kDefaultScratchpadBudget);  // a fresh, empty scratchpad
+    const auto dims = model::Dims::from(c.model);
+    backend::CpuBf16 be(cpu::Bf16Gemm::onednn, dims.D);
+    model::BasicTransformer<backend::CpuBf16> m(dims, 8, 64, {}, {}, &be);
+    m.params().initialize(3);
+    m.upload_parameters();
+    std::mt19937 gen(5);
+    const auto in = testing::random_tokens(dims.V, 8 * 64, gen), tg = testing::random_tokens(dims.V, 8 * 64, gen);
+    m.forward_backward(in.data(), tg.data(), 8, 64, 1.0 / 512);
+    const double used = static_cast<double>(cpu::onednn::scratchpad_in_use());
+    std::printf("%s, %d thread(s): oneDNN scratchpad %.0f bytes used, %.0f planned\n", c.model.arch.c_str(),
+                c.backend.threads, used, planned);
+    EXPECT_GT(used, 0.0);
+    EXPECT_LE(used, planned);
+  }
 }
 
 TEST(CpuBf16, Gpt2StepMatchesFp32) {

@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/onednn/matmul_bf16_onednn.h"
 #include "kumiko/core/bf16.h"
 #include "kumiko/core/error.h"
 #include "kumiko/ops/matmul_bf16.h"
@@ -167,6 +168,49 @@ TEST(MatmulBf16, EmptySumsAndNamesAreHandled) {
       EXPECT_NE(what.find(cpu::bf16_gemm_name(g)), std::string::npos) << what;
     }
   }
+}
+
+TEST(MatmulBf16, OnednnScratchpadIsBoundedByChunkingRows) {
+  if (!cpu::onednn::available()) GTEST_SKIP() << "no oneDNN bf16 matmul in this build or on this CPU";
+  struct Shape {
+    bool ta, tb;
+    int64_t M, N, K;
+    bool accumulate;
+  };
+  // A linear layer's three GEMMs (the weight gradient's transposed A is the one oneDNN
+  // splits over K), and odd sizes.
+  const Shape shapes[] = {{false, true, 512, 384, 96, false}, {false, false, 512, 96, 384, true},
+                          {true, false, 384, 96, 512, true},  {true, false, 301, 67, 1029, true},
+                          {false, true, 37, 53, 129, false}};
+  std::vector<size_t> whole;
+  for (const Shape& s : shapes)
+    whole.push_back(cpu::onednn::scratchpad_bytes(s.ta, s.tb, s.M, s.N, s.K, s.ta ? s.M : s.K, s.tb ? s.K : s.N,
+                                                  s.N, false, s.accumulate, false));
+  const size_t budget = *std::max_element(whole.begin(), whole.end()) / 3;
+  ASSERT_GT(budget, 0u);
+  cpu::onednn::set_scratchpad_budget(budget);
+  size_t expected = 0;
+  bool chunked = false;
+  for (size_t i = 0; i < std::size(shapes); ++i) {
+    const Shape& s = shapes[i];
+    const size_t need = cpu::onednn::scratchpad_bytes(s.ta, s.tb, s.M, s.N, s.K, s.ta ? s.M : s.K,
+                                                      s.tb ? s.K : s.N, s.N, false, s.accumulate, false);
+    std::printf("M%ld N%ld K%ld %c%c: scratchpad %zu bytes whole, %zu under a %zu-byte budget\n",
+                static_cast<long>(s.M), static_cast<long>(s.N), static_cast<long>(s.K), s.ta ? 'T' : 'N',
+                s.tb ? 'T' : 'N', whole[i], need, budget);
+    chunked |= need < whole[i];
+    EXPECT_LE(need, whole[i]);
+    // Chunks of rows: the same product within the bound of any summation order.
+    check(cpu::Bf16Gemm::onednn, s.ta, s.tb, s.M, s.N, s.K, s.accumulate ? 1.0f : 0.0f, 0);
+    check(cpu::Bf16Gemm::onednn, s.ta, s.tb, s.M, s.N, s.K, s.accumulate ? 1.0f : 0.0f, 5);
+    expected = std::max({expected, need,
+                         cpu::onednn::scratchpad_bytes(s.ta, s.tb, s.M, s.N, s.K, (s.ta ? s.M : s.K) + 5,
+                                                       (s.tb ? s.K : s.N) + 5, s.N + 5, false, s.accumulate, false)});
+    // The shared buffer is what the GEMMs run so far needed, no more.
+    EXPECT_EQ(cpu::onednn::scratchpad_in_use(), expected);
+  }
+  EXPECT_TRUE(chunked) << "no GEMM was split: the budget did not bind";
+  cpu::onednn::set_scratchpad_budget(cpu::onednn::kDefaultScratchpadBudget);
 }
 
 TEST(MatmulBf16, OpenblasAmxSbgemmBefore0324IsRefused) {
