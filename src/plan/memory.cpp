@@ -69,13 +69,13 @@ double onednn_scratchpad(const model::Dims& d, int64_t N, int tp, int threads) {
       size_t b = 0;
       for (bool bias : {false, true})
         for (bool bf16_out : {false, true})  // y = x W^T (+ b)
-          b = std::max(b, cpu::onednn::scratchpad_bytes(false, true, N, l.out, l.in, l.in, l.in, l.out, bias, false,
-                                                        bf16_out));
+          b = std::max(b, cpu::onednn::chunking(false, true, N, l.out, l.in, l.in, l.in, l.out, bias, false, bf16_out)
+                              .scratchpad);
       for (bool accumulate : {false, true})  // dx (+)= dy W
-        b = std::max(b, cpu::onednn::scratchpad_bytes(false, false, N, l.in, l.out, l.out, l.in, l.in, false,
-                                                      accumulate, true));
+        b = std::max(b, cpu::onednn::chunking(false, false, N, l.in, l.out, l.out, l.in, l.in, false, accumulate, true)
+                            .scratchpad);
       // dW += dy^T x
-      b = std::max(b, cpu::onednn::scratchpad_bytes(true, false, l.out, l.in, N, l.out, l.in, l.in, false, true, false));
+      b = std::max(b, cpu::onednn::chunking(true, false, l.out, l.in, N, l.out, l.in, l.in, false, true, false).scratchpad);
       it->second = static_cast<double>(b);
     }
     most = std::max(most, it->second);

@@ -6,7 +6,7 @@
 namespace kumiko::cpu::onednn {
 
 bool available() { return false; }
-size_t scratchpad_bytes(bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool) { return 0; }
+Chunking chunking(bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool) { return {}; }
 size_t scratchpad_in_use() { return 0; }
 void set_scratchpad_budget(size_t) {}
 

@@ -127,14 +127,15 @@ bool available() {
   return ok;
 }
 
-size_t scratchpad_bytes(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
-                        int64_t ldc, bool bias, bool accumulate, bool bf16_out) {
+Chunking chunking(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
+                  bool bias, bool accumulate, bool bf16_out) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   try {
-    return plan(s, trans_a, trans_b, M, N, K, lda, ldb, ldc, bias, accumulate, bf16_out ? dt::bf16 : dt::f32).scratch;
+    const Plan p = plan(s, trans_a, trans_b, M, N, K, lda, ldb, ldc, bias, accumulate, bf16_out ? dt::bf16 : dt::f32);
+    return {p.rows, p.scratch};
   } catch (const dnnl::error&) {
-    return 0;  // the emulated GEMM runs it
+    return {};  // the emulated GEMM runs it
   }
 }
 

@@ -28,10 +28,15 @@ bool matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const b
 // run, and runs a GEMM whose scratchpad would exceed the budget in the fewest equal
 // chunks of C's rows that fit it (rows are independent sums; one row at least).
 inline constexpr size_t kDefaultScratchpadBudget = size_t{256} << 20;
-// The scratchpad the GEMM of these arguments needs at the current OpenMP thread count,
-// chunked as it would run (0 where oneDNN has no primitive: the emulated GEMM runs it).
-size_t scratchpad_bytes(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
-                        int64_t ldc, bool bias, bool accumulate, bool bf16_out);
+// How the GEMM of these arguments runs at the current OpenMP thread count: rows of C
+// per call (M when whole) and the scratchpad it needs ({0, 0} where oneDNN has no
+// primitive: the emulated GEMM runs it).
+struct Chunking {
+  int64_t rows = 0;
+  size_t scratchpad = 0;
+};
+Chunking chunking(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
+                  bool bias, bool accumulate, bool bf16_out);
 // Bytes of the shared scratchpad now (the largest needed by the GEMMs run so far).
 size_t scratchpad_in_use();
 // Another budget (tests); drops the primitives and the scratchpad made for the old one.
