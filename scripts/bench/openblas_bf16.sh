@@ -17,8 +17,10 @@
 # Then:  LD_LIBRARY_PATH=/opt/openblas-bf16 build/bin/kumiko bench gemm --threads 2
 #        LD_LIBRARY_PATH=/opt/openblas-bf16 build/bin/kumiko train ... --backend.dtype=bf16 \
 #            --backend.bf16_gemm=openblas
-# The source comes from Debian (apt-get source, through a deb-src entry that exists
-# only while the script runs). Takes about 3 minutes on 2 cores.
+# The source comes from Debian (apt-get source, through a deb-src entry for the mirror
+# apt already uses, which exists only while the script runs). Takes about 3 minutes on
+# 2 cores. Exit 3: the source could not be downloaded (no mirror reachable); 2: any
+# other error.
 set -euo pipefail
 
 PREFIX=/opt/openblas-bf16
@@ -52,24 +54,37 @@ if ! command -v make >/dev/null || ! command -v gcc >/dev/null || ! command -v x
   apt-get update -qq && apt-get install -y -qq build-essential xz-utils >/dev/null
 fi
 
+# The mirror of the system's own Debian entry for this release (deb822 stanzas, or
+# one-line format), the first that lists the release itself (not -security).
+CODENAME="$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)"
+MIRROR="$(awk -v rel="$CODENAME" 'BEGIN { RS = "" } $0 ~ "(^|\n)Types:[^\n]*deb( |\n|$)" &&
+  $0 ~ "(^|\n)Suites:([^\n]* )?" rel "( |\n|$)" { if (match($0, /URIs:[ \t]*[^ \t\n]+/)) {
+  u = substr($0, RSTART, RLENGTH); sub(/URIs:[ \t]*/, "", u); print u; exit } }' \
+  $(ls /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v kumiko-openblas-src) </dev/null 2>/dev/null || true)"
+[[ -n "$MIRROR" ]] || MIRROR="$(awk -v rel="$CODENAME" '$1 == "deb" {
+  for (i = 2; i < NF; i++) if ($i ~ /^(https?|file):/ && $(i + 1) == rel) { print $i; exit } }' \
+  /etc/apt/sources.list 2>/dev/null || true)"
+MIRROR="${MIRROR:-http://deb.debian.org/debian}"
 WORK="$(mktemp -d -t openblas-bf16.XXXXXX)"
 SRC_LIST=/etc/apt/sources.list.d/kumiko-openblas-src.sources
 cleanup() { rm -f "$SRC_LIST"; rm -rf "$WORK"; }
 trap cleanup EXIT
 cat >"$SRC_LIST" <<EOF
 Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: $(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)
+URIs: $MIRROR
+Suites: $CODENAME
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
-echo "openblas_bf16: fetching Debian's OpenBLAS source" >&2
+echo "openblas_bf16: fetching Debian's OpenBLAS source from $MIRROR" >&2
 # Only the source index is fetched; List-Cleanup=0 keeps the binary package indexes
 # (an update restricted to one list would otherwise delete the others').
-apt-get update -qq -o Dir::Etc::sourcelist="$SRC_LIST" -o Dir::Etc::sourceparts=- \
-  -o APT::Get::List-Cleanup=0 >/dev/null
-(cd "$WORK" && apt-get source -qq --download-only openblas >/dev/null 2>&1) ||
-  die "apt-get source openblas failed (is deb.debian.org reachable?)"
+if ! apt-get update -qq -o Dir::Etc::sourcelist="$SRC_LIST" -o Dir::Etc::sourceparts=- \
+       -o APT::Get::List-Cleanup=0 >/dev/null ||
+   ! (cd "$WORK" && apt-get source -qq --download-only openblas >/dev/null 2>&1); then
+  echo "openblas_bf16: error: apt-get source openblas failed (is $MIRROR reachable?)" >&2
+  exit 3
+fi
 tar -C "$WORK" -xf "$WORK"/openblas_*.orig.tar.xz
 SRC="$(find "$WORK" -maxdepth 1 -type d -name 'OpenBLAS-*' | head -n 1)"
 [[ -n "$SRC" ]] || die "no OpenBLAS-* directory in the source package"

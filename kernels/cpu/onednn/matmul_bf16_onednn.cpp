@@ -35,7 +35,7 @@ using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, 
 // One GEMM as oneDNN runs it: rows of C per call (all M, or chunks of it when the
 // whole product would need more scratchpad than the budget), the primitive of a full
 // chunk and of the last, shorter one, and their scratchpad descriptors.
-struct Plan {
+struct Split {
   int64_t rows = 0;
   dnnl::matmul::primitive_desc full, tail;
   size_t scratch = 0;
@@ -93,10 +93,10 @@ dnnl::matmul::primitive_desc make_pd(State& s, bool trans_a, bool trans_b, int64
 // keeps a private fp32 copy of C per thread group (Debian's oneDNN 2.6 on a
 // transposed A: 12 GB for a 32000 x 2048 weight gradient at 48 threads).
 // Throws dnnl::error when oneDNN has no primitive for it.
-Plan plan(State& s, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
+Split split_rows(State& s, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
           int64_t ldc, bool bias, bool sum, dt c_type) {
   for (int64_t chunks = 1;; chunks *= 2) {
-    Plan p;
+    Split p;
     p.rows = (M + chunks - 1) / chunks;
     p.full = make_pd(s, trans_a, trans_b, p.rows, N, K, lda, ldb, ldc, bias, sum, c_type);
     p.scratch = p.full.scratchpad_desc().get_size();
@@ -132,7 +132,8 @@ Chunking chunking(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, i
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   try {
-    const Plan p = plan(s, trans_a, trans_b, M, N, K, lda, ldb, ldc, bias, accumulate, bf16_out ? dt::bf16 : dt::f32);
+    const Split p =
+        split_rows(s, trans_a, trans_b, M, N, K, lda, ldb, ldc, bias, accumulate, bf16_out ? dt::bf16 : dt::f32);
     return {p.rows, p.scratch};
   } catch (const dnnl::error&) {
     return {};  // the emulated GEMM runs it
@@ -168,7 +169,7 @@ bool run(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16
   if (it == s.primitives.end()) {
     std::optional<Gemm> g;
     try {
-      const Plan p = plan(s, trans_a, trans_b, M, N, K, lda, ldb, ldc, bias != nullptr, sum, c_type);
+      const Split p = split_rows(s, trans_a, trans_b, M, N, K, lda, ldb, ldc, bias != nullptr, sum, c_type);
       g.emplace();
       g->rows = p.rows;
       g->full.emplace(p.full);
@@ -179,8 +180,9 @@ bool run(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16
       }
       if (p.scratch > s.scratch_size) {
         const size_t bytes = (p.scratch + 4095) / 4096 * 4096;
-        s.scratch.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, bytes)));
-        KUMIKO_CHECK(s.scratch != nullptr, "oneDNN: cannot allocate a ", bytes, "-byte GEMM scratchpad");
+        auto* grown = static_cast<uint8_t*>(std::aligned_alloc(4096, bytes));
+        KUMIKO_CHECK(grown != nullptr, "oneDNN: cannot allocate a ", bytes, "-byte GEMM scratchpad");
+        s.scratch.reset(grown);
         s.scratch_size = p.scratch;
       }
     } catch (const dnnl::error& e) {
