@@ -75,11 +75,15 @@ std::string openblas_sbgemm_defect(const std::string& config, const std::string&
   if (core != "sapphirerapids") return "";
   // "OpenBLAS 0.3.21 NO_AFFINITY ...": the version is the second word.
   int major = 0, minor = 0, patch = 0;
-  if (std::sscanf(config.c_str(), "OpenBLAS %d.%d.%d", &major, &minor, &patch) != 3) return "";
+  if (std::sscanf(config.c_str(), "OpenBLAS %d.%d.%d", &major, &minor, &patch) != 3)
+    return "the OpenBLAS this process loaded runs sbgemm on its " + corename +
+           " (AMX) kernels and its version cannot be read from openblas_get_config() ('" + config +
+           "'): before 0.3.24 that kernel is wrong (OpenBLAS pull request 4048); build it for COOPERLAKE "
+           "(scripts/bench/openblas_bf16.sh does) or use OpenBLAS 0.3.24 or newer";
   if (std::make_tuple(major, minor, patch) >= std::make_tuple(0, 3, 24)) return "";
   return "the OpenBLAS this process loaded (" + std::to_string(major) + "." + std::to_string(minor) + "." +
          std::to_string(patch) + ", " + corename +
-         " kernels) has the AMX sbgemm of OpenBLAS before 0.3.24, which sums odd K wrongly and never asks Linux for "
+         " kernels) has the AMX sbgemm of OpenBLAS before 0.3.24, which reads its K-tail tiles from the wrong offset and never asks Linux for "
          "the AMX tile state (fixed upstream by OpenBLAS pull request 4048); build it for COOPERLAKE "
          "(scripts/bench/openblas_bf16.sh does) or use OpenBLAS 0.3.24 or newer";
 }

@@ -10,15 +10,16 @@
 #   --target  OpenBLAS TARGET (default COOPERLAKE on a CPU with AVX512-BF16, which
 #             every AMX CPU also has; other CPUs have no bf16 instructions and no
 #             native sbgemm kernels, so the script stops there). Not SAPPHIRERAPIDS:
-#             0.3.21's AMX sbgemm kernel loads its K-tail tiles from the wrong offset
-#             (wrong sums for odd K) and never asks Linux for the AMX tile state
-#             (SIGILL unless something else in the process did); OpenBLAS fixed both in
-#             pull request 4048 (0.3.24), after the source Debian 12 ships.
+#             0.3.21's AMX sbgemm kernel loads its K-tail tiles (the odd last k, as
+#             read in the source beside the fix) from the wrong offset and never asks
+#             Linux for the AMX tile state (SIGILL unless something else in the
+#             process did); OpenBLAS fixed both in pull request 4048 (0.3.24), after
+#             the source Debian 12 ships.
 # Then:  LD_LIBRARY_PATH=/opt/openblas-bf16 build/bin/kumiko bench gemm --threads 2
 #        LD_LIBRARY_PATH=/opt/openblas-bf16 build/bin/kumiko train ... --backend.dtype=bf16 \
 #            --backend.bf16_gemm=openblas
 # The source comes from Debian (apt-get source, through a deb-src entry for the mirror
-# apt already uses, which exists only while the script runs). Takes about 3 minutes on
+# apt already uses, which exists only while the script runs). Takes about 2 minutes on
 # 2 cores. Exit 3: the source could not be downloaded (no mirror reachable); 2: any
 # other error.
 set -euo pipefail
@@ -26,11 +27,12 @@ set -euo pipefail
 PREFIX=/opt/openblas-bf16
 TARGET=""
 die() { echo "openblas_bf16: error: $*" >&2; exit 2; }
+trap 'exit 2' ERR  # a failing command ends the script with 2, not its own status
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --prefix) PREFIX="${2:?--prefix needs a directory}"; shift ;;
     --target) TARGET="${2:?--target needs an OpenBLAS target name}"; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -44,7 +46,7 @@ if [[ -z "$TARGET" ]]; then
   fi
 fi
 [[ "${TARGET^^}" != SAPPHIRERAPIDS ]] ||
-  die "--target SAPPHIRERAPIDS: OpenBLAS 0.3.21's AMX sbgemm kernel gives wrong sums for odd K and" \
+  die "--target SAPPHIRERAPIDS: OpenBLAS 0.3.21's AMX sbgemm kernel reads its K-tail tiles from the wrong offset and" \
       "does not request the AMX tile state (fixed in OpenBLAS 0.3.24); COOPERLAKE's AVX512-BF16 kernels" \
       "run on AMX CPUs too (and kumiko refuses that library's sbgemm)"
 
@@ -54,17 +56,21 @@ if ! command -v make >/dev/null || ! command -v gcc >/dev/null || ! command -v x
   apt-get update -qq && apt-get install -y -qq build-essential xz-utils >/dev/null
 fi
 
-# The mirror of the system's own Debian entry for this release (deb822 stanzas, or
-# one-line format), the first that lists the release itself (not -security).
+# The mirror (and its keyring) of the system's own Debian entry for this release:
+# the first enabled deb822 stanza of type deb that lists the release itself (not
+# -security), else the first one-line "deb" entry for it.
 CODENAME="$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)"
-MIRROR="$(awk -v rel="$CODENAME" 'BEGIN { RS = "" } $0 ~ "(^|\n)Types:[^\n]*deb( |\n|$)" &&
-  $0 ~ "(^|\n)Suites:([^\n]* )?" rel "( |\n|$)" { if (match($0, /URIs:[ \t]*[^ \t\n]+/)) {
-  u = substr($0, RSTART, RLENGTH); sub(/URIs:[ \t]*/, "", u); print u; exit } }' \
-  $(ls /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v kumiko-openblas-src) </dev/null 2>/dev/null || true)"
-[[ -n "$MIRROR" ]] || MIRROR="$(awk -v rel="$CODENAME" '$1 == "deb" {
+read -r MIRROR KEYRING < <(awk -v rel="$CODENAME" 'BEGIN { RS = "" }
+  function field(name,   v) { if (!match($0, "(^|\n)" name ":[ \t]*[^\n]*")) return ""
+    v = substr($0, RSTART, RLENGTH); sub("^\n?" name ":[ \t]*", "", v); return v }
+  tolower(field("Enabled")) != "no" && (" " field("Types") " ") ~ / deb / && (" " field("Suites") " ") ~ (" " rel " ") {
+    split(field("URIs"), u, /[ \t]+/); print u[1], field("Signed-By"); exit }' \
+  $(ls /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v kumiko-openblas-src) </dev/null 2>/dev/null || true)
+[[ -n "${MIRROR:-}" ]] || MIRROR="$(awk -v rel="$CODENAME" '$1 == "deb" {
   for (i = 2; i < NF; i++) if ($i ~ /^(https?|file):/ && $(i + 1) == rel) { print $i; exit } }' \
-  /etc/apt/sources.list 2>/dev/null || true)"
+  /etc/apt/sources.list $(ls /etc/apt/sources.list.d/*.list 2>/dev/null) 2>/dev/null || true)"
 MIRROR="${MIRROR:-http://deb.debian.org/debian}"
+[[ -n "${KEYRING:-}" && "$KEYRING" == /* ]] || KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 WORK="$(mktemp -d -t openblas-bf16.XXXXXX)"
 SRC_LIST=/etc/apt/sources.list.d/kumiko-openblas-src.sources
 cleanup() { rm -f "$SRC_LIST"; rm -rf "$WORK"; }
@@ -74,7 +80,7 @@ Types: deb-src
 URIs: $MIRROR
 Suites: $CODENAME
 Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+Signed-By: $KEYRING
 EOF
 echo "openblas_bf16: fetching Debian's OpenBLAS source from $MIRROR" >&2
 # Only the source index is fetched; List-Cleanup=0 keeps the binary package indexes

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <sstream>
 #include <thread>
 #include <tuple>
@@ -54,13 +55,20 @@ model::ArenaPlan arena_plan(const config::Config& cfg, const model::BufferLayout
 // each variant the model calls (with and without bias, bf16 or fp32 out, dx
 // accumulated or not), chunked as the run would chunk it. Cached per shape and threads.
 double onednn_scratchpad(const model::Dims& d, int64_t N, int tp, int threads) {
+  static std::mutex mutex;
   static std::map<std::tuple<int64_t, int64_t, int64_t, int>, double> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
   struct Linear {
     int64_t in, out;
   };
   const Linear linears[] = {{d.C, d.qkv_width() / tp}, {d.Hq / tp * d.D, d.C}, {d.C, d.F / tp}, {d.F / tp, d.C},
                             {d.C, d.V / tp}};
-  const int saved = omp_get_max_threads();
+  // oneDNN sizes by the threads OpenMP would give it: set for the queries, restored
+  // however they end.
+  struct Threads {
+    int saved = omp_get_max_threads();
+    ~Threads() { omp_set_num_threads(saved); }
+  } restore;
   omp_set_num_threads(threads);
   double most = 0;
   for (const Linear& l : linears) {
@@ -80,7 +88,6 @@ double onednn_scratchpad(const model::Dims& d, int64_t N, int tp, int threads) {
     }
     most = std::max(most, it->second);
   }
-  omp_set_num_threads(saved);
   return most;
 }
 

@@ -36,7 +36,8 @@ Bf16Gemm bf16_gemm_default();
 std::string sbgemm_unavailable_reason();
 // A reason to refuse the cblas_sbgemm of the OpenBLAS whose openblas_get_config() and
 // openblas_get_corename() these are, "" if none: before 0.3.24 the SAPPHIRERAPIDS
-// (AMX) kernel loads its K-tail tiles from the wrong offset (wrong sums for odd K) and
+// (AMX) kernel loads its K-tail tiles (the odd last k) from twice the offset it stores
+// them at (read in the 0.3.21 source against the fix; no AMX CPU was at hand) and
 // never asks Linux for the AMX tile state (SIGILL unless something else did); fixed
 // upstream by OpenBLAS pull request 4048. Its COOPERLAKE (AVX512-BF16) kernel is fine.
 std::string openblas_sbgemm_defect(const std::string& config, const std::string& corename);

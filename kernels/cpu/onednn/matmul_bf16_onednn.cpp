@@ -5,7 +5,7 @@
 // once per shape and kept (oneDNN JIT-compiles each one for this CPU: AMX or
 // AVX512-BF16 brgemm kernels where present, reference code elsewhere). Their
 // scratchpad is kumiko's (scratchpad_mode::user), one buffer for all, bounded by
-// running a GEMM whose scratchpad would exceed the budget in chunks of rows.
+// running a GEMM whose scratchpad would exceed the budget in chunks of C's rows.
 #include "kernels/cpu/onednn/matmul_bf16_onednn.h"
 
 #include <omp.h>
@@ -88,7 +88,8 @@ dnnl::matmul::primitive_desc make_pd(State& s, bool trans_a, bool trans_b, int64
 }
 
 // The chunking of one GEMM: the whole of M if its scratchpad fits the budget, else
-// the fewest equal chunks of rows whose scratchpads do (down to one row). oneDNN sizes
+// 2, 4, 8, ... chunks of rows (the last one shorter) until their scratchpads do, down
+// to one row. oneDNN sizes
 // the scratchpad by the threads it will use; splitting over K across many threads
 // keeps a private fp32 copy of C per thread group (Debian's oneDNN 2.6 on a
 // transposed A: 12 GB for a 32000 x 2048 weight gradient at 48 threads).
@@ -129,6 +130,7 @@ bool available() {
 
 Chunking chunking(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
                   bool bias, bool accumulate, bool bf16_out) {
+  if (M <= 0 || N <= 0 || K <= 0) return {};
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   try {

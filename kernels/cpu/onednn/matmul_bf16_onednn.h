@@ -25,12 +25,13 @@ bool matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const b
 // at many threads it may split the sum over K with a private fp32 copy of C per thread
 // group (on a 48-thread process, 12 GB for llama-1b's head weight gradient). kumiko
 // owns the scratchpad, one buffer shared by every primitive, grown to the largest one
-// run, and runs a GEMM whose scratchpad would exceed the budget in the fewest equal
-// chunks of C's rows that fit it (rows are independent sums; one row at least).
+// run, and runs a GEMM whose scratchpad would exceed the budget in 2, 4, 8, ... chunks
+// of C's rows (the last one shorter) until each fits (rows are independent sums; one
+// row at least).
 inline constexpr size_t kDefaultScratchpadBudget = size_t{256} << 20;
 // How the GEMM of these arguments runs at the current OpenMP thread count: rows of C
-// per call (M when whole) and the scratchpad it needs ({0, 0} where oneDNN has no
-// primitive: the emulated GEMM runs it).
+// per call (M when whole) and the scratchpad it needs ({0, 0} for an empty product
+// and where oneDNN has no primitive: the emulated GEMM runs it).
 struct Chunking {
   int64_t rows = 0;
   size_t scratchpad = 0;
