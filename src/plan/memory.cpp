@@ -106,7 +106,7 @@ namespace {
 //     bf16 itself), the head's [N, V/tp] the largest;
 //   the emulated GEMM's fp32 copies of its operands: the head's dlogits and a weight
 //     (a shape oneDNN refuses takes the emulated GEMM and says so; left out);
-//   oneDNN's scratchpad (onednn_scratchpad below).
+//   oneDNN's scratchpad (onednn_scratchpad above).
 //   attention backward's per-thread buffers, at most [N, Hq / tp, ...] over its threads:
 //     fp32 dQ accumulators (D wide) and, on AVX512-BF16 CPUs, Q and dO as pair words
 //     (D rounded up to 16 wide each; attention_dpbf16.cpp). The forward's packed K and
