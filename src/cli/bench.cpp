@@ -23,7 +23,7 @@
 #include "kumiko/ops/matmul.h"
 #include "kumiko/ops/matmul_bf16.h"
 #include "kumiko/plan/plan.h"
-#include "kumiko/train/trainer.h"
+#include "kumiko/train/threads.h"
 
 namespace kumiko::cli {
 namespace {

@@ -12,6 +12,7 @@
 #include "cli/commands.h"
 #include "kumiko/config/config.h"
 #include "kumiko/core/error.h"
+#include "kumiko/core/threads.h"
 #include "kumiko/plan/plan.h"
 
 namespace kumiko::cli {
@@ -38,7 +39,7 @@ int run_plan(config::Config cfg, const PlanOptions& o) {
     cluster.ranks_per_node = o.per_node > 0 ? o.per_node : (o.nodes > 0 ? std::max(1, ranks / o.nodes) : ranks);
     cluster.nodes = o.nodes > 0 ? o.nodes : (ranks + cluster.ranks_per_node - 1) / cluster.ranks_per_node;
     cluster.cores_per_node = cores;
-    const int threads = cfg.backend.threads > 0 ? cfg.backend.threads : std::max(1, cores / cluster.ranks_per_node);
+    const int threads = planned_threads(cfg.backend.threads, cores, cluster.ranks_per_node);
     const std::string cache = o.cache_dir.empty() ? plan::default_cache_dir() : o.cache_dir;
     // --remeasure: each layout's shapes once in this run, then from the cache.
     auto measured = std::make_shared<std::set<std::string>>();

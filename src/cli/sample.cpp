@@ -12,7 +12,7 @@
 #include "kumiko/core/error.h"
 #include "kumiko/data/tokenizer.h"
 #include "kumiko/model/transformer.h"
-#include "kumiko/train/trainer.h"
+#include "kumiko/train/threads.h"
 #include "kumiko/train/sampler.h"
 #include "kumiko/train/weights.h"
 

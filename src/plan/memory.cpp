@@ -13,6 +13,7 @@
 #include "kernels/cpu/onednn/matmul_bf16_onednn.h"
 #include "kumiko/core/bf16.h"
 #include "kumiko/core/error.h"
+#include "kumiko/core/threads.h"
 #include "kumiko/model/parameters.h"
 #include "kumiko/model/transformer.h"
 #include "kumiko/parallel/data_parallel.h"
@@ -141,9 +142,7 @@ double cuda_workspace(const model::Dims& d, int64_t B, int64_t T, int tp, int64_
 }  // namespace
 
 int cpu_threads(const config::Config& cfg, const Layout& l) {
-  return cfg.backend.threads > 0
-             ? cfg.backend.threads
-             : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, l.ranks()));
+  return planned_threads(cfg.backend.threads, static_cast<int>(std::thread::hardware_concurrency()), l.ranks());
 }
 
 double cpu_gemm_scratchpad(const config::Config& cfg) {

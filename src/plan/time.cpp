@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "kumiko/core/error.h"
+#include "kumiko/core/threads.h"
 #include "kumiko/model/parameters.h"
 #include "kumiko/parallel/schedule.h"
 #include "plan/internal.h"
@@ -118,7 +119,7 @@ StepTime step_time(const config::Config& cfg, const Layout& l, const Cluster& c)
   // A CPU node with more threads than cores shares them.
   double share = 1;
   if (!device && c.cores_per_node > 0) {
-    const int threads = cfg.backend.threads > 0 ? cfg.backend.threads : std::max(c.cores_per_node / per_node, 1);
+    const int threads = planned_threads(cfg.backend.threads, c.cores_per_node, per_node);
     share = std::max(1.0, static_cast<double>(threads) * per_node / c.cores_per_node);
   }
   // Which links a group uses: tp is innermost in the rank order, then dp, then pp.

@@ -1,6 +1,6 @@
 #include "kumiko/train/stragglers.h"
 
-#include <unistd.h>
+#include "kumiko/comm/hosts.h"
 
 #include <algorithm>
 #include <chrono>
@@ -9,29 +9,13 @@
 
 namespace kumiko::train {
 
-namespace {
-constexpr int kHostChars = 64;
-}
-
 Stragglers::Stragglers(comm::Communicator& world, int64_t every, double threshold)
     : world_(world), every_(every), threshold_(threshold) {
   const char* slow_rank = std::getenv("KUMIKO_TEST_SLOW_RANK");
   const char* slow_ms = std::getenv("KUMIKO_TEST_SLOW_MS");
   if (slow_rank && slow_ms && std::atoi(slow_rank) == world.rank()) test_delay_ms_ = std::atoi(slow_ms);
   if (every_ <= 0) return;
-  // Host names, one fixed-size slot per rank, summed over the world (each rank fills its own).
-  std::vector<int32_t> chars(static_cast<size_t>(world.size()) * kHostChars, 0);
-  char host[kHostChars] = {};
-  gethostname(host, kHostChars - 1);
-  for (int i = 0; i < kHostChars && host[i] != '\0'; ++i)
-    chars[static_cast<size_t>(world.rank()) * kHostChars + i] = static_cast<unsigned char>(host[i]);
-  world.all_reduce(chars.data(), static_cast<int64_t>(chars.size()), comm::ReduceOp::sum);
-  for (int r = 0; r < world.size(); ++r) {
-    std::string name;
-    for (int i = 0; i < kHostChars && chars[static_cast<size_t>(r) * kHostChars + i] != 0; ++i)
-      name += static_cast<char>(chars[static_cast<size_t>(r) * kHostChars + i]);
-    hosts_.push_back(name);
-  }
+  hosts_ = comm::host_names(world);
 }
 
 std::optional<StragglerReport> Stragglers::after_step(int64_t step, double compute_s) {

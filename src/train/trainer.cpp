@@ -42,14 +42,10 @@
 #include "kumiko/train/schedule.h"
 #include "kumiko/train/spike.h"
 #include "kumiko/train/stragglers.h"
+#include "kumiko/train/threads.h"
 #include "kumiko/train/weights.h"
 
 namespace kumiko::train {
-
-void set_threads(int threads) {
-  const int n = threads > 0 ? threads : omp_get_num_procs();
-  omp_set_num_threads(n);
-}
 
 namespace {
 
@@ -222,6 +218,7 @@ struct Trainer::State {
 
   const config::Config& cfg;
   comm::Communicator& world;
+  ThreadPlan threads;  // this rank's OpenMP threads and its node's (set before run())
   std::shared_ptr<spdlog::logger> log = log::get("train"), ckpt_log = log::get("ckpt");
   std::unique_ptr<parallel::ProcessGrid> grid;
   std::unique_ptr<data::Loader> loader;
@@ -275,9 +272,10 @@ Trainer::Trainer(config::Config config, comm::Communicator& world)
 Trainer::~Trainer() = default;
 
 RunSummary Trainer::run() {
-  set_threads(config_.backend.threads);
+  const ThreadPlan threads = set_rank_threads(config_.backend.threads, world_);
   SignalGuard signals;
   state_ = std::make_unique<State>(config_, world_);
+  state_->threads = threads;
   return state_->run();
 }
 
@@ -377,7 +375,10 @@ void Trainer::State::setup_engine() {
   plan::Memory planned;
   try {
     mem_base_mb = current_rss_mb();
-    planned = plan::rank_memory(cfg, grid->pp_rank());
+    // The plan with the threads this rank runs (oneDNN's scratchpad grows with them).
+    config::Config run_cfg = cfg;
+    run_cfg.backend.threads = threads.threads;
+    planned = plan::rank_memory(run_cfg, grid->pp_rank());
     mem_plan_mb = planned.total() / 1048576.0;
     preflight(planned);
     engine = cfg.backend.device == "cuda" ? gpu::make_cuda_engine(setup) : parallel::make_cpu_engine(setup);
@@ -433,7 +434,7 @@ void Trainer::State::setup_engine() {
 // available memory shared by the node's ranks, or the GPU's free memory.
 void Trainer::State::preflight(const plan::Memory& planned) {
   const bool cuda = cfg.backend.device == "cuda";
-  const int local = std::max(comm::local_size_from_launcher(), 1);
+  const int local = std::max(threads.node_ranks, 1);
   // Ranks sharing a GPU (backend.comm = mpi) share its free memory.
   const int per_gpu = cuda ? (local + std::max(gpu::visible_devices(), 1) - 1) / std::max(gpu::visible_devices(), 1) : 1;
   const double available = cuda ? static_cast<double>(gpu::free_device_memory()) / per_gpu
@@ -644,10 +645,16 @@ void Trainer::State::resume_or_init() {
   }
   flops_per_token = model::train_flops_per_token(dims, T);
   log->info("model {}: {} layers, d_model {}, {} heads ({} kv), vocab {}, {:.2f}M parameters on this rank; "
-            "{} ranks (dp {}, tp {}{}, pp {}, zero {}), {} threads per rank; {:.1f} MFLOP per token",
+            "{} ranks (dp {}, tp {}{}, pp {}, zero {}), {} threads per rank ({}); {:.1f} MFLOP per token",
             cfg.model.arch, dims.L, dims.C, dims.Hq, dims.Hkv, dims.V, engine->params().total_numel() / 1e6,
             world.size(), dp, grid->tp(), grid->tp() > 1 && cfg.parallel.sequence_parallel ? " with sp" : "", pp,
-            cfg.parallel.zero, omp_get_max_threads(), flops_per_token / 1e6);
+            cfg.parallel.zero, omp_get_max_threads(), threads.source, flops_per_token / 1e6);
+  if (threads.oversubscribed() && threads.node_leader)
+    log->warn("{}: its {} rank(s) run {} threads on {} CPU(s), so they take turns; {}", threads.host,
+              threads.node_ranks, threads.node_threads, threads.node_cpus,
+              threads.source.rfind("backend.threads = 0", 0) == 0
+                  ? "use fewer ranks per node"
+                  : "set backend.threads = 0 (unset OMP_NUM_THREADS) to share the CPUs, or fewer threads");
 
   inputs.resize(MB * T);
   targets.resize(MB * T);

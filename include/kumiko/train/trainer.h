@@ -50,7 +50,4 @@ class Trainer {
   std::unique_ptr<State> state_;
 };
 
-// Threads for kumiko's kernels and OpenBLAS (one OpenMP pool); 0 = all cores.
-void set_threads(int threads);
-
 }  // namespace kumiko::train

@@ -290,7 +290,9 @@ TEST(CpuBf16, PlanCountsTheOnednnScratchpad) {
     std::printf("%s, %d thread(s): oneDNN scratchpad %.0f bytes used, %.0f planned\n", c.model.arch.c_str(),
                 c.backend.threads, used, planned);
     EXPECT_LE(used, planned);
-    if (planned > 0) EXPECT_GT(used, 0.0) << "the plan counts a scratchpad the run never allocated";
+    if (planned > 0) {
+      EXPECT_GT(used, 0.0) << "the plan counts a scratchpad the run never allocated";
+    }
   }
 }
 

@@ -1,0 +1,80 @@
+#include "kumiko/train/threads.h"
+
+#include <omp.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "kumiko/comm/hosts.h"
+#include "kumiko/core/threads.h"
+
+namespace kumiko::train {
+
+std::vector<int> affinity_cpus() {
+  // Sized for the machine, not CPU_SETSIZE: hosts with more than 1024 CPUs exist.
+  const long configured = std::max(sysconf(_SC_NPROCESSORS_CONF), 1L);
+  const int n = static_cast<int>(std::max(configured, 1024L));
+  cpu_set_t* set = CPU_ALLOC(n);
+  const size_t bytes = CPU_ALLOC_SIZE(n);
+  CPU_ZERO_S(bytes, set);
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, bytes, set) == 0) {
+    for (int c = 0; c < n; ++c)
+      if (CPU_ISSET_S(c, bytes, set)) cpus.push_back(c);
+  }
+  CPU_FREE(set);
+  if (cpus.empty())  // no mask to read: every CPU OpenMP sees
+    for (int c = 0; c < omp_get_num_procs(); ++c) cpus.push_back(c);
+  return cpus;
+}
+
+int fair_share(const std::vector<int>& mine, const std::vector<int32_t>& ranks_on) {
+  double share = 0;
+  for (int c : mine) share += 1.0 / std::max(ranks_on.at(static_cast<size_t>(c)), 1);
+  // 1e-9 absorbs the rounding of k/3 + k/3 + k/3 below k.
+  return std::max(1, static_cast<int>(share + 1e-9));
+}
+
+ThreadPlan set_rank_threads(int configured, comm::Communicator& world) {
+  ThreadPlan p;
+  const std::vector<int> mine = affinity_cpus();
+  p.cpus = static_cast<int>(mine.size());
+  const int env = configured > 0 ? 0 : omp_num_threads_env();
+  const std::vector<std::string> hosts = comm::host_names(world);
+  p.host = hosts[static_cast<size_t>(world.rank())];
+  auto node = comm::split_by_host(world, hosts);
+  p.node_ranks = node->size();
+  p.node_leader = node->rank() == 0;
+  // How many of this node's ranks may run on each CPU.
+  int32_t width = mine.back() + 1;
+  node->all_reduce(&width, 1, comm::ReduceOp::max);
+  std::vector<int32_t> ranks_on(static_cast<size_t>(width), 0);
+  for (int c : mine) ranks_on[static_cast<size_t>(c)] = 1;
+  node->all_reduce(ranks_on.data(), width, comm::ReduceOp::sum);
+  p.node_cpus = static_cast<int>(std::count_if(ranks_on.begin(), ranks_on.end(), [](int32_t r) { return r > 0; }));
+  if (configured > 0) {
+    p.threads = configured, p.source = "backend.threads";
+  } else if (env > 0) {
+    p.threads = env, p.source = "OMP_NUM_THREADS";
+  } else {
+    p.threads = fair_share(mine, ranks_on);
+    int sharing = 1;
+    for (int c : mine) sharing = std::max(sharing, ranks_on[static_cast<size_t>(c)]);
+    p.source = sharing <= 1 ? "backend.threads = 0: every CPU this rank may run on, " + std::to_string(p.cpus)
+                            : "backend.threads = 0: this rank's share of the " + std::to_string(p.cpus) +
+                                  " CPU(s) it may run on, shared with up to " + std::to_string(sharing - 1) +
+                                  " other rank(s) on " + p.host;
+  }
+  p.node_threads = p.threads;
+  node->all_reduce(&p.node_threads, 1, comm::ReduceOp::sum);
+  omp_set_num_threads(p.threads);
+  return p;
+}
+
+void set_threads(int configured) {
+  const int env = configured > 0 ? 0 : omp_num_threads_env();
+  omp_set_num_threads(configured > 0 ? configured : env > 0 ? env : static_cast<int>(affinity_cpus().size()));
+}
+
+}  // namespace kumiko::train

@@ -1,0 +1,112 @@
+// Thread counts (core/threads.h, train/threads.h) in one process: the fair share of
+// CPUs that several ranks may run on, OMP_NUM_THREADS's parsing, the planner's rule,
+// and set_rank_threads over a one-rank world. tests/distributed/health/test_threads_main.cpp
+// runs set_rank_threads over two ranks with their affinity masks set.
+#include <omp.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "kumiko/comm/communicator.h"
+#include "kumiko/core/error.h"
+#include "kumiko/core/threads.h"
+#include "kumiko/train/threads.h"
+
+namespace kumiko {
+namespace {
+
+// Sets OMP_NUM_THREADS (or unsets it, for nullptr) and restores it afterwards.
+class EnvThreads {
+ public:
+  explicit EnvThreads(const char* value) {
+    if (const char* old = std::getenv("OMP_NUM_THREADS")) old_ = old, had_ = true;
+    value ? setenv("OMP_NUM_THREADS", value, 1) : unsetenv("OMP_NUM_THREADS");
+  }
+  ~EnvThreads() { had_ ? setenv("OMP_NUM_THREADS", old_.c_str(), 1) : unsetenv("OMP_NUM_THREADS"); }
+
+ private:
+  std::string old_;
+  bool had_ = false;
+};
+
+TEST(Threads, FairShareDividesEachCpuAmongTheRanksOnIt) {
+  // 8 CPUs: rank A may run on 0-3, rank B on 0-7. CPUs 0-3 have 2 ranks, 4-7 one.
+  const std::vector<int32_t> ranks_on = {2, 2, 2, 2, 1, 1, 1, 1};
+  EXPECT_EQ(train::fair_share({0, 1, 2, 3}, ranks_on), 2);
+  EXPECT_EQ(train::fair_share({0, 1, 2, 3, 4, 5, 6, 7}, ranks_on), 6);  // 2 + 4: the node's 8 CPUs, no more
+  // Unbound: 4 ranks on 48 CPUs get 12 each, not 48.
+  const std::vector<int32_t> four(48, 4);
+  std::vector<int> all(48);
+  for (int c = 0; c < 48; ++c) all[c] = c;
+  EXPECT_EQ(train::fair_share(all, four), 12);
+  // 3 ranks on 9 CPUs: 9 x (1/3) is 3 exactly, not 2.999... rounded down.
+  EXPECT_EQ(train::fair_share({0, 1, 2, 3, 4, 5, 6, 7, 8}, std::vector<int32_t>(9, 3)), 3);
+  // 5 ranks on 2 CPUs: each still runs one thread.
+  EXPECT_EQ(train::fair_share({0, 1}, {5, 5}), 1);
+  // Bound to its own cores: all of them.
+  EXPECT_EQ(train::fair_share({4, 5}, {1, 1, 1, 1, 1, 1}), 2);
+}
+
+TEST(Threads, OmpNumThreadsIsParsedOrRefusedByName) {
+  {
+    EnvThreads env(nullptr);
+    EXPECT_EQ(omp_num_threads_env(), 0);
+  }
+  {
+    EnvThreads env("12");
+    EXPECT_EQ(omp_num_threads_env(), 12);
+  }
+  {
+    EnvThreads env("6,2");  // nested levels: the outer one
+    EXPECT_EQ(omp_num_threads_env(), 6);
+  }
+  for (const char* bad : {"0", "-3", "four", "4x", ",2", "123456789"}) {
+    EnvThreads env(bad);
+    try {
+      omp_num_threads_env();
+      ADD_FAILURE() << "OMP_NUM_THREADS=" << bad << " was accepted";
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find("OMP_NUM_THREADS: expected a positive integer, got '" + std::string(bad) + "'"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+TEST(Threads, PlannedThreadsTakeTheConfigThenTheEnvironmentThenTheShare) {
+  EnvThreads env(nullptr);
+  EXPECT_EQ(planned_threads(0, 48, 4), 12);
+  EXPECT_EQ(planned_threads(0, 2, 4), 1);
+  EXPECT_EQ(planned_threads(3, 48, 4), 3);
+  EnvThreads set("5");
+  EXPECT_EQ(planned_threads(0, 48, 4), 5);
+  EXPECT_EQ(planned_threads(3, 48, 4), 3);
+}
+
+TEST(Threads, OneRankTakesEveryCpuOfItsMask) {
+  EnvThreads env(nullptr);
+  auto world = comm::make_local();
+  const int saved = omp_get_max_threads();
+  const train::ThreadPlan p = train::set_rank_threads(0, *world);
+  const int cpus = static_cast<int>(train::affinity_cpus().size());
+  EXPECT_EQ(p.threads, cpus);
+  EXPECT_EQ(omp_get_max_threads(), cpus);
+  EXPECT_EQ(p.cpus, cpus);
+  EXPECT_EQ(p.node_ranks, 1);
+  EXPECT_EQ(p.node_threads, cpus);
+  EXPECT_EQ(p.node_cpus, cpus);
+  EXPECT_FALSE(p.oversubscribed());
+  EXPECT_TRUE(p.node_leader);
+  // More threads than CPUs, asked for: given, and called oversubscribed.
+  const train::ThreadPlan more = train::set_rank_threads(cpus + 1, *world);
+  EXPECT_EQ(more.threads, cpus + 1);
+  EXPECT_EQ(more.source, "backend.threads");
+  EXPECT_TRUE(more.oversubscribed());
+  omp_set_num_threads(saved);
+}
+
+}  // namespace
+}  // namespace kumiko
