@@ -5,6 +5,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
+#include <functional>
+#include <iterator>
+
+#include <spdlog/fmt/fmt.h>
 
 #include "kumiko/comm/hosts.h"
 #include "kumiko/core/threads.h"
@@ -36,7 +41,7 @@ int fair_share(const std::vector<int>& mine, const std::vector<int32_t>& ranks_o
   return std::max(1, static_cast<int>(share + 1e-9));
 }
 
-ThreadPlan set_rank_threads(int configured, comm::Communicator& world) {
+ThreadPlan set_rank_threads(int configured, comm::Communicator& world, double cpu_quota) {
   ThreadPlan p;
   const std::vector<int> mine = affinity_cpus();
   p.cpus = static_cast<int>(mine.size());
@@ -53,6 +58,19 @@ ThreadPlan set_rank_threads(int configured, comm::Communicator& world) {
   for (int c : mine) ranks_on[static_cast<size_t>(c)] = 1;
   node->all_reduce(ranks_on.data(), width, comm::ReduceOp::sum);
   p.node_cpus = static_cast<int>(std::count_if(ranks_on.begin(), ranks_on.end(), [](int32_t r) { return r > 0; }));
+  // A cgroup CPU quota (a container's CPU limit) is shared by the host's ranks in the
+  // same cgroup: one slot per rank holds a hash of its /proc/self/cgroup.
+  p.cpu_quota = cpu_quota < 0 ? cgroup_cpu_quota() : cpu_quota;
+  std::vector<int64_t> groups(static_cast<size_t>(p.node_ranks), 0);
+  if (p.cpu_quota > 0) {
+    std::ifstream in("/proc/self/cgroup");
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    groups[static_cast<size_t>(node->rank())] = static_cast<int64_t>(std::hash<std::string>{}(text) | 1);
+  }
+  node->all_reduce(groups.data(), p.node_ranks, comm::ReduceOp::sum);
+  p.quota_ranks = p.cpu_quota > 0 ? static_cast<int>(std::count(groups.begin(), groups.end(),
+                                                                   groups[static_cast<size_t>(node->rank())]))
+                                  : 0;
   if (configured > 0) {
     p.threads = configured, p.source = "backend.threads";
   } else if (env > 0) {
@@ -61,10 +79,16 @@ ThreadPlan set_rank_threads(int configured, comm::Communicator& world) {
     p.threads = fair_share(mine, ranks_on);
     int sharing = 1;
     for (int c : mine) sharing = std::max(sharing, ranks_on[static_cast<size_t>(c)]);
-    p.source = sharing <= 1 ? "backend.threads = 0: every CPU this rank may run on, " + std::to_string(p.cpus)
+    p.source = sharing <= 1 ? "backend.threads = 0: the " + std::to_string(p.cpus) + " CPU(s) this rank may run on"
                             : "backend.threads = 0: this rank's share of the " + std::to_string(p.cpus) +
                                   " CPU(s) it may run on, shared with up to " + std::to_string(sharing - 1) +
                                   " other rank(s) on " + p.host;
+    if (p.cpu_quota > 0) {
+      const int cap = std::max(1, static_cast<int>(p.cpu_quota / p.quota_ranks + 1e-9));
+      if (cap < p.threads)
+        p.threads = cap, p.source += fmt::format(", capped by the cgroup CPU quota of {:g} CPU(s) shared by {} rank(s)",
+                                                 p.cpu_quota, p.quota_ranks);
+    }
   }
   p.node_threads = p.threads;
   node->all_reduce(&p.node_threads, 1, comm::ReduceOp::sum);
@@ -72,9 +96,27 @@ ThreadPlan set_rank_threads(int configured, comm::Communicator& world) {
   return p;
 }
 
+std::string oversubscription_warning(const ThreadPlan& p) {
+  const bool shared = p.source.rfind("backend.threads = 0", 0) == 0;
+  const std::string fix = shared ? "use fewer ranks per host"
+                                 : "leave backend.threads = 0 and OMP_NUM_THREADS unset to share the CPUs, or use "
+                                   "fewer threads";
+  if (p.node_threads > p.node_cpus)
+    return fmt::format("{}: its {} rank(s) run {} threads on {} CPU(s), so they take turns; {}", p.host, p.node_ranks,
+                       p.node_threads, p.node_cpus, fix);
+  return fmt::format("{}: {} rank(s) run {} threads each within a cgroup CPU quota of {:g} CPU(s), so they are "
+                     "throttled; {}",
+                     p.host, p.quota_ranks, p.threads, p.cpu_quota, fix);
+}
+
 void set_threads(int configured) {
   const int env = configured > 0 ? 0 : omp_num_threads_env();
-  omp_set_num_threads(configured > 0 ? configured : env > 0 ? env : static_cast<int>(affinity_cpus().size()));
+  int n = configured > 0 ? configured : env;
+  if (n == 0) {
+    n = static_cast<int>(affinity_cpus().size());
+    if (const double quota = cgroup_cpu_quota(); quota > 0) n = std::min(n, std::max(1, static_cast<int>(quota + 1e-9)));
+  }
+  omp_set_num_threads(n);
 }
 
 }  // namespace kumiko::train

@@ -649,12 +649,7 @@ void Trainer::State::resume_or_init() {
             cfg.model.arch, dims.L, dims.C, dims.Hq, dims.Hkv, dims.V, engine->params().total_numel() / 1e6,
             world.size(), dp, grid->tp(), grid->tp() > 1 && cfg.parallel.sequence_parallel ? " with sp" : "", pp,
             cfg.parallel.zero, omp_get_max_threads(), threads.source, flops_per_token / 1e6);
-  if (threads.oversubscribed() && threads.node_leader)
-    log->warn("{}: its {} rank(s) run {} threads on {} CPU(s), so they take turns; {}", threads.host,
-              threads.node_ranks, threads.node_threads, threads.node_cpus,
-              threads.source.rfind("backend.threads = 0", 0) == 0
-                  ? "use fewer ranks per node"
-                  : "set backend.threads = 0 (unset OMP_NUM_THREADS) to share the CPUs, or fewer threads");
+  if (threads.oversubscribed() && threads.node_leader) log->warn("{}", oversubscription_warning(threads));
 
   inputs.resize(MB * T);
   targets.resize(MB * T);

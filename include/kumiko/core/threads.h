@@ -3,6 +3,8 @@
 // rule kumiko plan uses for a node it is not running on. The trainer measures each
 // rank's real share of its CPUs (train/threads.h).
 
+#include <string>
+
 namespace kumiko {
 
 // OMP_NUM_THREADS's first number (nested lists: the outer level); 0 when unset. A
@@ -12,5 +14,12 @@ int omp_num_threads_env();
 // The threads of one of `ranks` ranks sharing `cpus` CPUs: `configured` when > 0,
 // else OMP_NUM_THREADS when set, else cpus / ranks (at least 1).
 int planned_threads(int configured, int cpus, int ranks);
+
+// The CPUs a cgroup CPU quota gives this process: cgroup v2 `cpu.max`, v1
+// `cpu.cfs_quota_us / cpu.cfs_period_us`, the tightest along its cgroup's path up to
+// the mount (containers: docker --cpus, Kubernetes CPU limits); 0 when there is none.
+// The arguments name the files to read, for tests.
+double cgroup_cpu_quota(const std::string& proc_self_cgroup = "/proc/self/cgroup",
+                        const std::string& sys_fs_cgroup = "/sys/fs/cgroup");
 
 }  // namespace kumiko

@@ -98,7 +98,7 @@ TEST(RankThreads, RanksBoundApartKeepTheirCpus) {
   EXPECT_EQ(p.node_threads, n);
   EXPECT_EQ(p.node_cpus, n);
   EXPECT_FALSE(p.oversubscribed());
-  EXPECT_NE(p.source.find("every CPU this rank may run on"), std::string::npos) << p.source;
+  EXPECT_NE(p.source.find(" CPU(s) this rank may run on"), std::string::npos) << p.source;
 }
 
 TEST(RankThreads, AskedForThreadsAreKeptAndCounted) {

@@ -4,7 +4,12 @@
 // runs set_rank_threads over two ranks with their affinity masks set.
 #include <omp.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -86,17 +91,80 @@ TEST(Threads, PlannedThreadsTakeTheConfigThenTheEnvironmentThenTheShare) {
   EXPECT_EQ(planned_threads(3, 48, 4), 3);
 }
 
+// A fake /proc/self/cgroup and /sys/fs/cgroup under a temporary folder.
+class FakeCgroup {
+ public:
+  FakeCgroup() : root_(std::filesystem::temp_directory_path() / ("kumiko-cgroup-" + std::to_string(::getpid()))) {
+    std::filesystem::remove_all(root_);
+    std::filesystem::create_directories(root_ / "sys");
+  }
+  ~FakeCgroup() { std::filesystem::remove_all(root_); }
+  void proc(const std::string& text) const { std::ofstream(root_ / "cgroup") << text; }
+  void file(const std::string& rel, const std::string& text) const {
+    std::filesystem::create_directories((root_ / "sys" / rel).parent_path());
+    std::ofstream(root_ / "sys" / rel) << text;
+  }
+  double quota() const { return cgroup_cpu_quota((root_ / "cgroup").string(), (root_ / "sys").string()); }
+
+ private:
+  std::filesystem::path root_;
+};
+
+TEST(Threads, CgroupQuotaIsReadFromV2AndV1) {
+  {  // v2, the process's own cgroup: 250000 / 100000 = 2.5 CPUs.
+    FakeCgroup fs;
+    fs.proc("0::/kubepods/pod1/c1\n");
+    fs.file("kubepods/pod1/c1/cpu.max", "250000 100000\n");
+    EXPECT_DOUBLE_EQ(fs.quota(), 2.5);
+  }
+  {  // v2, the tightest along the path; "max" is no limit.
+    FakeCgroup fs;
+    fs.proc("0::/a/b\n");
+    fs.file("a/b/cpu.max", "max 100000\n");
+    fs.file("a/cpu.max", "400000 100000\n");
+    fs.file("cpu.max", "800000 100000\n");
+    EXPECT_DOUBLE_EQ(fs.quota(), 4.0);
+  }
+  {  // v2 in a container: /proc names the host's path, the mount holds the container's cgroup.
+    FakeCgroup fs;
+    fs.proc("0::/system.slice/docker-abc.scope\n");
+    fs.file("cpu.max", "150000 100000\n");
+    EXPECT_DOUBLE_EQ(fs.quota(), 1.5);
+  }
+  {  // v1 with cpu and cpuacct joined; -1 is no limit.
+    FakeCgroup fs;
+    fs.proc("4:memory:/x\n3:cpu,cpuacct:/docker/abc\n");
+    fs.file("cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "300000\n");
+    fs.file("cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n");
+    fs.file("cpu,cpuacct/cpu.cfs_quota_us", "-1\n");
+    fs.file("cpu,cpuacct/cpu.cfs_period_us", "100000\n");
+    EXPECT_DOUBLE_EQ(fs.quota(), 3.0);
+  }
+  {  // No limit anywhere, or no cgroup files at all.
+    FakeCgroup fs;
+    fs.proc("1:cpu:/\n0::/\n");
+    fs.file("cpu/cpu.cfs_quota_us", "-1\n");
+    fs.file("cpu/cpu.cfs_period_us", "100000\n");
+    EXPECT_EQ(fs.quota(), 0.0);
+    FakeCgroup none;
+    EXPECT_EQ(none.quota(), 0.0);
+  }
+}
+
 TEST(Threads, OneRankTakesEveryCpuOfItsMask) {
   EnvThreads env(nullptr);
   auto world = comm::make_local();
   const int saved = omp_get_max_threads();
   const train::ThreadPlan p = train::set_rank_threads(0, *world);
   const int cpus = static_cast<int>(train::affinity_cpus().size());
-  EXPECT_EQ(p.threads, cpus);
-  EXPECT_EQ(omp_get_max_threads(), cpus);
+  // Within this machine's own cgroup CPU quota, if it has one.
+  const double quota = cgroup_cpu_quota();
+  const int expect = quota > 0 ? std::min(cpus, std::max(1, static_cast<int>(quota + 1e-9))) : cpus;
+  EXPECT_EQ(p.threads, expect);
+  EXPECT_EQ(omp_get_max_threads(), expect);
   EXPECT_EQ(p.cpus, cpus);
   EXPECT_EQ(p.node_ranks, 1);
-  EXPECT_EQ(p.node_threads, cpus);
+  EXPECT_EQ(p.node_threads, expect);
   EXPECT_EQ(p.node_cpus, cpus);
   EXPECT_FALSE(p.oversubscribed());
   EXPECT_TRUE(p.node_leader);
@@ -105,6 +173,37 @@ TEST(Threads, OneRankTakesEveryCpuOfItsMask) {
   EXPECT_EQ(more.threads, cpus + 1);
   EXPECT_EQ(more.source, "backend.threads");
   EXPECT_TRUE(more.oversubscribed());
+  EXPECT_NE(train::oversubscription_warning(more).find("so they take turns; leave backend.threads = 0"),
+            std::string::npos)
+      << train::oversubscription_warning(more);
+  omp_set_num_threads(saved);
+}
+
+TEST(Threads, ACgroupQuotaCapsTheShare) {
+  EnvThreads env(nullptr);
+  auto world = comm::make_local();
+  const int saved = omp_get_max_threads();
+  const int cpus = static_cast<int>(train::affinity_cpus().size());
+  // A quota of 1.5 CPUs: one thread (rounded down), named in the source.
+  const train::ThreadPlan p = train::set_rank_threads(0, *world, 1.5);
+  EXPECT_EQ(p.threads, 1);
+  EXPECT_EQ(p.quota_ranks, 1);
+  EXPECT_FALSE(p.oversubscribed());
+  if (cpus > 1) {
+    EXPECT_NE(p.source.find("capped by the cgroup CPU quota of 1.5 CPU(s) shared by 1 rank(s)"), std::string::npos)
+        << p.source;
+  }
+  // A quota above the mask: the mask.
+  EXPECT_EQ(train::set_rank_threads(0, *world, cpus + 4.0).threads, cpus);
+  // Asked-for threads are kept, and beyond the quota are throttled.
+  const train::ThreadPlan asked = train::set_rank_threads(2, *world, 1.0);
+  EXPECT_EQ(asked.threads, 2);
+  EXPECT_TRUE(asked.oversubscribed());
+  if (cpus >= 2) {
+    EXPECT_NE(train::oversubscription_warning(asked).find("within a cgroup CPU quota of 1 CPU(s), so they are throttled"),
+              std::string::npos)
+        << train::oversubscription_warning(asked);
+  }
   omp_set_num_threads(saved);
 }
 
