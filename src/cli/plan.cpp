@@ -39,7 +39,11 @@ int run_plan(config::Config cfg, const PlanOptions& o) {
     cluster.ranks_per_node = o.per_node > 0 ? o.per_node : (o.nodes > 0 ? std::max(1, ranks / o.nodes) : ranks);
     cluster.nodes = o.nodes > 0 ? o.nodes : (ranks + cluster.ranks_per_node - 1) / cluster.ranks_per_node;
     cluster.cores_per_node = cores;
-    const int threads = planned_threads(cfg.backend.threads, cores, cluster.ranks_per_node);
+    // OMP_NUM_THREADS describes this machine: not used when planning another one.
+    const bool this_machine = o.cores == 0 && o.per_node == 0 && o.nodes == 0;
+    const int threads = planned_threads(cfg.backend.threads, cores, cluster.ranks_per_node, this_machine);
+    // Every part of the plan (memory: oneDNN's scratchpad; time) with these threads.
+    cfg.backend.threads = threads;
     const std::string cache = o.cache_dir.empty() ? plan::default_cache_dir() : o.cache_dir;
     // --remeasure: each layout's shapes once in this run, then from the cache.
     auto measured = std::make_shared<std::set<std::string>>();

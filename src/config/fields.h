@@ -90,7 +90,7 @@ void for_each_field(C& c, F&& f) {
   auto& b = c.backend;
   f("backend.device", b.device, "where the ops run", "cpu|cuda");
   f("backend.dtype", b.dtype, "compute dtype (master weights stay fp32)", "fp32|bf16");
-  f("backend.threads", b.threads, "CPU threads per process (0 = all cores)", nullptr);
+  f("backend.threads", b.threads, "CPU threads per rank (0 = OMP_NUM_THREADS, else the rank's share of the cores it may run on)", nullptr);
   f("backend.peak_gflops", b.peak_gflops, "measured GEMM peak per process, for MFU (0 = off)",
     nullptr);
   f("backend.matmul", b.matmul, "matmul implementation", "kumiko|cublas");

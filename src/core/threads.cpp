@@ -1,5 +1,7 @@
 #include "kumiko/core/threads.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
@@ -16,20 +18,23 @@ int omp_num_threads_env() {
   const char* v = std::getenv("OMP_NUM_THREADS");
   if (v == nullptr || *v == '\0') return 0;
   const std::string_view text(v);
-  const std::string_view first = text.substr(0, text.find(','));
-  bool ok = !first.empty() && first.size() < 8;
+  std::string_view first = text.substr(0, text.find(','));
+  // libgomp allows spaces around the number.
+  while (!first.empty() && (first.front() == ' ' || first.front() == '\t')) first.remove_prefix(1);
+  while (!first.empty() && (first.back() == ' ' || first.back() == '\t')) first.remove_suffix(1);
+  bool ok = !first.empty();
   int n = 0;
   for (char ch : first) {
-    ok = ok && ch >= '0' && ch <= '9';
+    ok = ok && ch >= '0' && ch <= '9' && n <= 1000000;
     if (ok) n = n * 10 + (ch - '0');
   }
   KUMIKO_USER_CHECK(ok && n > 0, "OMP_NUM_THREADS: expected a positive integer, got '", text, "'");
   return n;
 }
 
-int planned_threads(int configured, int cpus, int ranks) {
+int planned_threads(int configured, int cpus, int ranks, bool use_env) {
   if (configured > 0) return configured;
-  if (const int env = omp_num_threads_env(); env > 0) return env;
+  if (const int env = use_env ? omp_num_threads_env() : 0; env > 0) return env;
   return std::max(1, cpus / std::max(1, ranks));
 }
 
@@ -52,10 +57,10 @@ double quota_in(const std::filesystem::path& dir, bool v2) {
 
 }  // namespace
 
-double cgroup_cpu_quota(const std::string& proc_self_cgroup, const std::string& sys_fs_cgroup) {
+CpuQuota cgroup_cpu_quota(const std::string& proc_self_cgroup, const std::string& sys_fs_cgroup) {
   namespace fs = std::filesystem;
   std::ifstream in(proc_self_cgroup);
-  double tightest = 0;
+  CpuQuota tightest;
   for (std::string line; std::getline(in, line);) {
     // "hierarchy-id:controllers:path"; v2 is "0::path".
     const auto a = line.find(':'), b = line.find(':', a == std::string::npos ? a : a + 1);
@@ -77,8 +82,11 @@ double cgroup_cpu_quota(const std::string& proc_self_cgroup, const std::string& 
     for (const auto& mount : mounts) {
       fs::path rel = fs::path(line.substr(b + 1)).relative_path();
       while (true) {
-        const double q = quota_in(mount / rel, v2);
-        if (q > 0) tightest = tightest > 0 ? std::min(tightest, q) : q;
+        const fs::path dir = mount / rel;
+        const double q = quota_in(dir, v2);
+        struct stat st {};
+        if (q > 0 && (tightest.cpus == 0 || q < tightest.cpus) && ::stat(dir.c_str(), &st) == 0)
+          tightest = {q, static_cast<uint64_t>(st.st_dev) * 0x9E3779B97F4A7C15ull ^ static_cast<uint64_t>(st.st_ino)};
         if (rel.empty()) break;
         rel = rel.parent_path();
       }

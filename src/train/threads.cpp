@@ -5,30 +5,34 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <fstream>
-#include <functional>
-#include <iterator>
+#include <cerrno>
 
 #include <spdlog/fmt/fmt.h>
 
 #include "kumiko/comm/hosts.h"
+#include "kumiko/core/error.h"
 #include "kumiko/core/threads.h"
 
 namespace kumiko::train {
 
 std::vector<int> affinity_cpus() {
-  // Sized for the machine, not CPU_SETSIZE: hosts with more than 1024 CPUs exist.
+  // Sized for the machine, not CPU_SETSIZE: hosts with more than 1024 CPUs exist, and
+  // the kernel's own limit may exceed the configured count (EINVAL: twice the size).
   const long configured = std::max(sysconf(_SC_NPROCESSORS_CONF), 1L);
-  const int n = static_cast<int>(std::max(configured, 1024L));
-  cpu_set_t* set = CPU_ALLOC(n);
-  const size_t bytes = CPU_ALLOC_SIZE(n);
-  CPU_ZERO_S(bytes, set);
   std::vector<int> cpus;
-  if (sched_getaffinity(0, bytes, set) == 0) {
-    for (int c = 0; c < n; ++c)
-      if (CPU_ISSET_S(c, bytes, set)) cpus.push_back(c);
+  for (int n = static_cast<int>(std::max(configured, 1024L)); n <= (1 << 20) && cpus.empty(); n *= 2) {
+    cpu_set_t* set = CPU_ALLOC(n);
+    if (set == nullptr) break;
+    const size_t bytes = CPU_ALLOC_SIZE(n);
+    CPU_ZERO_S(bytes, set);
+    const bool read = sched_getaffinity(0, bytes, set) == 0;
+    const int error = errno;
+    if (read)
+      for (int c = 0; c < n; ++c)
+        if (CPU_ISSET_S(c, bytes, set)) cpus.push_back(c);
+    CPU_FREE(set);
+    if (read || error != EINVAL) break;
   }
-  CPU_FREE(set);
   if (cpus.empty())  // no mask to read: every CPU OpenMP sees
     for (int c = 0; c < omp_get_num_procs(); ++c) cpus.push_back(c);
   return cpus;
@@ -45,10 +49,19 @@ ThreadPlan set_rank_threads(int configured, comm::Communicator& world, double cp
   ThreadPlan p;
   const std::vector<int> mine = affinity_cpus();
   p.cpus = static_cast<int>(mine.size());
-  const int env = configured > 0 ? 0 : omp_num_threads_env();
-  const std::vector<std::string> hosts = comm::host_names(world);
-  p.host = hosts[static_cast<size_t>(world.rank())];
-  auto node = comm::split_by_host(world, hosts);
+  // A bad OMP_NUM_THREADS on some ranks only must not leave the others waiting in the
+  // collectives below: every rank learns of it at the end.
+  int env = 0;
+  std::string env_error;
+  try {
+    env = configured > 0 ? 0 : omp_num_threads_env();
+  } catch (const UserError& e) {
+    env_error = e.what();
+  }
+  char host[64] = {};
+  gethostname(host, sizeof(host) - 1);
+  p.host = host;
+  auto node = comm::split_by_host(world);
   p.node_ranks = node->size();
   p.node_leader = node->rank() == 0;
   // How many of this node's ranks may run on each CPU.
@@ -58,19 +71,19 @@ ThreadPlan set_rank_threads(int configured, comm::Communicator& world, double cp
   for (int c : mine) ranks_on[static_cast<size_t>(c)] = 1;
   node->all_reduce(ranks_on.data(), width, comm::ReduceOp::sum);
   p.node_cpus = static_cast<int>(std::count_if(ranks_on.begin(), ranks_on.end(), [](int32_t r) { return r > 0; }));
-  // A cgroup CPU quota (a container's CPU limit) is shared by the host's ranks in the
-  // same cgroup: one slot per rank holds a hash of its /proc/self/cgroup.
-  p.cpu_quota = cpu_quota < 0 ? cgroup_cpu_quota() : cpu_quota;
+  // A cgroup CPU quota (a container's CPU limit) is shared by the machine's ranks
+  // under the cgroup that sets it (one slot per rank holds that cgroup's id).
+  const CpuQuota quota = cpu_quota < 0 ? cgroup_cpu_quota() : CpuQuota{cpu_quota, 1};
+  p.cpu_quota = quota.cpus;
   std::vector<int64_t> groups(static_cast<size_t>(p.node_ranks), 0);
-  if (p.cpu_quota > 0) {
-    std::ifstream in("/proc/self/cgroup");
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    groups[static_cast<size_t>(node->rank())] = static_cast<int64_t>(std::hash<std::string>{}(text) | 1);
-  }
+  const auto my_group = static_cast<int64_t>(quota.id >> 1) | 1;  // nonzero, and no sign overflow in the sum
+  if (quota.cpus > 0) groups[static_cast<size_t>(node->rank())] = my_group;
   node->all_reduce(groups.data(), p.node_ranks, comm::ReduceOp::sum);
-  p.quota_ranks = p.cpu_quota > 0 ? static_cast<int>(std::count(groups.begin(), groups.end(),
-                                                                   groups[static_cast<size_t>(node->rank())]))
-                                  : 0;
+  p.quota_ranks = quota.cpus > 0 ? static_cast<int>(std::count(groups.begin(), groups.end(), my_group)) : 0;
+  int32_t failed = !env_error.empty();
+  world.all_reduce(&failed, 1, comm::ReduceOp::max);
+  if (failed) throw UserError(env_error.empty() ? "OMP_NUM_THREADS: another rank's value is not a positive integer"
+                                                : env_error);
   if (configured > 0) {
     p.threads = configured, p.source = "backend.threads";
   } else if (env > 0) {
@@ -98,15 +111,18 @@ ThreadPlan set_rank_threads(int configured, comm::Communicator& world, double cp
 
 std::string oversubscription_warning(const ThreadPlan& p) {
   const bool shared = p.source.rfind("backend.threads = 0", 0) == 0;
-  const std::string fix = shared ? "use fewer ranks per host"
-                                 : "leave backend.threads = 0 and OMP_NUM_THREADS unset to share the CPUs, or use "
-                                   "fewer threads";
   if (p.node_threads > p.node_cpus)
     return fmt::format("{}: its {} rank(s) run {} threads on {} CPU(s), so they take turns; {}", p.host, p.node_ranks,
-                       p.node_threads, p.node_cpus, fix);
-  return fmt::format("{}: {} rank(s) run {} threads each within a cgroup CPU quota of {:g} CPU(s), so they are "
+                       p.node_threads, p.node_cpus,
+                       shared ? "use fewer ranks per host"
+                              : "leave backend.threads = 0 and OMP_NUM_THREADS unset to share the CPUs, or use "
+                                "fewer threads");
+  return fmt::format("{}: {} rank(s) run {} thread(s) each within a cgroup CPU quota of {:g} CPU(s), so they are "
                      "throttled; {}",
-                     p.host, p.quota_ranks, p.threads, p.cpu_quota, fix);
+                     p.host, p.quota_ranks, p.threads, p.cpu_quota,
+                     !shared                  ? "leave backend.threads = 0 and OMP_NUM_THREADS unset, or use fewer threads"
+                     : p.quota_ranks > 1      ? "use fewer ranks in this container, or raise its CPU limit"
+                                              : "raise the container's CPU limit to at least 1 CPU");
 }
 
 void set_threads(int configured) {
@@ -114,7 +130,8 @@ void set_threads(int configured) {
   int n = configured > 0 ? configured : env;
   if (n == 0) {
     n = static_cast<int>(affinity_cpus().size());
-    if (const double quota = cgroup_cpu_quota(); quota > 0) n = std::min(n, std::max(1, static_cast<int>(quota + 1e-9)));
+    if (const double quota = cgroup_cpu_quota().cpus; quota > 0)
+      n = std::min(n, std::max(1, static_cast<int>(quota + 1e-9)));
   }
   omp_set_num_threads(n);
 }

@@ -1,6 +1,7 @@
 #pragma once
-// Which ranks share a node: every rank's host name, and a communicator of the
-// ranks on this rank's host (grouped by exact name, not by a hash of it).
+// Which ranks share a machine: every rank's host name, and a communicator of the
+// ranks on this rank's machine (grouped by exact host name and boot id, so that two
+// machines or containers with one host name stay apart).
 #include <memory>
 #include <string>
 #include <vector>
@@ -10,11 +11,11 @@
 namespace kumiko::comm {
 
 // Every rank's host name (the first 63 characters), indexed by rank of `world`.
-// Collective over `world`: one all-reduce of 64 ints per rank.
+// Collective over `world`.
 std::vector<std::string> host_names(Communicator& world);
 
-// The ranks of `world` on this rank's host, ordered as in `world`, named "node".
+// The ranks of `world` on this rank's machine, ordered as in `world`, named "node".
 // Collective over `world`.
-std::unique_ptr<Communicator> split_by_host(Communicator& world, const std::vector<std::string>& hosts);
+std::unique_ptr<Communicator> split_by_host(Communicator& world);
 
 }  // namespace kumiko::comm

@@ -92,7 +92,7 @@ struct ParallelConfig {
 struct BackendConfig {
   std::string device = "cpu";        // cpu|cuda
   std::string dtype = "fp32";        // fp32|bf16
-  int threads = 0;                   // 0 = all cores
+  int threads = 0;                   // 0 = OMP_NUM_THREADS, else this rank's share of its cores
   double peak_gflops = 0;            // measured GEMM peak per process for MFU; 0 = not reported
   std::string matmul = "kumiko";     // kumiko|cublas (cublas: cuda only, reference path)
   std::string attention = "kumiko";  // kumiko|cudnn (cudnn: cuda only, reference path)

@@ -23,6 +23,10 @@ namespace {
 
 std::string g_root;
 
+// No cgroup CPU quota: the test's expectations are about masks, and the machine
+// running it may have a quota of its own.
+constexpr double kNoQuota = 0.0;
+
 // Restricts this process to `cpus` for the scope, then restores its mask and threads.
 class Pinned {
  public:
@@ -70,7 +74,7 @@ TEST(RankThreads, RanksOnTheSameCpusSplitThem) {
   // Both ranks on every CPU: unbound ranks (mpirun --bind-to none, or srun without
   // --cpu-bind), as on a node where the launcher does not bind.
   Pinned pin(cpus);
-  const train::ThreadPlan p = train::set_rank_threads(0, world);
+  const train::ThreadPlan p = train::set_rank_threads(0, world, kNoQuota);
   const int n = static_cast<int>(cpus.size());
   EXPECT_EQ(p.node_ranks, 2);
   EXPECT_EQ(p.cpus, n);
@@ -93,7 +97,7 @@ TEST(RankThreads, RanksBoundApartKeepTheirCpus) {
   const std::vector<int> mine = world.rank() == 0 ? std::vector<int>(cpus.begin(), cpus.begin() + n / 2)
                                                   : std::vector<int>(cpus.begin() + n / 2, cpus.end());
   Pinned pin(mine);
-  const train::ThreadPlan p = train::set_rank_threads(0, world);
+  const train::ThreadPlan p = train::set_rank_threads(0, world, kNoQuota);
   EXPECT_EQ(p.threads, static_cast<int>(mine.size()));
   EXPECT_EQ(p.node_threads, n);
   EXPECT_EQ(p.node_cpus, n);
@@ -107,13 +111,13 @@ TEST(RankThreads, AskedForThreadsAreKeptAndCounted) {
   const int n = static_cast<int>(cpus.size());
   Pinned pin(cpus);
   unsetenv("OMP_NUM_THREADS");
-  const train::ThreadPlan configured = train::set_rank_threads(n, world);
+  const train::ThreadPlan configured = train::set_rank_threads(n, world, kNoQuota);
   EXPECT_EQ(configured.threads, n);
   EXPECT_EQ(configured.source, "backend.threads");
   EXPECT_EQ(configured.node_threads, 2 * n);
   EXPECT_TRUE(configured.oversubscribed());  // 2n threads on n CPUs
   setenv("OMP_NUM_THREADS", "1", 1);
-  const train::ThreadPlan env = train::set_rank_threads(0, world);
+  const train::ThreadPlan env = train::set_rank_threads(0, world, kNoQuota);
   EXPECT_EQ(env.threads, 1);
   EXPECT_EQ(env.source, "OMP_NUM_THREADS");
   EXPECT_EQ(env.oversubscribed(), n < 2);

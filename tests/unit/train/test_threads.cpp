@@ -68,7 +68,11 @@ TEST(Threads, OmpNumThreadsIsParsedOrRefusedByName) {
     EnvThreads env("6,2");  // nested levels: the outer one
     EXPECT_EQ(omp_num_threads_env(), 6);
   }
-  for (const char* bad : {"0", "-3", "four", "4x", ",2", "123456789"}) {
+  {
+    EnvThreads env(" 8 ");  // libgomp allows spaces
+    EXPECT_EQ(omp_num_threads_env(), 8);
+  }
+  for (const char* bad : {"0", "-3", "four", "4x", ",2", " ", "123456789012"}) {
     EnvThreads env(bad);
     try {
       omp_num_threads_env();
@@ -94,7 +98,9 @@ TEST(Threads, PlannedThreadsTakeTheConfigThenTheEnvironmentThenTheShare) {
 // A fake /proc/self/cgroup and /sys/fs/cgroup under a temporary folder.
 class FakeCgroup {
  public:
-  FakeCgroup() : root_(std::filesystem::temp_directory_path() / ("kumiko-cgroup-" + std::to_string(::getpid()))) {
+  FakeCgroup()
+      : root_(std::filesystem::temp_directory_path() /
+              ("kumiko-cgroup-" + std::to_string(::getpid()) + "-" + std::to_string(count_++))) {
     std::filesystem::remove_all(root_);
     std::filesystem::create_directories(root_ / "sys");
   }
@@ -104,9 +110,11 @@ class FakeCgroup {
     std::filesystem::create_directories((root_ / "sys" / rel).parent_path());
     std::ofstream(root_ / "sys" / rel) << text;
   }
-  double quota() const { return cgroup_cpu_quota((root_ / "cgroup").string(), (root_ / "sys").string()); }
+  CpuQuota read() const { return cgroup_cpu_quota((root_ / "cgroup").string(), (root_ / "sys").string()); }
+  double quota() const { return read().cpus; }
 
  private:
+  static inline int count_ = 0;  // each instance its own folder
   std::filesystem::path root_;
 };
 
@@ -140,6 +148,25 @@ TEST(Threads, CgroupQuotaIsReadFromV2AndV1) {
     fs.file("cpu,cpuacct/cpu.cfs_period_us", "100000\n");
     EXPECT_DOUBLE_EQ(fs.quota(), 3.0);
   }
+  {  // Which cgroup sets the quota: two leaves under one limited parent share it, a
+     // leaf with its own tighter limit does not.
+    FakeCgroup fs;
+    fs.file("job/cpu.max", "400000 100000\n");
+    fs.file("job/task0/cpu.max", "max 100000\n");
+    fs.file("job/task1/cpu.max", "max 100000\n");
+    fs.file("job/task2/cpu.max", "100000 100000\n");
+    fs.proc("0::/job/task0\n");
+    const CpuQuota t0 = fs.read();
+    fs.proc("0::/job/task1\n");
+    const CpuQuota t1 = fs.read();
+    fs.proc("0::/job/task2\n");
+    const CpuQuota t2 = fs.read();
+    EXPECT_DOUBLE_EQ(t0.cpus, 4.0);
+    EXPECT_DOUBLE_EQ(t2.cpus, 1.0);
+    EXPECT_NE(t0.id, 0u);
+    EXPECT_EQ(t0.id, t1.id);
+    EXPECT_NE(t0.id, t2.id);
+  }
   {  // No limit anywhere, or no cgroup files at all.
     FakeCgroup fs;
     fs.proc("1:cpu:/\n0::/\n");
@@ -158,7 +185,7 @@ TEST(Threads, OneRankTakesEveryCpuOfItsMask) {
   const train::ThreadPlan p = train::set_rank_threads(0, *world);
   const int cpus = static_cast<int>(train::affinity_cpus().size());
   // Within this machine's own cgroup CPU quota, if it has one.
-  const double quota = cgroup_cpu_quota();
+  const double quota = cgroup_cpu_quota().cpus;
   const int expect = quota > 0 ? std::min(cpus, std::max(1, static_cast<int>(quota + 1e-9))) : cpus;
   EXPECT_EQ(p.threads, expect);
   EXPECT_EQ(omp_get_max_threads(), expect);
@@ -166,7 +193,7 @@ TEST(Threads, OneRankTakesEveryCpuOfItsMask) {
   EXPECT_EQ(p.node_ranks, 1);
   EXPECT_EQ(p.node_threads, expect);
   EXPECT_EQ(p.node_cpus, cpus);
-  EXPECT_FALSE(p.oversubscribed());
+  EXPECT_EQ(p.oversubscribed(), quota > 0 && quota < 1);  // one thread is more than a quota below 1 CPU
   EXPECT_TRUE(p.node_leader);
   // More threads than CPUs, asked for: given, and called oversubscribed.
   const train::ThreadPlan more = train::set_rank_threads(cpus + 1, *world);
@@ -200,7 +227,7 @@ TEST(Threads, ACgroupQuotaCapsTheShare) {
   EXPECT_EQ(asked.threads, 2);
   EXPECT_TRUE(asked.oversubscribed());
   if (cpus >= 2) {
-    EXPECT_NE(train::oversubscription_warning(asked).find("within a cgroup CPU quota of 1 CPU(s), so they are throttled"),
+    EXPECT_NE(train::oversubscription_warning(asked).find("within a cgroup CPU quota of 1 CPU(s), so they are throttled; leave"),
               std::string::npos)
         << train::oversubscription_warning(asked);
   }
