@@ -27,22 +27,22 @@ std::vector<std::string> gather_names(Communicator& world, const std::string& mi
   return names;
 }
 
-std::string this_host() {
+}  // namespace
+
+std::string host_name() {
   char host[64] = {};
   gethostname(host, sizeof(host) - 1);
   return host;
 }
 
-}  // namespace
-
-std::vector<std::string> host_names(Communicator& world) { return gather_names(world, this_host(), 64); }
+std::vector<std::string> host_names(Communicator& world) { return gather_names(world, host_name(), 64); }
 
 std::unique_ptr<Communicator> split_by_host(Communicator& world) {
   // The kernel's boot id tells machines apart that share a host name; containers on
   // one machine share it.
   std::string boot;
   std::ifstream("/proc/sys/kernel/random/boot_id") >> boot;
-  const std::vector<std::string> keys = gather_names(world, this_host() + "|" + boot, 128);
+  const std::vector<std::string> keys = gather_names(world, host_name() + "|" + boot, 128);
   // The colour is the first rank with the same key: equal exactly when the keys are.
   const auto first = std::find(keys.begin(), keys.end(), keys[static_cast<size_t>(world.rank())]);
   return world.split(static_cast<int>(first - keys.begin()), world.rank(), "node");

@@ -1,11 +1,11 @@
 #include "kumiko/train/stragglers.h"
 
-#include "kumiko/comm/hosts.h"
-
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <thread>
+
+#include "kumiko/comm/hosts.h"
 
 namespace kumiko::train {
 

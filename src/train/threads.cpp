@@ -58,9 +58,7 @@ ThreadPlan set_rank_threads(int configured, comm::Communicator& world, double cp
   } catch (const UserError& e) {
     env_error = e.what();
   }
-  char host[64] = {};
-  gethostname(host, sizeof(host) - 1);
-  p.host = host;
+  p.host = comm::host_name();
   auto node = comm::split_by_host(world);
   p.node_ranks = node->size();
   p.node_leader = node->rank() == 0;
@@ -120,20 +118,15 @@ std::string oversubscription_warning(const ThreadPlan& p) {
   return fmt::format("{}: {} rank(s) run {} thread(s) each within a cgroup CPU quota of {:g} CPU(s), so they are "
                      "throttled; {}",
                      p.host, p.quota_ranks, p.threads, p.cpu_quota,
-                     !shared                  ? "leave backend.threads = 0 and OMP_NUM_THREADS unset, or use fewer threads"
-                     : p.quota_ranks > 1      ? "use fewer ranks in this container, or raise its CPU limit"
-                                              : "raise the container's CPU limit to at least 1 CPU");
+                     !shared ? "leave backend.threads = 0 and OMP_NUM_THREADS unset, or use fewer threads"
+                     : p.quota_ranks > 1 ? "use fewer ranks in this container, or raise its CPU limit"
+                                         : "raise the container's CPU limit to at least 1 CPU");
 }
 
 void set_threads(int configured) {
-  const int env = configured > 0 ? 0 : omp_num_threads_env();
-  int n = configured > 0 ? configured : env;
-  if (n == 0) {
-    n = static_cast<int>(affinity_cpus().size());
-    if (const double quota = cgroup_cpu_quota().cpus; quota > 0)
-      n = std::min(n, std::max(1, static_cast<int>(quota + 1e-9)));
-  }
-  omp_set_num_threads(n);
+  // The same rule as a rank of a job, over a world of one.
+  auto alone = comm::make_local();
+  set_rank_threads(configured, *alone);
 }
 
 }  // namespace kumiko::train

@@ -10,6 +10,9 @@
 
 namespace kumiko::comm {
 
+// This machine's host name (the first 63 characters).
+std::string host_name();
+
 // Every rank's host name (the first 63 characters), indexed by rank of `world`.
 // Collective over `world`.
 std::vector<std::string> host_names(Communicator& world);

@@ -45,8 +45,9 @@ ThreadPlan set_rank_threads(int configured, comm::Communicator& world, double cp
 // For an oversubscribed plan: one line saying where and what to change.
 std::string oversubscription_warning(const ThreadPlan& p);
 
-// One process (kumiko bench, kumiko sample): configured, else OMP_NUM_THREADS,
-// else every CPU of its affinity mask, within a cgroup CPU quota.
+// One process (kumiko bench, kumiko sample): set_rank_threads over a world of one,
+// i.e. configured, else OMP_NUM_THREADS, else every CPU of its affinity mask, within
+// a cgroup CPU quota.
 void set_threads(int configured);
 
 }  // namespace kumiko::train

@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "kumiko/comm/communicator.h"
+#include "kumiko/core/error.h"
 #include "kumiko/train/threads.h"
 #include "kumiko_test_support.h"
 
@@ -121,6 +122,39 @@ TEST(RankThreads, AskedForThreadsAreKeptAndCounted) {
   EXPECT_EQ(env.threads, 1);
   EXPECT_EQ(env.source, "OMP_NUM_THREADS");
   EXPECT_EQ(env.oversubscribed(), n < 2);
+  unsetenv("OMP_NUM_THREADS");
+}
+
+TEST(RankThreads, AQuotaIsSharedByTheRanksUnderIt) {
+  auto& world = comm::world();
+  unsetenv("OMP_NUM_THREADS");
+  Pinned pin(start_cpus());
+  // Both ranks under one cgroup with a 1-CPU quota: counted together, one thread
+  // each, and together more than the quota allows.
+  const train::ThreadPlan p = train::set_rank_threads(0, world, 1.0);
+  EXPECT_EQ(p.quota_ranks, 2);
+  EXPECT_EQ(p.threads, 1);
+  EXPECT_TRUE(p.oversubscribed());
+  if (p.node_threads <= p.node_cpus) {
+    EXPECT_NE(train::oversubscription_warning(p).find("use fewer ranks in this container"), std::string::npos)
+        << train::oversubscription_warning(p);
+  }
+}
+
+TEST(RankThreads, ABadOmpNumThreadsOnOneRankEndsEveryRank) {
+  auto& world = comm::world();
+  Pinned pin(start_cpus());
+  // Only rank 1 has the bad value; rank 0 must not wait for it in a collective.
+  if (world.rank() == 1) setenv("OMP_NUM_THREADS", "four", 1);
+  else unsetenv("OMP_NUM_THREADS");
+  try {
+    train::set_rank_threads(0, world, kNoQuota);
+    ADD_FAILURE() << "rank " << world.rank() << " went on";
+  } catch (const UserError& e) {
+    const std::string expected = world.rank() == 1 ? "OMP_NUM_THREADS: expected a positive integer, got 'four'"
+                                                   : "OMP_NUM_THREADS: another rank's value is not a positive integer";
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+  }
   unsetenv("OMP_NUM_THREADS");
 }
 

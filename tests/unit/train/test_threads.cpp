@@ -78,8 +78,8 @@ TEST(Threads, OmpNumThreadsIsParsedOrRefusedByName) {
       omp_num_threads_env();
       ADD_FAILURE() << "OMP_NUM_THREADS=" << bad << " was accepted";
     } catch (const UserError& e) {
-      EXPECT_NE(std::string(e.what()).find("OMP_NUM_THREADS: expected a positive integer, got '" + std::string(bad) + "'"),
-                std::string::npos)
+      const std::string expected = "OMP_NUM_THREADS: expected a positive integer, got '" + std::string(bad) + "'";
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos)
           << e.what();
     }
   }
@@ -93,6 +93,8 @@ TEST(Threads, PlannedThreadsTakeTheConfigThenTheEnvironmentThenTheShare) {
   EnvThreads set("5");
   EXPECT_EQ(planned_threads(0, 48, 4), 5);
   EXPECT_EQ(planned_threads(3, 48, 4), 3);
+  // Planning another machine (kumiko plan --cores/--nodes): this one's variable is not its.
+  EXPECT_EQ(planned_threads(0, 48, 4, /*use_env=*/false), 12);
 }
 
 // A fake /proc/self/cgroup and /sys/fs/cgroup under a temporary folder.
@@ -206,6 +208,22 @@ TEST(Threads, OneRankTakesEveryCpuOfItsMask) {
   omp_set_num_threads(saved);
 }
 
+TEST(Threads, OneProcessTakesTheSameRule) {
+  EnvThreads env(nullptr);
+  const int saved = omp_get_max_threads();
+  auto world = comm::make_local();
+  const int rule = train::set_rank_threads(0, *world).threads;
+  omp_set_num_threads(saved + 7);
+  train::set_threads(0);
+  EXPECT_EQ(omp_get_max_threads(), rule);
+  train::set_threads(3);
+  EXPECT_EQ(omp_get_max_threads(), 3);
+  EnvThreads set("2");
+  train::set_threads(0);
+  EXPECT_EQ(omp_get_max_threads(), 2);
+  omp_set_num_threads(saved);
+}
+
 TEST(Threads, ACgroupQuotaCapsTheShare) {
   EnvThreads env(nullptr);
   auto world = comm::make_local();
@@ -227,9 +245,9 @@ TEST(Threads, ACgroupQuotaCapsTheShare) {
   EXPECT_EQ(asked.threads, 2);
   EXPECT_TRUE(asked.oversubscribed());
   if (cpus >= 2) {
-    EXPECT_NE(train::oversubscription_warning(asked).find("within a cgroup CPU quota of 1 CPU(s), so they are throttled; leave"),
-              std::string::npos)
-        << train::oversubscription_warning(asked);
+    const std::string warning = train::oversubscription_warning(asked);
+    EXPECT_NE(warning.find("within a cgroup CPU quota of 1 CPU(s), so they are throttled; leave"), std::string::npos)
+        << warning;
   }
   omp_set_num_threads(saved);
 }
