@@ -28,8 +28,10 @@ void gelu_forward(S* out, const S* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = detail::st<S>(gelu(detail::ld(x[i])));
 }
 
-template <typename S>
-void gelu_backward(S* dx, const S* dout, const S* x, int64_t n) {
+namespace {
+
+template <bool kOverwrite, typename S>
+void gelu_backward_loop(S* dx, const S* dout, const S* x, int64_t n) {
   using T = math_t<S>;
   const T a = T(kSqrt2OverPi), c3 = T(kCubic);
 #pragma omp parallel for simd schedule(static)
@@ -41,8 +43,22 @@ void gelu_backward(S* dx, const S* dout, const S* x, int64_t n) {
     const T e = detail::exp_approx(T(-2) * u);
     const T s = T(1) / (T(1) + e);
     const T grad = s + T(2) * xi * s * (e * s) * a * (T(1) + T(3) * c3 * xi * xi);
-    dx[i] = detail::st<S>(detail::ld(dx[i]) + detail::ld(dout[i]) * grad);
+    const T g = detail::ld(dout[i]) * grad;
+    if constexpr (kOverwrite)
+      dx[i] = detail::st<S>(g);
+    else
+      dx[i] = detail::st<S>(detail::ld(dx[i]) + g);
   }
+}
+
+}  // namespace
+
+template <typename S>
+void gelu_backward(S* dx, const S* dout, const S* x, int64_t n, bool overwrite) {
+  if (overwrite)
+    gelu_backward_loop<true>(dx, dout, x, n);
+  else
+    gelu_backward_loop<false>(dx, dout, x, n);
 }
 
 void gelu_epilogue(bf16* pre, bf16* out, const float* acc, int64_t n) {
@@ -55,9 +71,9 @@ void gelu_epilogue(bf16* pre, bf16* out, const float* acc, int64_t n) {
 
 template void gelu_forward<float>(float*, const float*, int64_t);
 template void gelu_forward<double>(double*, const double*, int64_t);
-template void gelu_backward<float>(float*, const float*, const float*, int64_t);
-template void gelu_backward<double>(double*, const double*, const double*, int64_t);
+template void gelu_backward<float>(float*, const float*, const float*, int64_t, bool);
+template void gelu_backward<double>(double*, const double*, const double*, int64_t, bool);
 template void gelu_forward<bf16>(bf16*, const bf16*, int64_t);
-template void gelu_backward<bf16>(bf16*, const bf16*, const bf16*, int64_t);
+template void gelu_backward<bf16>(bf16*, const bf16*, const bf16*, int64_t, bool);
 
 }  // namespace kumiko::cpu

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kumiko/backend/adamw.h"
+#include "kumiko/backend/host_ops.h"
 #include "kumiko/comm/communicator.h"
 #include "kumiko/core/error.h"
 #include "kumiko/ops/adamw.h"
@@ -33,46 +34,8 @@
 
 namespace kumiko::backend {
 
-// Collectives of the host backends (Cpu<T>, CpuBf16): run on the calling thread by
-// the communicator (tensor parallelism, the pipeline, the data-parallel reduction).
-struct HostCollectives {
-  template <typename X>
-  void all_reduce(comm::Communicator& g, X* x, int64_t n, comm::ReduceOp op) {
-    g.all_reduce(x, n, op);
-  }
-  template <typename X>
-  void all_gather(comm::Communicator& g, X* x, const std::vector<int64_t>& counts) {
-    g.all_gather(x, counts);
-  }
-  template <typename X>
-  void reduce_scatter(comm::Communicator& g, const X* send, X* recv, const std::vector<int64_t>& counts) {
-    g.reduce_scatter(send, recv, counts, comm::ReduceOp::sum);
-  }
-  template <typename X>
-  std::unique_ptr<comm::Request> iall_reduce(comm::Communicator& g, X* x, int64_t n) {
-    return g.iall_reduce(x, n, comm::ReduceOp::sum);
-  }
-  template <typename X>
-  std::unique_ptr<comm::Request> ireduce_scatter(comm::Communicator& g, const X* send, X* recv,
-                                                 const std::vector<int64_t>& counts) {
-    return g.ireduce_scatter(send, recv, counts, comm::ReduceOp::sum);
-  }
-  template <typename X>
-  std::unique_ptr<comm::Request> iall_gather(comm::Communicator& g, X* x, const std::vector<int64_t>& counts) {
-    return g.iall_gather(x, counts);
-  }
-  template <typename X>
-  std::unique_ptr<comm::Request> isend(comm::Communicator& g, const X* x, int64_t n, int peer, int tag) {
-    return g.isend(x, n, peer, tag);
-  }
-  template <typename X>
-  void recv(comm::Communicator& g, X* x, int64_t n, int peer, int tag) {
-    g.recv(x, n, peer, tag);
-  }
-};
-
 template <typename T>
-class Cpu : public HostCollectives {
+class Cpu : public HostOps<T, T, T> {
  public:
   using Act = T;   // activations and the weights the matmuls read
   using Grad = T;  // gradients, master weights, optimizer state
@@ -95,30 +58,7 @@ class Cpu : public HostCollectives {
     blocks_.emplace_back(static_cast<char*>(p), &std::free);
     return p;
   }
-  template <typename X>
-  void zero(X* x, int64_t n) {
-    std::fill(x, x + n, X(0));
-  }
-  template <typename X>
-  void copy(X* dst, const X* src, int64_t n) {
-    std::copy_n(src, n, dst);
-  }
-  template <typename X>
-  void add_inplace(X* out, const X* a, int64_t n) {
-    cpu::add_inplace(out, a, n);
-  }
-  // Host <-> backend copies (the host is the backend here).
-  template <typename X>
-  void to_host(X* host, const X* x, int64_t n) {
-    if (host != x) std::copy_n(x, n, host);
-  }
-  template <typename X>
-  void from_host(X* x, const X* host, int64_t n) {
-    if (host != x) std::copy_n(host, n, x);
-  }
-  // Token ids of a micro-batch where the kernels read them (host ids as they are).
-  const int32_t* tokens(int32_t* /*slot*/, const int32_t* host, int64_t /*n*/) { return host; }
-  void synchronize() {}
+  // zero, copy, add_inplace, to_host, from_host, tokens, synchronize: HostOps.
 
   // ---- layers' ops ----
   // y[N, out] = x[N, in] w^T (+ b); with gelu_pre, y = GELU(pre) and pre keeps x w^T + b.
@@ -131,44 +71,8 @@ class Cpu : public HostCollectives {
   // dx[N, in] (= or += ) dy w; dw += dy^T x; db += column sums of dy (nullable).
   void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, Grad* db, const Act* dy, const Act* x, const Act* w,
                        int64_t N, int64_t in, int64_t out) {
-    if (!accumulate_dx) zero(dx, N * in);
+    if (!accumulate_dx) this->zero(dx, N * in);
     cpu::linear_backward(dx, dw, db, dy, x, w, N, in, out);
-  }
-  // out[rows, C] += b[C] per row; db[C] += column sums of dy[rows, C].
-  void add_bias(Act* out, const Act* b, int64_t rows, int64_t C) { cpu::add_positions_forward(out, b, rows, int64_t{1}, C); }
-  void bias_backward(Grad* db, const Act* dy, int64_t rows, int64_t C) { cpu::bias_backward(db, dy, rows, C); }
-  void gelu_backward(Act* dx, const Act* dy, const Act* pre, int64_t n) {  // dx overwritten
-    zero(dx, n);
-    cpu::gelu_backward(dx, dy, pre, n);
-  }
-  void gelu_forward(Act* out, const Act* pre, int64_t n) { cpu::gelu_forward(out, pre, n); }
-  void swiglu_forward(Act* out, const Act* gate, const Act* up, int64_t n) { cpu::swiglu_forward(out, gate, up, n); }
-  void swiglu_backward(Act* dgate, Act* dup, const Act* dy, const Act* gate, const Act* up, int64_t n) {
-    zero(dgate, n);
-    zero(dup, n);
-    cpu::swiglu_backward(dgate, dup, dy, gate, up, n);
-  }
-  // LayerNorm (gpt2; saves mean and rstd) or RMSNorm (llama; saves rstd).
-  void norm_forward(bool rms, Act* out, Stat* mean, Stat* rstd, const Act* x, const Act* w, const Act* b, int64_t N,
-                    int64_t C, double eps) {
-    if (rms)
-      cpu::rmsnorm_forward(out, rstd, x, w, N, C, static_cast<T>(eps));
-    else
-      cpu::layernorm_forward(out, mean, rstd, x, w, b, N, C, static_cast<T>(eps));
-  }
-  // dx += (accumulates: the residual stream's gradient), dw, db +=.
-  void norm_backward(bool rms, Act* dx, Grad* dw, Grad* db, const Act* dy, const Act* x, const Act* w,
-                     const Stat* mean, const Stat* rstd, int64_t N, int64_t C) {
-    if (rms)
-      cpu::rmsnorm_backward(dx, dw, dy, x, w, rstd, N, C);
-    else
-      cpu::layernorm_backward(dx, dw, db, dy, x, w, mean, rstd, N, C);
-  }
-  void rope_forward(Act* qkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
-    cpu::rope_forward(qkv, B, Tn, Hq, Hkv, D, theta);
-  }
-  void rope_backward(Act* dqkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
-    cpu::rope_backward(dqkv, B, Tn, Hq, Hkv, D, theta);
   }
   // Decoding one token (KV cache): RoPE of position `pos` on its q and k heads
   // (qkv [(Hq + 2Hkv) D], the HF rotate_half convention of rope_forward).
@@ -211,15 +115,6 @@ class Cpu : public HostCollectives {
       }
     }
   }
-  void attention_forward(Act* out, Stat* lse, const Act* qkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv,
-                         int64_t D) {
-    cpu::attention_forward(out, lse, qkv, B, Tn, Hq, Hkv, D);
-  }
-  void attention_backward(Act* dqkv, const Act* dy, const Act* qkv, const Act* out, const Stat* lse, int64_t B,
-                          int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D) {  // dqkv overwritten
-    zero(dqkv, B * Tn * (Hq + 2 * Hkv) * D);
-    cpu::attention_backward(dqkv, dy, qkv, out, lse, B, Tn, Hq, Hkv, D);
-  }
   // out[N, C] = rows of table for ids in [v0, v0 + Vl) (zero rows for other ids).
   void embed(Act* out, const int32_t* ids, const Act* table, int64_t N, int64_t C, int64_t v0, int64_t Vl,
              int64_t V) {
@@ -229,12 +124,8 @@ class Cpu : public HostCollectives {
       if (id >= 0 && id < Vl)
         std::copy_n(table + id * C, C, out + i * C);
       else
-        zero(out + i * C, C);
+        this->zero(out + i * C, C);
     }
-  }
-  // x[rows, C] += pos[(first + i) % Tn] for row i.
-  void add_positions(Act* x, const Act* pos, int64_t first, int64_t rows, int64_t Tn, int64_t C) {
-    cpu::add_positions_range(x, pos, first, rows, Tn, C);
   }
   // dtable[id - v0] += dx[i] for ids in the shard; host_ids are the host copy.
   void embed_backward(Grad* dtable, const Act* dx, const int32_t* host_ids, int64_t N, int64_t C, int64_t v0,
@@ -244,9 +135,6 @@ class Cpu : public HostCollectives {
       const int64_t id = host_ids[i] - v0;
       if (id >= 0 && id < Vl) cpu::add_inplace(dtable + id * C, dx + i * C, C);
     }
-  }
-  void positions_backward(Grad* dpos, const Act* dx, int64_t B, int64_t Tn, int64_t C) {
-    cpu::add_positions_backward(dpos, dx, B, Tn, C);
   }
 
   // ---- cross-entropy ----

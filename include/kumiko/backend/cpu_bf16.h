@@ -27,6 +27,7 @@
 
 #include "kumiko/backend/adamw.h"
 #include "kumiko/backend/cpu.h"
+#include "kumiko/backend/host_ops.h"
 #include "kumiko/comm/communicator.h"
 #include "kumiko/core/bf16.h"
 #include "kumiko/core/cpu_features.h"
@@ -38,7 +39,7 @@
 
 namespace kumiko::backend {
 
-class CpuBf16 : public HostCollectives {
+class CpuBf16 : public HostOps<bf16, float, float> {
  public:
   using Act = bf16;
   using Grad = float;
@@ -56,28 +57,10 @@ class CpuBf16 : public HostCollectives {
 
   // ---- memory (host memory; "to_host" copies between the arena and host buffers) ----
   void* allocate(size_t bytes) { return fp32_.allocate(bytes); }
-  template <typename X>
-  void zero(X* x, int64_t n) {
-    std::memset(static_cast<void*>(x), 0, static_cast<size_t>(n) * sizeof(X));
-  }
-  template <typename X>
-  void copy(X* dst, const X* src, int64_t n) {
-    std::memcpy(static_cast<void*>(dst), src, static_cast<size_t>(n) * sizeof(X));
-  }
-  void add_inplace(float* out, const float* a, int64_t n) { cpu::add_inplace(out, a, n); }
-  void add_inplace(bf16* out, const bf16* a, int64_t n) { cpu::add_inplace(out, a, n); }
-  template <typename X>
-  void to_host(X* host, const X* x, int64_t n) {
-    if (host != x) copy(host, x, n);
-  }
-  template <typename X>
-  void from_host(X* x, const X* host, int64_t n) {
-    if (host != x) copy(x, host, n);
-  }
-  const int32_t* tokens(int32_t*, const int32_t* host, int64_t) { return host; }
-  void synchronize() {}
+  // zero, copy, add_inplace, to_host, from_host, tokens, synchronize: HostOps.
 
-  // ---- layers' ops: bf16 in, fp32 inside, bf16 out ----
+  // ---- layers' ops: bf16 in, fp32 inside, bf16 out (the norms, GELU, SwiGLU, RoPE,
+  // biases, positions and attention: HostOps) ----
   void linear(Act* y, const Act* x, const Act* w, const Act* b, int64_t N, int64_t in, int64_t out,
               Act* gelu_pre = nullptr) {
     // y[N, out] = x[N, in] W[out, in]^T (+ b), the GEMM storing bf16 itself where it can.
@@ -94,40 +77,6 @@ class CpuBf16 : public HostCollectives {
     cpu::matmul_bf16(gemm_, true, false, out, in, N, dy, out, x, in, 1.0f, dw, in);
     if (db) cpu::bias_backward(db, dy, N, out);
   }
-  void add_bias(Act* o, const Act* b, int64_t rows, int64_t C) { cpu::add_positions_forward(o, b, rows, int64_t{1}, C); }
-  void bias_backward(Grad* db, const Act* dy, int64_t rows, int64_t C) { cpu::bias_backward(db, dy, rows, C); }
-  void gelu_forward(Act* o, const Act* pre, int64_t n) { cpu::gelu_forward(o, pre, n); }
-  void gelu_backward(Act* dx, const Act* dy, const Act* pre, int64_t n) {  // dx overwritten
-    zero(dx, n);
-    cpu::gelu_backward(dx, dy, pre, n);
-  }
-  void swiglu_forward(Act* o, const Act* gate, const Act* up, int64_t n) { cpu::swiglu_forward(o, gate, up, n); }
-  void swiglu_backward(Act* dgate, Act* dup, const Act* dy, const Act* gate, const Act* up, int64_t n) {
-    zero(dgate, n);
-    zero(dup, n);
-    cpu::swiglu_backward(dgate, dup, dy, gate, up, n);
-  }
-  void norm_forward(bool rms, Act* o, Stat* mean, Stat* rstd, const Act* x, const Act* w, const Act* b, int64_t N,
-                    int64_t C, double eps) {
-    if (rms)
-      cpu::rmsnorm_forward(o, rstd, x, w, N, C, static_cast<float>(eps));
-    else
-      cpu::layernorm_forward(o, mean, rstd, x, w, b, N, C, static_cast<float>(eps));
-  }
-  // dx accumulates (the residual stream's gradient): bf16(dx + the fp32 term), one rounding.
-  void norm_backward(bool rms, Act* dx, Grad* dw, Grad* db, const Act* dy, const Act* x, const Act* w,
-                     const Stat* mean, const Stat* rstd, int64_t N, int64_t C) {
-    if (rms)
-      cpu::rmsnorm_backward(dx, dw, dy, x, w, rstd, N, C);
-    else
-      cpu::layernorm_backward(dx, dw, db, dy, x, w, mean, rstd, N, C);
-  }
-  void rope_forward(Act* qkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
-    cpu::rope_forward(qkv, B, Tn, Hq, Hkv, D, theta);
-  }
-  void rope_backward(Act* dqkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
-    cpu::rope_backward(dqkv, B, Tn, Hq, Hkv, D, theta);
-  }
   void rope_at(Act* qkv, int64_t pos, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
     const int64_t n = (Hq + 2 * Hkv) * D;
     float* f = widen(0, qkv, n);
@@ -141,15 +90,6 @@ class CpuBf16 : public HostCollectives {
                            Hkv, D);
     cpu::narrow(o, of, Hq * D);
   }
-  void attention_forward(Act* o, Stat* lse, const Act* qkv, int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv,
-                         int64_t D) {
-    cpu::attention_forward(o, lse, qkv, B, Tn, Hq, Hkv, D);  // vdpbf16ps or fp32 tiles, bf16 out
-  }
-  void attention_backward(Act* dqkv, const Act* dy, const Act* qkv, const Act* o, const Stat* lse, int64_t B,
-                          int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D) {  // dqkv overwritten
-    zero(dqkv, B * Tn * (Hq + 2 * Hkv) * D);
-    cpu::attention_backward(dqkv, dy, qkv, o, lse, B, Tn, Hq, Hkv, D);  // fp32 sums, rounded once
-  }
   // Embedding rows are copied as bits (no arithmetic, no rounding).
   void embed(Act* o, const int32_t* ids, const Act* table, int64_t N, int64_t C, int64_t v0, int64_t Vl, int64_t) {
 #pragma omp parallel for schedule(static)
@@ -161,16 +101,10 @@ class CpuBf16 : public HostCollectives {
         std::memset(static_cast<void*>(o + i * C), 0, static_cast<size_t>(C) * sizeof(bf16));
     }
   }
-  void add_positions(Act* x, const Act* pos, int64_t first, int64_t rows, int64_t Tn, int64_t C) {
-    cpu::add_positions_range(x, pos, first, rows, Tn, C);
-  }
   void embed_backward(Grad* dtable, const Act* dx, const int32_t* host_ids, int64_t N, int64_t C, int64_t v0,
                       int64_t Vl, int64_t V) {
     if (v0 == 0 && Vl == V) return cpu::embedding_backward(dtable, dx, host_ids, N, C);
     fp32_.embed_backward(dtable, widen(0, dx, N * C), host_ids, N, C, v0, Vl, V);  // a vocab shard (tp > 1)
-  }
-  void positions_backward(Grad* dpos, const Act* dx, int64_t B, int64_t Tn, int64_t C) {
-    cpu::add_positions_backward(dpos, dx, B, Tn, C);
   }
 
   // ---- cross-entropy: the logits in fp32, the gradient stored back as bf16 ----

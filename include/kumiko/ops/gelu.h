@@ -10,9 +10,10 @@ namespace kumiko::cpu {
 template <typename T>
 void gelu_forward(T* out, const T* x, int64_t n);
 
-// dx += dout * gelu'(x).
+// dx += dout * gelu'(x); with overwrite, dx = dout * gelu'(x) (dx is not read, so it
+// may hold anything, and may alias dout).
 template <typename T>
-void gelu_backward(T* dx, const T* dout, const T* x, int64_t n);
+void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, bool overwrite);
 
 // A GEMM's GELU epilogue on bf16 storage: pre = bf16(acc), out = bf16(GELU(acc)), the
 // GELU of the fp32 accumulator (not of its rounding), in one pass over acc.

@@ -10,8 +10,9 @@ namespace kumiko::cpu {
 template <typename T>
 void swiglu_forward(T* out, const T* gate, const T* up, int64_t n);
 
-// dgate += dout * up * silu'(gate);  dup += dout * silu(gate).
+// dgate += dout * up * silu'(gate);  dup += dout * silu(gate). With overwrite, = instead
+// of += (dgate and dup are not read; either may alias dout).
 template <typename T>
-void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n);
+void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n, bool overwrite);
 
 }  // namespace kumiko::cpu

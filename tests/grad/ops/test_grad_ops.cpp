@@ -131,11 +131,11 @@ TEST_F(GradOps, GeluAndSwiGlu) {
   Vec x = random_vec<double>(n, 30, 2.0), up = random_vec<double>(n, 31);
   const Vec r = random_vec<double>(n, 32);
   Vec dx = zeros(n);
-  gelu_backward<double>(dx.data(), r.data(), x.data(), n);
+  gelu_backward<double>(dx.data(), r.data(), x.data(), n, true);
   check_grad([&] { Vec o(n); gelu_forward<double>(o.data(), x.data(), n); return o; }, x, r, dx,
              "gelu dx");
   Vec dg = zeros(n), du = zeros(n);
-  swiglu_backward<double>(dg.data(), du.data(), r.data(), x.data(), up.data(), n);
+  swiglu_backward<double>(dg.data(), du.data(), r.data(), x.data(), up.data(), n, true);
   auto fwd = [&] {
     Vec o(n);
     swiglu_forward<double>(o.data(), x.data(), up.data(), n);

@@ -98,9 +98,14 @@ TEST(Bf16Storage, GeluSwiGluAndTheGemmEpilogue) {
 
   auto dx = random_bf16(sz(n), 4);  // the kernels accumulate into dx
   auto dxf = wide(dx);
-  gelu_backward(dx.data(), dy.data(), x.data(), n);
-  gelu_backward(dxf.data(), dyf.data(), xf.data(), n);
+  gelu_backward(dx.data(), dy.data(), x.data(), n, false);
+  gelu_backward(dxf.data(), dyf.data(), xf.data(), n, false);
   expect_bf16_near(dx, dxf, "gelu dx");
+  std::vector<bf16> dxo(sz(n), bf16{0x7fc0});  // NaN: overwritten, not read
+  std::vector<float> dxof(sz(n));
+  gelu_backward(dxo.data(), dy.data(), x.data(), n, true);
+  gelu_backward(dxof.data(), dyf.data(), xf.data(), n, true);
+  expect_bf16_near(dxo, dxof, "gelu dx overwritten");
 
   // The epilogue takes GELU of the fp32 accumulator, not of its bf16 rounding.
   const auto acc = test::random_vec(sz(n), 5, 2.0);
@@ -117,10 +122,16 @@ TEST(Bf16Storage, GeluSwiGluAndTheGemmEpilogue) {
   expect_bf16_near(out, outf, "swiglu out");
   auto dg = random_bf16(sz(n), 6), du = random_bf16(sz(n), 7);
   auto dgf = wide(dg), duf = wide(du);
-  swiglu_backward(dg.data(), du.data(), dy.data(), x.data(), up.data(), n);
-  swiglu_backward(dgf.data(), duf.data(), dyf.data(), xf.data(), upf.data(), n);
+  swiglu_backward(dg.data(), du.data(), dy.data(), x.data(), up.data(), n, false);
+  swiglu_backward(dgf.data(), duf.data(), dyf.data(), xf.data(), upf.data(), n, false);
   expect_bf16_near(dg, dgf, "swiglu dgate");
   expect_bf16_near(du, duf, "swiglu dup");
+  std::vector<bf16> dgo(sz(n), bf16{0x7fc0}), duo(dgo);
+  std::vector<float> dgof(sz(n)), duof(sz(n));
+  swiglu_backward(dgo.data(), duo.data(), dy.data(), x.data(), up.data(), n, true);
+  swiglu_backward(dgof.data(), duof.data(), dyf.data(), xf.data(), upf.data(), n, true);
+  expect_bf16_near(dgo, dgof, "swiglu dgate overwritten");
+  expect_bf16_near(duo, duof, "swiglu dup overwritten");
 
   auto sum = random_bf16(sz(n), 8);
   auto sumf = wide(sum);

@@ -31,10 +31,19 @@ TEST(Gelu, MatchesReference) {
   expect_close(out, outr, 1e-5, "gelu out");
   auto dx = random_vec(static_cast<size_t>(n), 102);
   auto dxr = cast_vec<double>(dx);
-  gelu_backward<float>(dx.data(), dout.data(), x.data(), n);
+  gelu_backward<float>(dx.data(), dout.data(), x.data(), n, false);  // accumulates
   reference::gelu_backward<double>(dxr.data(), cast_vec<double>(dout).data(),
                                    cast_vec<double>(x).data(), n);
   expect_close(dx, dxr, 1e-5, "gelu dx");
+  // Overwriting: a poisoned dx is not read, and dx may be dout itself.
+  std::vector<double> gr(static_cast<size_t>(n), 0.0);
+  reference::gelu_backward<double>(gr.data(), cast_vec<double>(dout).data(), cast_vec<double>(x).data(), n);
+  auto fresh = test::poisoned<float>(static_cast<size_t>(n));
+  gelu_backward<float>(fresh.data(), dout.data(), x.data(), n, true);
+  expect_close(fresh, gr, 1e-5, "gelu dx overwritten");
+  auto inplace = dout;
+  gelu_backward<float>(inplace.data(), inplace.data(), x.data(), n, true);
+  expect_close(inplace, gr, 1e-5, "gelu dx overwritten in place");
 }
 
 TEST(SwiGlu, MatchesReference) {
@@ -51,11 +60,19 @@ TEST(SwiGlu, MatchesReference) {
   expect_close(out, outr, 1e-5, "swiglu out");
   auto dg = random_vec(static_cast<size_t>(n), 113), du = random_vec(static_cast<size_t>(n), 114);
   auto dgr = cast_vec<double>(dg), dur = cast_vec<double>(du);
-  swiglu_backward<float>(dg.data(), du.data(), dout.data(), gate.data(), up.data(), n);
+  swiglu_backward<float>(dg.data(), du.data(), dout.data(), gate.data(), up.data(), n, false);  // accumulates
   reference::swiglu_backward<double>(dgr.data(), dur.data(), cast_vec<double>(dout).data(),
                                      gd.data(), ud.data(), n);
   expect_close(dg, dgr, 1e-5, "swiglu dgate");
   expect_close(du, dur, 1e-5, "swiglu dup");
+  // Overwriting: poisoned outputs are not read, and dgate may be dout itself.
+  std::vector<double> dg0(static_cast<size_t>(n), 0.0), du0(static_cast<size_t>(n), 0.0);
+  reference::swiglu_backward<double>(dg0.data(), du0.data(), cast_vec<double>(dout).data(), gd.data(), ud.data(), n);
+  auto dg1 = dout;
+  auto du1 = test::poisoned<float>(static_cast<size_t>(n));
+  swiglu_backward<float>(dg1.data(), du1.data(), dg1.data(), gate.data(), up.data(), n, true);
+  expect_close(dg1, dg0, 1e-5, "swiglu dgate overwritten in place");
+  expect_close(du1, du0, 1e-5, "swiglu dup overwritten");
 }
 
 TEST(CrossEntropy, MatchesReferenceAndAliases) {

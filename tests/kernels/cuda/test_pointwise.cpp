@@ -74,12 +74,12 @@ void check_gelu(int64_t n, size_t off, uint32_t seed) {
   OffsetBuffer<T> d_dx(dx0, off);
   gelu_backward<T>(d_dx.get(), d_dout.get(), d_x.get(), n, false, cudaStream_t{});
   auto dx_r = cast_vec<double>(dx0);
-  cpu::gelu_backward<double>(dx_r.data(), doutd.data(), xd.data(), n);
+  cpu::gelu_backward<double>(dx_r.data(), doutd.data(), xd.data(), n, false);
   expect_close(d_dx.download(), dx_r, out_tol<T>(), what + " dx accumulate");
 
   // Overwrite a poisoned dx: NaN must not leak in.
   std::vector<double> grad_r(un, 0.0);
-  cpu::gelu_backward<double>(grad_r.data(), doutd.data(), xd.data(), n);
+  cpu::gelu_backward<double>(grad_r.data(), doutd.data(), xd.data(), n, true);
   OffsetBuffer<T> d_fresh(un, off);
   gelu_backward<T>(d_fresh.get(), d_dout.get(), d_x.get(), n, true, cudaStream_t{});
   expect_close(d_fresh.download(), grad_r, out_tol<T>(), what + " dx overwrite");
@@ -131,7 +131,7 @@ void check_swiglu(int64_t n, size_t off, uint32_t seed) {
   swiglu_backward<T>(d_dg.get(), d_du.get(), d_dout.get(), d_gate.get(), d_up.get(), n, false,
                      cudaStream_t{});
   auto dg_r = cast_vec<double>(dg0), du_r = cast_vec<double>(du0);
-  cpu::swiglu_backward<double>(dg_r.data(), du_r.data(), doutd.data(), gd.data(), ud.data(), n);
+  cpu::swiglu_backward<double>(dg_r.data(), du_r.data(), doutd.data(), gd.data(), ud.data(), n, false);
   expect_close(d_dg.download(), dg_r, out_tol<T>(), what + " dgate accumulate");
   expect_close(d_du.download(), du_r, out_tol<T>(), what + " dup accumulate");
 
@@ -140,7 +140,7 @@ void check_swiglu(int64_t n, size_t off, uint32_t seed) {
   swiglu_backward<T>(d_dg2.get(), d_du2.get(), d_dout.get(), d_gate.get(), d_up.get(), n, true,
                      cudaStream_t{});
   std::vector<double> dg2_r(un, 0.0), du2_r(un, 0.0);
-  cpu::swiglu_backward<double>(dg2_r.data(), du2_r.data(), doutd.data(), gd.data(), ud.data(), n);
+  cpu::swiglu_backward<double>(dg2_r.data(), du2_r.data(), doutd.data(), gd.data(), ud.data(), n, false);
   expect_close(d_dg2.download(), dg2_r, out_tol<T>(), what + " dgate overwrite");
   expect_close(d_du2.download(), du2_r, out_tol<T>(), what + " dup overwrite");
 }
