@@ -110,19 +110,22 @@ namespace {
 //   oneDNN's scratchpad (onednn_scratchpad above).
 //   attention backward's per-thread buffers, at most [N, Hq / tp, ...] over its threads:
 //     fp32 dQ accumulators (D wide) and, on AVX512-BF16 CPUs, Q and dO as pair words
-//     (D rounded up to 16 wide each; attention_dpbf16.cpp). The forward's packed K and
-//     V, [T, 1.5 D] words per thread, are left out: the plan does not know the threads.
+//     (D rounded up to 16 wide each; attention_dpbf16.cpp), or the forward's packed K
+//     and V, [T, D / 2 + D rounded up to 16] words per thread, whichever is larger (each
+//     is freed before the other is allocated).
 double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp, cpu::Bf16Gemm gemm, int threads) {
   const double N = static_cast<double>(B * T);
   const double act = N * static_cast<double>(std::max({d.F, d.qkv_width(), d.C})) / tp;
   const double logits = N * static_cast<double>(d.V) / tp;
   const double weight = static_cast<double>(std::max({d.V / tp, d.F / tp, d.qkv_width() / tp})) * d.C;
   const double slot0 = tp > 1 ? N * static_cast<double>(d.C) : 0.0;
-  const double dq = N * static_cast<double>(d.Hq * (d.D + 2 * ((d.D + 15) / 16 * 16))) / tp;
+  const double ldd = static_cast<double>((d.D + 15) / 16 * 16);
+  const double dq = N * static_cast<double>(d.Hq) / tp * (static_cast<double>(d.D) + 2 * ldd);
+  const double kv = static_cast<double>(threads) * static_cast<double>((T + 63) / 64 * 64) * (d.D / 2 + ldd);
   const double fp32_result = gemm == cpu::Bf16Gemm::onednn ? 0.0 : std::max(logits, act);
   const double operand_copies = gemm == cpu::Bf16Gemm::emulated ? std::max(logits, act) + weight : 0.0;
   const double onednn = gemm == cpu::Bf16Gemm::onednn ? onednn_scratchpad(d, B * T, tp, threads) : 0.0;
-  return 4.0 * (act + slot0 + fp32_result + operand_copies + dq) + onednn;
+  return 4.0 * (act + slot0 + fp32_result + operand_copies + std::max(dq, kv)) + onednn;
 }
 
 // The CUDA backend's workspace beyond the arena (backend prepare()): the largest of
