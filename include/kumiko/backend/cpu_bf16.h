@@ -67,7 +67,8 @@ class CpuBf16 : public HostOps<bf16, float, float> {
     if (!gelu_pre) return cpu::matmul_bf16_out(gemm_, false, true, N, out, in, x, in, w, in, b, false, y, out);
     float* yf = scratch(3, N * out);
     cpu::matmul_bf16_out(gemm_, false, true, N, out, in, x, in, w, in, b, false, yf, out);
-    // As a fused GEMM epilogue: GELU of the fp32 pre-activation, both stored as bf16.
+    // As a fused GEMM epilogue: pre rounded to bf16, then GELU of that stored value
+    // (what a selective recomputation computes again from it).
     cpu::gelu_epilogue(gelu_pre, y, yf, N * out);
   }
   void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, Grad* db, const Act* dy, const Act* x, const Act* w,
