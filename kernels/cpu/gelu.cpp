@@ -64,9 +64,9 @@ void gelu_backward(S* dx, const S* dout, const S* x, int64_t n, bool overwrite) 
 void gelu_epilogue(bf16* pre, bf16* out, const float* acc, int64_t n) {
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    const bf16 p = detail::narrow1(acc[i]);
-    pre[i] = p;
-    out[i] = detail::narrow1(gelu(detail::ld(p)));
+    const float p = detail::round1(acc[i]);  // the stored pre-activation, exactly
+    pre[i] = detail::narrow1(p);
+    out[i] = detail::narrow1(gelu(p));
   }
 }
 

@@ -109,7 +109,12 @@ TEST(Bf16Storage, GeluSwiGluAndTheGemmEpilogue) {
 
   // The epilogue rounds the accumulator and takes GELU of that stored value: bit for bit
   // what gelu_forward computes again from pre (selective recomputation).
-  const auto acc = test::random_vec(sz(n), 5, 2.0);
+  // Rounding's edges too: ties (to even, both ways), a carry into the exponent, overflow
+  // to infinity, infinities, NaNs (quiet, sign and payload kept), a denormal.
+  auto acc = test::random_vec(sz(n), 5, 2.0);
+  const uint32_t edges[] = {0x3f808000u, 0x3f818000u, 0x3f7fffffu, 0x7f7fffffu, 0x7f800000u,
+                            0xff800000u, 0x7fc00001u, 0xff812345u, 0x00012345u, 0x80000000u};
+  for (size_t i = 0; i < std::size(edges); ++i) acc[i] = std::bit_cast<float>(edges[i]);
   std::vector<bf16> pre(sz(n)), act(sz(n)), again(sz(n));
   gelu_epilogue(pre.data(), act.data(), acc.data(), n);
   gelu_forward(again.data(), pre.data(), n);
