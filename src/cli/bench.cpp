@@ -193,7 +193,8 @@ void add_bench_command(CLI::App& app, Registry& registry) {
   CLI::App* gemm =
       bench->add_subcommand("gemm", "fp32 GEMM rate (the CPU peak for MFU) and the bf16 GEMMs beside it");
   auto o = std::make_shared<BenchOptions>();
-  gemm->add_option("--threads", o->threads, "Threads (0 = OMP_NUM_THREADS, else every core it may run on)");
+  gemm->add_option("--threads", o->threads,
+                   "Threads (0 = OMP_NUM_THREADS, else every core it may run on, within a container's CPU limit)");
   gemm->add_option("--size", o->size, "Matrix size n (n x n x n); 1024 or more saves the rates as the MFU peaks")
       ->check(CLI::Range(16, 16384));
   gemm->add_option("--repeats", o->repeats, "Timed repetitions")->check(CLI::Range(1, 1000));

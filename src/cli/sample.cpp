@@ -63,7 +63,8 @@ void add_sample_command(CLI::App& app, Registry& registry) {
   sub->add_option("--temperature", o->sampling.temperature, "Sampling temperature (0 = greedy)")->check(CLI::Range(0.0, 100.0));
   sub->add_option("--top-k", o->sampling.top_k, "Sample among the k most likely tokens (0 = all)")->check(CLI::NonNegativeNumber);
   sub->add_option("--seed", o->sampling.seed, "Random seed");
-  sub->add_option("--threads", o->threads, "Threads (0 = OMP_NUM_THREADS, else every core it may run on)");
+  sub->add_option("--threads", o->threads,
+                  "Threads (0 = OMP_NUM_THREADS, else every core it may run on, within a container's CPU limit)");
   registry.add({sub, [o] { return run_sample(*o); }, {}});
 }
 

@@ -28,7 +28,6 @@
 #include "kumiko/backend/adamw.h"
 #include "kumiko/backend/cpu.h"
 #include "kumiko/backend/host_ops.h"
-#include "kumiko/comm/communicator.h"
 #include "kumiko/core/bf16.h"
 #include "kumiko/core/cpu_features.h"
 #include "kumiko/core/error.h"

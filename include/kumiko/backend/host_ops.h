@@ -69,7 +69,7 @@ class HostOps : public HostCollectives {
   template <typename X>
   void zero(X* x, int64_t n) {
     static_assert(std::is_trivially_copyable_v<X>);
-    std::memset(static_cast<void*>(x), 0, static_cast<size_t>(n) * sizeof(X));
+    if (n > 0) std::memset(static_cast<void*>(x), 0, static_cast<size_t>(n) * sizeof(X));
   }
   template <typename X>
   void copy(X* dst, const X* src, int64_t n) {
@@ -94,7 +94,9 @@ class HostOps : public HostCollectives {
 
   // ---- layers' ops ----
   // out[rows, C] += b[C] per row; db[C] += column sums of dy[rows, C].
-  void add_bias(A* out, const A* b, int64_t rows, int64_t C) { cpu::add_positions_forward(out, b, rows, int64_t{1}, C); }
+  void add_bias(A* out, const A* b, int64_t rows, int64_t C) {
+    cpu::add_positions_forward(out, b, rows, int64_t{1}, C);
+  }
   void bias_backward(G* db, const A* dy, int64_t rows, int64_t C) { cpu::bias_backward(db, dy, rows, C); }
   void gelu_forward(A* out, const A* pre, int64_t n) { cpu::gelu_forward(out, pre, n); }
   // dx = dy * gelu'(pre) (overwritten; dx may alias dy).
