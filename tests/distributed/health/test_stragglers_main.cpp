@@ -1,5 +1,6 @@
 // Stragglers (train/stragglers.h): at dp = 2 without a delay, every report has both
-// ranks' compute per step within 3x of each other; with rank 1 sleeping D ms per step
+// ranks' compute per step within 3x of each other (give or take 10 ms of OS scheduling);
+// with rank 1 sleeping D ms per step
 // (KUMIKO_TEST_SLOW_RANK / KUMIKO_TEST_SLOW_MS, read only by this test hook) rank 1 is
 // reported every log.straggler_every steps as the slowest rank, well above the median.
 // D is at least 40 ms and at least 3x the slowest step of the run without a delay, so
@@ -66,9 +67,13 @@ TEST(Stragglers, ReportsWithoutADelayHaveBothRanksClose) {
     const auto r = reports(c.log.run_dir);
     EXPECT_EQ(r.size(), 2u) << "a report at steps 4 and 8";
     for (const auto& x : r) {
-      // The median of two ranks is their mean, so this says the faster rank is at least a
-      // third as fast as the slower one: nobody sleeps here.
-      EXPECT_LT(x.slowest_ms, 1.5 * x.median_ms) << "no rank sleeps here";
+      // The median of two ranks is their mean, so 1.5 x median says the faster rank is at
+      // least a third as fast as the slower one. A step here takes well under a millisecond,
+      // so one preemption of a rank by the OS (a scheduler slice is a few ms; CI runs beside
+      // other work on 2 cores) can break that ratio alone: kAllowMs absorbs it. It stays
+      // far below the 40 ms a rank sleeps in SlowRankIsNamed: nobody sleeps here.
+      constexpr double kAllowMs = 10;
+      EXPECT_LT(x.slowest_ms, 1.5 * x.median_ms + kAllowMs) << "no rank sleeps here";
       slowest = std::max(slowest, x.slowest_ms);
     }
   }
