@@ -46,8 +46,13 @@ ThreadPlan set_rank_threads(int configured, comm::Communicator& world, double cp
 std::string oversubscription_warning(const ThreadPlan& p);
 
 // One process (kumiko bench, kumiko sample): set_rank_threads over a world of one,
-// i.e. configured, else OMP_NUM_THREADS, else every CPU of its affinity mask, within
-// a cgroup CPU quota.
-void set_threads(int configured);
+// i.e. configured (their --threads), else OMP_NUM_THREADS, else every CPU of its
+// affinity mask, within a cgroup CPU quota. An oversubscribed plan is warned of on
+// stderr (one_process_warning). `cpu_quota` as for set_rank_threads.
+ThreadPlan set_threads(int configured, double cpu_quota = -1);
+
+// For an oversubscribed one-process plan: one line naming what asked for the threads
+// (--threads or OMP_NUM_THREADS), why they are too many, and the most that fit.
+std::string one_process_warning(const ThreadPlan& p);
 
 }  // namespace kumiko::train

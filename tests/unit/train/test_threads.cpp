@@ -14,6 +14,7 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <spdlog/fmt/fmt.h>
 
 #include "kumiko/comm/communicator.h"
 #include "kumiko/core/error.h"
@@ -221,6 +222,44 @@ TEST(Threads, OneProcessTakesTheSameRule) {
   EnvThreads set("2");
   train::set_threads(0);
   EXPECT_EQ(omp_get_max_threads(), 2);
+  omp_set_num_threads(saved);
+}
+
+TEST(Threads, OneProcessWarnsOfTooManyThreads) {
+  EnvThreads env(nullptr);
+  const int saved = omp_get_max_threads();
+  const int cpus = static_cast<int>(train::affinity_cpus().size());
+  // No quota: its CPUs fit, one more is named with the most that fit.
+  EXPECT_FALSE(train::set_threads(cpus, 0).oversubscribed());
+  const train::ThreadPlan more = train::set_threads(cpus + 1, 0);
+  EXPECT_TRUE(more.oversubscribed());
+  EXPECT_EQ(train::one_process_warning(more),
+            fmt::format("--threads {0} runs {0} threads on the {1} CPU(s) this process may run on, so they take "
+                        "turns; use at most {1} (leaving --threads 0 and OMP_NUM_THREADS unset picks that)",
+                        cpus + 1, cpus));
+  {
+    EnvThreads set(std::to_string(cpus + 2).c_str());
+    const train::ThreadPlan env_more = train::set_threads(0, 0);
+    EXPECT_NE(train::one_process_warning(env_more).find(fmt::format("OMP_NUM_THREADS={0} runs {0} threads", cpus + 2)),
+              std::string::npos)
+        << train::one_process_warning(env_more);
+  }
+  // A quota of 1 CPU: two threads are throttled (where the mask has two CPUs).
+  if (cpus >= 2) {
+    const train::ThreadPlan throttled = train::set_threads(2, 1.0);
+    EXPECT_TRUE(throttled.oversubscribed());
+    EXPECT_EQ(train::one_process_warning(throttled),
+              "--threads 2 runs 2 threads within a cgroup CPU quota of 1 CPU(s), so they are throttled; use at most "
+              "1 (leaving --threads 0 and OMP_NUM_THREADS unset picks that)");
+  }
+  // The default under a quota below 1 CPU.
+  const train::ThreadPlan below = train::set_threads(0, 0.5);
+  EXPECT_TRUE(below.oversubscribed());
+  EXPECT_EQ(train::one_process_warning(below).rfind(
+                "its 1 thread runs within a cgroup CPU quota of 0.5 CPU(s), so it is throttled", 0),
+            0u)
+      << train::one_process_warning(below);
+  EXPECT_NE(train::one_process_warning(below).find("raise the container's CPU limit"), std::string::npos);
   omp_set_num_threads(saved);
 }
 
