@@ -124,19 +124,19 @@ std::string oversubscription_warning(const ThreadPlan& p) {
 }
 
 std::string one_process_warning(const ThreadPlan& p) {
+  if (p.source.rfind("backend.threads = 0", 0) == 0)  // the default: only a quota below 1 CPU gets here
+    return fmt::format("its 1 thread runs within a cgroup CPU quota of {:g} CPU(s), so it is throttled; raise the "
+                       "container's CPU limit to at least 1 CPU",
+                       p.cpu_quota);
   const bool quota_bound = p.cpu_quota > 0 && p.threads > p.cpu_quota + 1e-9 && p.threads <= p.cpus;
   const std::string why = quota_bound ? fmt::format("within a cgroup CPU quota of {:g} CPU(s), so they are throttled",
                                                     p.cpu_quota)
                                       : fmt::format("on the {} CPU(s) this process may run on, so they take turns",
                                                     p.cpus);
-  if (p.source.rfind("backend.threads = 0", 0) == 0)  // the default: only a quota below 1 CPU gets here
-    return fmt::format("its 1 thread runs within a cgroup CPU quota of {:g} CPU(s), so it is throttled; raise the "
-                       "container's CPU limit to at least 1 CPU",
-                       p.cpu_quota);
   const int fit = p.cpu_quota > 0 ? std::clamp(static_cast<int>(p.cpu_quota + 1e-9), 1, p.cpus) : p.cpus;
   const std::string asked = p.source == "OMP_NUM_THREADS" ? fmt::format("OMP_NUM_THREADS={}", p.threads)
                                                           : fmt::format("--threads {}", p.threads);
-  return fmt::format("{} runs {} threads {}; use at most {} (leaving --threads 0 and OMP_NUM_THREADS unset picks that)",
+  return fmt::format("{} runs {} threads {}; use at most {} (--threads 0 with OMP_NUM_THREADS unset picks that)",
                      asked, p.threads, why, fit);
 }
 

@@ -235,7 +235,7 @@ TEST(Threads, OneProcessWarnsOfTooManyThreads) {
   EXPECT_TRUE(more.oversubscribed());
   EXPECT_EQ(train::one_process_warning(more),
             fmt::format("--threads {0} runs {0} threads on the {1} CPU(s) this process may run on, so they take "
-                        "turns; use at most {1} (leaving --threads 0 and OMP_NUM_THREADS unset picks that)",
+                        "turns; use at most {1} (--threads 0 with OMP_NUM_THREADS unset picks that)",
                         cpus + 1, cpus));
   {
     EnvThreads set(std::to_string(cpus + 2).c_str());
@@ -250,7 +250,7 @@ TEST(Threads, OneProcessWarnsOfTooManyThreads) {
     EXPECT_TRUE(throttled.oversubscribed());
     EXPECT_EQ(train::one_process_warning(throttled),
               "--threads 2 runs 2 threads within a cgroup CPU quota of 1 CPU(s), so they are throttled; use at most "
-              "1 (leaving --threads 0 and OMP_NUM_THREADS unset picks that)");
+              "1 (--threads 0 with OMP_NUM_THREADS unset picks that)");
   }
   // The default under a quota below 1 CPU.
   const train::ThreadPlan below = train::set_threads(0, 0.5);
