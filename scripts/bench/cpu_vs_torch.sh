@@ -2,16 +2,18 @@
 # CPU training throughput: kumiko (fp32, bf16) against PyTorch's configurations on the
 # same model shapes and thread count, in one run (docs/performance.md).
 #
-# Usage: scripts/bench/cpu_vs_torch.sh [--runs N] [--threads N] [--shapes tiny,124m]
+# Usage: scripts/bench/cpu_vs_torch.sh [--runs N] [--threads N] [--shapes tiny,124m,llama]
 #                                      [--markdown FILE] [--no-compile] [--configs LIST] [--setup]
 #   --configs    comma list of the configurations below to run (default all), e.g.
 #                torch:fp32-compiled,kumiko:bf16; the others show as -
 #   --setup      make the PyTorch 2.x virtualenv ($TORCH_VENV, from PyPI) and exit
 #   env: PYTHON (default $TORCH_VENV/bin/python, TORCH_VENV default /opt/torch-venv),
-#        KUMIKO_BIN (default build/bin/kumiko), STEPS_TINY (10), STEPS_124M (6)
+#        KUMIKO_BIN (default build/bin/kumiko), STEPS_TINY (10, also llama), STEPS_124M (6)
 #
-# Shapes: tiny  gpt2 L=4  H=4  C=256 T=256 B=8 V=8192
-#         124m  gpt2 L=12 H=12 C=768 T=64  B=4 V=50304   (GPT-2-124M-shaped)
+# Shapes: tiny   gpt2  L=4  H=4       C=256 F=1024 T=256 B=8 V=8192  tied
+#         124m   gpt2  L=12 H=12      C=768 F=3072 T=64  B=4 V=50304 tied (GPT-2-124M-shaped)
+#         llama  llama L=4  H=8 KV=4  C=256 F=704  T=256 B=8 V=8192  untied (RMSNorm, RoPE,
+#                SwiGLU, grouped-query attention: tiny's size in Llama's form)
 # Configurations, alternating within each run:
 #   kumiko:fp32, kumiko:bf16 (backend.bf16_gemm = auto), torch:fp32 (eager),
 #   torch:fp32-compiled, torch:bf16 (autocast), torch:compiled (bf16 autocast +
@@ -19,7 +21,7 @@
 # Each figure is the median tokens/s over a run's steps after warm-up (compiled runs
 # leave out 3 more steps: compilation), then the median over runs. The last column is
 # kumiko's best configuration over torch's best. Same model for both: AdamW, grad clip
-# 1.0, tied embeddings, d_ff = 4C, random tokens, OMP_NUM_THREADS = threads.
+# 1.0, the shape's embeddings and d_ff, random tokens, OMP_NUM_THREADS = threads.
 # On a CPU without bf16 instructions torch's autocast is very slow (oneDNN's reference
 # bf16 code): its bf16 figures then come from 3 steps of one run.
 set -euo pipefail
@@ -32,7 +34,7 @@ STEPS_TINY="${STEPS_TINY:-10}"
 STEPS_124M="${STEPS_124M:-6}"
 RUNS=3
 THREADS=2
-SHAPES_WANTED="tiny,124m"
+SHAPES_WANTED="tiny,124m,llama"
 MARKDOWN=""
 COMPILE=1
 CONFIGS_WANTED=""
@@ -51,7 +53,7 @@ while [[ $# -gt 0 ]]; do
       "$TORCH_VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "in", "'"$TORCH_VENV"'")'
       exit 0 ;;
     --configs) CONFIGS_WANTED="$2"; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -83,40 +85,46 @@ TMP="$(mktemp -d -t kumiko-bench.XXXXXX)"
 trap 'rm -rf "$TMP"' EXIT
 
 # --- one run of one configuration; prints a tokens/s figure -------------------------------------
-run_torch() {  # shape L H C T B V steps mode(fp32|bf16|compiled)
-  local args=(--arch gpt2 --layers "$2" --heads "$3" --d-model "$4" --seq "$5" --batch "$6" --vocab "$7"
-              --threads "$THREADS")
-  local steps="$8" warmup=2
-  case "$9" in
+run_torch() {  # name arch L H KV C F T B V tied steps mode(fp32|bf16|compiled|fp32-compiled)
+  local name="$1" arch="$2" L="$3" H="$4" KV="$5" C="$6" F="$7" T="$8" B="$9" V="${10}" tied="${11}"
+  shift 11
+  local args=(--arch "$arch" --layers "$L" --heads "$H" --kv-heads "$KV" --d-model "$C" --d-ff "$F"
+              --seq "$T" --batch "$B" --vocab "$V" --threads "$THREADS")
+  [[ "$tied" == tied ]] || args+=(--untie)
+  local steps="$1" warmup=2
+  case "$2" in
     bf16) args+=(--amp bf16) ;;
     compiled) args+=(--amp bf16 --compile); warmup=5; steps=$((steps + 3)) ;;
     fp32-compiled) args+=(--compile); warmup=5; steps=$((steps + 3)) ;;
   esac
-  if [[ "$9" == bf16 || "$9" == compiled ]] && [[ $NATIVE_BF16 -eq 0 ]]; then steps=$((warmup + 1)); fi
-  local log="$TMP/torch-$1-$9.log" out
+  if [[ "$2" == bf16 || "$2" == compiled ]] && [[ $NATIVE_BF16 -eq 0 ]]; then steps=$((warmup + 1)); fi
+  local log="$TMP/torch-$name-$2.log" out
   out="$("$PYTHON" "$ROOT/scripts/bench/torch_train.py" "${args[@]}" --steps "$steps" --warmup "$warmup" \
     2>"$log")" || {
     tail -n 20 "$log" >&2
     # torch.compile needs a working C++ toolchain for inductor: a failure there costs
     # one column, not the table.
-    [[ "$9" == *compiled ]] && { echo "warning: torch.compile run failed ($1); log above" >&2; echo "-"; return; }
-    die "torch $9 run failed ($1); log above"
+    [[ "$2" == *compiled ]] && { echo "warning: torch.compile run failed ($name); log above" >&2; echo "-"; return; }
+    die "torch $2 run failed ($name); log above"
   }
   sed -n 's/^tokens_per_s=//p' <<<"$out" | tail -n 1
 }
 
-run_kumiko() {  # shape L H C T B V steps dtype
-  local dir="$TMP/kumiko-$1-$9"
+run_kumiko() {  # name arch L H KV C F T B V tied steps dtype
+  local name="$1" arch="$2" L="$3" H="$4" KV="$5" C="$6" F="$7" T="$8" B="$9" V="${10}" tied="${11}"
+  local steps="${12}" dtype="${13}"
+  local dir="$TMP/kumiko-$name-$dtype" base=configs/tiny.ini
+  [[ "$arch" == llama ]] && base=configs/tiny-llama.ini
   rm -rf "$dir" && mkdir -p "$dir"
-  (cd "$ROOT" && "$KUMIKO_BIN" train --config configs/tiny.ini --data.synthetic=true \
-    --model.arch=gpt2 --model.tie_embeddings=true \
-    --model.n_layers="$2" --model.n_heads="$3" --model.d_model="$4" --model.d_ff="$(($4 * 4))" \
-    --model.vocab_size="$7" --model.max_seq_len="$5" --data.seq_len="$5" \
-    --train.global_batch="$6" --train.micro_batch="$6" --train.steps="$8" --train.warmup_steps=1 \
-    --backend.threads="$THREADS" --backend.dtype="$9" --train.eval_every=0 --checkpoint.every_steps=0 \
+  (cd "$ROOT" && "$KUMIKO_BIN" train --config "$base" --data.synthetic=true \
+    --model.arch="$arch" --model.tie_embeddings="$([[ "$tied" == tied ]] && echo true || echo false)" \
+    --model.n_layers="$L" --model.n_heads="$H" --model.n_kv_heads="$KV" --model.d_model="$C" --model.d_ff="$F" \
+    --model.vocab_size="$V" --model.max_seq_len="$T" --data.seq_len="$T" \
+    --train.global_batch="$B" --train.micro_batch="$B" --train.steps="$steps" --train.warmup_steps=1 \
+    --backend.threads="$THREADS" --backend.dtype="$dtype" --train.eval_every=0 --checkpoint.every_steps=0 \
     --log.run_dir="$dir") >"$dir/stdout.log" 2>&1 ||
-    { tail -n 20 "$dir/stdout.log" >&2; die "kumiko $9 run failed ($1); log above"; }
-  [[ "$9" == bf16 ]] && sed -n 's/.*\(dtype bf16 ([^)]*)\).*/\1/p' "$dir/stdout.log" | head -n 1 >"$TMP/kumiko-bf16-line"
+    { tail -n 20 "$dir/stdout.log" >&2; die "kumiko $dtype run failed ($name); log above"; }
+  [[ "$dtype" == bf16 ]] && sed -n 's/.*\(dtype bf16 ([^)]*)\).*/\1/p' "$dir/stdout.log" | head -n 1 >"$TMP/kumiko-bf16-line"
   "$PYTHON" - "$dir/metrics.jsonl" <<'EOF'
 import json, statistics, sys
 rates = [float(r["tokens_per_s"]) for r in map(json.loads, filter(str.strip, open(sys.argv[1])))
@@ -131,14 +139,15 @@ median() { printf '%s\n' "$@" | grep -v '^-$' | sort -g | awk '{a[NR]=$1} END {
   if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 
 # --- main loop -----------------------------------------------------------------------------------
-#        name  L  H  C   T   B V     steps
-ALL_SHAPES=("tiny  4  4  256 256 8 8192  $STEPS_TINY"
-            "124m  12 12 768 64  4 50304 $STEPS_124M")
+#        name  arch  L  H  KV C   F    T   B V     embeddings steps
+ALL_SHAPES=("tiny  gpt2  4  4  4  256 1024 256 8 8192  tied   $STEPS_TINY"
+            "124m  gpt2  12 12 12 768 3072 64  4 50304 tied   $STEPS_124M"
+            "llama llama 4  8  4  256 704  256 8 8192  untied $STEPS_TINY")
 SHAPES=()
 for s in "${ALL_SHAPES[@]}"; do
   [[ ",$SHAPES_WANTED," == *",${s%% *},"* ]] && SHAPES+=("$s")
 done
-[[ ${#SHAPES[@]} -gt 0 ]] || die "--shapes expects a comma list of tiny and 124m, got '$SHAPES_WANTED'"
+[[ ${#SHAPES[@]} -gt 0 ]] || die "--shapes expects a comma list of tiny, 124m and llama, got '$SHAPES_WANTED'"
 ALL_CONFIGS=(kumiko:fp32 kumiko:bf16 torch:fp32 torch:bf16)
 [[ $COMPILE -eq 1 ]] && ALL_CONFIGS+=(torch:fp32-compiled torch:compiled)
 CONFIGS=()
@@ -151,7 +160,7 @@ declare -A MED
 echo "cpu: $CPU_NAME ($([[ $NATIVE_BF16 -eq 1 ]] && echo "bf16 instructions" || echo "no bf16 instructions"))," \
      "threads=$THREADS runs=$RUNS torch=$TORCH_VERSION kumiko=$KUMIKO_BIN" >&2
 for shape in "${SHAPES[@]}"; do
-  read -r name L H C T B V N <<<"$shape"
+  read -r name arch L H KV C F T B V tied N <<<"$shape"
   declare -A rates=()
   for ((r = 1; r <= RUNS; r++)); do
     for cfg in "${CONFIGS[@]}"; do
@@ -160,8 +169,9 @@ for shape in "${SHAPES[@]}"; do
       if [[ $side == torch && ($mode == bf16 || $mode == compiled) && $NATIVE_BF16 -eq 0 && $r -gt 1 ]]; then
         continue
       fi
-      if [[ $side == torch ]]; then v="$(run_torch "$name" "$L" "$H" "$C" "$T" "$B" "$V" "$N" "$mode")"
-      else v="$(run_kumiko "$name" "$L" "$H" "$C" "$T" "$B" "$V" "$N" "$mode")"; fi
+      # shellcheck disable=SC2086
+      if [[ $side == torch ]]; then v="$(run_torch $shape "$mode")"
+      else v="$(run_kumiko $shape "$mode")"; fi
       rates[$cfg]="${rates[$cfg]:-} $v"
       echo "  $name run $r: $side $mode $v tok/s" >&2
     done
@@ -188,12 +198,13 @@ header="| shape | kumiko fp32 | kumiko bf16 | torch fp32 eager | torch fp32 + co
   echo "$header"
   echo "|---|---:|---:|---:|---:|---:|---:|---|"
   for shape in "${SHAPES[@]}"; do
-    read -r name L H C T B V N <<<"$shape"
+    read -r name arch L H KV C F T B V tied N <<<"$shape"
     read -r kb kl <<<"$(best "$name" kumiko)"
     read -r tb tl <<<"$(best "$name" torch)"
     ratio="$(awk -v k="$kb" -v t="$tb" 'BEGIN { if (k > 0 && t > 0) printf "%.2fx", k / t; else print "-" }')"
-    printf '| %s (L%s H%s C%s T%s B%s V%s) | %s | %s | %s | %s | %s | %s | **%s** (kumiko %s / torch %s) |\n' \
-      "$name" "$L" "$H" "$C" "$T" "$B" "$V" "${MED[$name:kumiko:fp32]:--}" "${MED[$name:kumiko:bf16]:--}" \
+    kv=""; [[ "$KV" != "$H" ]] && kv="/$KV"
+    printf '| %s (%s L%s H%s C%s F%s T%s B%s V%s %s) | %s | %s | %s | %s | %s | %s | **%s** (kumiko %s / torch %s) |\n' \
+      "$name" "$arch" "$L" "$H$kv" "$C" "$F" "$T" "$B" "$V" "$tied" "${MED[$name:kumiko:fp32]:--}" "${MED[$name:kumiko:bf16]:--}" \
       "${MED[$name:torch:fp32]:--}" "${MED[$name:torch:fp32-compiled]:--}" "${MED[$name:torch:bf16]:--}" \
       "${MED[$name:torch:compiled]:--}" "$ratio" "$kl" "$tl"
   done

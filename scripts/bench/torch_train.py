@@ -10,7 +10,7 @@ per step on stderr and, last on stdout, `tokens_per_s=<median over the steps aft
 --amp bf16: bf16 autocast (fp32 master weights and AdamW state; on the CPU through
 oneDNN's bf16 kernels), the peer of kumiko's backend.dtype = bf16; with --device cuda
 also the fused AdamW. --compile: torch.compile the forward and loss.
-The model is scripts/reference/torch_model.py with torch's fused LayerNorm/GELU (fast=True);
+The model is scripts/reference/torch_model.py with torch's fused LayerNorm/GELU/RMSNorm (fast=True);
 attention uses F.scaled_dot_product_attention when this torch has it, else explicit matmuls.
 """
 import argparse

@@ -331,6 +331,8 @@ def forward(cfg, p, ids, fast=False):
       if fast:
         return F.layer_norm(x, (cfg.d_model,), p[prefix + "weight"], p[prefix + "bias"], eps)
       return layer_norm(x, p[prefix + "weight"], p[prefix + "bias"], eps)
+    if fast and hasattr(F, "rms_norm"):  # torch >= 2.4: the fused kernel
+      return F.rms_norm(x, (cfg.d_model,), p[prefix + "weight"], eps)
     return rms_norm(x, p[prefix + "weight"], eps)
 
   rope = None if gpt2 else rope_cos_sin(T, cfg.head_dim, cfg.rope_theta, dtype)
