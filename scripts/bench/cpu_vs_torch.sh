@@ -53,7 +53,7 @@ while [[ $# -gt 0 ]]; do
       "$TORCH_VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "in", "'"$TORCH_VENV"'")'
       exit 0 ;;
     --configs) CONFIGS_WANTED="$2"; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -e/{/^set -e/!p}' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -147,6 +147,11 @@ SHAPES=()
 for s in "${ALL_SHAPES[@]}"; do
   [[ ",$SHAPES_WANTED," == *",${s%% *},"* ]] && SHAPES+=("$s")
 done
+IFS=, read -ra wanted <<<"$SHAPES_WANTED"
+for w in "${wanted[@]}"; do
+  [[ "$w" == tiny || "$w" == 124m || "$w" == llama ]] ||
+    die "--shapes expects a comma list of tiny, 124m and llama, got '$w' in '$SHAPES_WANTED'"
+done
 [[ ${#SHAPES[@]} -gt 0 ]] || die "--shapes expects a comma list of tiny, 124m and llama, got '$SHAPES_WANTED'"
 ALL_CONFIGS=(kumiko:fp32 kumiko:bf16 torch:fp32 torch:bf16)
 [[ $COMPILE -eq 1 ]] && ALL_CONFIGS+=(torch:fp32-compiled torch:compiled)
@@ -154,6 +159,13 @@ CONFIGS=()
 for cfg in "${ALL_CONFIGS[@]}"; do
   [[ -z "$CONFIGS_WANTED" || ",$CONFIGS_WANTED," == *",$cfg,"* ]] && CONFIGS+=("$cfg")
 done
+if [[ -n "$CONFIGS_WANTED" ]]; then
+  IFS=, read -ra wanted <<<"$CONFIGS_WANTED"
+  for w in "${wanted[@]}"; do
+    [[ " ${ALL_CONFIGS[*]} " == *" $w "* ]] ||
+      die "--configs: '$w' is not one of: ${ALL_CONFIGS[*]}$([[ $COMPILE -eq 0 ]] && echo " (--no-compile)")"
+  done
+fi
 [[ ${#CONFIGS[@]} -gt 0 ]] || die "--configs '$CONFIGS_WANTED' names none of: ${ALL_CONFIGS[*]}"
 declare -A MED
 

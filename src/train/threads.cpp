@@ -128,11 +128,12 @@ std::string one_process_warning(const ThreadPlan& p) {
     return fmt::format("its 1 thread runs within a cgroup CPU quota of {:g} CPU(s), so it is throttled; raise the "
                        "container's CPU limit to at least 1 CPU",
                        p.cpu_quota);
-  const bool quota_bound = p.cpu_quota > 0 && p.threads > p.cpu_quota + 1e-9 && p.threads <= p.cpus;
-  const std::string why = quota_bound ? fmt::format("within a cgroup CPU quota of {:g} CPU(s), so they are throttled",
-                                                    p.cpu_quota)
-                                      : fmt::format("on the {} CPU(s) this process may run on, so they take turns",
-                                                    p.cpus);
+  const bool over_cpus = p.threads > p.cpus;
+  const bool over_quota = p.cpu_quota > 0 && p.threads > p.cpu_quota + 1e-9;
+  const std::string quota = fmt::format("within a cgroup CPU quota of {:g} CPU(s)", p.cpu_quota);
+  const std::string why = !over_cpus ? quota + ", so they are throttled"
+                                     : fmt::format("on the {} CPU(s) this process may run on{}, so they take turns",
+                                                   p.cpus, over_quota ? " and " + quota : "");
   const int fit = p.cpu_quota > 0 ? std::clamp(static_cast<int>(p.cpu_quota + 1e-9), 1, p.cpus) : p.cpus;
   const std::string asked = p.source == "OMP_NUM_THREADS" ? fmt::format("OMP_NUM_THREADS={}", p.threads)
                                                           : fmt::format("--threads {}", p.threads);

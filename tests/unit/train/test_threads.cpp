@@ -229,13 +229,24 @@ TEST(Threads, OneProcessWarnsOfTooManyThreads) {
   EnvThreads env(nullptr);
   const int saved = omp_get_max_threads();
   const int cpus = static_cast<int>(train::affinity_cpus().size());
-  // No quota: its CPUs fit, one more is named with the most that fit.
+  // No quota: its CPUs fit, silently; one more is warned of on stderr, with the most that fit.
+  ::testing::internal::CaptureStderr();
   EXPECT_FALSE(train::set_threads(cpus, 0).oversubscribed());
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  ::testing::internal::CaptureStderr();
   const train::ThreadPlan more = train::set_threads(cpus + 1, 0);
+  const std::string printed = ::testing::internal::GetCapturedStderr();
   EXPECT_TRUE(more.oversubscribed());
   EXPECT_EQ(train::one_process_warning(more),
             fmt::format("--threads {0} runs {0} threads on the {1} CPU(s) this process may run on, so they take "
                         "turns; use at most {1} (--threads 0 with OMP_NUM_THREADS unset picks that)",
+                        cpus + 1, cpus));
+  EXPECT_EQ(printed, "warning: " + train::one_process_warning(more) + "\n");
+  // More threads than CPUs and than a quota of 1 CPU: both named, the quota's limit given.
+  EXPECT_EQ(train::one_process_warning(train::set_threads(cpus + 1, 1.0)),
+            fmt::format("--threads {0} runs {0} threads on the {1} CPU(s) this process may run on and within a "
+                        "cgroup CPU quota of 1 CPU(s), so they take turns; use at most 1 (--threads 0 with "
+                        "OMP_NUM_THREADS unset picks that)",
                         cpus + 1, cpus));
   {
     EnvThreads set(std::to_string(cpus + 2).c_str());
