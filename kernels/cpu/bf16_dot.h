@@ -29,6 +29,8 @@ inline constexpr bool kHaveDpbf16 = false;  // dpbf16_gemm is the portable loop 
 typedef uint32_t __attribute__((__may_alias__)) Pair;
 
 inline const Pair* as_pairs(const bf16* p) { return reinterpret_cast<const Pair*>(p); }
+// Pair words as the bf16 rows pack_transposed reads (it reads them back as Pair).
+inline const bf16* as_bf16(const uint32_t* p) { return reinterpret_cast<const bf16*>(p); }
 
 // The pair (hi, lo) of x: hi = bf16(x), lo = bf16(x - hi) (x - hi is exact in fp32).
 [[gnu::always_inline]] inline uint32_t split(float x) {
