@@ -35,7 +35,7 @@ namespace {
 // lie on the reduction side (P V, dS K, and Pᵀ dO, dSᵀ Q over queries), the strip's
 // products stop at (or start from) that key. What is left out is exactly zero (exp of
 // -inf is 0, so P and dS are 0 there and add nothing to an fp32 sum), so the results
-// are bitwise those of the whole tiles, at ~70 % of a diagonal block's products.
+// are bitwise those of the whole tiles, at 5/8 of a full diagonal block's products.
 constexpr int64_t kStrip = 16;
 
 // Keys [0, n) of the block at j0 that queries up to i0 + r1 - 1 see (of nk).
