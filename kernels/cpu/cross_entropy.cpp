@@ -81,10 +81,8 @@ void cross_entropy_bf16(float* losses, bf16* logits, const int32_t* targets, int
     float* f = buf.data();
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
-      // Widening fused into the max pass, narrowing into the gradient's. The backward
-      // keeps e = exp(x - max) from the sum and scales it by 1 / sum: one exp per
-      // element, not two (row_loss's exp(x - lse) again), and the arithmetic of the
-      // vocabulary-parallel shards (ce_shard_*), which multiply by the same scale / sum.
+      // row_loss's passes with the widening fused into the max and the narrowing into
+      // the gradient: three passes instead of five, the same arithmetic.
       bf16* row = logits + n * V;
       float mx = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : mx)
@@ -92,24 +90,13 @@ void cross_entropy_bf16(float* losses, bf16* logits, const int32_t* targets, int
         f[v] = detail::widen1(row[v]);
         mx = f[v] > mx ? f[v] : mx;
       }
+      const float lse = row_logsumexp_from(f, V, mx);
       const int64_t t = targets[n];
-      const float ft = f[t];
-      if (!backward) {
-        losses[n] = row_logsumexp_from(f, V, mx) - ft;
-        continue;
-      }
-      // Two loops, not one that stores and sums (GCC 12's SVE code lost such a sum once,
-      // attention_tiles.h's softmax_row).
-#pragma omp simd
-      for (int64_t v = 0; v < V; ++v) f[v] = detail::exp_approx(f[v] - mx);
-      float sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t v = 0; v < V; ++v) sum += f[v];
-      losses[n] = mx + std::log(sum) - ft;
-      const float inv = dloss_scale / sum;
+      losses[n] = lse - f[t];
+      if (!backward) continue;
 #pragma omp simd
       for (int64_t v = 0; v < V; ++v) {
-        const float g = f[v] * inv;
+        const float g = detail::exp_approx(f[v] - lse) * dloss_scale;
         f[v] = g;  // kept for the target's element, below
         row[v] = detail::narrow1(g);
       }

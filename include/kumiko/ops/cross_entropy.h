@@ -21,10 +21,8 @@ void cross_entropy_forward_backward(T* losses, T* dlogits, const T* logits, cons
 // bf16 logits (backend::CpuBf16), fp32 inside: each row is widened into a per-thread
 // fp32 buffer, the loss computed as above, and with `backward` the gradient written
 // back over the row, rounded once to bf16. One pass over the bf16 logits instead of
-// widening [N, V] to fp32 scratch and narrowing it back. The gradient is exp(x - max)
-// kept from the sum, times scale / sum (one exp per element; the vocabulary-parallel
-// loss's arithmetic below), a few fp32 ulps from widen + cross_entropy_forward_backward
-// <float> (exp(x - lse) · scale) + narrow: within one bf16 rounding of it.
+// widening [N, V] to fp32 scratch and narrowing it back; the same results as widen +
+// cross_entropy_forward(_backward)<float> + narrow, bit for bit.
 void cross_entropy_bf16(float* losses, bf16* logits, const int32_t* targets, int64_t N, int64_t V, bool backward,
                         float dloss_scale);
 
