@@ -199,11 +199,11 @@ void attention_backward_dpbf16(bf16* dqkv, const bf16* dout, const bf16* qkv, co
               const Pair* dO = as_pairs(dobase + i0 * orow + h * D);
               // Masked columns a strip leaves out keep stale finite values: grad_row
               // overwrites them (P = 0, dS = 0).
-              causal_strips(nq, i0, j0, nk, [&](int64_t r0, int64_t r1, int64_t keys) {
-                dpbf16_gemm(r1 - r0, keys, K2, scale, q + r0 * (row / 2), row / 2, kt.data(), kBlock,
-                            false, p.data() + r0 * kBlock, kBlock);
-                dpbf16_gemm(r1 - r0, keys, K2, 1.0f, dO + r0 * (orow / 2), orow / 2, vt.data(),
-                            kBlock, false, ds.data() + r0 * kBlock, kBlock);
+              causal_strips(nq, i0, j0, nk, [&](int64_t q0, int64_t q1, int64_t keys) {
+                dpbf16_gemm(q1 - q0, keys, K2, scale, q + q0 * (row / 2), row / 2, kt.data(), kBlock,
+                            false, p.data() + q0 * kBlock, kBlock);
+                dpbf16_gemm(q1 - q0, keys, K2, 1.0f, dO + q0 * (orow / 2), orow / 2, vt.data(),
+                            kBlock, false, ds.data() + q0 * kBlock, kBlock);
               });
               for (int64_t ii = 0; ii < nq; ++ii) {
                 float* pr = p.data() + ii * kBlock;
