@@ -1,6 +1,7 @@
 // Fused softmax + cross-entropy, one row per task: max, sum of exp (vectorised
-// detail::exp_approx), then (for the backward) the gradient written in place of the
-// row. Probabilities are never stored, so dlogits may alias logits.
+// detail::exp_approx; the backward keeps each exp), then (for the backward) the
+// gradient written in place of the row. Probabilities live only in the gradient's
+// buffer, so dlogits may alias logits.
 #include "kumiko/ops/cross_entropy.h"
 
 #include <cmath>
@@ -32,25 +33,43 @@ T row_logsumexp_from(const T* row, int64_t V, T mx) {
   return mx + std::log(sum);
 }
 template <typename T>
-T row_logsumexp(const T* row, int64_t V) {
+T row_max(const T* row, int64_t V) {
   T mx = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : mx)
   for (int64_t v = 0; v < V; ++v) mx = row[v] > mx ? row[v] : mx;
-  return row_logsumexp_from(row, V, mx);
+  return mx;
+}
+
+// The backward's exponentials, kept: e[v] = exp(x[v] - mx) (e may alias x), and their
+// sum. Two loops, not one that stores and sums (GCC 12's SVE code lost such a sum once,
+// attention_tiles.h's softmax_row). Not inlined, so that row_loss and cross_entropy_bf16
+// run the same code and add the terms in the same order: their results stay bit for bit
+// the same on every target (Bf16.FusedKernelsMatchWidenComputeNarrow).
+template <typename T>
+[[gnu::noinline]] T exp_and_sum(T* e, const T* x, int64_t V, T mx) {
+#pragma omp simd
+  for (int64_t v = 0; v < V; ++v) e[v] = detail::exp_approx(x[v] - mx);
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t v = 0; v < V; ++v) sum += e[v];
+  return sum;
 }
 
 // One row: returns the loss; with drow, also writes the gradient (softmax - onehot) *
-// scale there (drow may alias row: each index is read before it is written).
+// scale there (drow may alias row: each index is read before it is written). The
+// gradient is exp(x - max), kept from the sum, times scale / sum: one exp per element,
+// and the arithmetic of the vocabulary-parallel shards (ce_shard_finish).
 template <typename T>
 T row_loss(const T* row, T* drow, int64_t target, int64_t V, T dloss_scale) {
-  const T lse = row_logsumexp(row, V);
-  const T loss = lse - row[target];
-  if (drow) {
+  const T mx = row_max(row, V);
+  const T xt = row[target];
+  if (!drow) return row_logsumexp_from(row, V, mx) - xt;
+  const T sum = exp_and_sum(drow, row, V, mx);
+  const T inv = dloss_scale / sum;
 #pragma omp simd
-    for (int64_t v = 0; v < V; ++v) drow[v] = detail::exp_approx(row[v] - lse) * dloss_scale;
-    drow[target] -= dloss_scale;
-  }
-  return loss;
+  for (int64_t v = 0; v < V; ++v) drow[v] = drow[v] * inv;
+  drow[target] -= dloss_scale;
+  return mx + std::log(sum) - xt;
 }
 
 }  // namespace
@@ -82,7 +101,7 @@ void cross_entropy_bf16(float* losses, bf16* logits, const int32_t* targets, int
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       // row_loss's passes with the widening fused into the max and the narrowing into
-      // the gradient: three passes instead of five, the same arithmetic.
+      // the gradient: the same arithmetic, bit for bit.
       bf16* row = logits + n * V;
       float mx = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : mx)
@@ -90,18 +109,23 @@ void cross_entropy_bf16(float* losses, bf16* logits, const int32_t* targets, int
         f[v] = detail::widen1(row[v]);
         mx = f[v] > mx ? f[v] : mx;
       }
-      const float lse = row_logsumexp_from(f, V, mx);
       const int64_t t = targets[n];
-      losses[n] = lse - f[t];
-      if (!backward) continue;
+      const float xt = f[t];
+      if (!backward) {
+        losses[n] = row_logsumexp_from(f, V, mx) - xt;
+        continue;
+      }
+      const float sum = exp_and_sum(f, f, V, mx);
+      const float inv = dloss_scale / sum;
 #pragma omp simd
       for (int64_t v = 0; v < V; ++v) {
-        const float g = detail::exp_approx(f[v] - lse) * dloss_scale;
+        const float g = f[v] * inv;
         f[v] = g;  // kept for the target's element, below
         row[v] = detail::narrow1(g);
       }
       f[t] -= dloss_scale;  // as row_loss: from the stored product, two roundings
       row[t] = detail::narrow1(f[t]);
+      losses[n] = mx + std::log(sum) - xt;
     }
   }
 }

@@ -13,7 +13,9 @@ void cross_entropy_forward(T* losses, const T* logits, const int32_t* targets, i
                            int64_t V);
 
 // Also writes dlogits[n] = (softmax(logits[n]) - onehot(targets[n])) * dloss_scale
-// (overwritten, not accumulated). dlogits may alias logits.
+// (overwritten, not accumulated). dlogits may alias logits. The softmax is exp(x - max)
+// kept from the sum, times dloss_scale / sum: one exp per element, and the arithmetic
+// of the vocabulary-parallel loss's finish below.
 template <typename T>
 void cross_entropy_forward_backward(T* losses, T* dlogits, const T* logits, const int32_t* targets,
                                     int64_t N, int64_t V, T dloss_scale);
