@@ -28,11 +28,11 @@ void linear_forward(T* y, const T* x, const T* w, const T* b, int64_t N, int64_t
 
 template <typename T>
 void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t N,
-                     int64_t in, int64_t out) {
-  // dx[N, in] += dy[N, out] · W[out, in]
-  if (dx != nullptr) matmul<T>(false, false, N, in, out, T(1), dy, out, w, in, T(1), dx, in);
-  // dw[out, in] += dy^T[out, N] · x[N, in]
-  matmul<T>(true, false, out, in, N, T(1), dy, out, x, in, T(1), dw, in);
+                     int64_t in, int64_t out, bool accumulate_dx, bool accumulate_dw) {
+  // dx[N, in] (+)= dy[N, out] · W[out, in]
+  if (dx != nullptr) matmul<T>(false, false, N, in, out, T(1), dy, out, w, in, T(accumulate_dx), dx, in);
+  // dw[out, in] (+)= dy^T[out, N] · x[N, in]
+  matmul<T>(true, false, out, in, N, T(1), dy, out, x, in, T(accumulate_dw), dw, in);
   if (db != nullptr) bias_backward(db, dy, N, out);
 }
 
@@ -56,9 +56,9 @@ template void linear_forward<float>(float*, const float*, const float*, const fl
 template void linear_forward<double>(double*, const double*, const double*, const double*, int64_t,
                                      int64_t, int64_t);
 template void linear_backward<float>(float*, float*, float*, const float*, const float*,
-                                     const float*, int64_t, int64_t, int64_t);
+                                     const float*, int64_t, int64_t, int64_t, bool, bool);
 template void linear_backward<double>(double*, double*, double*, const double*, const double*,
-                                      const double*, int64_t, int64_t, int64_t);
+                                      const double*, int64_t, int64_t, int64_t, bool, bool);
 template void bias_backward<float>(float*, const float*, int64_t, int64_t);
 template void bias_backward<double>(double*, const double*, int64_t, int64_t);
 template void bias_backward<bf16>(float*, const bf16*, int64_t, int64_t);

@@ -95,6 +95,9 @@ class Cuda {
   using Grad = float;
   using Stat = float;
   static constexpr bool kHost = false;
+  // zero_grads() zeroes every gradient; linear_backward's overwrite_dw is then never set
+  // (the lazy zeroing of the CPU backends is not yet measured on a GPU).
+  static constexpr bool kLazyGradZero = false;
   static constexpr bool kBf16 = std::is_same_v<T, cuda::bf16>;
 
   explicit Cuda(const gpu::GpuOptions& options = {}) : opt_(options) {
@@ -210,8 +213,9 @@ class Cuda {
     KUMIKO_CHECK(!gelu_pre || b, "GELU epilogue without a bias");
     mm<T, T>(g, x, w, y, b, gelu_pre);
   }
-  void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, Grad* db, const Act* dy, const Act* x, const Act* w,
-                       int64_t N, int64_t in, int64_t out) {
+  void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, bool overwrite_dw, Grad* db, const Act* dy,
+                       const Act* x, const Act* w, int64_t N, int64_t in, int64_t out) {
+    if (overwrite_dw) zero(dw, out * in);  // not reached while kLazyGradZero is false
     if (dx) {
       cuda::GemmArgs g;
       g.layout = cuda::Layout::NN;

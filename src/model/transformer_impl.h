@@ -282,7 +282,37 @@ void BasicTransformer<B>::download_grads() {
 
 template <typename B>
 void BasicTransformer<B>::zero_grads() {
+  if constexpr (B::kLazyGradZero) {
+    if (grads_zeroed_) {  // the padding between parameters is never written: zero once
+      unwritten_.assign(params_.size(), 1);
+      return;
+    }
+    grads_zeroed_ = true;
+  }
   backend_->zero(grads_, flat_size());
+}
+
+template <typename B>
+void BasicTransformer<B>::settle_grads() {
+  for (size_t i = 0; i < unwritten_.size(); ++i) gr(static_cast<int>(i));
+}
+
+template <typename B>
+auto BasicTransformer<B>::gr(int i) -> Grad* {
+  if (i < 0) return nullptr;
+  Grad* g = grads_ + offsets_[i];
+  if (!unwritten_.empty() && unwritten_[i]) {
+    backend_->zero(g, params_.numel(i));
+    unwritten_[i] = 0;
+  }
+  return g;
+}
+
+template <typename B>
+auto BasicTransformer<B>::gw(int i) -> std::pair<Grad*, bool> {
+  const bool first = !unwritten_.empty() && unwritten_[i];
+  if (first) unwritten_[i] = 0;
+  return {grads_ + offsets_[i], first};
 }
 
 template <typename B>
@@ -423,6 +453,13 @@ void BasicTransformer<B>::backward(int chunk, int slot, const int32_t* inputs, i
   const Shapes s = shapes(Bn, Tn);
   const auto [n, sp, N, Ns, C, F, W, A, V, Hq, Hkv] = s;
 
+  // A linear's backward: dx (+)= dy W; weight w's gradient written by the GEMM, which
+  // overwrites it if this is its first write of the step (see zero_grads()).
+  auto linear_backward = [&](Act* dx, bool accumulate_dx, int w, Grad* db, const Act* dy, const Act* x,
+                             int64_t rows, int64_t in, int64_t out) {
+    const auto [dw, overwrite] = gw(w);
+    be.linear_backward(dx, accumulate_dx, dw, overwrite, db, dy, x, wt(w), rows, in, out);
+  };
   // The gradient w.r.t. a row-parallel output, for the whole sequence [N, C].
   auto full_grad = [&]() -> const Act* {
     if (!sp) return a.dres;
@@ -433,8 +470,8 @@ void BasicTransformer<B>::backward(int chunk, int slot, const int32_t* inputs, i
   // gradient dx [N, in] (overwritten), weight gradient, replicated bias gradient.
   auto row_parallel_backward = [&](Act* dx, const Act* x, int w, int bias, int64_t in) {
     const Act* dy = full_grad();
-    if (n == 1) return be.linear_backward(dx, false, gr(w), gr(bias), dy, x, wt(w), N, in, C);
-    be.linear_backward(dx, false, gr(w), nullptr, dy, x, wt(w), N, in, C);
+    if (n == 1) return linear_backward(dx, false, w, gr(bias), dy, x, N, in, C);
+    linear_backward(dx, false, w, nullptr, dy, x, N, in, C);
     if (bias >= 0) be.bias_backward(gr(bias), a.dres, Ns, C);
   };
   // The gradient w.r.t. the normalized input (dln [N, C], partial over tp after a
@@ -472,7 +509,7 @@ void BasicTransformer<B>::backward(int chunk, int slot, const int32_t* inputs, i
   if (ends_model(chunk)) {
     // Head: a.logits holds dlogits [N, V/tp] here.
     stash_replicated({ix.normf_w, ix.normf_b});
-    be.linear_backward(a.dln, false, gr(ix.head), nullptr, a.logits, a.lnf, wt(ix.head), N, C, V);
+    linear_backward(a.dln, false, ix.head, nullptr, a.logits, a.lnf, N, C, V);
     be.zero(a.dres, Ns * C);
     norm_backward_into_dres(a.residual[last_layer - first_layer], ix.normf_w, ix.normf_b, a.meanf, a.rstdf);
     reduce_replicated({ix.normf_w, ix.normf_b});
@@ -503,12 +540,12 @@ void BasicTransformer<B>::backward(int chunk, int slot, const int32_t* inputs, i
     if (d.llama) {
       row_parallel_backward(a.dact, a.hact[j], b.down_w, -1, F);
       be.swiglu_backward(a.dh1, a.dh2, a.dact, a.h1[j], a.h2[j], N * F);
-      be.linear_backward(a.dln, false, gr(b.gate_w), nullptr, a.dh1, a.ln2[j], wt(b.gate_w), N, C, F);
-      be.linear_backward(a.dln, true, gr(b.up_w), nullptr, a.dh2, a.ln2[j], wt(b.up_w), N, C, F);
+      linear_backward(a.dln, false, b.gate_w, nullptr, a.dh1, a.ln2[j], N, C, F);
+      linear_backward(a.dln, true, b.up_w, nullptr, a.dh2, a.ln2[j], N, C, F);
     } else {
       row_parallel_backward(a.dact, a.hact[j], b.mproj_w, b.mproj_b, F);
       be.gelu_backward(a.dh1, a.dact, a.h1[j], N * F);
-      be.linear_backward(a.dln, false, gr(b.fc_w), gr(b.fc_b), a.dh1, a.ln2[j], wt(b.fc_w), N, C, F);
+      linear_backward(a.dln, false, b.fc_w, gr(b.fc_b), a.dh1, a.ln2[j], N, C, F);
     }
     norm_backward_into_dres(a.mid[j], b.norm2_w, b.norm2_b, a.mean2[j], a.rstd2[j]);
     // dres is now the gradient w.r.t. mid = x + proj(att).
@@ -517,7 +554,7 @@ void BasicTransformer<B>::backward(int chunk, int slot, const int32_t* inputs, i
     if (d.llama) be.rope_backward(a.dqkv, Bn, Tn, Hq, Hkv, d.D, d.rope_theta);
     // ln1 shares its buffer with ln2 when recomputing: the first norm's output again.
     if (recompute_ != Recompute::none) norm(a, s, a.ln1[j], a.mean1[j], a.rstd1[j], a.residual[j], b.norm1_w, b.norm1_b);
-    be.linear_backward(a.dln, false, gr(b.qkv_w), gr(b.qkv_b), a.dqkv, a.ln1[j], wt(b.qkv_w), N, C, W);
+    linear_backward(a.dln, false, b.qkv_w, gr(b.qkv_b), a.dqkv, a.ln1[j], N, C, W);
     norm_backward_into_dres(a.residual[j], b.norm1_w, b.norm1_b, a.mean1[j], a.rstd1[j]);
     reduce_replicated({b.norm1_w, b.norm1_b, b.norm2_w, b.norm2_b, b.proj_b, b.mproj_b});
     notify({b.norm1_w, b.norm1_b, b.qkv_w, b.qkv_b, b.proj_w, b.proj_b, b.norm2_w, b.norm2_b, b.fc_w, b.fc_b,
@@ -602,6 +639,7 @@ double BasicTransformer<B>::forward_backward(const int32_t* inputs, const int32_
   forward(0, 0, inputs, Bn, Tn, nullptr);
   const double sum = vocab_parallel_cross_entropy(*acts_[0][0], targets, Bn * Tn, true, loss_scale);
   backward(0, 0, inputs, Bn, Tn, nullptr);
+  settle_grads();
   return sum / static_cast<double>(Bn * Tn);
 }
 

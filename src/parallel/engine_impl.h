@@ -84,6 +84,7 @@ class EngineImpl final : public Engine {
 
   void zero_grads() override { model_->zero_grads(); }
   void poison_gradient() override {
+    model_->settle_grads();  // the backward must accumulate onto the NaN, not overwrite it
     const float nan = std::numeric_limits<float>::quiet_NaN();
     backend_->from_host(model_->flat_grads(), &nan, 1);
   }
@@ -94,6 +95,7 @@ class EngineImpl final : public Engine {
     if (runner_) {
       loss = runner_->run_step([&](int mb, int32_t* in, int32_t* tg) { fill(mb, in, tg); }, loss_scale) /
              static_cast<double>(micro_steps * MB * T);
+      model_->settle_grads();  // gradients this stage's backwards did not write are zero
       s_.grid->pp_group().all_reduce(&loss, 1, comm::ReduceOp::sum);  // the loss lives on the last stage
       if (comms_.embed && (s_.grid->pp_rank() == 0 || s_.grid->pp_rank() == s_.grid->pp() - 1)) {
         // The first and last stages both hold the tied embedding: its gradient is summed between them.

@@ -210,7 +210,7 @@ Rates measure(const config::Config& cfg, B& be) {
     auto dw = random(s.in * s.out, 4);
     secs += best_seconds(2, [&] {
       be.linear(y.data(), x.data(), w.data(), nullptr, N, s.in, s.out);
-      be.linear_backward(dx.data(), false, dw.data(), nullptr, y.data(), x.data(), w.data(), N, s.in, s.out);
+      be.linear_backward(dx.data(), false, dw.data(), false, nullptr, y.data(), x.data(), w.data(), N, s.in, s.out);
     });
     flops += 6.0 * N * s.in * s.out;
   }

@@ -196,11 +196,14 @@ StepTime step_time(const config::Config& cfg, const Layout& l, const Cluster& c)
     s.dp_comm += transfer(4.0 * l.dims.V / l.tp * l.dims.C, 1, pp_inter ? dev.inter_bw : dev.intra_bw,
                           pp_inter ? dev.inter_lat : dev.intra_lat);
   // AdamW reads parameters, gradients and both moments and writes three of them; the
-  // gradient norm reads the gradients once more and zeroing writes them.
+  // gradient norm reads the gradients once more, and on a GPU zeroing writes them (the
+  // CPU backends do not zero: the first weight-gradient GEMM of a step overwrites).
   const double opt_elems = cfg.parallel.zero == 1 ? static_cast<double>(P) / l.dp : static_cast<double>(P);
+  const double norm_zero = device ? 8 : 4;
   s.optimizer = dev.adamw_s > 0
-                    ? share * (opt_elems * dev.adamw_s + static_cast<double>(P) * 8 / dev.memory_bw)
-                    : share * (opt_elems * 28 + static_cast<double>(P) * (8 + (ab == 2 ? 6 : 0))) / dev.memory_bw;
+                    ? share * (opt_elems * dev.adamw_s + static_cast<double>(P) * norm_zero / dev.memory_bw)
+                    : share * (opt_elems * 28 + static_cast<double>(P) * (norm_zero + (ab == 2 ? 6 : 0))) /
+                          dev.memory_bw;
   s.step = s.compute + s.tp_comm + s.bubble + s.pp_comm + s.dp_comm + s.optimizer;
   const double tokens = static_cast<double>(cfg.train.global_batch) * l.T;
   s.tokens_per_s = tokens / s.step;

@@ -36,6 +36,10 @@ class Cpu : public HostOps<T, T, T> {
   using Grad = T;  // gradients, master weights, optimizer state
   using Stat = T;  // norm statistics, log-sum-exp, losses
   static constexpr bool kHost = true;
+  // zero_grads() marks the gradients unwritten instead of zeroing them: a weight
+  // gradient's first GEMM of a step overwrites it (beta = 0), any other first writer
+  // zeroes it before accumulating (model/transformer.h, gr() and gw()).
+  static constexpr bool kLazyGradZero = true;
   static constexpr const char* kName = "cpu";
 
   // Called by the model before it plans its arena, with its shapes (model::Dims, the
@@ -63,11 +67,10 @@ class Cpu : public HostOps<T, T, T> {
     cpu::linear_forward(gelu_pre, x, w, b, N, in, out);
     cpu::gelu_forward(y, gelu_pre, N * out);
   }
-  // dx[N, in] (= or += ) dy w; dw += dy^T x; db += column sums of dy (nullable).
-  void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, Grad* db, const Act* dy, const Act* x, const Act* w,
-                       int64_t N, int64_t in, int64_t out) {
-    if (!accumulate_dx) this->zero(dx, N * in);
-    cpu::linear_backward(dx, dw, db, dy, x, w, N, in, out);
+  // dx[N, in] (= or += ) dy w; dw (= or +=) dy^T x; db += column sums of dy (nullable).
+  void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, bool overwrite_dw, Grad* db, const Act* dy,
+                       const Act* x, const Act* w, int64_t N, int64_t in, int64_t out) {
+    cpu::linear_backward(dx, dw, db, dy, x, w, N, in, out, accumulate_dx, !overwrite_dw);
   }
   // Decoding one token (KV cache): RoPE of position `pos` on its q and k heads
   // (qkv [(Hq + 2Hkv) D], the HF rotate_half convention of rope_forward).

@@ -44,6 +44,7 @@ class CpuBf16 : public HostOps<bf16, float, float> {
   using Grad = float;
   using Stat = float;
   static constexpr bool kHost = false;  // master weights, gradients and working copy in the arena
+  static constexpr bool kLazyGradZero = true;  // as backend::Cpu
   static constexpr const char* kName = "cpu";
 
   // head_dim: the model's, for the start-up line's account of attention's tiles.
@@ -70,11 +71,11 @@ class CpuBf16 : public HostOps<bf16, float, float> {
     // (what a selective recomputation computes again from it).
     cpu::gelu_epilogue(gelu_pre, y, yf, N * out);
   }
-  void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, Grad* db, const Act* dy, const Act* x, const Act* w,
-                       int64_t N, int64_t in, int64_t out) {
-    // dx[N, in] (+)= dy[N, out] W[out, in] in bf16; dw[out, in] += dy^T[out, N] x[N, in] in fp32
+  void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, bool overwrite_dw, Grad* db, const Act* dy,
+                       const Act* x, const Act* w, int64_t N, int64_t in, int64_t out) {
+    // dx[N, in] (+)= dy[N, out] W[out, in] in bf16; dw[out, in] (+)= dy^T[out, N] x[N, in] in fp32
     cpu::matmul_bf16_out(gemm_, false, false, N, in, out, dy, out, w, in, nullptr, accumulate_dx, dx, in);
-    cpu::matmul_bf16(gemm_, true, false, out, in, N, dy, out, x, in, 1.0f, dw, in);
+    cpu::matmul_bf16(gemm_, true, false, out, in, N, dy, out, x, in, overwrite_dw ? 0.0f : 1.0f, dw, in);
     if (db) cpu::bias_backward(db, dy, N, out);
   }
   void rope_at(Act* qkv, int64_t pos, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
