@@ -179,9 +179,10 @@ class BasicTransformer {
   // zeroing everything first, without a pass over all gradients and the GEMMs' reads
   // of them (2 x 4 bytes a parameter; ~2 % of a GPT-2-124M-shaped bf16 step on 2 cores).
   void zero_grads();
-  // Zeroes the gradients still marked unwritten. forward_backward() ends with it; a
-  // pipeline schedule (stage_backward) calls it once its step's backwards are done,
-  // before anything reads the gradients.
+  // Zeroes the gradients still marked unwritten. forward_backward() ends with it;
+  // stage_backward() does not (a stage's chunks are written by separate calls), so the
+  // engine calls it after a pipeline step's backwards, before anything reads the
+  // gradients.
   void settle_grads();
 
   // Forward and backward on one micro-batch of B sequences of length Tn (B <= batch,
