@@ -11,7 +11,7 @@
 // differently with and without its sum.) fp32 (backend::Cpu<float>) and bf16
 // (backend::CpuBf16, each bf16 GEMM available), gpt2 with tied embeddings (the head
 // GEMM writes the embedding's gradient first, the embedding backward adds to it)
-// and llama.
+// and llama. settle_grads() after zero_grads() with no backward leaves every gradient zero.
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -95,6 +95,41 @@ void stale_gradients_do_not_leak(bool llama, Backend* be, const std::string& wha
     for (int64_t k = 0; k < m.params().numel(i); ++k) ss += std::pow(static_cast<double>(got[m.offset(i) + k]), 2);
     EXPECT_GT(ss, 0.0) << m.params().spec(i).name;
   }
+}
+
+// A step whose backward writes no gradient (settle_grads() right after zero_grads(),
+// what a pipeline stage or the engine's poison path relies on) leaves every gradient
+// exactly zero, not the previous step's values.
+template <typename Backend>
+void settle_zeroes_unwritten(Backend* be, const std::string& what) {
+  SCOPED_TRACE(what);
+  const Dims d = testing::small_dims(false, 2);
+  const int64_t B = 2, T = 16;
+  BasicTransformer<Backend> m(d, B, T, {}, {}, be);
+  m.params().initialize(5);
+  m.upload_parameters();
+  std::vector<float> g;
+  m.zero_grads();
+  two_micro_batches(m, B, T, g);
+  double before = 0;
+  for (const float x : g) before += static_cast<double>(x) * x;
+  ASSERT_GT(before, 0.0);
+  m.zero_grads();
+  m.settle_grads();
+  m.download_grads();
+  const auto& flat = m.params().flat_grads();
+  for (int i = 0; i < static_cast<int>(m.params().size()); ++i) {
+    int64_t nonzero = 0;
+    for (int64_t k = 0; k < m.params().numel(i); ++k) nonzero += flat.data()[m.offset(i) + k] != 0.0f;
+    EXPECT_EQ(nonzero, 0) << m.params().spec(i).name << ": settle_grads() left the previous step's gradient";
+  }
+}
+
+TEST(GradZeroing, SettleZeroesUnwrittenGradients) {
+  backend::Cpu<float> fp32;
+  settle_zeroes_unwritten(&fp32, "fp32");
+  backend::CpuBf16 bf16(cpu::bf16_gemms_available().front());
+  settle_zeroes_unwritten(&bf16, "bf16");
 }
 
 TEST(GradZeroing, StaleGradientsDoNotLeakFp32) {
