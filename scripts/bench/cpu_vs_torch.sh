@@ -19,8 +19,9 @@
 #   torch:fp32-compiled, torch:bf16 (autocast), torch:compiled (bf16 autocast +
 #   torch.compile).
 # Each figure is the median tokens/s over a run's steps after warm-up (compiled runs
-# leave out 3 more steps: compilation), then the median over runs. The last column is
-# kumiko's best configuration over torch's best. Same model for both: AdamW, grad clip
+# leave out 3 more steps: compilation), then the median over runs. The next-to-last
+# column is kumiko's best configuration over torch's best (of those medians); the last,
+# the same ratio taken within each run, lowest-highest: the VM's run-to-run spread. Same model for both: AdamW, grad clip
 # 1.0, the shape's embeddings and d_ff, random tokens, OMP_NUM_THREADS = threads.
 # On a CPU without bf16 instructions torch's autocast is very slow (oneDNN's reference
 # bf16 code): its bf16 figures then come from 3 steps of one run.
@@ -167,7 +168,7 @@ if [[ -n "$CONFIGS_WANTED" ]]; then
   done
 fi
 [[ ${#CONFIGS[@]} -gt 0 ]] || die "--configs '$CONFIGS_WANTED' names none of: ${ALL_CONFIGS[*]}"
-declare -A MED
+declare -A MED ROUND  # ROUND[name:run:config]: one run's tokens/s
 
 echo "cpu: $CPU_NAME ($([[ $NATIVE_BF16 -eq 1 ]] && echo "bf16 instructions" || echo "no bf16 instructions"))," \
      "threads=$THREADS runs=$RUNS torch=$TORCH_VERSION kumiko=$KUMIKO_BIN" >&2
@@ -185,6 +186,7 @@ for shape in "${SHAPES[@]}"; do
       if [[ $side == torch ]]; then v="$(run_torch $shape "$mode")"
       else v="$(run_kumiko $shape "$mode")"; fi
       rates[$cfg]="${rates[$cfg]:-} $v"
+      ROUND[$name:$r:$cfg]="$v"
       echo "  $name run $r: $side $mode $v tok/s" >&2
     done
   done
@@ -205,20 +207,38 @@ best() {  # name side -> "value label" of the side's best configuration
   echo "$b $label"
 }
 
-header="| shape | kumiko fp32 | kumiko bf16 | torch fp32 eager | torch fp32 + compile | torch bf16 autocast | torch bf16 + compile | kumiko best / torch best |"
+# The ratio within each round (kumiko's best / torch's best of that round), min-max:
+# how far this VM's run-to-run noise moves the headline ratio.
+round_range() {  # name -> "min-max" or "-"
+  local name="$1" r cfg v k t ratios=()
+  for ((r = 1; r <= RUNS; r++)); do
+    k=0 t=0
+    for cfg in "${CONFIGS[@]}"; do
+      v="${ROUND[$name:$r:$cfg]:--}"
+      [[ "$v" == "-" ]] && continue
+      if [[ "${cfg%%:*}" == kumiko ]]; then k="$(awk -v v="$v" -v b="$k" 'BEGIN { print (v > b) ? v : b }')"
+      else t="$(awk -v v="$v" -v b="$t" 'BEGIN { print (v > b) ? v : b }')"; fi
+    done
+    awk -v k="$k" -v t="$t" 'BEGIN { exit !(k > 0 && t > 0) }' && ratios+=("$(awk -v k="$k" -v t="$t" 'BEGIN { print k / t }')")
+  done
+  [[ ${#ratios[@]} -gt 0 ]] || { echo "-"; return; }
+  printf '%s\n' "${ratios[@]}" | sort -g | awk '{a[NR]=$1} END { printf "%.2f-%.2fx", a[1], a[NR] }'
+}
+
+header="| shape | kumiko fp32 | kumiko bf16 | torch fp32 eager | torch fp32 + compile | torch bf16 autocast | torch bf16 + compile | kumiko best / torch best | per-round ratio |"
 {
   echo "$header"
-  echo "|---|---:|---:|---:|---:|---:|---:|---|"
+  echo "|---|---:|---:|---:|---:|---:|---:|---|---|"
   for shape in "${SHAPES[@]}"; do
     read -r name arch L H KV C F T B V tied N <<<"$shape"
     read -r kb kl <<<"$(best "$name" kumiko)"
     read -r tb tl <<<"$(best "$name" torch)"
     ratio="$(awk -v k="$kb" -v t="$tb" 'BEGIN { if (k > 0 && t > 0) printf "%.2fx", k / t; else print "-" }')"
     kv=""; [[ "$KV" != "$H" ]] && kv="/$KV"
-    printf '| %s (%s L%s H%s C%s F%s T%s B%s V%s %s) | %s | %s | %s | %s | %s | %s | **%s** (kumiko %s / torch %s) |\n' \
+    printf '| %s (%s L%s H%s C%s F%s T%s B%s V%s %s) | %s | %s | %s | %s | %s | %s | **%s** (kumiko %s / torch %s) | %s |\n' \
       "$name" "$arch" "$L" "$H$kv" "$C" "$F" "$T" "$B" "$V" "$tied" "${MED[$name:kumiko:fp32]:--}" "${MED[$name:kumiko:bf16]:--}" \
       "${MED[$name:torch:fp32]:--}" "${MED[$name:torch:fp32-compiled]:--}" "${MED[$name:torch:bf16]:--}" \
-      "${MED[$name:torch:compiled]:--}" "$ratio" "$kl" "$tl"
+      "${MED[$name:torch:compiled]:--}" "$ratio" "$kl" "$tl" "$(round_range "$name")"
   done
   echo
   echo "tokens/s, median of $RUNS run(s), $THREADS thread(s); $CPU_NAME; torch $TORCH_VERSION;" \
