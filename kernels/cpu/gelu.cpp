@@ -61,15 +61,6 @@ void gelu_backward(S* dx, const S* dout, const S* x, int64_t n, bool overwrite) 
     gelu_backward_loop<false>(dx, dout, x, n);
 }
 
-void gelu_epilogue(bf16* pre, bf16* out, const float* acc, int64_t n) {
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const float p = detail::round1(acc[i]);  // the stored pre-activation, exactly
-    pre[i] = detail::narrow1(p);
-    out[i] = detail::narrow1(gelu(p));
-  }
-}
-
 template void gelu_forward<float>(float*, const float*, int64_t);
 template void gelu_forward<double>(double*, const double*, int64_t);
 template void gelu_backward<float>(float*, const float*, const float*, int64_t, bool);

@@ -97,9 +97,8 @@ namespace {
 // backend::CpuBf16's fp32 scratch (include/kumiko/backend/cpu_bf16.h and the kernels
 // it calls), each buffer kept at its largest size, for the bf16 GEMM the run uses
 // (backend.bf16_gemm; `auto` as this CPU picks it: the plan is of this machine).
-// [N, wide] is the widest activation (F, qkv or C, over tp):
-//   the GELU linear's fp32 output [N, F/tp] (slot 3; every other op converts in its
-//     own loops or tiles);
+// [N, wide] is the widest activation (F, qkv or C, over tp). Every op but those below
+// converts in its own loops or tiles (the GELU linear's GEMM stores bf16 like the others):
 //   the vocab-shard embedding backward's widened dx [N, C] (slot 0, tp > 1 only; both
 //     losses read bf16 logits as they are, the backward's one fp32 row per thread left
 //     out with the other per-thread rows);
@@ -125,7 +124,7 @@ double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp, cpu:
   const double fp32_result = gemm == cpu::Bf16Gemm::onednn ? 0.0 : std::max(logits, act);
   const double operand_copies = gemm == cpu::Bf16Gemm::emulated ? std::max(logits, act) + weight : 0.0;
   const double onednn = gemm == cpu::Bf16Gemm::onednn ? onednn_scratchpad(d, B * T, tp, threads) : 0.0;
-  return 4.0 * (act + slot0 + fp32_result + operand_copies + std::max(dq, kv)) + onednn;
+  return 4.0 * (slot0 + fp32_result + operand_copies + std::max(dq, kv)) + onednn;
 }
 
 // The CUDA backend's workspace beyond the arena (backend prepare()): the largest of

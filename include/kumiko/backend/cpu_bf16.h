@@ -8,8 +8,8 @@
 // softmax, norms' statistics and the loss stay fp32) and rounds what it stores as bf16
 // once, to nearest even. Norms, GELU, SwiGLU, RoPE, biases, positions, residual adds,
 // attention and the loss are kernels/cpu's kernels instantiated on bf16 storage (they
-// convert inside their own loops or tiles); the linears' GEMMs write fp32 scratch that
-// is rounded once (with the GELU epilogue where there is one); the vocab-parallel loss
+// convert inside their own loops or tiles); the linears' GEMMs store bf16, rounded once
+// from their fp32 result (GELU then reads the stored pre-activation); the vocab-parallel loss
 // (tp > 1) and decoding widen their operands into scratch. Weight gradients accumulate
 // in fp32 straight into Grad. The GEMMs are cpu::matmul_bf16 (backend.bf16_gemm): bf16
 // operands, fp32 accumulation and result, through OpenBLAS's sbgemm or oneDNN (AMX /
@@ -65,11 +65,11 @@ class CpuBf16 : public HostOps<bf16, float, float> {
               Act* gelu_pre = nullptr) {
     // y[N, out] = x[N, in] W[out, in]^T (+ b), the GEMM storing bf16 itself where it can.
     if (!gelu_pre) return cpu::matmul_bf16_out(gemm_, false, true, N, out, in, x, in, w, in, b, false, y, out);
-    float* yf = scratch(3, N * out);
-    cpu::matmul_bf16_out(gemm_, false, true, N, out, in, x, in, w, in, b, false, yf, out);
-    // As a fused GEMM epilogue: pre rounded to bf16, then GELU of that stored value
-    // (what a selective recomputation computes again from it).
-    cpu::gelu_epilogue(gelu_pre, y, yf, N * out);
+    // With GELU: the GEMM stores the bf16 pre-activation, then GELU of that stored value,
+    // by the very call a selective recomputation makes again (so it is bitwise), and
+    // what PyTorch's autocast does (GELU of the linear's bf16 output).
+    cpu::matmul_bf16_out(gemm_, false, true, N, out, in, x, in, w, in, b, false, gelu_pre, out);
+    cpu::gelu_forward(y, gelu_pre, N * out);
   }
   void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, bool overwrite_dw, Grad* db, const Act* dy,
                        const Act* x, const Act* w, int64_t N, int64_t in, int64_t out) {

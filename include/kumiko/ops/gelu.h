@@ -15,10 +15,4 @@ void gelu_forward(T* out, const T* x, int64_t n);
 template <typename T>
 void gelu_backward(T* dx, const T* dout, const T* x, int64_t n, bool overwrite);
 
-// A GEMM's GELU epilogue on bf16 storage, in one pass over acc: pre = bf16(acc), out =
-// bf16(GELU(pre)), the GELU of the stored pre-activation (as PyTorch's autocast takes
-// GELU of the linear's bf16 output), so that gelu_forward(pre) recomputes out bit for bit
-// (train.recompute = selective).
-void gelu_epilogue(bf16* pre, bf16* out, const float* acc, int64_t n);
-
 }  // namespace kumiko::cpu

@@ -260,7 +260,8 @@ void compare_step(bool llama, cpu::Bf16Gemm gemm) {
 // loss and every gradient of no recomputation bit for bit, over two micro-batches (the
 // second reuses the buffers), with each bf16 GEMM. Selective recomputes the MLP's
 // activation from its stored bf16 pre-activation, so the forward's GELU must be of that
-// same rounded value (gelu_epilogue), not of the GEMM's fp32 accumulator.
+// same rounded value (the GEMM stores it, gelu_forward reads it), not of the GEMM's fp32
+// accumulator.
 TEST(CpuBf16, RecomputeGivesTheGradientsOfNoRecompute) {
   for (auto gemm : cpu::bf16_gemms_available()) {
     for (const bool llama : {false, true}) {

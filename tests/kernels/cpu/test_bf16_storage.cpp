@@ -107,22 +107,6 @@ TEST(Bf16Storage, GeluSwiGluAndTheGemmEpilogue) {
   gelu_backward(dxof.data(), dyf.data(), xf.data(), n, true);
   expect_bf16_near(dxo, dxof, "gelu dx overwritten");
 
-  // The epilogue rounds the accumulator and takes GELU of that stored value: bit for bit
-  // what gelu_forward computes again from pre (selective recomputation).
-  // Rounding's edges too: ties (to even, both ways), a carry into the exponent, overflow
-  // to infinity, infinities, NaNs (quiet, sign and payload kept), a denormal.
-  auto acc = test::random_vec(sz(n), 5, 2.0);
-  const uint32_t edges[] = {0x3f808000u, 0x3f818000u, 0x3f7fffffu, 0x7f7fffffu, 0x7f800000u,
-                            0xff800000u, 0x7fc00001u, 0xff812345u, 0x00012345u, 0x80000000u};
-  for (size_t i = 0; i < std::size(edges); ++i) acc[i] = std::bit_cast<float>(edges[i]);
-  std::vector<bf16> pre(sz(n)), act(sz(n)), again(sz(n));
-  gelu_epilogue(pre.data(), act.data(), acc.data(), n);
-  gelu_forward(again.data(), pre.data(), n);
-  for (int64_t i = 0; i < n; ++i) {
-    ASSERT_EQ(pre[i].bits, to_bf16(acc[i]).bits) << "epilogue pre " << i;
-    ASSERT_EQ(act[i].bits, again[i].bits) << "epilogue out " << i;
-  }
-
   swiglu_forward(out.data(), x.data(), up.data(), n);
   swiglu_forward(outf.data(), xf.data(), upf.data(), n);
   expect_bf16_near(out, outf, "swiglu out");
