@@ -12,7 +12,6 @@
 //   fp32 outputs (statistics, parameter gradients): within rows x 2^-24 of the scale of
 //     the array (a different order of `rows` fp32 additions), relative to |want| + 1.
 // Seeded normal data, sizes that leave vector tails (C = 100, n = 1001).
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -86,7 +85,7 @@ void expect_fp32_near(const std::vector<float>& got, const std::vector<float>& w
 constexpr int64_t N = 37, C = 100, n = N * C;
 const auto sz = [](int64_t k) { return static_cast<size_t>(k); };
 
-TEST(Bf16Storage, GeluSwiGluAndTheGemmEpilogue) {
+TEST(Bf16Storage, GeluAndSwiGlu) {
   const auto x = random_bf16(sz(n), 1, 2.0), dy = random_bf16(sz(n), 2), up = random_bf16(sz(n), 3);
   const auto xf = wide(x), dyf = wide(dy), upf = wide(up);
 
