@@ -206,9 +206,11 @@ class Cpu : public HostOps<T, T, T> {
   using AdamWRange = backend::AdamWRange<Act, Grad>;
   using AdamW = AdamWStep;
   void adamw(const std::vector<AdamWRange>& ranges, const AdamW& h) {
+    std::vector<cpu::AdamWSlice<T>> slices;
+    slices.reserve(ranges.size());
     for (const auto& r : ranges)
-      cpu::adamw_update(r.param, r.grad, r.m, r.v, r.n, h.lr, h.beta1, h.beta2, h.eps, r.decay ? h.weight_decay : 0.0,
-                        h.grad_scale, h.step);
+      slices.push_back({r.param, r.grad, r.m, r.v, nullptr, r.n, r.decay ? h.weight_decay : 0.0});
+    cpu::adamw_update(slices.data(), slices.size(), h.lr, h.beta1, h.beta2, h.eps, h.grad_scale, h.step);
   }
   // The working copy of master weights (nothing to do when they are the same memory).
   void refresh_work(Act* /*work*/, const Grad* /*master*/, int64_t /*n*/) {}

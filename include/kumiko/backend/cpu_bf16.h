@@ -132,15 +132,13 @@ class CpuBf16 : public HostOps<bf16, float, float> {
   }
   using AdamWRange = backend::AdamWRange<Act, Grad>;
   using AdamW = AdamWStep;
+  // One call over every range; the bf16 working copy is rounded in the update's own pass.
   void adamw(const std::vector<AdamWRange>& ranges, const AdamW& h) {
-    for (const auto& r : ranges) {
-      const double wd = r.decay ? h.weight_decay : 0.0;
-      if (r.work)  // the bf16 working copy rounded in the update's own pass
-        cpu::adamw_update(r.param, r.grad, r.m, r.v, r.work, r.n, h.lr, h.beta1, h.beta2, h.eps, wd, h.grad_scale,
-                          h.step);
-      else
-        cpu::adamw_update(r.param, r.grad, r.m, r.v, r.n, h.lr, h.beta1, h.beta2, h.eps, wd, h.grad_scale, h.step);
-    }
+    std::vector<cpu::AdamWSlice<float>> slices;
+    slices.reserve(ranges.size());
+    for (const auto& r : ranges)
+      slices.push_back({r.param, r.grad, r.m, r.v, r.work, r.n, r.decay ? h.weight_decay : 0.0});
+    cpu::adamw_update(slices.data(), slices.size(), h.lr, h.beta1, h.beta2, h.eps, h.grad_scale, h.step);
   }
   void refresh_work(Act* work, const Grad* master, int64_t n) { cpu::narrow(work, master, n); }
 

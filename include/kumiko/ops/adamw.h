@@ -5,6 +5,7 @@
 //   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
 //   p -= lr * (m / (1 - beta1^step)) / (sqrt(v / (1 - beta2^step)) + eps)
 // step counts from 1.
+#include <cstddef>
 #include <cstdint>
 
 #include "kumiko/core/bf16.h"
@@ -19,5 +20,24 @@ void adamw_update(T* param, const T* grad, T* m, T* v, int64_t n, double lr, dou
 // and work[i] = bf16(param[i]) (rounded to nearest even) written in the same pass.
 void adamw_update(float* param, const float* grad, float* m, float* v, bf16* work, int64_t n, double lr,
                   double beta1, double beta2, double eps, double weight_decay, double grad_scale, int64_t step);
+
+// Many arrays in one call (a model's parameters, each with its own weight decay; the
+// calls above are one slice of it): one parallel region whose threads take pieces of
+// 2^16 elements as they free up, so a small tensor costs no fork / join of its own
+// and threads that run at different speeds (a VM's vCPUs) still finish together. The
+// update is elementwise: the same bits for any slicing and thread count. `work`
+// (nullable) only with T = float.
+template <typename T>
+struct AdamWSlice {
+  T* param;
+  const T* grad;
+  T *m, *v;
+  bf16* work;
+  int64_t n;
+  double weight_decay;
+};
+template <typename T>
+void adamw_update(const AdamWSlice<T>* slices, size_t count, double lr, double beta1, double beta2, double eps,
+                  double grad_scale, int64_t step);
 
 }  // namespace kumiko::cpu

@@ -1,5 +1,10 @@
 // gelu, swiglu, cross-entropy, embedding, positions, elementwise, adamw: fast float
 // kernels vs the double reference, plus determinism.
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
 #include "kernels/cpu/reference/activations.h"
 #include "kernels/cpu/reference/misc.h"
 #include "kumiko/core/error.h"
@@ -199,7 +204,7 @@ TEST(Elementwise, AddScaleSumSquares) {
 }
 
 TEST(AdamW, MatchesReferenceOverSteps) {
-  const int64_t n = 1003;
+  const int64_t n = (int64_t{1} << 17) + 1003;  // across the many-array call's 2^16-element pieces
   auto p = random_vec(static_cast<size_t>(n), 160), m = random_vec(static_cast<size_t>(n), 161, 0.1);
   auto v = random_vec(static_cast<size_t>(n), 162, 0.1);
   for (auto& x : v) x = x * x;
@@ -214,6 +219,79 @@ TEST(AdamW, MatchesReferenceOverSteps) {
   expect_close(p, pr, 1e-5, "adamw param");
   expect_close(m, mr, 1e-5, "adamw m");
   expect_close(v, vr, 1e-5, "adamw v");
+}
+
+// Many slices in one call (what the CPU backends' adamw() makes of a model): each slice
+// gets its own weight decay and the same bits as a call of its own, at 1 and 2 threads;
+// sizes cross the 2^16-element pieces (and n = 0); fp32 with and without a bf16
+// working copy, double.
+template <typename T>
+void adamw_slices_match_one_by_one(bool with_work) {
+  const std::vector<int64_t> sizes = {1000, 0, (int64_t{1} << 16) + 17, 1, (int64_t{1} << 17), 333};
+  struct Arrays {
+    std::vector<T> p, g, m, v;
+    std::vector<bf16> w;
+  };
+  auto make = [&] {
+    std::vector<Arrays> a;
+    uint32_t seed = 400;
+    for (const int64_t n : sizes) {
+      const auto sz = static_cast<size_t>(n);
+      Arrays x{cast_vec<T>(random_vec(sz, seed)), cast_vec<T>(random_vec(sz, seed + 1)),
+               cast_vec<T>(random_vec(sz, seed + 2, 0.1)), cast_vec<T>(random_vec(sz, seed + 3, 0.1)),
+               std::vector<bf16>(sz)};
+      for (auto& e : x.v) e = e * e;
+      a.push_back(std::move(x));
+      seed += 4;
+    }
+    return a;
+  };
+  auto decay_of = [](size_t k) { return k % 2 ? 0.0 : 0.1 * double(k + 1); };
+  const auto initial = make();
+  auto want = make();
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    auto& x = want[k];
+    for (int64_t step = 1; step <= 2; ++step) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (with_work) {
+          adamw_update(x.p.data(), x.g.data(), x.m.data(), x.v.data(), x.w.data(), sizes[k], 1e-2, 0.9, 0.95, 1e-8,
+                       decay_of(k), 0.5, step);
+          continue;
+        }
+      }
+      adamw_update<T>(x.p.data(), x.g.data(), x.m.data(), x.v.data(), sizes[k], 1e-2, 0.9, 0.95, 1e-8, decay_of(k),
+                      0.5, step);
+    }
+  }
+  for (const int threads : {1, 2}) {
+    auto got = make();
+    std::vector<AdamWSlice<T>> slices;
+    for (size_t k = 0; k < sizes.size(); ++k) {
+      auto& x = got[k];
+      slices.push_back({x.p.data(), x.g.data(), x.m.data(), x.v.data(), with_work ? x.w.data() : nullptr, sizes[k],
+                        decay_of(k)});
+    }
+    test::with_threads(threads, [&] {
+      for (int64_t step = 1; step <= 2; ++step)
+        adamw_update(slices.data(), slices.size(), 1e-2, 0.9, 0.95, 1e-8, 0.5, step);
+    });
+    for (size_t k = 0; k < sizes.size(); ++k) {
+      SCOPED_TRACE("slice " + std::to_string(k) + ", " + std::to_string(threads) + " thread(s)");
+      EXPECT_EQ(0, std::memcmp(got[k].p.data(), want[k].p.data(), got[k].p.size() * sizeof(T)));
+      EXPECT_EQ(0, std::memcmp(got[k].m.data(), want[k].m.data(), got[k].m.size() * sizeof(T)));
+      EXPECT_EQ(0, std::memcmp(got[k].v.data(), want[k].v.data(), got[k].v.size() * sizeof(T)));
+      EXPECT_EQ(0, std::memcmp(got[k].w.data(), want[k].w.data(), got[k].w.size() * sizeof(bf16)));
+      if (sizes[k] > 0) {  // the update ran at all
+        EXPECT_NE(0, std::memcmp(got[k].p.data(), initial[k].p.data(), got[k].p.size() * sizeof(T)));
+      }
+    }
+  }
+}
+
+TEST(AdamW, SlicesMatchOneByOne) {
+  adamw_slices_match_one_by_one<float>(false);
+  adamw_slices_match_one_by_one<float>(true);
+  adamw_slices_match_one_by_one<double>(false);
 }
 
 TEST(Pointwise, DeterministicAcrossCallsAndThreads) {
