@@ -21,13 +21,4 @@ namespace kumiko::cpu::detail {
   return bf16{static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded)};
 }
 
-// f rounded to bf16 and widened back: widen1(narrow1(f)) as one float expression (a bf16
-// temporary between the two can keep GCC from vectorising the loop).
-[[gnu::always_inline]] inline float round1(float f) {
-  const uint32_t u = std::bit_cast<uint32_t>(f);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-  const uint32_t nan = (u | 0x400000u) & 0xffff0000u;
-  return std::bit_cast<float>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
-}
-
 }  // namespace kumiko::cpu::detail
