@@ -209,8 +209,21 @@ class Cuda {
     g.M = N;
     g.N = out;
     g.K = in;
-    g.epilogue = gelu_pre ? cuda::Epilogue::bias_gelu : (b ? cuda::Epilogue::bias : cuda::Epilogue::none);
     KUMIKO_CHECK(!gelu_pre || b, "GELU epilogue without a bias");
+    if constexpr (kBf16) {
+      if (gelu_pre) {
+        // GELU of the stored bf16 pre-activation, not of the GEMM's fp32 sum: what
+        // train.recompute = selective recomputes (gelu_forward on the same values), the
+        // CPU's bf16 backend and PyTorch's autocast compute. One more elementwise pass
+        // (a read of the pre-activation) than the fused epilogue.
+        g.epilogue = cuda::Epilogue::bias;
+        mm<T, T>(g, x, w, gelu_pre, b, nullptr);
+        cuda::gelu_forward(y, gelu_pre, N * out, stream_);
+        return;
+      }
+    }
+    // fp32: the epilogue's GELU reads the value it stores as the pre-activation.
+    g.epilogue = gelu_pre ? cuda::Epilogue::bias_gelu : (b ? cuda::Epilogue::bias : cuda::Epilogue::none);
     mm<T, T>(g, x, w, y, b, gelu_pre);
   }
   void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, bool overwrite_dw, Grad* db, const Act* dy,
