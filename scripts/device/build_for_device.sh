@@ -2,7 +2,7 @@
 # Builds, on this (Debian) machine, what gpu_check.sh runs on a GPU machine that has
 # CUDA, PyTorch and Python but none of the Debian libraries, and packs it into
 # .device/kumiko-device.tar.xz (git-ignored; name .device in the device tool's
-# `carry`; about 17 MB, the tool carries at most 64 MiB):
+# `carry`; about 25 MB at bc93c22, the tool carries at most 64 MiB):
 #   bin/  kumiko, kernels_cuda_test, gpu_model_test, test_gpu_layouts (sm_90, stripped)
 #   lib/  the Debian shared libraries they link (HDF5, SentencePiece, spdlog, fmt,
 #         OpenBLAS, OpenMP, libstdc++ ...), not the CUDA ones: the GPU machine has
