@@ -138,7 +138,7 @@ want() { [[ "$STEPS" == *" $1 "* ]]; }
 if want tests; then
 echo "== gpu tests"
 run_tests kernels_cuda_test 130
-run_tests gpu_model_test 130  # RecomputeIsBitwise: 18 ten-step runs more
+run_tests gpu_model_test 140  # RecomputeIsBitwise: 24 ten-step runs more
 # The layouts on the CUDA backend (tests/distributed/gpu_layouts): build_for_device.sh
 # builds without MPI (the GPU machine has no Debian Open MPI to link against), so one
 # process runs the CUDA-vs-CPU checks and the two-rank layouts skip.
