@@ -69,6 +69,20 @@ SbgemmFn sbgemm() { return sbgemm_lookup().fn; }
 
 std::string sbgemm_unavailable_reason() { return sbgemm_lookup().why_not; }
 
+std::string bf16_gemm_kernels(Bf16Gemm g) {
+  // The OpenBLAS that is loaded (perhaps another one than the build's, through
+  // LD_LIBRARY_PATH), asked by name like cblas_sbgemm is.
+  using StrFn = char* (*)();
+  auto* corename = reinterpret_cast<StrFn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  const std::string core = corename ? std::string(corename()) : std::string("?");
+  switch (g) {
+    case Bf16Gemm::emulated: return "OpenBLAS sgemm on fp32 copies, " + core + " kernels";
+    case Bf16Gemm::openblas: return "OpenBLAS cblas_sbgemm, " + core + " kernels";
+    case Bf16Gemm::onednn: return "oneDNN " + onednn::kernel_name();
+  }
+  return "?";
+}
+
 std::string openblas_sbgemm_defect(const std::string& config, const std::string& corename) {
   std::string core = corename;
   std::transform(core.begin(), core.end(), core.begin(), [](unsigned char c) { return std::tolower(c); });

@@ -90,8 +90,9 @@ int run_gemm(const BenchOptions& o) {
       if (r > 0) rate = std::max(rate, 2.0 * n * n * n / dt / 1e9);
     }
     if (rate > best_bf16) best_bf16 = rate, fastest = g;
-    std::printf("bf16 gemm %-9s %ldx%ldx%ld, %d thread(s): %.1f GFLOP/s (%.2fx sgemm)\n", cpu::bf16_gemm_name(g),
-                static_cast<long>(n), static_cast<long>(n), static_cast<long>(n), threads, rate, rate / best);
+    std::printf("bf16 gemm %-9s %ldx%ldx%ld, %d thread(s): %.1f GFLOP/s (%.2fx sgemm; %s)\n", cpu::bf16_gemm_name(g),
+                static_cast<long>(n), static_cast<long>(n), static_cast<long>(n), threads, rate, rate / best,
+                cpu::bf16_gemm_kernels(g).c_str());
   }
   if (save) {
     plan::save_cpu_peak_gflops(threads, best_bf16, cache, "bf16");

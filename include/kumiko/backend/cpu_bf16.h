@@ -149,9 +149,9 @@ class CpuBf16 : public HostOps<bf16, float, float> {
     if (gemm_ == cpu::Bf16Gemm::emulated)
       return std::string("cpu, dtype bf16 (emulated: software conversions, fp32 GEMM; attention tiles: ") +
              cpu::attention_bf16_tiles(head_dim_) + "; this CPU: " + cpu_features().describe() + ")";
-    return std::string("cpu, dtype bf16 (bf16 GEMM: ") + cpu::bf16_gemm_name(gemm_) +
-           "; attention tiles: " + cpu::attention_bf16_tiles(head_dim_) +
-           "; other ops convert to fp32; this CPU: " + cpu_features().describe() + ")";
+    return std::string("cpu, dtype bf16 (bf16 GEMM: ") + cpu::bf16_gemm_name(gemm_) + ", " +
+           cpu::bf16_gemm_kernels(gemm_) + "; attention tiles: " + cpu::attention_bf16_tiles(head_dim_) +
+           "; other ops: bf16 storage, fp32 arithmetic; this CPU: " + cpu_features().describe() + ")";
   }
 
  private:

@@ -10,8 +10,16 @@ struct CpuFeatures {
   std::string arch;        // "x86-64", "aarch64" or "other"
   std::string vector;      // e.g. "AVX-512", "AVX2+FMA", "SVE 512-bit", "NEON"
   bool bf16_dot = false;   // bf16 dot products: AVX512-BF16 (x86) or the BF16 extension (aarch64)
-  bool bf16_tiles = false; // AMX-BF16 tiles (x86)
-  std::string describe() const;  // one line, e.g. "x86-64 AVX-512, AVX512-BF16, AMX-BF16"
+  bool bf16_tiles = false; // AMX-BF16 tiles (x86), as cpuid reports them
+  // Why this process cannot use the AMX tiles cpuid reports, "" when it can (or there
+  // are none): the OS has not enabled their state in XCR0 (Linux before 5.16, or a
+  // hypervisor that hides it), or Linux refused the tile data to this process
+  // (arch_prctl ARCH_REQ_XCOMP_PERM, which oneDNN asks for too). oneDNN then runs its
+  // AVX512-BF16 kernels.
+  std::string tiles_unusable;
+  // One line, e.g. "x86-64 AVX-512, AVX512-BF16, AMX-BF16" (with the reason in
+  // parentheses after AMX-BF16 when it is unusable).
+  std::string describe() const;
 };
 
 CpuFeatures cpu_features();

@@ -31,6 +31,10 @@ Bf16Gemm bf16_gemm_from_name(const std::string& name);
 // What "auto" picks without a measurement: a native bf16 GEMM where the CPU has bf16
 // dot products or tiles (oneDNN if built, else OpenBLAS), the emulated one elsewhere.
 Bf16Gemm bf16_gemm_default();
+// What runs `g` here, for the log and kumiko bench: oneDNN's implementation name
+// (e.g. "oneDNN brg:avx512_core_bf16"; brg:avx512_core_amx_bf16 is AMX), or the
+// OpenBLAS core whose kernels run sbgemm / the emulated GEMM's sgemm.
+std::string bf16_gemm_kernels(Bf16Gemm g);
 // Why "openblas" is not among the available ones ("" when it is): the loaded OpenBLAS
 // has no cblas_sbgemm, or has one known to compute wrong results (below).
 std::string sbgemm_unavailable_reason();

@@ -128,6 +128,18 @@ bool available() {
   return ok;
 }
 
+std::string kernel_name() {
+  static const std::string name = []() -> std::string {
+    if (!available()) return "";
+    constexpr int64_t n = 256;
+    const dnnl::matmul::primitive_desc pd(
+        dnnl::matmul::desc(desc(n, n, false, n, dt::bf16), desc(n, n, true, n, dt::bf16), desc(n, n, false, n, dt::f32)),
+        state().engine);
+    return pd.impl_info_str();
+  }();
+  return name;
+}
+
 Chunking chunking(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
                   bool bias, bool accumulate, bool bf16_out) {
   if (M <= 0 || N <= 0 || K <= 0) return {};

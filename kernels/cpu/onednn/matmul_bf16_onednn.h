@@ -5,12 +5,19 @@
 // where oneDNN has no bf16 matmul for this CPU (before AVX-512).
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "kumiko/core/bf16.h"
 
 namespace kumiko::cpu::onednn {
 
 bool available();
+// The implementation oneDNN picks here for a bf16 matmul, as it names it
+// (impl_info_str of a 256 x 256 x 256 product, B transposed, fp32 out): in oneDNN 2.6
+// "brg:avx512_core_amx_bf16" on AMX tiles, "brg:avx512_core_bf16" on AVX512-BF16,
+// "gemm:jit" on AVX-512 without bf16 instructions (bf16 widened inside oneDNN); ""
+// where available() is false.
+std::string kernel_name();
 // C = A B (+ bias [N] broadcast over rows) (+ C when accumulate), fp32 accumulation;
 // C fp32, or bf16 rounded once from the fp32 sum (oneDNN's rounding: AVX512-BF16's
 // vcvtneps2bf16 flushes subnormal results to zero). False (and nothing written) when

@@ -224,6 +224,15 @@ TEST(CpuFeatures, TheBf16BackendNamesTheCpu) {
   EXPECT_TRUE(std::string(cpu::attention_bf16_tiles(16)) == "vdpbf16ps" ||
               std::string(cpu::attention_bf16_tiles(16)) == "fp32")
       << cpu::attention_bf16_tiles(16);
+  // A native GEMM names what runs it (oneDNN's implementation: AMX or AVX512-BF16).
+  for (const cpu::Bf16Gemm g : cpu::bf16_gemms_available()) {
+    if (g == cpu::Bf16Gemm::emulated) continue;
+    const std::string native = backend::CpuBf16(g, 16).describe();
+    EXPECT_NE(native.find(std::string("bf16 GEMM: ") + cpu::bf16_gemm_name(g) + ", " + cpu::bf16_gemm_kernels(g) + ";"),
+              std::string::npos)
+        << native;
+    EXPECT_NE(native.find(f.describe()), std::string::npos) << native;
+  }
 }
 
 // One forward/backward of the one model over CpuBf16 against the fp32 model, from the

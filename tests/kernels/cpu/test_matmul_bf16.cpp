@@ -12,12 +12,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/onednn/matmul_bf16_onednn.h"
 #include "kumiko/core/bf16.h"
+#include "kumiko/core/cpu_features.h"
 #include "kumiko/core/error.h"
 #include "kumiko/ops/matmul_bf16.h"
 #include "tests/kernels/cpu/test_util.h"
@@ -228,6 +230,39 @@ TEST(MatmulBf16, OnednnScratchpadIsBoundedByChunkingRows) {
   std::printf("%d of %zu GEMMs have a scratchpad here; %d ran in chunks\n", with_scratchpad, runs.size(), split);
   EXPECT_GE(split, with_scratchpad) << "a GEMM with a scratchpad was not split under a one-byte budget";
   if (with_scratchpad == 0) std::printf("(no GEMM here has a scratchpad: oneDNN's kernels for this CPU need none)\n");
+}
+
+// kumiko bench gemm and the bf16 log line name the kernels oneDNN runs: its AMX ones
+// exactly where this process may use the tiles, its AVX512-BF16 ones where the CPU has
+// bf16 dot products and no usable tiles. (The AMX VM of docs/performance.md ran 238
+// GFLOP/s per thread, an AVX512-BF16 rate, and nothing said which kernels those were.)
+TEST(MatmulBf16, OnednnNamesTheKernelsItRuns) {
+  const std::string emulated = cpu::bf16_gemm_kernels(cpu::Bf16Gemm::emulated);
+  EXPECT_EQ(emulated.rfind("OpenBLAS sgemm on fp32 copies, ", 0), 0u) << emulated;
+  EXPECT_EQ(emulated.find(", ? kernels"), std::string::npos) << emulated;  // the core name was found
+  const std::string name = cpu::onednn::kernel_name();
+  if (!cpu::onednn::available()) {
+    EXPECT_EQ(name, "");
+    GTEST_SKIP() << "no oneDNN bf16 matmul in this build or on this CPU";
+  }
+  const CpuFeatures f = cpu_features();
+  std::printf("oneDNN runs %s; this CPU: %s\n", name.c_str(), f.describe().c_str());
+  EXPECT_EQ(cpu::bf16_gemm_kernels(cpu::Bf16Gemm::onednn), "oneDNN " + name);
+  if (std::getenv("ONEDNN_MAX_CPU_ISA") || std::getenv("DNNL_MAX_CPU_ISA"))
+    GTEST_SKIP() << "oneDNN's instruction sets are capped by the environment: it runs " << name;
+  const bool tiles = f.bf16_tiles && f.tiles_unusable.empty();
+  EXPECT_EQ(name.find("amx") != std::string::npos, tiles)
+      << "oneDNN runs " << name << " on a CPU with " << f.describe();
+  if (!tiles && f.bf16_dot) {
+    EXPECT_EQ(name, "brg:avx512_core_bf16") << f.describe();
+  }
+  if (!f.bf16_dot && !f.bf16_tiles) {
+    EXPECT_EQ(name.find("bf16"), std::string::npos) << name;
+  }
+  // The reason is given only for tiles cpuid reports.
+  if (!f.bf16_tiles) {
+    EXPECT_EQ(f.tiles_unusable, "");
+  }
 }
 
 TEST(MatmulBf16, OpenblasAmxSbgemmBefore0324IsRefused) {
