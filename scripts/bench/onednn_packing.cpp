@@ -7,7 +7,8 @@
 //   g++ -O2 -std=c++20 -fopenmp scripts/bench/onednn_packing.cpp -ldnnl -o /tmp/onednn_packing
 //   OMP_NUM_THREADS=2 /tmp/onednn_packing [reps]
 // Shapes: the tiny and 124M benchmark models' GEMMs (docs/performance.md), bf16 out;
-// the last line sums tiny's over one training step.
+// the last two lines sum each model's over one training step (run it at
+// OMP_NUM_THREADS=1 and 2 to see how the GEMMs alone scale).
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <chrono>
@@ -31,7 +32,7 @@ struct Shape {
   const char* name;
   bool trans_a, trans_b;
   int64_t M, N, K;
-  int per_step;  // calls of this shape in one training step (one per layer; 0: not that shape's step)
+  int per_step;  // calls of this shape in one training step of its model (one per layer, or one)
 };
 
 }  // namespace
@@ -46,21 +47,26 @@ int main(int argc, char** argv) {
   dnnl::stream stream(engine);
   // Forward X W^T (B transposed), input gradient dY W (B plain), weight gradient
   // dY^T X (A transposed, B plain); M = tokens except in the weight gradient.
-  // Tiny's list is every GEMM of its step (4 layers: qkv, attention projection, fc1,
-  // fc2, three GEMMs each, and the tied head's three), so the sum over per_step is the
-  // step's GEMM time; 124M's lists the large ones.
+  // Every GEMM of each model's training step (tiny: 4 layers, 124M: 12, each with qkv,
+  // attention projection, fc1 and fc2, three GEMMs apiece; the tied head's three once),
+  // so each model's sum over per_step is its step's GEMM time.
   const std::vector<Shape> shapes{
-      {"tiny fwd qkv", false, true, 2048, 768, 256, 4},   {"tiny fwd proj", false, true, 2048, 256, 256, 4},
-      {"tiny fwd fc1", false, true, 2048, 1024, 256, 4},  {"tiny fwd fc2", false, true, 2048, 256, 1024, 4},
-      {"tiny fwd head", false, true, 2048, 8192, 256, 1}, {"tiny dX qkv", false, false, 2048, 256, 768, 4},
-      {"tiny dX proj", false, false, 2048, 256, 256, 4},  {"tiny dX fc1", false, false, 2048, 256, 1024, 4},
-      {"tiny dX fc2", false, false, 2048, 1024, 256, 4},  {"tiny dX head", false, false, 2048, 256, 8192, 1},
-      {"tiny dW qkv", true, false, 768, 256, 2048, 4},    {"tiny dW proj", true, false, 256, 256, 2048, 4},
-      {"tiny dW fc1", true, false, 1024, 256, 2048, 4},   {"tiny dW fc2", true, false, 256, 1024, 2048, 4},
-      {"tiny dW head", true, false, 8192, 256, 2048, 1},  {"124M fwd fc1", false, true, 256, 3072, 768, 0},
-      {"124M fwd head", false, true, 256, 50304, 768, 0}, {"124M dX fc1", false, false, 256, 768, 3072, 0},
-      {"124M dX head", false, false, 256, 768, 50304, 0}, {"124M dW fc1", true, false, 3072, 768, 256, 0}};
-  double step_as_is = 0, step_packed = 0;
+      {"tiny fwd qkv", false, true, 2048, 768, 256, 4},      {"tiny fwd proj", false, true, 2048, 256, 256, 4},
+      {"tiny fwd fc1", false, true, 2048, 1024, 256, 4},     {"tiny fwd fc2", false, true, 2048, 256, 1024, 4},
+      {"tiny fwd head", false, true, 2048, 8192, 256, 1},    {"tiny dX qkv", false, false, 2048, 256, 768, 4},
+      {"tiny dX proj", false, false, 2048, 256, 256, 4},     {"tiny dX fc1", false, false, 2048, 256, 1024, 4},
+      {"tiny dX fc2", false, false, 2048, 1024, 256, 4},     {"tiny dX head", false, false, 2048, 256, 8192, 1},
+      {"tiny dW qkv", true, false, 768, 256, 2048, 4},       {"tiny dW proj", true, false, 256, 256, 2048, 4},
+      {"tiny dW fc1", true, false, 1024, 256, 2048, 4},      {"tiny dW fc2", true, false, 256, 1024, 2048, 4},
+      {"tiny dW head", true, false, 8192, 256, 2048, 1},     {"124M fwd qkv", false, true, 256, 2304, 768, 12},
+      {"124M fwd proj", false, true, 256, 768, 768, 12},     {"124M fwd fc1", false, true, 256, 3072, 768, 12},
+      {"124M fwd fc2", false, true, 256, 768, 3072, 12},     {"124M fwd head", false, true, 256, 50304, 768, 1},
+      {"124M dX qkv", false, false, 256, 768, 2304, 12},     {"124M dX proj", false, false, 256, 768, 768, 12},
+      {"124M dX fc1", false, false, 256, 768, 3072, 12},     {"124M dX fc2", false, false, 256, 3072, 768, 12},
+      {"124M dX head", false, false, 256, 768, 50304, 1},    {"124M dW qkv", true, false, 2304, 768, 256, 12},
+      {"124M dW proj", true, false, 768, 768, 256, 12},      {"124M dW fc1", true, false, 3072, 768, 256, 12},
+      {"124M dW fc2", true, false, 768, 3072, 256, 12},      {"124M dW head", true, false, 50304, 768, 256, 1}};
+  double step_as_is[2] = {0, 0}, step_packed[2] = {0, 0};  // tiny, 124M
   std::mt19937 rng(17);
   std::uniform_int_distribution<uint16_t> mantissa(0, 127);
   auto random_bf16 = [&](int64_t n) {  // values in [1, 2) with a random 7-bit mantissa
@@ -103,10 +109,12 @@ int main(int argc, char** argv) {
     const double gflop = 2.0 * s.M * s.N * s.K / 1e9;
     std::printf("%-14s %11.3f (%5.0f) %15.3f (%5.0f) %15.3f (%5.0f) %10.3f\n", s.name, t_as_is, gflop / t_as_is * 1e3,
                 t_both, gflop / t_both * 1e3, t_packed, gflop / t_packed * 1e3, t_pack);
-    step_as_is += s.per_step * t_as_is;
-    step_packed += s.per_step * t_packed;
+    const int model = s.name[0] == 't' ? 0 : 1;
+    step_as_is[model] += s.per_step * t_as_is;
+    step_packed[model] += s.per_step * t_packed;
   }
-  std::printf("tiny step's GEMMs (each shape times its calls a step): %.1f ms with B as is, %.1f ms packed only\n",
-              step_as_is, step_packed);
+  for (int model = 0; model < 2; ++model)
+    std::printf("%s step's GEMMs (each shape times its calls a step): %.1f ms with B as is, %.1f ms packed only\n",
+                model == 0 ? "tiny" : "124M", step_as_is[model], step_packed[model]);
   return 0;
 }
