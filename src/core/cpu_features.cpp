@@ -45,11 +45,12 @@ std::string amx_tiles_unusable() {
 #if defined(__linux__)
     constexpr long kGetPerm = 0x1022, kReqPerm = 0x1023, kXtileData = 18;  // asm/prctl.h, XFEATURE_XTILEDATA
     unsigned long perm = 0;
+    // A sandbox's seccomp filter may refuse either call, whatever the kernel.
     if (syscall(SYS_arch_prctl, kGetPerm, &perm) != 0)
-      return std::string("Linux does not hand out AMX tile data (arch_prctl ARCH_GET_XCOMP_PERM: ") +
-             std::strerror(errno) + "; it needs 5.16 or newer)";
+      return std::string("arch_prctl ARCH_GET_XCOMP_PERM failed: ") + std::strerror(errno) +
+             " (Linux before 5.16 has no such call; a sandbox may refuse it)";
     if (!(perm & (1ul << kXtileData)) && syscall(SYS_arch_prctl, kReqPerm, kXtileData) != 0)
-      return std::string("Linux refused this process the AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM: ") +
+      return std::string("this process was refused the AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM: ") +
              std::strerror(errno) + ")";
 #endif
     return "";

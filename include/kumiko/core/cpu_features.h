@@ -13,9 +13,9 @@ struct CpuFeatures {
   bool bf16_tiles = false; // AMX-BF16 tiles (x86), as cpuid reports them
   // Why this process cannot use the AMX tiles cpuid reports, "" when it can (or there
   // are none): the OS has not enabled their state in XCR0 (Linux before 5.16, or a
-  // hypervisor that hides it), or Linux refused the tile data to this process
-  // (arch_prctl ARCH_REQ_XCOMP_PERM, which oneDNN asks for too). oneDNN then runs its
-  // AVX512-BF16 kernels.
+  // hypervisor that hides it), or this process was refused the tile data (arch_prctl
+  // ARCH_REQ_XCOMP_PERM, which oneDNN asks for too; a sandbox's seccomp filter may
+  // refuse it). oneDNN then runs its AVX512-BF16 kernels.
   std::string tiles_unusable;
   // One line, e.g. "x86-64 AVX-512, AVX512-BF16, AMX-BF16" (with the reason in
   // parentheses after AMX-BF16 when it is unusable).
