@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <tuple>
 
 #include "kernels/cpu/bf16_convert.h"
@@ -69,6 +70,18 @@ SbgemmFn sbgemm() { return sbgemm_lookup().fn; }
 
 std::string sbgemm_unavailable_reason() { return sbgemm_lookup().why_not; }
 
+std::string onednn_unavailable_reason() {
+  if (onednn::available()) return "";
+  if (!onednn::built()) return "this build has no oneDNN (install libdnnl-dev and reconfigure)";
+  // oneDNN's dispatcher control: a cap below AVX-512 leaves it no bf16 matmul.
+  for (const char* name : {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"}) {
+    const char* value = std::getenv(name);
+    if (value && *value)
+      return std::string("oneDNN has no bf16 matmul under ") + name + "=" + value + " (it needs AVX-512 or newer)";
+  }
+  return "oneDNN has no bf16 matmul on this CPU (it needs AVX-512 or newer); this CPU: " + cpu_features().describe();
+}
+
 std::string bf16_gemm_kernels(Bf16Gemm g) {
   // The OpenBLAS that is loaded (perhaps another one than the build's, through
   // LD_LIBRARY_PATH), asked by name like cblas_sbgemm is.
@@ -114,10 +127,8 @@ Bf16Gemm bf16_gemm_from_name(const std::string& name) {
     if (name != bf16_gemm_name(g)) continue;
     KUMIKO_USER_CHECK(g != Bf16Gemm::openblas || sbgemm(), "backend.bf16_gemm: 'openblas' cannot be used: ",
                       sbgemm_unavailable_reason());
-    KUMIKO_USER_CHECK(g != Bf16Gemm::onednn || onednn::available(),
-                      "backend.bf16_gemm: 'onednn' needs a build with oneDNN (install libdnnl-dev and reconfigure) "
-                      "and a CPU it runs bf16 on (AVX-512 or newer); this CPU: ",
-                      cpu_features().describe());
+    KUMIKO_USER_CHECK(g != Bf16Gemm::onednn || onednn::available(), "backend.bf16_gemm: 'onednn' cannot be used: ",
+                      onednn_unavailable_reason());
     return g;
   }
   KUMIKO_USER_CHECK(false, "backend.bf16_gemm: expected auto, emulated, openblas or onednn, got '", name, "'");

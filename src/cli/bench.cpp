@@ -103,7 +103,7 @@ int run_gemm(const BenchOptions& o) {
   if (!has(cpu::Bf16Gemm::openblas))
     std::printf("bf16 gemm openblas  not available: %s\n", cpu::sbgemm_unavailable_reason().c_str());
   if (!has(cpu::Bf16Gemm::onednn))
-    std::printf("bf16 gemm onednn    not available: built without oneDNN, or oneDNN has no bf16 on this CPU\n");
+    std::printf("bf16 gemm onednn    not available: %s\n", cpu::onednn_unavailable_reason().c_str());
   const cpu::Bf16Gemm chosen = cpu::bf16_gemm_default();
   std::printf("backend.bf16_gemm = auto uses %s here%s\n", cpu::bf16_gemm_name(chosen),
               chosen == fastest ? " (the fastest above)"

@@ -35,6 +35,10 @@ Bf16Gemm bf16_gemm_default();
 // (e.g. "oneDNN brg:avx512_core_bf16"; brg:avx512_core_amx_bf16 is AMX), or the
 // OpenBLAS core whose kernels run sbgemm / the emulated GEMM's sgemm.
 std::string bf16_gemm_kernels(Bf16Gemm g);
+// Why "onednn" is not among the available ones ("" when it is): a build without
+// oneDNN, a CPU it has no bf16 matmul for (before AVX-512), or ONEDNN_MAX_CPU_ISA /
+// DNNL_MAX_CPU_ISA capping it below that (named with its value).
+std::string onednn_unavailable_reason();
 // Why "openblas" is not among the available ones ("" when it is): the loaded OpenBLAS
 // has no cblas_sbgemm, or has one known to compute wrong results (below).
 std::string sbgemm_unavailable_reason();

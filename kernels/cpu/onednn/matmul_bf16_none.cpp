@@ -6,6 +6,7 @@
 namespace kumiko::cpu::onednn {
 
 bool available() { return false; }
+bool built() { return false; }
 std::string kernel_name() { return ""; }
 Chunking chunking(bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool) { return {}; }
 size_t scratchpad_in_use() { return 0; }

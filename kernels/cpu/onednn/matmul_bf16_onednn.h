@@ -12,6 +12,8 @@
 namespace kumiko::cpu::onednn {
 
 bool available();
+// Whether this build has oneDNN (available() also asks the CPU).
+bool built();
 // The implementation oneDNN picks here for a bf16 matmul, as it names it
 // (impl_info_str of a 256 x 256 x 256 product, B transposed, fp32 out): in oneDNN 2.6
 // "brg:avx512_core_amx_bf16" on AMX tiles, "brg:avx512_core_bf16" on AVX512-BF16,

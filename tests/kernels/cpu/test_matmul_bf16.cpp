@@ -241,6 +241,7 @@ TEST(MatmulBf16, OnednnNamesTheKernelsItRuns) {
   EXPECT_EQ(emulated.rfind("OpenBLAS sgemm on fp32 copies, ", 0), 0u) << emulated;
   EXPECT_EQ(emulated.find(", ? kernels"), std::string::npos) << emulated;  // the core name was found
   const std::string name = cpu::onednn::kernel_name();
+  EXPECT_EQ(cpu::onednn_unavailable_reason().empty(), cpu::onednn::available()) << cpu::onednn_unavailable_reason();
   if (!cpu::onednn::available()) {
     EXPECT_EQ(name, "");
     GTEST_SKIP() << "no oneDNN bf16 matmul in this build or on this CPU";
