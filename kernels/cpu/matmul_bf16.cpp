@@ -45,6 +45,15 @@ struct Sbgemm {
   std::string why_not;
 };
 
+// A string the loaded OpenBLAS reports about itself (openblas_get_config /
+// openblas_get_corename), looked up by name like cblas_sbgemm: perhaps another
+// OpenBLAS than the build's, through LD_LIBRARY_PATH. Empty when it has no such call.
+std::string loaded_openblas(const char* symbol) {
+  using StrFn = char* (*)();
+  auto* fn = reinterpret_cast<StrFn>(dlsym(RTLD_DEFAULT, symbol));
+  return fn ? std::string(fn()) : std::string();
+}
+
 const Sbgemm& sbgemm_lookup() {
   static const Sbgemm s = [] {
     Sbgemm r;
@@ -54,10 +63,9 @@ const Sbgemm& sbgemm_lookup() {
                   "none; scripts/bench/openblas_bf16.sh builds one for LD_LIBRARY_PATH)";
       return r;
     }
-    using StrFn = char* (*)();
-    auto* config = reinterpret_cast<StrFn>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
-    auto* corename = reinterpret_cast<StrFn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-    if (config && corename) r.why_not = openblas_sbgemm_defect(config(), corename());
+    const std::string config = loaded_openblas("openblas_get_config");
+    const std::string corename = loaded_openblas("openblas_get_corename");
+    if (!config.empty() && !corename.empty()) r.why_not = openblas_sbgemm_defect(config, corename);
     if (r.why_not.empty()) r.fn = fn;
     return r;
   }();
@@ -73,21 +81,18 @@ std::string sbgemm_unavailable_reason() { return sbgemm_lookup().why_not; }
 std::string onednn_unavailable_reason() {
   if (onednn::available()) return "";
   if (!onednn::built()) return "this build has no oneDNN (install libdnnl-dev and reconfigure)";
-  // oneDNN's dispatcher control: a cap below AVX-512 leaves it no bf16 matmul.
+  std::string why = "oneDNN has no bf16 matmul here (it needs AVX-512 or newer)";
+  // oneDNN's dispatcher control: a cap below AVX-512 leaves it none on any CPU.
   for (const char* name : {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"}) {
     const char* value = std::getenv(name);
-    if (value && *value)
-      return std::string("oneDNN has no bf16 matmul under ") + name + "=" + value + " (it needs AVX-512 or newer)";
+    if (value && *value) why += std::string(": ") + name + "=" + value + " caps its instruction sets";
   }
-  return "oneDNN has no bf16 matmul on this CPU (it needs AVX-512 or newer); this CPU: " + cpu_features().describe();
+  return why + "; this CPU: " + cpu_features().describe();
 }
 
 std::string bf16_gemm_kernels(Bf16Gemm g) {
-  // The OpenBLAS that is loaded (perhaps another one than the build's, through
-  // LD_LIBRARY_PATH), asked by name like cblas_sbgemm is.
-  using StrFn = char* (*)();
-  auto* corename = reinterpret_cast<StrFn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-  const std::string core = corename ? std::string(corename()) : std::string("?");
+  const std::string found = loaded_openblas("openblas_get_corename");
+  const std::string core = found.empty() ? std::string("?") : found;
   switch (g) {
     case Bf16Gemm::emulated: return "OpenBLAS sgemm on fp32 copies, " + core + " kernels";
     case Bf16Gemm::openblas: return "OpenBLAS cblas_sbgemm, " + core + " kernels";

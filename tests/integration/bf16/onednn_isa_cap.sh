@@ -10,7 +10,7 @@ rm -rf "$WORK"; mkdir -p "$WORK"
 grep -q "^bf16 gemm onednn .*GFLOP/s" "$WORK/free.out" ||
   { echo "SKIP: no oneDNN bf16 matmul here without a cap ($(grep 'onednn' "$WORK/free.out"))"; exit 77; }
 ONEDNN_MAX_CPU_ISA=AVX2 "$KUMIKO" bench gemm --threads 1 --size 64 --repeats 1 > "$WORK/capped.out" 2>&1
-want="bf16 gemm onednn    not available: oneDNN has no bf16 matmul under ONEDNN_MAX_CPU_ISA=AVX2"
+want="bf16 gemm onednn    not available: oneDNN has no bf16 matmul here (it needs AVX-512 or newer): ONEDNN_MAX_CPU_ISA=AVX2 caps its instruction sets"
 grep -qF "$want" "$WORK/capped.out" || { echo "FAIL: bench gemm under the cap:"; cat "$WORK/capped.out"; exit 1; }
 # (openblas where the loaded OpenBLAS has sbgemm, as in scripts/testing/sbgemm.sh)
 grep -qE "backend.bf16_gemm = auto uses (emulated|openblas)" "$WORK/capped.out" ||
@@ -22,7 +22,7 @@ if ONEDNN_MAX_CPU_ISA=AVX2 "$KUMIKO" "${run[@]}" > "$WORK/train.out" 2>&1; then
   echo "FAIL: bf16_gemm = onednn ran under ONEDNN_MAX_CPU_ISA=AVX2"; exit 1
 fi
 [ "$(wc -l < "$WORK/train.out")" -eq 1 ] || { echo "FAIL: not one line:"; cat "$WORK/train.out"; exit 1; }
-grep -qF "backend.bf16_gemm: 'onednn' cannot be used: oneDNN has no bf16 matmul under ONEDNN_MAX_CPU_ISA=AVX2" \
+grep -qF "backend.bf16_gemm: 'onednn' cannot be used: oneDNN has no bf16 matmul here (it needs AVX-512 or newer): ONEDNN_MAX_CPU_ISA=AVX2 caps" \
   "$WORK/train.out" || { echo "FAIL: the error does not name the cap:"; cat "$WORK/train.out"; exit 1; }
 echo "capped: $(grep -F 'bf16 gemm onednn' "$WORK/capped.out")"
 echo "train: $(cat "$WORK/train.out")"
