@@ -1,10 +1,12 @@
 // Standalone timing of the CPU attention kernels (not part of the build).
 // Build against an existing build folder, e.g.:
 //   g++ -O3 -march=native -fopenmp -std=c++20 -I include -I . scripts/bench/attention_bench.cpp \
-//     build-attn/lib/libkumiko_kernels_cpu.a build-attn/lib/libkumiko_core.a \
+//     build/lib/libkumiko_kernels_cpu.a build/lib/libkumiko_core.a \
 //     -lopenblas -lspdlog -lfmt -o /tmp/attention_bench
-//   OMP_NUM_THREADS=2 /tmp/attention_bench [B T Hq Hkv D] [reps]
-// FLOPs count the causal half: fwd 2*T*T*D per (b, q head), bwd 2.5x fwd.
+//   OMP_NUM_THREADS=2 /tmp/attention_bench [B T Hq Hkv D] [reps] [fp32|bf16]
+// scripts/bench/attention_vs_torch.sh builds it this way and runs it beside PyTorch.
+// FLOPs count the causal half: fwd 2*T*T*D per (b, q head), bwd 2.5x fwd (the bf16
+// kernels' (hi, lo) pairs for P and dS are not counted: the rate is the fp32 math's).
 #include <omp.h>
 
 #include <algorithm>
@@ -12,9 +14,59 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "kumiko/core/bf16.h"
 #include "kumiko/ops/attention.h"
+
+template <typename S>
+static S from_float(float x) {
+  if constexpr (std::is_same_v<S, kumiko::bf16>) return kumiko::to_bf16(x);
+  else return x;
+}
+
+template <typename S>
+static void run(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int reps) {
+  using M = kumiko::math_t<S>;
+  const int64_t row = (Hq + 2 * Hkv) * D;
+  std::mt19937 gen(1);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<S> qkv(static_cast<size_t>(B * T * row)), dqkv(qkv.size());
+  std::vector<S> out(static_cast<size_t>(B * T * Hq * D)), dout(out.size());
+  std::vector<M> lse(static_cast<size_t>(B * Hq * T));
+  for (auto& x : qkv) x = from_float<S>(nd(gen));
+  for (auto& x : dout) x = from_float<S>(nd(gen));
+  using clock = std::chrono::steady_clock;
+  auto ms = [](clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
+  double best_f = 1e30, best_b = 1e30, best_fb = 1e30, sum_f = 0, sum_b = 0;
+  for (int r = 0; r < reps + 2; ++r) {
+    for (auto& x : dqkv) x = from_float<S>(0.f);  // the backward accumulates into dqkv
+    const auto t0 = clock::now();
+    kumiko::cpu::attention_forward<S>(out.data(), lse.data(), qkv.data(), B, T, Hq, Hkv, D);
+    const auto t1 = clock::now();
+    kumiko::cpu::attention_backward<S>(dqkv.data(), dout.data(), qkv.data(), out.data(),
+                                       lse.data(), B, T, Hq, Hkv, D);
+    const auto t2 = clock::now();
+    if (r < 2) continue;  // warm-up
+    best_f = std::min(best_f, ms(t1 - t0));
+    best_b = std::min(best_b, ms(t2 - t1));
+    best_fb = std::min(best_fb, ms(t2 - t0));
+    sum_f += ms(t1 - t0);
+    sum_b += ms(t2 - t1);
+  }
+  const double fwd = 2.0 * T * T * D * B * Hq, bwd = 2.5 * fwd;
+  std::printf("B=%ld T=%ld Hq=%ld Hkv=%ld D=%ld threads=%d %s\n", B, T, Hq, Hkv, D,
+              omp_get_max_threads(), std::is_same_v<S, float> ? "fp32" : "bf16");
+  std::printf("fwd  best %.2f ms (%.1f GFLOP/s)  mean %.2f ms\n", best_f, fwd / best_f * 1e-6,
+              sum_f / reps);
+  std::printf("bwd  best %.2f ms (%.1f GFLOP/s)  mean %.2f ms\n", best_b, bwd / best_b * 1e-6,
+              sum_b / reps);
+  std::printf("f+b  best %.2f ms (%.1f GFLOP/s)\n", best_f + best_b,
+              (fwd + bwd) / (best_f + best_b) * 1e-6);
+  // The best forward + backward of one repetition, as torch_attention.py measures it.
+  std::printf("fb_ms=%.3f\n", best_fb);
+}
 
 int main(int argc, char** argv) {
   int64_t B = 8, T = 256, Hq = 4, Hkv = 4, D = 64;
@@ -24,38 +76,12 @@ int main(int argc, char** argv) {
     Hkv = std::atoll(argv[4]), D = std::atoll(argv[5]);
   }
   if (argc >= 7) reps = std::atoi(argv[6]);
-  const int64_t row = (Hq + 2 * Hkv) * D;
-  std::mt19937 gen(1);
-  std::normal_distribution<float> nd(0.f, 1.f);
-  std::vector<float> qkv(static_cast<size_t>(B * T * row)), dqkv(qkv.size(), 0.f);
-  std::vector<float> out(static_cast<size_t>(B * T * Hq * D)), dout(out.size());
-  std::vector<float> lse(static_cast<size_t>(B * Hq * T));
-  for (auto& x : qkv) x = nd(gen);
-  for (auto& x : dout) x = nd(gen);
-  using clock = std::chrono::steady_clock;
-  auto ms = [](clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
-  double best_f = 1e30, best_b = 1e30, sum_f = 0, sum_b = 0;
-  for (int r = 0; r < reps + 2; ++r) {
-    const auto t0 = clock::now();
-    kumiko::cpu::attention_forward<float>(out.data(), lse.data(), qkv.data(), B, T, Hq, Hkv, D);
-    const auto t1 = clock::now();
-    kumiko::cpu::attention_backward<float>(dqkv.data(), dout.data(), qkv.data(), out.data(),
-                                           lse.data(), B, T, Hq, Hkv, D);
-    const auto t2 = clock::now();
-    if (r < 2) continue;  // warm-up
-    best_f = std::min(best_f, ms(t1 - t0));
-    best_b = std::min(best_b, ms(t2 - t1));
-    sum_f += ms(t1 - t0);
-    sum_b += ms(t2 - t1);
+  const std::string dtype = argc >= 8 ? argv[7] : "fp32";
+  if (dtype == "bf16") run<kumiko::bf16>(B, T, Hq, Hkv, D, reps);
+  else if (dtype == "fp32") run<float>(B, T, Hq, Hkv, D, reps);
+  else {
+    std::fprintf(stderr, "error: dtype must be fp32 or bf16, not '%s'\n", dtype.c_str());
+    return 2;
   }
-  const double fwd = 2.0 * T * T * D * B * Hq, bwd = 2.5 * fwd;
-  std::printf("B=%ld T=%ld Hq=%ld Hkv=%ld D=%ld threads=%d\n", B, T, Hq, Hkv, D,
-              omp_get_max_threads());
-  std::printf("fwd  best %.2f ms (%.1f GFLOP/s)  mean %.2f ms\n", best_f, fwd / best_f * 1e-6,
-              sum_f / reps);
-  std::printf("bwd  best %.2f ms (%.1f GFLOP/s)  mean %.2f ms\n", best_b, bwd / best_b * 1e-6,
-              sum_b / reps);
-  std::printf("f+b  best %.2f ms (%.1f GFLOP/s)\n", best_f + best_b,
-              (fwd + bwd) / (best_f + best_b) * 1e-6);
   return 0;
 }
