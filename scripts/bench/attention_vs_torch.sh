@@ -9,7 +9,9 @@
 #        cpu_vs_torch.sh --setup makes it), BUILD (default build: the kernels' static
 #        libraries, from scripts/build.sh), CXX (default g++)
 #
-# Shapes (B T Hq Hkv D): tiny 8 256 4 4 64, 124m 4 64 12 12 64, llama 8 256 8 4 32.
+# Shapes (B T Hq Hkv D): tiny 8 256 4 4 64, 124m 4 64 12 12 64, llama 8 256 8 4 32
+# (the three models of cpu_vs_torch.sh) and 124m-t1024 1 1024 12 12 64 (GPT-2 124M's
+# attention at its own context length, where attention's share of a step is larger).
 # kumiko: scripts/bench/attention_bench.cpp, built here against $BUILD/lib, on fp32 and
 # bf16 storage (q, k, v interleaved per token as the model keeps them). PyTorch:
 # scripts/bench/torch_attention.py, fp32 and bf16 tensors [B, H, T, D]. Each figure is
@@ -87,7 +89,7 @@ run_one() {  # config B T Hq Hkv D -> best f+b ms
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {
   if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 
-SHAPES=("tiny 8 256 4 4 64" "124m 4 64 12 12 64" "llama 8 256 8 4 32")
+SHAPES=("tiny 8 256 4 4 64" "124m 4 64 12 12 64" "llama 8 256 8 4 32" "124m-t1024 1 1024 12 12 64")
 declare -A MED
 echo "cpu: $CPU_NAME, threads=$THREADS runs=$RUNS reps=$REPS torch=$TORCH_VERSION" >&2
 for s in "${SHAPES[@]}"; do
