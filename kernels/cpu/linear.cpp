@@ -29,11 +29,12 @@ void linear_forward(T* y, const T* x, const T* w, const T* b, int64_t N, int64_t
 template <typename T>
 void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t N,
                      int64_t in, int64_t out, bool accumulate_dx, bool accumulate_dw) {
+  // The bias gradient first, while dy, just written by the op before, is still in cache.
+  if (db != nullptr) bias_backward(db, dy, N, out);
   // dx[N, in] (+)= dy[N, out] · W[out, in]
   if (dx != nullptr) matmul<T>(false, false, N, in, out, T(1), dy, out, w, in, T(accumulate_dx), dx, in);
   // dw[out, in] (+)= dy^T[out, N] · x[N, in]
   matmul<T>(true, false, out, in, N, T(1), dy, out, x, in, T(accumulate_dw), dw, in);
-  if (db != nullptr) bias_backward(db, dy, N, out);
 }
 
 template <typename S>

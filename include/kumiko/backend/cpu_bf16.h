@@ -73,10 +73,11 @@ class CpuBf16 : public HostOps<bf16, float, float> {
   }
   void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, bool overwrite_dw, Grad* db, const Act* dy,
                        const Act* x, const Act* w, int64_t N, int64_t in, int64_t out) {
-    // dx[N, in] (+)= dy[N, out] W[out, in] in bf16; dw[out, in] (+)= dy^T[out, N] x[N, in] in fp32
+    // dx[N, in] (+)= dy[N, out] W[out, in] in bf16; dw[out, in] (+)= dy^T[out, N] x[N, in] in fp32.
+    // The bias gradient first, while dy, just written by the op before, is still in cache.
+    if (db) cpu::bias_backward(db, dy, N, out);
     cpu::matmul_bf16_out(gemm_, false, false, N, in, out, dy, out, w, in, nullptr, accumulate_dx, dx, in);
     cpu::matmul_bf16(gemm_, true, false, out, in, N, dy, out, x, in, overwrite_dw ? 0.0f : 1.0f, dw, in);
-    if (db) cpu::bias_backward(db, dy, N, out);
   }
   void rope_at(Act* qkv, int64_t pos, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
     const int64_t n = (Hq + 2 * Hkv) * D;
