@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kumiko/core/bf16.h"
@@ -76,6 +77,10 @@ int main(int argc, char** argv) {
     Hkv = std::atoll(argv[4]), D = std::atoll(argv[5]);
   }
   if (argc >= 7) reps = std::atoi(argv[6]);
+  if (reps < 1) {
+    std::fprintf(stderr, "error: reps must be at least 1, not '%s'\n", argv[6]);
+    return 2;
+  }
   const std::string dtype = argc >= 8 ? argv[7] : "fp32";
   if (dtype == "bf16") run<kumiko::bf16>(B, T, Hq, Hkv, D, reps);
   else if (dtype == "fp32") run<float>(B, T, Hq, Hkv, D, reps);
