@@ -73,9 +73,17 @@ static void run(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int re
 int main(int argc, char** argv) {
   int64_t B = 8, T = 256, Hq = 4, Hkv = 4, D = 64;
   int reps = 20;
+  if (argc != 1 && argc < 6) {
+    std::fprintf(stderr, "usage: %s [B T Hq Hkv D [reps [fp32|bf16]]]\n", argv[0]);
+    return 2;
+  }
   if (argc >= 6) {
     B = std::atoll(argv[1]), T = std::atoll(argv[2]), Hq = std::atoll(argv[3]);
     Hkv = std::atoll(argv[4]), D = std::atoll(argv[5]);
+    if (B < 1 || T < 1 || Hq < 1 || Hkv < 1 || D < 1 || Hq % Hkv != 0) {
+      std::fprintf(stderr, "error: B T Hq Hkv D must be positive integers with Hq a multiple of Hkv\n");
+      return 2;
+    }
   }
   if (argc >= 7) reps = std::atoi(argv[6]);
   if (reps < 1) {

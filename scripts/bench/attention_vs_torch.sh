@@ -29,12 +29,14 @@ RUNS=3 THREADS=2 REPS=20 MARKDOWN="" COMPILE=1
 
 die() { echo "attention_vs_torch: error: $*" >&2; exit 2; }
 
+value() { [[ $# -ge 2 && "$2" != --* ]] || die "$1 needs a value (see --help)"; }
+
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --runs) RUNS="${2:-}"; shift ;;
-    --threads) THREADS="${2:-}"; shift ;;
-    --reps) REPS="${2:-}"; shift ;;
-    --markdown) MARKDOWN="${2:-}"; shift ;;
+    --runs) value "$@"; RUNS="$2"; shift ;;
+    --threads) value "$@"; THREADS="$2"; shift ;;
+    --reps) value "$@"; REPS="$2"; shift ;;
+    --markdown) value "$@"; MARKDOWN="$2"; shift ;;
     --no-compile) COMPILE=0 ;;
     -h|--help) sed -n '2,/^set -e/{/^set -e/!p}' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
@@ -45,10 +47,16 @@ for v in RUNS THREADS REPS; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "--${v,,} expects a positive integer, got '${!v}'"
 done
 
-[[ -x "$PYTHON" ]] || die "$PYTHON not found: run 'scripts/bench/cpu_vs_torch.sh --setup' or set PYTHON"
+if [[ -n "$MARKDOWN" ]]; then  # fail now, not after the runs
+  [[ -d "$(dirname -- "$MARKDOWN")" && -w "$(dirname -- "$MARKDOWN")" ]] ||
+    die "--markdown $MARKDOWN: its folder does not exist or is not writable"
+fi
+command -v "$PYTHON" >/dev/null || die "$PYTHON not found: run 'scripts/bench/cpu_vs_torch.sh --setup' or set PYTHON"
 TORCH_VERSION="$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null)" ||
   die "$PYTHON cannot import torch: run 'scripts/bench/cpu_vs_torch.sh --setup' or set PYTHON"
-[[ "$TORCH_VERSION" == 1.* ]] && die "torch $TORCH_VERSION has no F.scaled_dot_product_attention (needs 2.x)"
+# enable_gqa (the Llama shape's grouped heads) came with torch 2.5.
+"$PYTHON" -c 'import sys, torch; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(v < (2, 5))' ||
+  die "torch $TORCH_VERSION is too old: F.scaled_dot_product_attention with enable_gqa needs torch 2.5 or later"
 for lib in libkumiko_kernels_cpu.a libkumiko_core.a; do
   [[ -f "$BUILD/lib/$lib" ]] || die "$BUILD/lib/$lib is missing: run scripts/build.sh first (or set BUILD)"
 done
@@ -58,6 +66,8 @@ if awk -v l="$LOAD" -v c="$(nproc)" 'BEGIN { exit !(l > 0.5 * c) }'; then
   echo "warning: machine is busy (load $LOAD): the times can be several times too high" >&2
 fi
 CPU_NAME="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
+grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null ||
+  echo "warning: this CPU has no bf16 instructions: torch's bf16 runs (and kumiko's, widened to fp32) are slow" >&2
 export OMP_NUM_THREADS="$THREADS"
 TMP="$(mktemp -d -t kumiko-attn.XXXXXX)"
 trap 'rm -rf "$TMP"' EXIT

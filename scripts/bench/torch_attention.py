@@ -20,6 +20,8 @@ def main():
   p.add_argument("--reps", type=int, default=20)
   a = p.parse_args()
   B, T, Hq, Hkv, D = a.shape
+  if min(a.shape) < 1 or a.reps < 1 or a.threads < 1:
+    p.error("--shape values, --reps and --threads must be at least 1")
   if Hq % Hkv:
     p.error(f"--shape: HQ ({Hq}) must be a multiple of HKV ({Hkv})")
   torch.set_num_threads(a.threads)
