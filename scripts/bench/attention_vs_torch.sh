@@ -21,6 +21,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=scripts/bench/common.sh
+source "$ROOT/scripts/bench/common.sh"
 TORCH_VENV="${TORCH_VENV:-/opt/torch-venv}"
 PYTHON="${PYTHON:-$TORCH_VENV/bin/python}"
 BUILD="${BUILD:-$ROOT/build}"
@@ -61,12 +63,9 @@ for lib in libkumiko_kernels_cpu.a libkumiko_core.a; do
   [[ -f "$BUILD/lib/$lib" ]] || die "$BUILD/lib/$lib is missing: run scripts/build.sh first (or set BUILD)"
 done
 
-LOAD="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)"
-if awk -v l="$LOAD" -v c="$(nproc)" 'BEGIN { exit !(l > 0.5 * c) }'; then
-  echo "warning: machine is busy (load $LOAD): the times can be several times too high" >&2
-fi
-CPU_NAME="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
-grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null ||
+warn_if_busy
+CPU_NAME="$(cpu_name)"
+has_native_bf16 ||
   echo "warning: this CPU has no bf16 instructions: torch's bf16 runs (and kumiko's, widened to fp32) are slow" >&2
 export OMP_NUM_THREADS="$THREADS"
 TMP="$(mktemp -d -t kumiko-attn.XXXXXX)"
@@ -95,9 +94,6 @@ run_one() {  # config B T Hq Hkv D -> best f+b ms
   fi
   sed -n 's/^fb_ms=//p' <<<"$out" | tail -n 1
 }
-
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {
-  if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 
 SHAPES=("tiny 8 256 4 4 64" "124m 4 64 12 12 64" "llama 8 256 8 4 32" "124m-t1024 1 1024 12 12 64")
 declare -A MED

@@ -28,6 +28,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=scripts/bench/common.sh
+source "$ROOT/scripts/bench/common.sh"
 TORCH_VENV="${TORCH_VENV:-/opt/torch-venv}"
 PYTHON="${PYTHON:-$TORCH_VENV/bin/python}"
 KUMIKO_BIN="${KUMIKO_BIN:-$ROOT/build/bin/kumiko}"
@@ -70,15 +72,10 @@ TORCH_VERSION="$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/nu
 [[ -x "$KUMIKO_BIN" ]] || die "kumiko binary '$KUMIKO_BIN' is missing: build it (scripts/test.sh or" \
   "cmake --build build --target kumiko) or set KUMIKO_BIN"
 
-LOAD="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)"
-CORES="$(nproc 2>/dev/null || echo 1)"
-if awk -v l="$LOAD" -v c="$CORES" 'BEGIN { exit !(l > 0.5 * c) }'; then
-  echo "warning: machine is busy (load $LOAD on $CORES cores): with OpenMP spin-waiting the" \
-       "numbers can be several times too low and noisy; rerun when the machine is idle" >&2
-fi
+warn_if_busy
 NATIVE_BF16=0
-grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && NATIVE_BF16=1
-CPU_NAME="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
+has_native_bf16 && NATIVE_BF16=1
+CPU_NAME="$(cpu_name)"
 
 unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS GOTO_NUM_THREADS MKL_NUM_THREADS
 export OMP_NUM_THREADS="$THREADS"
@@ -136,9 +133,6 @@ print(f"{statistics.median(rates):.1f}")
 EOF
 }
 
-median() { printf '%s\n' "$@" | grep -v '^-$' | sort -g | awk '{a[NR]=$1} END {
-  if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
-
 # --- main loop -----------------------------------------------------------------------------------
 #        name  arch  L  H  KV C   F    T   B V     embeddings steps
 ALL_SHAPES=("tiny  gpt2  4  4  4  256 1024 256 8 8192  tied   $STEPS_TINY"
@@ -173,7 +167,7 @@ declare -A MED ROUND  # ROUND[name:run:config]: one run's tokens/s
 echo "cpu: $CPU_NAME ($([[ $NATIVE_BF16 -eq 1 ]] && echo "bf16 instructions" || echo "no bf16 instructions"))," \
      "threads=$THREADS runs=$RUNS torch=$TORCH_VERSION kumiko=$KUMIKO_BIN" >&2
 for shape in "${SHAPES[@]}"; do
-  read -r name arch L H KV C F T B V tied N <<<"$shape"
+  read -r name arch L H KV C F T B V tied _ <<<"$shape"
   declare -A rates=()
   for ((r = 1; r <= RUNS; r++)); do
     for cfg in "${CONFIGS[@]}"; do
@@ -230,7 +224,7 @@ header="| shape | kumiko fp32 | kumiko bf16 | torch fp32 eager | torch fp32 + co
   echo "$header"
   echo "|---|---:|---:|---:|---:|---:|---:|---|---|"
   for shape in "${SHAPES[@]}"; do
-    read -r name arch L H KV C F T B V tied N <<<"$shape"
+    read -r name arch L H KV C F T B V tied _ <<<"$shape"
     read -r kb kl <<<"$(best "$name" kumiko)"
     read -r tb tl <<<"$(best "$name" torch)"
     ratio="$(awk -v k="$kb" -v t="$tb" 'BEGIN { if (k > 0 && t > 0) printf "%.2fx", k / t; else print "-" }')"
