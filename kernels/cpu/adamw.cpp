@@ -66,7 +66,8 @@ void adamw_update(const AdamWSlice<T>* slices, size_t count, double lr, double b
     const AdamWSlice<T>& s = slices[k];
     KUMIKO_CHECK(s.work == nullptr || (std::is_same_v<T, float>), "adamw_update: a bf16 working copy needs fp32 masters");
     decay[k] = T(1.0 - lr * s.weight_decay);
-    for (int64_t a = 0; a < s.n; a += kPiece) pieces.push_back({k, a, std::min(s.n, a + kPiece)});
+    const int64_t piece = s.after && s.align > 0 ? std::max<int64_t>(1, kPiece / s.align) * s.align : kPiece;
+    for (int64_t a = 0; a < s.n; a += piece) pieces.push_back({k, a, std::min(s.n, a + piece)});
   }
   const auto np = static_cast<int64_t>(pieces.size());
 #pragma omp parallel for schedule(dynamic, 1)
@@ -76,6 +77,7 @@ void adamw_update(const AdamWSlice<T>* slices, size_t count, double lr, double b
     if constexpr (std::is_same_v<T, float>) {
       if (s.work) {
         adamw_piece<T, true>(s, p.begin, p.end, f, decay[p.slice]);
+        if (s.after) s.after(s.ctx, p.begin, p.end);
         continue;
       }
     }

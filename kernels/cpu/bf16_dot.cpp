@@ -4,6 +4,7 @@
 #include "kernels/cpu/bf16_dot.h"
 
 #include <algorithm>
+#include <cstdint>
 
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
 #include <immintrin.h>
@@ -130,9 +131,17 @@ inline void transpose16(__m512i r[16]) {
 
 }  // namespace
 
+// 16 words, bypassing the cache (no read of the line first) where asked and aligned.
+inline void store(Pair* d, __m512i v, bool stream) {
+  if (stream && reinterpret_cast<uintptr_t>(d) % 64 == 0)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(d), v);
+  else
+    _mm512_storeu_si512(d, v);
+}
+
 // 16 x 16 word blocks through registers; rows from n up to round16(n) load as zeros,
 // which writes the zero columns the layout asks for.
-void pack_transposed(Pair* dst, int64_t ldb, const bf16* src, int64_t ld, int64_t n, int64_t K2) {
+void pack_transposed(Pair* dst, int64_t ldb, const bf16* src, int64_t ld, int64_t n, int64_t K2, bool stream) {
   for (int64_t j0 = 0; j0 < n; j0 += 16) {
     const int rows = static_cast<int>(std::min<int64_t>(16, n - j0));
     for (int64_t p0 = 0; p0 < K2; p0 += 16) {
@@ -144,12 +153,48 @@ void pack_transposed(Pair* dst, int64_t ldb, const bf16* src, int64_t ld, int64_
         r[i] = i < rows ? _mm512_maskz_loadu_epi32(pm, as_pairs(src + (j0 + i) * ld) + p0)
                         : _mm512_setzero_si512();
       transpose16(r);
-      for (int64_t i = 0; i < np; ++i) _mm512_storeu_si512(dst + (p0 + i) * ldb + j0, r[i]);
+      for (int64_t i = 0; i < np; ++i) store(dst + (p0 + i) * ldb + j0, r[i], stream);
     }
   }
+  if (stream) _mm_sfence();
+}
+
+// 32 columns at a time: the two rows' words interleaved by two vpermt2w.
+void pack_interleaved(Pair* dst, int64_t ldb, const bf16* src, int64_t ld, int64_t npairs, int64_t n, bool stream) {
+  alignas(64) static constexpr uint16_t kLo[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                                   8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  alignas(64) static constexpr uint16_t kHi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                                   24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  const __m512i lo = _mm512_load_si512(kLo), hi = _mm512_load_si512(kHi);
+  for (int64_t p = 0; p < npairs; ++p) {
+    const bf16* r0 = src + 2 * p * ld;
+    const bf16* r1 = r0 + ld;
+    Pair* d = dst + p * ldb;
+    for (int64_t c = 0; c < n; c += 32) {
+      const int64_t left = std::min<int64_t>(32, n - c);
+      const __mmask32 m = left == 32 ? __mmask32(~0u) : __mmask32((1u << left) - 1);
+      const __m512i a = _mm512_maskz_loadu_epi16(m, r0 + c), b = _mm512_maskz_loadu_epi16(m, r1 + c);
+      const __mmask16 m0 = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+      const __mmask16 m1 = left == 32 ? __mmask16(0xffff) : left > 16 ? __mmask16((1u << (left - 16)) - 1) : 0;
+      if (left == 32) {
+        store(d + c, _mm512_permutex2var_epi16(a, lo, b), stream);
+        store(d + c + 16, _mm512_permutex2var_epi16(a, hi, b), stream);
+      } else {
+        _mm512_mask_storeu_epi32(d + c, m0, _mm512_permutex2var_epi16(a, lo, b));
+        _mm512_mask_storeu_epi32(d + c + 16, m1, _mm512_permutex2var_epi16(a, hi, b));
+      }
+    }
+  }
+  if (stream) _mm_sfence();
 }
 
 #else
+
+void pack_interleaved(Pair* dst, int64_t ldb, const bf16* src, int64_t ld, int64_t npairs, int64_t n, bool) {
+  for (int64_t p = 0; p < npairs; ++p)
+    for (int64_t c = 0; c < n; ++c)
+      dst[p * ldb + c] = uint32_t{src[2 * p * ld + c].bits} | (uint32_t{src[(2 * p + 1) * ld + c].bits} << 16);
+}
 
 void dpbf16_gemm(int64_t M, int64_t N, int64_t K2, float alpha, const Pair* A, int64_t lda,
                  const Pair* B, int64_t ldb, bool accumulate, float* C, int64_t ldc) {
@@ -168,7 +213,7 @@ void dpbf16_gemm(int64_t M, int64_t N, int64_t K2, float alpha, const Pair* A, i
 }
 
 
-void pack_transposed(Pair* dst, int64_t ldb, const bf16* src, int64_t ld, int64_t n, int64_t K2) {
+void pack_transposed(Pair* dst, int64_t ldb, const bf16* src, int64_t ld, int64_t n, int64_t K2, bool) {
   for (int64_t j = 0; j < n; ++j) {
     const Pair* row = as_pairs(src + j * ld);
     for (int64_t p = 0; p < K2; ++p) dst[p * ldb + j] = row[p];

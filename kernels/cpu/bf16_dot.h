@@ -49,7 +49,13 @@ void dpbf16_gemm(int64_t M, int64_t N, int64_t K2, float alpha, const Pair* A, i
                  const Pair* B, int64_t ldb, bool accumulate, float* C, int64_t ldc);
 
 // B = Xᵀ for X [n, 2 K2] bf16 (leading dimension ld, even): dst[p, j] = X's word p of row j.
-void pack_transposed(Pair* dst, int64_t ldb, const bf16* src, int64_t ld, int64_t n, int64_t K2);
+// stream: store past the caches (a copy read much later: packed weights).
+void pack_transposed(Pair* dst, int64_t ldb, const bf16* src, int64_t ld, int64_t n, int64_t K2,
+                     bool stream = false);
+// Row pairs of X [2 npairs, n] bf16 (leading dimension ld) side by side:
+// dst[p, j] = (X[2p, j], X[2p + 1, j]); columns from n on are left as they are.
+void pack_interleaved(Pair* dst, int64_t ldb, const bf16* src, int64_t ld, int64_t npairs, int64_t n,
+                      bool stream = false);
 // B = X for X [k, n] bf16 (leading dimension ld), each element as a pair (x, x), k words
 // deep: the B of an A made by split().
 void pack_dup(Pair* dst, int64_t ldb, const bf16* src, int64_t ld, int64_t k, int64_t n);

@@ -16,6 +16,7 @@
 #include "kumiko/core/threads.h"
 #include "kumiko/model/parameters.h"
 #include "kumiko/model/transformer.h"
+#include "kumiko/ops/packed_weights.h"
 #include "kumiko/parallel/data_parallel.h"
 #include "kumiko/parallel/engine.h"
 #include "kumiko/parallel/pipeline.h"
@@ -125,6 +126,30 @@ double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp, cpu:
   const double operand_copies = gemm == cpu::Bf16Gemm::emulated ? std::max(logits, act) + weight : 0.0;
   const double onednn = gemm == cpu::Bf16Gemm::onednn ? onednn_scratchpad(d, B * T, tp, threads) : 0.0;
   return 4.0 * (slot0 + fp32_result + operand_copies + std::max(dq, kv)) + onednn;
+}
+
+// backend.packed_weights (cpu bf16 with the oneDNN GEMM, ZeRO off): cpu::PackedWeights'
+// two packed bf16 copies of every weight the rank's linears multiply (the blocks' 2-D
+// weights, and the head: the token embedding where tied, on the stage with the head),
+// their sizes asked of oneDNN per shape (padded to its blocks). Cached per shape.
+double packed_weight_bytes(const config::Config& cfg, const std::vector<model::ParameterSpec>& specs,
+                           const model::Dims& d, const model::PipelineStage& stage, int64_t N) {
+  if (!cfg.backend.packed_weights || cfg.parallel.zero != 0 ||
+      parallel::bf16_gemm_of(&cfg) != cpu::Bf16Gemm::onednn)
+    return 0;
+  static std::mutex mutex;
+  static std::map<std::tuple<int64_t, int64_t, int64_t>, size_t> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  double bytes = 0;
+  for (const auto& s : specs) {
+    const auto shape = s.local_shape();
+    const bool head = s.name == "head.weight" || (s.name == "embed.tokens.weight" && d.tied && stage.has_head);
+    if (shape.size() != 2 || !(head || s.name.rfind("blocks.", 0) == 0)) continue;
+    auto [it, fresh] = cache.try_emplace({N, shape[1], shape[0]}, 0);
+    if (fresh) it->second = cpu::PackedWeights::bytes_for(N, shape[1], shape[0]);
+    bytes += static_cast<double>(it->second);
+  }
+  return bytes;
 }
 
 // The CUDA backend's workspace beyond the arena (backend prepare()): the largest of
@@ -247,6 +272,7 @@ Memory rank_memory(const config::Config& cfg, const Layout& l, int pp_rank) {
       // params()' fp32 values and gradients (the host layout checkpoints and the
       // communicator read) beside the arena's: host memory too on the CPU.
       m.parameters += 4.0 * static_cast<double>(P);
+      m.parameters += packed_weight_bytes(cfg, specs, l.dims, b.stage, int64_t{l.MB} * l.T);
       m.gradients += 4.0 * static_cast<double>(P);
     } else {
       m.parameters = 4.0 * static_cast<double>(P);

@@ -35,6 +35,7 @@
 #include "kumiko/ops/bf16.h"
 #include "kumiko/ops/cross_entropy.h"
 #include "kumiko/ops/matmul_bf16.h"
+#include "kumiko/ops/packed_weights.h"
 
 namespace kumiko::backend {
 
@@ -48,8 +49,16 @@ class CpuBf16 : public HostOps<bf16, float, float> {
   static constexpr const char* kName = "cpu";
 
   // head_dim: the model's, for the start-up line's account of attention's tiles.
-  explicit CpuBf16(cpu::Bf16Gemm gemm = cpu::Bf16Gemm::emulated, int64_t head_dim = 0)
-      : gemm_(gemm), head_dim_(head_dim) {}
+  // pack_weights: keep the linear weights packed for oneDNN between steps
+  // (cpu::PackedWeights; only with gemm = onednn). The engine asks for it unless ZeRO
+  // shards the update or backend.packed_weights = false; the working copy must then
+  // change only through adamw() and refresh_work().
+  explicit CpuBf16(cpu::Bf16Gemm gemm = cpu::Bf16Gemm::emulated, int64_t head_dim = 0, bool pack_weights = false)
+      : gemm_(gemm), head_dim_(head_dim) {
+    if (pack_weights && gemm == cpu::Bf16Gemm::onednn) packed_ = std::make_unique<cpu::PackedWeights>();
+  }
+  // Bytes of the packed weight copies held now (0 without them).
+  size_t packed_weight_bytes() const { return packed_ ? packed_->bytes() : 0; }
   cpu::Bf16Gemm gemm() const { return gemm_; }
 
   template <typename Dims>
@@ -64,19 +73,21 @@ class CpuBf16 : public HostOps<bf16, float, float> {
   void linear(Act* y, const Act* x, const Act* w, const Act* b, int64_t N, int64_t in, int64_t out,
               Act* gelu_pre = nullptr) {
     // y[N, out] = x[N, in] W[out, in]^T (+ b), the GEMM storing bf16 itself where it can.
-    if (!gelu_pre) return cpu::matmul_bf16_out(gemm_, false, true, N, out, in, x, in, w, in, b, false, y, out);
     // With GELU: the GEMM stores the bf16 pre-activation, then GELU of that stored value,
     // by the very call a selective recomputation makes again (so it is bitwise), and
     // what PyTorch's autocast does (GELU of the linear's bf16 output).
-    cpu::matmul_bf16_out(gemm_, false, true, N, out, in, x, in, w, in, b, false, gelu_pre, out);
-    cpu::gelu_forward(y, gelu_pre, N * out);
+    Act* out_y = gelu_pre ? gelu_pre : y;
+    if (!(packed_ && packed_->forward(out_y, x, w, b, N, in, out)))
+      cpu::matmul_bf16_out(gemm_, false, true, N, out, in, x, in, w, in, b, false, out_y, out);
+    if (gelu_pre) cpu::gelu_forward(y, gelu_pre, N * out);
   }
   void linear_backward(Act* dx, bool accumulate_dx, Grad* dw, bool overwrite_dw, Grad* db, const Act* dy,
                        const Act* x, const Act* w, int64_t N, int64_t in, int64_t out) {
     // dx[N, in] (+)= dy[N, out] W[out, in] in bf16; dw[out, in] (+)= dy^T[out, N] x[N, in] in fp32.
     // The bias gradient first, while dy, just written by the op before, is still in cache.
     if (db) cpu::bias_backward(db, dy, N, out);
-    cpu::matmul_bf16_out(gemm_, false, false, N, in, out, dy, out, w, in, nullptr, accumulate_dx, dx, in);
+    if (!(packed_ && packed_->input_gradient(dx, accumulate_dx, dy, w, N, in, out)))
+      cpu::matmul_bf16_out(gemm_, false, false, N, in, out, dy, out, w, in, nullptr, accumulate_dx, dx, in);
     cpu::matmul_bf16(gemm_, true, false, out, in, N, dy, out, x, in, overwrite_dw ? 0.0f : 1.0f, dw, in);
   }
   void rope_at(Act* qkv, int64_t pos, int64_t Hq, int64_t Hkv, int64_t D, double theta) {
@@ -139,9 +150,14 @@ class CpuBf16 : public HostOps<bf16, float, float> {
     slices.reserve(ranges.size());
     for (const auto& r : ranges)
       slices.push_back({r.param, r.grad, r.m, r.v, r.work, r.n, r.decay ? h.weight_decay : 0.0});
+    if (packed_) packed_->attach(slices);  // AdamW packs the weights as it rounds them
     cpu::adamw_update(slices.data(), slices.size(), h.lr, h.beta1, h.beta2, h.eps, h.grad_scale, h.step);
+    if (packed_) packed_->updated();
   }
-  void refresh_work(Act* work, const Grad* master, int64_t n) { cpu::narrow(work, master, n); }
+  void refresh_work(Act* work, const Grad* master, int64_t n) {
+    cpu::narrow(work, master, n);
+    if (packed_) packed_->invalidate();
+  }
 
   // Collectives: HostCollectives (bf16 travels as comm::BFloat16, the same type; the
   // communicator reduces it in fp32).
@@ -151,7 +167,7 @@ class CpuBf16 : public HostOps<bf16, float, float> {
       return std::string("cpu, dtype bf16 (emulated: software conversions, fp32 GEMM; attention tiles: ") +
              cpu::attention_bf16_tiles(head_dim_) + "; this CPU: " + cpu_features().describe() + ")";
     return std::string("cpu, dtype bf16 (bf16 GEMM: ") + cpu::bf16_gemm_name(gemm_) + ", " +
-           cpu::bf16_gemm_kernels(gemm_) + "; attention tiles: " + cpu::attention_bf16_tiles(head_dim_) +
+           cpu::bf16_gemm_kernels(gemm_) + (packed_ ? ", weights kept packed" : "") + "; attention tiles: " + cpu::attention_bf16_tiles(head_dim_) +
            "; other ops: bf16 storage, fp32 arithmetic; this CPU: " + cpu_features().describe() + ")";
   }
 
@@ -172,6 +188,7 @@ class CpuBf16 : public HostOps<bf16, float, float> {
   int64_t head_dim_;
   Cpu<float> fp32_;  // the fp32 kernels, and the arena's allocator
   std::vector<float> scratch_[4];
+  std::unique_ptr<cpu::PackedWeights> packed_;  // null: every GEMM takes W as it is
 };
 
 }  // namespace kumiko::backend

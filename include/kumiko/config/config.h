@@ -97,6 +97,7 @@ struct BackendConfig {
   std::string matmul = "kumiko";     // kumiko|cublas (cublas: cuda only, reference path)
   std::string attention = "kumiko";  // kumiko|cudnn (cudnn: cuda only, reference path)
   std::string bf16_gemm = "auto";    // auto|emulated|openblas|onednn: the CPU's bf16 GEMM (cpu + bf16 only)
+  bool packed_weights = true;        // cpu + bf16 + onednn: linear weights kept in oneDNN's packed layout
   std::string comm = "auto";         // auto|nccl|mpi: how cuda ranks exchange tensors (auto: nccl when each rank has its own GPU)
 };
 

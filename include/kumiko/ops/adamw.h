@@ -26,7 +26,10 @@ void adamw_update(float* param, const float* grad, float* m, float* v, bf16* wor
 // 2^16 elements as they free up, so a small tensor costs no fork / join of its own
 // and threads that run at different speeds (a VM's vCPUs) still finish together. The
 // update is elementwise: the same bits for any slicing and thread count. `work`
-// (nullable) only with T = float.
+// (nullable) only with T = float. With `after` set, the slice's pieces start at
+// multiples of `align` elements (align > 0) and after(ctx, begin, end) runs on the
+// thread that updated elements [begin, end), right after it, while that piece of the
+// working copy is still in cache (CpuBf16 packs its weights for oneDNN there).
 template <typename T>
 struct AdamWSlice {
   T* param;
@@ -35,6 +38,9 @@ struct AdamWSlice {
   bf16* work;
   int64_t n;
   double weight_decay;
+  int64_t align = 0;
+  void (*after)(void* ctx, int64_t begin, int64_t end) = nullptr;
+  void* ctx = nullptr;
 };
 template <typename T>
 void adamw_update(const AdamWSlice<T>* slices, size_t count, double lr, double beta1, double beta2, double eps,

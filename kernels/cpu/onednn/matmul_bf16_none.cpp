@@ -12,6 +12,14 @@ Chunking chunking(bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64
 size_t scratchpad_in_use() { return 0; }
 void set_scratchpad_budget(size_t) {}
 
+PackedB packed_b(int64_t, int64_t, int64_t, bool) { return {}; }
+bool matmul_packed(int64_t, const bf16*, int64_t, const PackedB&, const bf16*, const bf16*, bool, float*, int64_t) {
+  return false;
+}
+bool matmul_packed(int64_t, const bf16*, int64_t, const PackedB&, const bf16*, const bf16*, bool, bf16*, int64_t) {
+  return false;
+}
+
 bool matmul(bool, bool, int64_t, int64_t, int64_t, const bf16*, int64_t, const bf16*, int64_t, const bf16*, bool,
             float*, int64_t) {
   KUMIKO_CHECK(false, "matmul_bf16: this build has no oneDNN");

@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 
@@ -29,8 +30,9 @@ namespace kumiko::cpu::onednn {
 namespace {
 
 using dt = dnnl::memory::data_type;
-// transposes, M, N, K, lda, ldb, ldc, sum post-op, bf16 output, bias, OpenMP threads
-using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool, int>;
+// transposes, M, N, K, lda, ldb, ldc, sum post-op, bf16 output, bias, OpenMP threads, packed B's nb (0: B as is)
+using Key =
+    std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool, int, int64_t>;
 
 // One GEMM as oneDNN runs it: rows of C per call (all M, or chunks of it when the
 // whole product would need more scratchpad than the budget), the primitive of a full
@@ -71,8 +73,21 @@ dnnl::memory::desc desc(int64_t rows, int64_t cols, bool transposed, int64_t ld,
   return dnnl::memory::desc({rows, cols}, type, strides);
 }
 
+// B [K, N] in the packed layout (packed_b.h): oneDNN's BA16a{nb}b2a.
+dnnl::memory::desc packed_desc(int64_t K, int64_t N, int64_t nb) {
+  using tag = dnnl::memory::format_tag;
+  const tag t = nb == 64 ? tag::BA16a64b2a : nb == 48 ? tag::BA16a48b2a : nb == 32 ? tag::BA16a32b2a : tag::BA16a16b2a;
+  return dnnl::memory::desc({K, N}, dt::bf16, t);
+}
+
+// B's descriptor: strided as it lies, or packed when packed_nb > 0.
+dnnl::memory::desc b_desc(int64_t K, int64_t N, bool trans_b, int64_t ldb, int64_t packed_nb) {
+  return packed_nb ? packed_desc(K, N, packed_nb) : desc(K, N, trans_b, ldb, dt::bf16);
+}
+
 dnnl::matmul::primitive_desc make_pd(State& s, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
-                                     int64_t lda, int64_t ldb, int64_t ldc, bool bias, bool sum, dt c_type) {
+                                     int64_t lda, int64_t ldb, int64_t ldc, bool bias, bool sum, dt c_type,
+                                     int64_t packed_nb) {
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   if (sum) {
@@ -82,7 +97,7 @@ dnnl::matmul::primitive_desc make_pd(State& s, bool trans_a, bool trans_b, int64
   }
   const auto bias_md = bias ? desc(1, N, false, N, dt::bf16) : dnnl::memory::desc();
   return dnnl::matmul::primitive_desc(
-      dnnl::matmul::desc(desc(M, K, trans_a, lda, dt::bf16), desc(K, N, trans_b, ldb, dt::bf16), bias_md,
+      dnnl::matmul::desc(desc(M, K, trans_a, lda, dt::bf16), b_desc(K, N, trans_b, ldb, packed_nb), bias_md,
                          desc(M, N, false, ldc, c_type)),
       attr, s.engine);
 }
@@ -95,15 +110,15 @@ dnnl::matmul::primitive_desc make_pd(State& s, bool trans_a, bool trans_b, int64
 // transposed A: 12 GB for a 32000 x 2048 weight gradient at 48 threads).
 // Throws dnnl::error when oneDNN has no primitive for it.
 Split split_rows(State& s, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
-          int64_t ldc, bool bias, bool sum, dt c_type) {
+                 int64_t ldc, bool bias, bool sum, dt c_type, int64_t packed_nb = 0) {
   for (int64_t chunks = 1;; chunks *= 2) {
     Split p;
     p.rows = (M + chunks - 1) / chunks;
-    p.full = make_pd(s, trans_a, trans_b, p.rows, N, K, lda, ldb, ldc, bias, sum, c_type);
+    p.full = make_pd(s, trans_a, trans_b, p.rows, N, K, lda, ldb, ldc, bias, sum, c_type, packed_nb);
     p.scratch = p.full.scratchpad_desc().get_size();
     const int64_t last = M - (M - 1) / p.rows * p.rows;
     if (last != p.rows) {
-      p.tail = make_pd(s, trans_a, trans_b, last, N, K, lda, ldb, ldc, bias, sum, c_type);
+      p.tail = make_pd(s, trans_a, trans_b, last, N, K, lda, ldb, ldc, bias, sum, c_type, packed_nb);
       p.scratch = std::max(p.scratch, p.tail.scratchpad_desc().get_size());
     }
     if (p.scratch <= s.budget || p.rows == 1) return p;
@@ -175,17 +190,24 @@ namespace {
 
 // C (fp32 or bf16, per c_type) = A B [+ bias] [+ C]: one primitive per shape, strides,
 // output type, epilogue and thread count, made on first use and kept.
+// With packed_nb > 0, B is in the packed layout of that nb (trans_b and ldb unused).
 bool run(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
-         int64_t ldb, const bf16* bias, bool sum, dt c_type, void* C, int64_t ldc) {
+         int64_t ldb, const bf16* bias, bool sum, dt c_type, void* C, int64_t ldc, int64_t packed_nb = 0) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
+  if (packed_nb) trans_b = false, ldb = 0;
   const Key key{trans_a, trans_b, M,   N, K, lda, ldb, ldc, sum, c_type == dt::bf16, bias != nullptr,
-                omp_get_max_threads()};
+                omp_get_max_threads(), packed_nb};
   auto it = s.primitives.find(key);
   if (it == s.primitives.end()) {
     std::optional<Gemm> g;
     try {
-      const Split p = split_rows(s, trans_a, trans_b, M, N, K, lda, ldb, ldc, bias != nullptr, sum, c_type);
+      const Split p =
+          split_rows(s, trans_a, trans_b, M, N, K, lda, ldb, ldc, bias != nullptr, sum, c_type, packed_nb);
+      // A packed B only where the brgemm kernels take it (not a slower implementation).
+      if (packed_nb && (std::string(p.full.impl_info_str()).rfind("brg", 0) != 0 ||
+                        (M % p.rows != 0 && std::string(p.tail.impl_info_str()).rfind("brg", 0) != 0)))
+        throw dnnl::error(dnnl_unimplemented, "no brgemm kernel for this packed B");
       g.emplace();
       g->rows = p.rows;
       g->full.emplace(p.full);
@@ -203,8 +225,10 @@ bool run(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16
       }
     } catch (const dnnl::error& e) {
       g.reset();
-      std::fprintf(stderr, "kumiko: oneDNN has no bf16 matmul for M=%ld N=%ld K=%ld (%s); that shape uses the emulated GEMM\n",
-                   static_cast<long>(M), static_cast<long>(N), static_cast<long>(K), e.what());
+      if (!packed_nb)  // a packed B falls back to B as it is, quietly
+        std::fprintf(stderr,
+                     "kumiko: oneDNN has no bf16 matmul for M=%ld N=%ld K=%ld (%s); that shape uses the emulated GEMM\n",
+                     static_cast<long>(M), static_cast<long>(N), static_cast<long>(K), e.what());
     }
     it = s.primitives.emplace(key, std::move(g)).first;
   }
@@ -219,7 +243,7 @@ bool run(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16
     uint8_t* c_rows = static_cast<uint8_t*>(C) + static_cast<size_t>(m0 * ldc) * c_size;
     std::unordered_map<int, dnnl::memory> args{
         {DNNL_ARG_SRC, dnnl::memory(desc(rows, K, trans_a, lda, dt::bf16), s.engine, const_cast<bf16*>(a_rows))},
-        {DNNL_ARG_WEIGHTS, dnnl::memory(desc(K, N, trans_b, ldb, dt::bf16), s.engine, const_cast<bf16*>(B))},
+        {DNNL_ARG_WEIGHTS, dnnl::memory(b_desc(K, N, trans_b, ldb, packed_nb), s.engine, const_cast<bf16*>(B))},
         {DNNL_ARG_DST, dnnl::memory(desc(rows, N, false, ldc, c_type), s.engine, c_rows)},
         {DNNL_ARG_SCRATCHPAD, dnnl::memory(last ? g.tail_scratch : g.full_scratch, s.engine, s.scratch.get())}};
     if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(desc(1, N, false, N, dt::bf16), s.engine, const_cast<bf16*>(bias)));
@@ -230,6 +254,33 @@ bool run(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16
 }
 
 }  // namespace
+
+PackedB packed_b(int64_t M, int64_t N, int64_t K, bool bf16_out) {
+  if (!available() || M <= 0 || N <= 0 || K <= 0) return {};
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  try {
+    const dnnl::matmul::primitive_desc pd(
+        dnnl::matmul::desc(desc(M, K, false, K, dt::bf16), dnnl::memory::desc({K, N}, dt::bf16, dnnl::memory::format_tag::any),
+                           desc(M, N, false, N, bf16_out ? dt::bf16 : dt::f32)),
+        s.engine);
+    if (std::string(pd.impl_info_str()).rfind("brg", 0) != 0) return {};
+    for (const int64_t nb : {64, 48, 32, 16})
+      if (pd.weights_desc() == packed_desc(K, N, nb)) return packed_b_layout(K, N, nb);
+  } catch (const dnnl::error&) {
+  }
+  return {};
+}
+
+bool matmul_packed(int64_t M, const bf16* A, int64_t lda, const PackedB& B, const bf16* Bp, const bf16* bias,
+                   bool accumulate, float* C, int64_t ldc) {
+  return B && run(false, false, M, B.N, B.K, A, lda, Bp, 0, bias, accumulate, dt::f32, C, ldc, B.nb);
+}
+
+bool matmul_packed(int64_t M, const bf16* A, int64_t lda, const PackedB& B, const bf16* Bp, const bf16* bias,
+                   bool accumulate, bf16* C, int64_t ldc) {
+  return B && run(false, false, M, B.N, B.K, A, lda, Bp, 0, bias, accumulate, dt::bf16, C, ldc, B.nb);
+}
 
 bool matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
             int64_t ldb, const bf16* bias, bool accumulate, float* C, int64_t ldc) {

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/cpu/packed_b.h"
 #include "kumiko/core/bf16.h"
 
 namespace kumiko::cpu::onednn {
@@ -29,6 +30,18 @@ bool matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const b
             int64_t ldb, const bf16* bias, bool accumulate, float* C, int64_t ldc);
 bool matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A, int64_t lda, const bf16* B,
             int64_t ldb, const bf16* bias, bool accumulate, bf16* C, int64_t ldc);
+
+// B kept packed (packed_b.h). packed_b: the layout oneDNN's brgemm asks for B [K, N] in
+// C [M, N] = A [M, K] B (A row major; C bf16 or fp32), where it is one packed_b.h
+// describes; otherwise an empty PackedB (B stays as it is). matmul_packed: the product
+// with B packed in that layout (A row major, lda; no transposes); false, with nothing
+// written, where oneDNN's brgemm does not take this B for this M: the caller multiplies
+// B as it is (the same kernels either way, so the same bits).
+PackedB packed_b(int64_t M, int64_t N, int64_t K, bool bf16_out);
+bool matmul_packed(int64_t M, const bf16* A, int64_t lda, const PackedB& B, const bf16* Bp, const bf16* bias,
+                   bool accumulate, float* C, int64_t ldc);
+bool matmul_packed(int64_t M, const bf16* A, int64_t lda, const PackedB& B, const bf16* Bp, const bf16* bias,
+                   bool accumulate, bf16* C, int64_t ldc);
 
 // Scratchpad. oneDNN sizes a primitive's scratchpad by the OpenMP threads it will use;
 // at many threads it may split the sum over K with a private fp32 copy of C per thread

@@ -349,6 +349,51 @@ TEST(CpuBf16, PlanCountsTheOnednnScratchpad) {
   }
 }
 
+// backend.packed_weights: the linear weights kept in oneDNN's packed layout, repacked by
+// AdamW every step, give the very bits of the GEMMs packing B themselves (a stale or
+// misplaced copy would change the losses within a step or two); and the plan counts the
+// copies a step holds.
+TEST(CpuBf16, PackedWeightsTrainTheSameBits) {
+  if (!cpu::onednn::available()) GTEST_SKIP() << "no oneDNN bf16 matmul in this build or on this CPU";
+  for (const std::string arch : {"gpt2", "llama"}) {
+    std::vector<double> losses[2];
+    for (const bool packed : {false, true}) {
+      auto c = testing::tiny_config(arch, testing::temp_run_dir("packed-" + arch + (packed ? "-on" : "-off")));
+      c.train.steps = 12;
+      c.backend.dtype = "bf16";
+      c.backend.bf16_gemm = "onednn";
+      c.backend.packed_weights = packed;
+      config::validate(c);
+      log::init({0, 1, "warn", false});
+      auto world = comm::make_local();
+      losses[packed] = train::Trainer(c, *world).run().losses;
+    }
+    ASSERT_EQ(losses[0].size(), 12u);
+    EXPECT_EQ(losses[1], losses[0]) << arch;
+  }
+
+  auto c = testing::tiny_config("gpt2", testing::temp_run_dir("packed-plan"));
+  c.backend.dtype = "bf16";
+  c.backend.bf16_gemm = "onednn";
+  c.backend.packed_weights = false;
+  const double without = plan::rank_memory(c, 0).parameters;
+  c.backend.packed_weights = true;
+  const double planned = plan::rank_memory(c, 0).parameters - without;
+  const auto dims = model::Dims::from(c.model);
+  backend::CpuBf16 be(cpu::Bf16Gemm::onednn, dims.D, true);
+  model::BasicTransformer<backend::CpuBf16> m(dims, c.train.micro_batch, c.data.seq_len, {}, {}, &be);
+  m.params().initialize(3);
+  m.upload_parameters();
+  std::mt19937 gen(5);
+  const int64_t n = int64_t{c.train.micro_batch} * c.data.seq_len;
+  const auto in = testing::random_tokens(dims.V, n, gen), tg = testing::random_tokens(dims.V, n, gen);
+  m.forward_backward(in.data(), tg.data(), c.train.micro_batch, c.data.seq_len, 1.0 / static_cast<double>(n));
+  const double held = static_cast<double>(be.packed_weight_bytes());
+  std::printf("packed weights: %.0f bytes held after a step, %.0f planned\n", held, planned);
+  EXPECT_GT(held, 0.0);
+  EXPECT_EQ(held, planned);
+}
+
 TEST(CpuBf16, Gpt2StepMatchesFp32) {
   for (auto g : cpu::bf16_gemms_available()) compare_step(false, g);
 }

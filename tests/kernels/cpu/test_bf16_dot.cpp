@@ -23,12 +23,7 @@ namespace {
 
 using detail::Pair;
 
-std::vector<bf16> random_bf16(size_t n, uint32_t seed, double stddev = 1.0) {
-  std::vector<bf16> v(n);
-  const auto f = test::random_vec(n, seed, stddev);
-  for (size_t i = 0; i < n; ++i) v[i] = to_bf16(f[i]);
-  return v;
-}
+using test::random_bf16;
 
 double gamma(int64_t n) {
   const double nu = static_cast<double>(n) * std::ldexp(1.0, -24);

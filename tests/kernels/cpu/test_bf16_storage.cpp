@@ -35,12 +35,7 @@
 namespace kumiko::cpu {
 namespace {
 
-std::vector<bf16> random_bf16(size_t n, uint32_t seed, double stddev = 1.0) {
-  std::vector<bf16> v(n);
-  const auto f = test::random_vec(n, seed, stddev);
-  for (size_t i = 0; i < n; ++i) v[i] = to_bf16(f[i]);
-  return v;
-}
+using test::random_bf16;
 
 std::vector<float> wide(const std::vector<bf16>& x) {
   std::vector<float> f(x.size());

@@ -27,12 +27,7 @@
 namespace kumiko {
 namespace {
 
-std::vector<bf16> random_bf16(size_t n, uint32_t seed) {
-  const auto f = test::random_vec<float>(n, seed);
-  std::vector<bf16> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = to_bf16(f[i]);
-  return v;
-}
+using test::random_bf16;
 
 void check(cpu::Bf16Gemm impl, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float beta, int pad) {
   const int64_t lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "kumiko/core/bf16.h"
+
 namespace kumiko::test {
 
 template <typename T = float>
@@ -20,6 +22,14 @@ std::vector<T> random_vec(size_t n, uint32_t seed, double stddev = 1.0, double m
   std::normal_distribution<double> dist(mean, stddev);
   std::vector<T> v(n);
   for (auto& x : v) x = static_cast<T>(dist(gen));
+  return v;
+}
+
+// Normal samples rounded to bf16 (to nearest even).
+inline std::vector<bf16> random_bf16(size_t n, uint32_t seed, double stddev = 1.0) {
+  const auto f = random_vec<float>(n, seed, stddev);
+  std::vector<bf16> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = to_bf16(f[i]);
   return v;
 }
 

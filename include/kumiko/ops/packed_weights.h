@@ -1,0 +1,67 @@
+#pragma once
+// Linear weights kept in oneDNN's packed bf16 layout between training steps
+// (backend::CpuBf16 with backend.bf16_gemm = onednn).
+//
+// oneDNN's brgemm matmul multiplies B from a blocked layout with row pairs interleaved
+// (kernels/cpu/packed_b.h). Given B as it lies in memory, every call first packs it
+// (`jit_brgemm_matmul_copy_b_*` in a profile), a memory-bound pass the microkernels
+// wait for. A linear's weight W [out, in] is B twice a step: Wᵀ in the forward
+// (y = x Wᵀ) and W in the input gradient (dx = dy W). PackedWeights keeps both packed
+// copies; AdamW writes them from the bf16 working copy it has just rounded, piece by
+// piece while that piece is in cache (attach), and the GEMMs read them as they are.
+// oneDNN runs the same kernels on a packed B as on one it packs itself, so the products
+// are the same bits (test PackedWeights.ProductsAreBitwiseTheSame).
+//
+// Costs two more bf16 copies of the linear weights (4 bytes a parameter; `kumiko plan`
+// counts them) and 4 bytes a parameter more of AdamW's memory traffic. Copies go stale
+// when the working copy changes outside AdamW (invalidate(): a checkpoint load, ZeRO's
+// gathered weights) and are packed again at their next use; a weight whose AdamW range
+// covers only part of it (a ZeRO shard) is dropped for good.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "kumiko/core/bf16.h"
+#include "kumiko/ops/adamw.h"
+
+namespace kumiko::cpu {
+
+class PackedWeights {
+ public:
+  PackedWeights();
+  ~PackedWeights();
+  PackedWeights(const PackedWeights&) = delete;
+  PackedWeights& operator=(const PackedWeights&) = delete;
+
+  // y [N, out] (bf16) = x [N, in] Wᵀ (+ b): false (nothing written) where W has no packed
+  // copy to use (no packed layout for this shape, a dropped weight, or oneDNN declining
+  // this N): multiply W as it is then. Makes and packs W's copies on first use.
+  bool forward(bf16* y, const bf16* x, const bf16* w, const bf16* b, int64_t N, int64_t in, int64_t out);
+  // dx [N, in] (bf16) (+)= dy [N, out] W, as forward.
+  bool input_gradient(bf16* dx, bool accumulate, const bf16* dy, const bf16* w, int64_t N, int64_t in, int64_t out);
+
+  // Before adamw_update over `slices` (fp32 masters, bf16 working copies): the slices
+  // that cover a packed weight whole pack it in their `after`; weights a slice covers in
+  // part are dropped. updated(): after adamw_update, those copies are current.
+  void attach(std::vector<AdamWSlice<float>>& slices);
+  void updated();
+  // The working copies changed outside AdamW: every copy is packed again at its next use.
+  void invalidate();
+
+  // Bytes the packed copies hold now.
+  size_t bytes() const;
+  // Bytes of W's two packed copies for a linear of N rows, as forward() would make them
+  // (0 where oneDNN has no packed layout for it): what `kumiko plan` counts.
+  static size_t bytes_for(int64_t N, int64_t in, int64_t out);
+
+  struct Entry;
+
+ private:
+  Entry* find(const bf16* w, int64_t N, int64_t in, int64_t out);
+  std::map<const bf16*, std::unique_ptr<Entry>> entries_;
+  uint64_t generation_ = 1;  // of the working copies; bumped by attach and invalidate
+  std::vector<Entry*> pending_;  // attached to the running AdamW
+};
+
+}  // namespace kumiko::cpu

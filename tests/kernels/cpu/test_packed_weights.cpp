@@ -1,0 +1,172 @@
+// Weights kept packed for oneDNN (kernels/cpu/packed_b.h, kumiko/ops/packed_weights.h).
+// The packers against PackedB::offset, element by element, over whole matrices and row
+// ranges of any alignment (odd K, N not a multiple of the block, every block width); the
+// layout against oneDNN's own by multiplying: oneDNN's brgemm on a packed B must give the
+// same bits as on B as it lies, which it packs itself (any misplaced element changes the
+// products); and PackedWeights' copies kept current by AdamW, dropped for a partial
+// (ZeRO) update, packed again after invalidate().
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/onednn/matmul_bf16_onednn.h"
+#include "kernels/cpu/packed_b.h"
+#include "kumiko/core/bf16.h"
+#include "kumiko/ops/adamw.h"
+#include "kumiko/ops/matmul_bf16.h"
+#include "kumiko/ops/packed_weights.h"
+#include "tests/kernels/cpu/test_util.h"
+
+namespace kumiko {
+namespace {
+
+using test::random_bf16;
+
+std::vector<uint16_t> bits(const bf16* p, int64_t n) {
+  std::vector<uint16_t> b(static_cast<size_t>(n));
+  std::memcpy(b.data(), p, b.size() * sizeof(uint16_t));
+  return b;
+}
+
+// W [rows, cols] with a padded leading dimension, packed element by element.
+std::vector<uint16_t> reference(const cpu::PackedB& L, const std::vector<bf16>& w, int64_t ld, bool transposed) {
+  std::vector<uint16_t> out(static_cast<size_t>(L.elements()), 0);
+  for (int64_t k = 0; k < L.K; ++k)
+    for (int64_t n = 0; n < L.N; ++n)
+      out[static_cast<size_t>(L.offset(k, n))] = (transposed ? w[n * ld + k] : w[k * ld + n]).bits;
+  return out;
+}
+
+TEST(PackedB, PackersWriteTheLayoutOverAnyRowRanges) {
+  struct Case {
+    int64_t rows, cols, nb;
+  };
+  for (const Case c : {Case{64, 64, 64}, Case{130, 77, 64}, Case{96, 35, 48}, Case{33, 200, 32}, Case{7, 5, 16},
+                       Case{200, 768, 64}}) {
+    const int64_t ld = c.cols + 3;
+    const auto w = random_bf16(static_cast<size_t>(c.rows * ld), 7);
+    // Row ranges: everything at once, whole blocks, and cuts at odd places.
+    const std::vector<std::vector<int64_t>> cuts = {
+        {0, c.rows}, {0, std::min(c.rows, c.nb), c.rows}, {0, 1, c.rows / 3, c.rows / 3 + 1, c.rows}};
+    for (bool transposed : {true, false}) {
+      const cpu::PackedB L =
+          transposed ? cpu::packed_b_layout(c.cols, c.rows, c.nb) : cpu::packed_b_layout(c.rows, c.cols, c.nb);
+      const auto want = reference(L, w, ld, transposed);
+      for (const auto& cut : cuts) {
+        std::vector<bf16> out(static_cast<size_t>(L.elements()), bf16{0});
+        for (size_t i = 0; i + 1 < cut.size(); ++i) {
+          if (cut[i] >= cut[i + 1]) continue;
+          if (transposed)
+            cpu::pack_b_transposed_rows(L, out.data(), w.data(), ld, cut[i], cut[i + 1]);
+          else
+            cpu::pack_b_rows(L, out.data(), w.data(), ld, cut[i], cut[i + 1]);
+        }
+        EXPECT_EQ(bits(out.data(), L.elements()), want)
+            << (transposed ? "B = W^T" : "B = W") << " of W [" << c.rows << ", " << c.cols << "], nb " << c.nb
+            << ", " << cut.size() - 1 << " ranges";
+      }
+    }
+  }
+}
+
+// C = A B from B packed (both orientations of W) against oneDNN on B as it lies.
+TEST(PackedB, OnednnMultipliesThePackedLayoutToTheSameBits) {
+  if (!cpu::onednn::available()) GTEST_SKIP() << "no oneDNN bf16 matmul in this build or on this CPU";
+  struct Case {
+    int64_t M, out, in;
+  };
+  for (const Case c : {Case{256, 2304, 768}, Case{256, 768, 3072}, Case{2048, 1024, 256}, Case{37, 100, 45},
+                       Case{5, 64, 33}, Case{64, 8192, 256}}) {
+    const auto w = random_bf16(static_cast<size_t>(c.out * c.in), 11);
+    const auto x = random_bf16(static_cast<size_t>(c.M * c.in), 12);
+    const auto dy = random_bf16(static_cast<size_t>(c.M * c.out), 13);
+    const auto bias = random_bf16(static_cast<size_t>(c.out), 14);
+    // Forward, y = x W^T + b (bf16 out): B = W^T.
+    const cpu::PackedB fwd = cpu::onednn::packed_b(c.M, c.out, c.in, true);
+    ASSERT_TRUE(fwd) << "oneDNN asks for another layout for " << c.M << " x " << c.out << " x " << c.in;
+    std::vector<bf16> pf(static_cast<size_t>(fwd.elements()), bf16{0});
+    cpu::pack_b_transposed_rows(fwd, pf.data(), w.data(), c.in, 0, c.out);
+    std::vector<bf16> y0(static_cast<size_t>(c.M * c.out)), y1(y0.size());
+    cpu::matmul_bf16_out(cpu::Bf16Gemm::onednn, false, true, c.M, c.out, c.in, x.data(), c.in, w.data(), c.in,
+                         bias.data(), false, y0.data(), c.out);
+    ASSERT_TRUE(cpu::onednn::matmul_packed(c.M, x.data(), c.in, fwd, pf.data(), bias.data(), false, y1.data(), c.out));
+    EXPECT_EQ(bits(y1.data(), c.M * c.out), bits(y0.data(), c.M * c.out)) << "forward " << c.M << " x " << c.out;
+    // Input gradient, dx += dy W (bf16 out, accumulated; fp32 out too): B = W.
+    const cpu::PackedB dxl = cpu::onednn::packed_b(c.M, c.in, c.out, true);
+    ASSERT_TRUE(dxl);
+    std::vector<bf16> pd(static_cast<size_t>(dxl.elements()), bf16{0});
+    cpu::pack_b_rows(dxl, pd.data(), w.data(), c.in, 0, c.out);
+    auto dx0 = random_bf16(static_cast<size_t>(c.M * c.in), 15), dx1 = dx0;
+    cpu::matmul_bf16_out(cpu::Bf16Gemm::onednn, false, false, c.M, c.in, c.out, dy.data(), c.out, w.data(), c.in,
+                         nullptr, true, dx0.data(), c.in);
+    ASSERT_TRUE(cpu::onednn::matmul_packed(c.M, dy.data(), c.out, dxl, pd.data(), nullptr, true, dx1.data(), c.in));
+    EXPECT_EQ(bits(dx1.data(), c.M * c.in), bits(dx0.data(), c.M * c.in)) << "input gradient " << c.M << " x " << c.in;
+    std::vector<float> f0(static_cast<size_t>(c.M * c.in)), f1(f0.size());
+    cpu::matmul_bf16_out(cpu::Bf16Gemm::onednn, false, false, c.M, c.in, c.out, dy.data(), c.out, w.data(), c.in,
+                         nullptr, false, f0.data(), c.in);
+    ASSERT_TRUE(cpu::onednn::matmul_packed(c.M, dy.data(), c.out, dxl, pd.data(), nullptr, false, f1.data(), c.in));
+    EXPECT_EQ(std::memcmp(f0.data(), f1.data(), f0.size() * sizeof(float)), 0) << "fp32 out " << c.M << " x " << c.in;
+  }
+}
+
+// The same products as W as it lies, step after step: AdamW repacks, invalidate() makes
+// the next use repack, a partial update drops the weight.
+TEST(PackedWeights, AdamWKeepsTheCopiesCurrent) {
+  if (!cpu::onednn::available()) GTEST_SKIP() << "no oneDNN bf16 matmul in this build or on this CPU";
+  const int64_t N = 48, in = 96, out = 200;  // 200 rows: three whole 64-row blocks and a short one
+  const auto x = random_bf16(static_cast<size_t>(N * in), 21);
+  const auto dy = random_bf16(static_cast<size_t>(N * out), 22);
+  auto master = test::random_vec<float>(static_cast<size_t>(out * in), 23);
+  auto grad = test::random_vec<float>(master.size(), 24);
+  std::vector<float> m(master.size(), 0.0f), v(master.size(), 0.0f);
+  std::vector<bf16> work(master.size());
+  for (size_t i = 0; i < master.size(); ++i) work[i] = to_bf16(master[i]);
+
+  cpu::PackedWeights packed;
+  auto expect_plain_products = [&](const char* when) {
+    std::vector<bf16> y0(static_cast<size_t>(N * out)), y1(y0.size());
+    cpu::matmul_bf16_out(cpu::Bf16Gemm::onednn, false, true, N, out, in, x.data(), in, work.data(), in, nullptr, false,
+                         y0.data(), out);
+    ASSERT_TRUE(packed.forward(y1.data(), x.data(), work.data(), nullptr, N, in, out)) << when;
+    EXPECT_EQ(bits(y1.data(), N * out), bits(y0.data(), N * out)) << "forward, " << when;
+    std::vector<bf16> d0(static_cast<size_t>(N * in)), d1(d0.size());
+    cpu::matmul_bf16_out(cpu::Bf16Gemm::onednn, false, false, N, in, out, dy.data(), out, work.data(), in, nullptr,
+                         false, d0.data(), in);
+    ASSERT_TRUE(packed.input_gradient(d1.data(), false, dy.data(), work.data(), N, in, out)) << when;
+    EXPECT_EQ(bits(d1.data(), N * in), bits(d0.data(), N * in)) << "input gradient, " << when;
+  };
+  expect_plain_products("first use");
+  EXPECT_EQ(packed.bytes(), cpu::PackedWeights::bytes_for(N, in, out));
+  EXPECT_GE(packed.bytes(), 2 * master.size() * sizeof(bf16));
+
+  for (int64_t step = 1; step <= 3; ++step) {
+    std::vector<cpu::AdamWSlice<float>> slices{
+        {master.data(), grad.data(), m.data(), v.data(), work.data(), static_cast<int64_t>(master.size()), 0.1}};
+    packed.attach(slices);
+    ASSERT_NE(slices[0].after, nullptr) << "the whole weight's update packs it";
+    cpu::adamw_update(slices.data(), slices.size(), 1e-2, 0.9, 0.95, 1e-8, 1.0, step);
+    packed.updated();
+    expect_plain_products("after an AdamW step");
+  }
+
+  // The working copy changed by someone else (a checkpoint load): packed again on use.
+  for (auto& w : work) w = to_bf16(-static_cast<float>(w));
+  packed.invalidate();
+  expect_plain_products("after invalidate()");
+
+  // An update of part of it (a ZeRO shard): dropped, W as it is from then on.
+  std::vector<cpu::AdamWSlice<float>> half{
+      {master.data(), grad.data(), m.data(), v.data(), work.data(), static_cast<int64_t>(master.size() / 2), 0.1}};
+  packed.attach(half);
+  EXPECT_EQ(half[0].after, nullptr);
+  cpu::adamw_update(half.data(), half.size(), 1e-2, 0.9, 0.95, 1e-8, 1.0, 4);
+  packed.updated();
+  std::vector<bf16> y(static_cast<size_t>(N * out));
+  EXPECT_FALSE(packed.forward(y.data(), x.data(), work.data(), nullptr, N, in, out));
+  EXPECT_EQ(packed.bytes(), 0u);
+}
+
+}  // namespace
+}  // namespace kumiko
