@@ -131,6 +131,8 @@ inline void transpose16(__m512i r[16]) {
 
 }  // namespace
 
+namespace {
+
 // 16 words, bypassing the cache (no read of the line first) where asked and aligned.
 inline void store(Pair* d, __m512i v, bool stream) {
   if (stream && reinterpret_cast<uintptr_t>(d) % 64 == 0)
@@ -138,6 +140,8 @@ inline void store(Pair* d, __m512i v, bool stream) {
   else
     _mm512_storeu_si512(d, v);
 }
+
+}  // namespace
 
 // 16 x 16 word blocks through registers; rows from n up to round16(n) load as zeros,
 // which writes the zero columns the layout asks for.

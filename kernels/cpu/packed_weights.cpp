@@ -2,9 +2,11 @@
 #include "kumiko/ops/packed_weights.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/cpu/bf16_dot.h"
 #include "kernels/cpu/onednn/matmul_bf16_onednn.h"
 #include "kernels/cpu/packed_b.h"
 #include "kumiko/core/error.h"
@@ -14,6 +16,8 @@ namespace kumiko::cpu {
 namespace {
 
 using Buffer = std::unique_ptr<bf16, void (*)(void*)>;
+
+std::atomic<int64_t> g_products{0}, g_whole{0}, g_pieces{0};
 
 Buffer zeroed(int64_t elements) {
   const size_t bytes = (static_cast<size_t>(elements) * sizeof(bf16) + 63) / 64 * 64;
@@ -28,6 +32,7 @@ Buffer zeroed(int64_t elements) {
 struct PackedWeights::Entry {
   const bf16* w = nullptr;  // the bf16 working copy W [out, in]
   int64_t in = 0, out = 0;
+  int64_t N = 0;            // the rows of the linear its layouts were asked for
   PackedB fwd, dx;  // B = Wᵀ (forward), B = W (input gradient)
   Buffer fwd_data{nullptr, std::free}, dx_data{nullptr, std::free};
   uint64_t generation = 0;  // of the working copy it was packed from
@@ -44,11 +49,21 @@ struct PackedWeights::Entry {
     pack_b_rows(dx, dx_data.get(), w, in, r0, r1);
   }
   void pack_all() {
+    g_whole.fetch_add(1, std::memory_order_relaxed);
     const int64_t blocks = (out + fwd.nb - 1) / fwd.nb;
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) pack(b * fwd.nb, std::min(out, (b + 1) * fwd.nb));
   }
 };
+
+bool PackedWeights::supported() {
+  static const bool ok = detail::kHaveDpbf16 && onednn::packed_b(256, 256, 256, true);
+  return ok;
+}
+
+PackedWeights::Counts PackedWeights::counts() {
+  return {g_products.load(), g_whole.load(), g_pieces.load()};
+}
 
 PackedWeights::PackedWeights() = default;
 PackedWeights::~PackedWeights() = default;
@@ -57,7 +72,7 @@ PackedWeights::Entry* PackedWeights::find(const bf16* w, int64_t N, int64_t in, 
   auto it = entries_.find(w);
   if (it == entries_.end()) {
     auto e = std::make_unique<Entry>();
-    e->w = w, e->in = in, e->out = out;
+    e->w = w, e->in = in, e->out = out, e->N = N;
     e->fwd = onednn::packed_b(N, out, in, true);
     e->dx = onednn::packed_b(N, in, out, true);
     if (e->fwd && e->dx) {
@@ -77,17 +92,37 @@ PackedWeights::Entry* PackedWeights::find(const bf16* w, int64_t N, int64_t in, 
   return e;
 }
 
+namespace {
+
+// A product on a packed copy, counted; declined where the copies were made for these
+// rows, the weight is dropped (no use keeping copies AdamW would pack for nothing).
+bool counted(bool ran, PackedWeights::Entry& e, int64_t N);
+
+}  // namespace
+
 bool PackedWeights::forward(bf16* y, const bf16* x, const bf16* w, const bf16* b, int64_t N, int64_t in,
                             int64_t out) {
-  const Entry* e = find(w, N, in, out);
-  return e && onednn::matmul_packed(N, x, in, e->fwd, e->fwd_data.get(), b, false, y, out);
+  Entry* e = find(w, N, in, out);
+  return e && counted(onednn::matmul_packed(N, x, in, e->fwd, e->fwd_data.get(), b, false, y, out), *e, N);
 }
 
 bool PackedWeights::input_gradient(bf16* dx, bool accumulate, const bf16* dy, const bf16* w, int64_t N, int64_t in,
                                    int64_t out) {
-  const Entry* e = find(w, N, in, out);
-  return e && onednn::matmul_packed(N, dy, out, e->dx, e->dx_data.get(), nullptr, accumulate, dx, in);
+  Entry* e = find(w, N, in, out);
+  return e && counted(onednn::matmul_packed(N, dy, out, e->dx, e->dx_data.get(), nullptr, accumulate, dx, in), *e, N);
 }
+
+namespace {
+
+bool counted(bool ran, PackedWeights::Entry& e, int64_t N) {
+  if (ran)
+    g_products.fetch_add(1, std::memory_order_relaxed);
+  else if (N == e.N)
+    e.drop();
+  return ran;
+}
+
+}  // namespace
 
 void PackedWeights::attach(std::vector<AdamWSlice<float>>& slices) {
   ++generation_;
@@ -107,6 +142,7 @@ void PackedWeights::attach(std::vector<AdamWSlice<float>>& slices) {
         s.after = [](void* ctx, int64_t a, int64_t b) {
           auto* en = static_cast<Entry*>(ctx);
           en->pack(a / en->in, b / en->in);
+          g_pieces.fetch_add(1, std::memory_order_relaxed);
         };
         s.ctx = e;
         pending_.push_back(e);
@@ -132,6 +168,7 @@ size_t PackedWeights::bytes() const {
 }
 
 size_t PackedWeights::bytes_for(int64_t N, int64_t in, int64_t out) {
+  if (!supported()) return 0;
   const PackedB fwd = onednn::packed_b(N, out, in, true), dx = onednn::packed_b(N, in, out, true);
   return fwd && dx ? static_cast<size_t>(fwd.elements() + dx.elements()) * sizeof(bf16) : 0;
 }

@@ -50,12 +50,13 @@ class CpuBf16 : public HostOps<bf16, float, float> {
 
   // head_dim: the model's, for the start-up line's account of attention's tiles.
   // pack_weights: keep the linear weights packed for oneDNN between steps
-  // (cpu::PackedWeights; only with gemm = onednn). The engine asks for it unless ZeRO
+  // (cpu::PackedWeights; only with gemm = onednn, where PackedWeights::supported()). The engine asks for it unless ZeRO
   // shards the update or backend.packed_weights = false; the working copy must then
   // change only through adamw() and refresh_work().
   explicit CpuBf16(cpu::Bf16Gemm gemm = cpu::Bf16Gemm::emulated, int64_t head_dim = 0, bool pack_weights = false)
       : gemm_(gemm), head_dim_(head_dim) {
-    if (pack_weights && gemm == cpu::Bf16Gemm::onednn) packed_ = std::make_unique<cpu::PackedWeights>();
+    if (pack_weights && gemm == cpu::Bf16Gemm::onednn && cpu::PackedWeights::supported())
+      packed_ = std::make_unique<cpu::PackedWeights>();
   }
   // Bytes of the packed weight copies held now (0 without them).
   size_t packed_weight_bytes() const { return packed_ ? packed_->bytes() : 0; }

@@ -10,13 +10,15 @@
 // copies; AdamW writes them from the bf16 working copy it has just rounded, piece by
 // piece while that piece is in cache (attach), and the GEMMs read them as they are.
 // oneDNN runs the same kernels on a packed B as on one it packs itself, so the products
-// are the same bits (test PackedWeights.ProductsAreBitwiseTheSame).
+// are the same bits (test PackedB.OnednnMultipliesThePackedLayoutToTheSameBits).
 //
 // Costs two more bf16 copies of the linear weights (4 bytes a parameter; `kumiko plan`
 // counts them) and 4 bytes a parameter more of AdamW's memory traffic. Copies go stale
-// when the working copy changes outside AdamW (invalidate(): a checkpoint load, ZeRO's
-// gathered weights) and are packed again at their next use; a weight whose AdamW range
-// covers only part of it (a ZeRO shard) is dropped for good.
+// when the working copy changes outside AdamW (invalidate(): a checkpoint load, the
+// initial upload) and are packed again at their next use; a weight whose AdamW range
+// covers only part of it (a ZeRO shard; the engine does not enable packing with ZeRO)
+// is dropped for good, and so is one whose product oneDNN declines at the row count
+// its copies were made for.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -29,6 +31,10 @@ namespace kumiko::cpu {
 
 class PackedWeights {
  public:
+  // Whether packing can run here: oneDNN's brgemm asks for a layout of packed_b.h's
+  // family (AVX512-BF16 or AMX), and this build has the vectorised packers.
+  static bool supported();
+
   PackedWeights();
   ~PackedWeights();
   PackedWeights(const PackedWeights&) = delete;
@@ -54,6 +60,14 @@ class PackedWeights {
   // Bytes of W's two packed copies for a linear of N rows, as forward() would make them
   // (0 where oneDNN has no packed layout for it): what `kumiko plan` counts.
   static size_t bytes_for(int64_t N, int64_t in, int64_t out);
+
+  // What happened so far, over every PackedWeights of the process (tests): products run
+  // on packed copies, whole weights packed (first use, after invalidate()), and AdamW
+  // pieces packed in its pass.
+  struct Counts {
+    int64_t products = 0, whole = 0, pieces = 0;
+  };
+  static Counts counts();
 
   struct Entry;
 

@@ -354,9 +354,12 @@ TEST(CpuBf16, PlanCountsTheOnednnScratchpad) {
 // misplaced copy would change the losses within a step or two); and the plan counts the
 // copies a step holds.
 TEST(CpuBf16, PackedWeightsTrainTheSameBits) {
-  if (!cpu::onednn::available()) GTEST_SKIP() << "no oneDNN bf16 matmul in this build or on this CPU";
+  if (!cpu::PackedWeights::supported())
+    GTEST_SKIP() << "no oneDNN brgemm with a packed bf16 layout here (it needs AVX512-BF16 or AMX and oneDNN)";
   for (const std::string arch : {"gpt2", "llama"}) {
     std::vector<double> losses[2];
+    cpu::PackedWeights::Counts before, after;
+    int64_t layers = 0;
     for (const bool packed : {false, true}) {
       auto c = testing::tiny_config(arch, testing::temp_run_dir("packed-" + arch + (packed ? "-on" : "-off")));
       c.train.steps = 12;
@@ -366,10 +369,22 @@ TEST(CpuBf16, PackedWeightsTrainTheSameBits) {
       config::validate(c);
       log::init({0, 1, "warn", false});
       auto world = comm::make_local();
+      layers = c.model.n_layers;
+      before = cpu::PackedWeights::counts();
       losses[packed] = train::Trainer(c, *world).run().losses;
+      after = cpu::PackedWeights::counts();
+      if (!packed) {
+        EXPECT_EQ(after.products, before.products) << arch << ": packed products with packing off";
+      }
     }
     ASSERT_EQ(losses[0].size(), 12u);
     EXPECT_EQ(losses[1], losses[0]) << arch;
+    // The copies were used, and kept current by AdamW: each weight packed whole once (at
+    // most five linear weights a layer and the head), not again every step.
+    EXPECT_GT(after.products - before.products, 0) << arch;
+    EXPECT_GT(after.pieces - before.pieces, 0) << arch;
+    EXPECT_GT(after.whole - before.whole, 0) << arch;
+    EXPECT_LE(after.whole - before.whole, 5 * layers + 1) << arch;
   }
 
   auto c = testing::tiny_config("gpt2", testing::temp_run_dir("packed-plan"));

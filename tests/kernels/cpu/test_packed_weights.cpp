@@ -7,8 +7,10 @@
 // (ZeRO) update, packed again after invalidate().
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/onednn/matmul_bf16_onednn.h"
@@ -73,7 +75,8 @@ TEST(PackedB, PackersWriteTheLayoutOverAnyRowRanges) {
 
 // C = A B from B packed (both orientations of W) against oneDNN on B as it lies.
 TEST(PackedB, OnednnMultipliesThePackedLayoutToTheSameBits) {
-  if (!cpu::onednn::available()) GTEST_SKIP() << "no oneDNN bf16 matmul in this build or on this CPU";
+  if (!cpu::PackedWeights::supported())
+    GTEST_SKIP() << "no oneDNN brgemm with a packed bf16 layout here (it needs AVX512-BF16 or AMX and oneDNN)";
   struct Case {
     int64_t M, out, in;
   };
@@ -114,58 +117,76 @@ TEST(PackedB, OnednnMultipliesThePackedLayoutToTheSameBits) {
 // The same products as W as it lies, step after step: AdamW repacks, invalidate() makes
 // the next use repack, a partial update drops the weight.
 TEST(PackedWeights, AdamWKeepsTheCopiesCurrent) {
-  if (!cpu::onednn::available()) GTEST_SKIP() << "no oneDNN bf16 matmul in this build or on this CPU";
-  const int64_t N = 48, in = 96, out = 200;  // 200 rows: three whole 64-row blocks and a short one
-  const auto x = random_bf16(static_cast<size_t>(N * in), 21);
-  const auto dy = random_bf16(static_cast<size_t>(N * out), 22);
-  auto master = test::random_vec<float>(static_cast<size_t>(out * in), 23);
-  auto grad = test::random_vec<float>(master.size(), 24);
-  std::vector<float> m(master.size(), 0.0f), v(master.size(), 0.0f);
-  std::vector<bf16> work(master.size());
-  for (size_t i = 0; i < master.size(); ++i) work[i] = to_bf16(master[i]);
-
-  cpu::PackedWeights packed;
-  auto expect_plain_products = [&](const char* when) {
-    std::vector<bf16> y0(static_cast<size_t>(N * out)), y1(y0.size());
-    cpu::matmul_bf16_out(cpu::Bf16Gemm::onednn, false, true, N, out, in, x.data(), in, work.data(), in, nullptr, false,
-                         y0.data(), out);
-    ASSERT_TRUE(packed.forward(y1.data(), x.data(), work.data(), nullptr, N, in, out)) << when;
-    EXPECT_EQ(bits(y1.data(), N * out), bits(y0.data(), N * out)) << "forward, " << when;
-    std::vector<bf16> d0(static_cast<size_t>(N * in)), d1(d0.size());
-    cpu::matmul_bf16_out(cpu::Bf16Gemm::onednn, false, false, N, in, out, dy.data(), out, work.data(), in, nullptr,
-                         false, d0.data(), in);
-    ASSERT_TRUE(packed.input_gradient(d1.data(), false, dy.data(), work.data(), N, in, out)) << when;
-    EXPECT_EQ(bits(d1.data(), N * in), bits(d0.data(), N * in)) << "input gradient, " << when;
+  if (!cpu::PackedWeights::supported())
+    GTEST_SKIP() << "no oneDNN brgemm with a packed bf16 layout here (it needs AVX512-BF16 or AMX and oneDNN)";
+  struct Case {
+    int64_t N, in, out;
   };
-  expect_plain_products("first use");
-  EXPECT_EQ(packed.bytes(), cpu::PackedWeights::bytes_for(N, in, out));
-  EXPECT_GE(packed.bytes(), 2 * master.size() * sizeof(bf16));
+  // 200 rows: one AdamW piece, a short last block; 1000 x 200: four pieces of 320 rows
+  // (the last 40), packed by both threads at once.
+  for (const Case c : {Case{48, 96, 200}, Case{64, 200, 1000}}) test::with_threads(2, [&] {
+    const int64_t N = c.N, in = c.in, out = c.out;
+    const auto x = random_bf16(static_cast<size_t>(N * in), 21);
+    const auto dy = random_bf16(static_cast<size_t>(N * out), 22);
+    auto master = test::random_vec<float>(static_cast<size_t>(out * in), 23);
+    auto grad = test::random_vec<float>(master.size(), 24);
+    std::vector<float> m(master.size(), 0.0f), v(master.size(), 0.0f);
+    std::vector<bf16> work(master.size());
+    for (size_t i = 0; i < master.size(); ++i) work[i] = to_bf16(master[i]);
 
-  for (int64_t step = 1; step <= 3; ++step) {
-    std::vector<cpu::AdamWSlice<float>> slices{
-        {master.data(), grad.data(), m.data(), v.data(), work.data(), static_cast<int64_t>(master.size()), 0.1}};
-    packed.attach(slices);
-    ASSERT_NE(slices[0].after, nullptr) << "the whole weight's update packs it";
-    cpu::adamw_update(slices.data(), slices.size(), 1e-2, 0.9, 0.95, 1e-8, 1.0, step);
+    cpu::PackedWeights packed;
+    auto expect_plain_products = [&](const std::string& when) {
+      std::vector<bf16> y0(static_cast<size_t>(N * out)), y1(y0.size());
+      cpu::matmul_bf16_out(cpu::Bf16Gemm::onednn, false, true, N, out, in, x.data(), in, work.data(), in, nullptr,
+                           false, y0.data(), out);
+      ASSERT_TRUE(packed.forward(y1.data(), x.data(), work.data(), nullptr, N, in, out)) << when;
+      EXPECT_EQ(bits(y1.data(), N * out), bits(y0.data(), N * out)) << "forward, " << when;
+      std::vector<bf16> d0(static_cast<size_t>(N * in)), d1(d0.size());
+      cpu::matmul_bf16_out(cpu::Bf16Gemm::onednn, false, false, N, in, out, dy.data(), out, work.data(), in, nullptr,
+                           false, d0.data(), in);
+      ASSERT_TRUE(packed.input_gradient(d1.data(), false, dy.data(), work.data(), N, in, out)) << when;
+      EXPECT_EQ(bits(d1.data(), N * in), bits(d0.data(), N * in)) << "input gradient, " << when;
+    };
+    const std::string shape = std::to_string(out) + " x " + std::to_string(in) + ", ";
+    const auto before = cpu::PackedWeights::counts();
+    expect_plain_products(shape + "first use");
+    EXPECT_EQ(packed.bytes(), cpu::PackedWeights::bytes_for(N, in, out));
+    EXPECT_GE(packed.bytes(), 2 * master.size() * sizeof(bf16));
+
+    for (int64_t step = 1; step <= 3; ++step) {
+      std::vector<cpu::AdamWSlice<float>> slices{
+          {master.data(), grad.data(), m.data(), v.data(), work.data(), static_cast<int64_t>(master.size()), 0.1}};
+      packed.attach(slices);
+      ASSERT_NE(slices[0].after, nullptr) << "the whole weight's update packs it";
+      cpu::adamw_update(slices.data(), slices.size(), 1e-2, 0.9, 0.95, 1e-8, 1.0, step);
+      packed.updated();
+      expect_plain_products(shape + "after AdamW step " + std::to_string(step));
+    }
+    // Packed whole once; then only by AdamW's pieces.
+    const auto after = cpu::PackedWeights::counts();
+    const int64_t nb = cpu::onednn::packed_b(N, out, in, true).nb;
+    const int64_t rows = std::max<int64_t>(1, 65536 / (nb * in)) * nb;  // AdamW's piece (adamw.cpp)
+    EXPECT_EQ(after.whole - before.whole, 1) << shape;
+    EXPECT_EQ(after.products - before.products, 8) << shape;
+    EXPECT_EQ(after.pieces - before.pieces, 3 * ((out + rows - 1) / rows)) << shape;
+
+    // The working copy changed by someone else (a checkpoint load): packed again on use.
+    for (auto& w : work) w = to_bf16(-static_cast<float>(w));
+    packed.invalidate();
+    expect_plain_products(shape + "after invalidate()");
+    EXPECT_EQ(cpu::PackedWeights::counts().whole - before.whole, 2) << shape;
+
+    // An update of part of it (a ZeRO shard): dropped, W as it is from then on.
+    std::vector<cpu::AdamWSlice<float>> half{
+        {master.data(), grad.data(), m.data(), v.data(), work.data(), static_cast<int64_t>(master.size() / 2), 0.1}};
+    packed.attach(half);
+    EXPECT_EQ(half[0].after, nullptr);
+    cpu::adamw_update(half.data(), half.size(), 1e-2, 0.9, 0.95, 1e-8, 1.0, 4);
     packed.updated();
-    expect_plain_products("after an AdamW step");
-  }
-
-  // The working copy changed by someone else (a checkpoint load): packed again on use.
-  for (auto& w : work) w = to_bf16(-static_cast<float>(w));
-  packed.invalidate();
-  expect_plain_products("after invalidate()");
-
-  // An update of part of it (a ZeRO shard): dropped, W as it is from then on.
-  std::vector<cpu::AdamWSlice<float>> half{
-      {master.data(), grad.data(), m.data(), v.data(), work.data(), static_cast<int64_t>(master.size() / 2), 0.1}};
-  packed.attach(half);
-  EXPECT_EQ(half[0].after, nullptr);
-  cpu::adamw_update(half.data(), half.size(), 1e-2, 0.9, 0.95, 1e-8, 1.0, 4);
-  packed.updated();
-  std::vector<bf16> y(static_cast<size_t>(N * out));
-  EXPECT_FALSE(packed.forward(y.data(), x.data(), work.data(), nullptr, N, in, out));
-  EXPECT_EQ(packed.bytes(), 0u);
+    std::vector<bf16> y(static_cast<size_t>(N * out));
+    EXPECT_FALSE(packed.forward(y.data(), x.data(), work.data(), nullptr, N, in, out));
+    EXPECT_EQ(packed.bytes(), 0u);
+  });
 }
 
 }  // namespace
