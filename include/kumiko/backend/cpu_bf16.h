@@ -50,9 +50,9 @@ class CpuBf16 : public HostOps<bf16, float, float> {
 
   // head_dim: the model's, for the start-up line's account of attention's tiles.
   // pack_weights: keep the linear weights packed for oneDNN between steps
-  // (cpu::PackedWeights; only with gemm = onednn, where PackedWeights::supported()). The engine asks for it unless ZeRO
-  // shards the update or backend.packed_weights = false; the working copy must then
-  // change only through adamw() and refresh_work().
+  // (cpu::PackedWeights; only with gemm = onednn, where PackedWeights::supported()).
+  // The engine asks for it unless ZeRO shards the update or backend.packed_weights =
+  // false; the working copy must then change only through adamw() and refresh_work().
   explicit CpuBf16(cpu::Bf16Gemm gemm = cpu::Bf16Gemm::emulated, int64_t head_dim = 0, bool pack_weights = false)
       : gemm_(gemm), head_dim_(head_dim) {
     if (pack_weights && gemm == cpu::Bf16Gemm::onednn && cpu::PackedWeights::supported())
@@ -168,7 +168,8 @@ class CpuBf16 : public HostOps<bf16, float, float> {
       return std::string("cpu, dtype bf16 (emulated: software conversions, fp32 GEMM; attention tiles: ") +
              cpu::attention_bf16_tiles(head_dim_) + "; this CPU: " + cpu_features().describe() + ")";
     return std::string("cpu, dtype bf16 (bf16 GEMM: ") + cpu::bf16_gemm_name(gemm_) + ", " +
-           cpu::bf16_gemm_kernels(gemm_) + (packed_ ? ", weights kept packed" : "") + "; attention tiles: " + cpu::attention_bf16_tiles(head_dim_) +
+           cpu::bf16_gemm_kernels(gemm_) + (packed_ ? ", weights kept packed" : "") +
+           "; attention tiles: " + cpu::attention_bf16_tiles(head_dim_) +
            "; other ops: bf16 storage, fp32 arithmetic; this CPU: " + cpu_features().describe() + ")";
   }
 
