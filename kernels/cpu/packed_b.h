@@ -27,7 +27,6 @@ struct PackedB {
   int64_t offset(int64_t k, int64_t n) const {
     return (n / nb) * Kp * nb + (k / 32) * 32 * nb + (k % 32) / 2 * 2 * nb + (n % nb) * 2 + k % 2;
   }
-  bool operator==(const PackedB&) const = default;
 };
 
 // The layout for B [K, N] in blocks of nb columns (16, 32, 48 or 64).
