@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/cpu/bf16_convert.h"
 #include "kernels/cpu/bf16_dot.h"
 #include "kernels/cpu/onednn/matmul_bf16_onednn.h"
 #include "kernels/cpu/packed_b.h"
@@ -127,29 +128,28 @@ bool counted(bool ran, PackedWeights::Entry& e, int64_t N) {
 void PackedWeights::attach(std::vector<AdamWSlice<float>>& slices) {
   ++generation_;
   pending_.clear();
+  // The slice updating each packed weight whole, if one does.
+  std::vector<std::pair<AdamWSlice<float>*, Entry*>> whole;
   for (auto& s : slices) {
-    if (!s.work || s.n <= 0 || entries_.empty()) continue;
-    const bf16* begin = s.work;
-    const bf16* end = s.work + s.n;
-    // Entries overlapping [begin, end): the last one starting at or before begin, then on.
-    auto it = entries_.upper_bound(begin);
-    if (it != entries_.begin()) --it;
-    for (; it != entries_.end() && it->first < end; ++it) {
-      Entry* e = it->second.get();
-      if (e->dropped || e->w + e->in * e->out <= begin) continue;
-      if (e->w == begin && e->in * e->out == s.n) {
-        s.align = e->fwd.nb * e->in;
-        s.after = [](void* ctx, int64_t a, int64_t b) {
-          auto* en = static_cast<Entry*>(ctx);
-          en->pack(a / en->in, b / en->in);
-          g_pieces.fetch_add(1, std::memory_order_relaxed);
-        };
-        s.ctx = e;
-        pending_.push_back(e);
-      } else {
-        e->drop();  // AdamW updates part of it here (a ZeRO shard): W as it is from now on
-      }
-    }
+    if (!s.work || s.n <= 0) continue;
+    auto it = entries_.find(s.work);
+    if (it != entries_.end() && !it->second->dropped && it->second->in * it->second->out == s.n)
+      whole.emplace_back(&s, it->second.get());
+  }
+  const auto live = std::count_if(entries_.begin(), entries_.end(), [](const auto& kv) { return !kv.second->dropped; });
+  // An update leaving some weight out, or covering it in part, is a ZeRO shard's: the
+  // gather rounds the whole working copy again afterwards, and its narrow() packs every
+  // weight then. AdamW packs nothing here (it would only be done twice).
+  if (static_cast<int64_t>(whole.size()) != live) return;
+  for (auto& [s, e] : whole) {
+    s->align = e->fwd.nb * e->in;
+    s->after = [](void* ctx, int64_t a, int64_t b) {
+      auto* en = static_cast<Entry*>(ctx);
+      en->pack(a / en->in, b / en->in);
+      g_pieces.fetch_add(1, std::memory_order_relaxed);
+    };
+    s->ctx = e;
+    pending_.push_back(e);
   }
 }
 
@@ -159,6 +159,48 @@ void PackedWeights::updated() {
 }
 
 void PackedWeights::invalidate() { ++generation_; }
+
+void PackedWeights::narrow(bf16* work, const float* master, int64_t n) {
+  ++generation_;
+  // Pieces in address order: each packed weight lying wholly inside in whole nb-row
+  // blocks of about kPiece elements (as AdamW's pieces), the stretches between weights
+  // in kPiece elements.
+  constexpr int64_t kPiece = int64_t{1} << 16;
+  struct Piece {
+    int64_t begin, end;  // elements of work
+    Entry* e;            // the weight it is rows of (r = (begin - offset) / in), or none
+  };
+  std::vector<Piece> pieces;
+  auto plain = [&](int64_t a, int64_t b) {
+    for (; a < b; a += kPiece) pieces.push_back({a, std::min(b, a + kPiece), nullptr});
+  };
+  int64_t at = 0;
+  for (auto it = entries_.lower_bound(work); it != entries_.end() && it->first < work + n; ++it) {
+    Entry* e = it->second.get();
+    const int64_t begin = e->w - work, size = e->in * e->out;
+    if (e->dropped || begin + size > n || begin < at) continue;  // partly outside: packed again at next use
+    plain(at, begin);
+    const int64_t piece = std::max<int64_t>(1, kPiece / (e->fwd.nb * e->in)) * e->fwd.nb * e->in;
+    for (int64_t a = 0; a < size; a += piece) pieces.push_back({begin + a, begin + std::min(size, a + piece), e});
+    e->generation = generation_;
+    at = begin + size;
+  }
+  plain(at, n);
+  const auto np = static_cast<int64_t>(pieces.size());
+  int64_t packed = 0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(+ : packed)
+  for (int64_t j = 0; j < np; ++j) {
+    const Piece& p = pieces[static_cast<size_t>(j)];
+#pragma omp simd
+    for (int64_t i = p.begin; i < p.end; ++i) work[i] = detail::narrow1(master[i]);
+    if (p.e) {
+      const int64_t offset = p.e->w - work;
+      p.e->pack((p.begin - offset) / p.e->in, (p.end - offset) / p.e->in);
+      ++packed;
+    }
+  }
+  g_pieces.fetch_add(packed, std::memory_order_relaxed);
+}
 
 size_t PackedWeights::bytes() const {
   size_t total = 0;

@@ -98,7 +98,7 @@ void for_each_field(C& c, F&& f) {
   f("backend.bf16_gemm", b.bf16_gemm, "bf16 GEMM on the CPU (auto: oneDNN / sbgemm where the CPU has bf16 instructions, else emulated)",
     "auto|emulated|openblas|onednn");
   f("backend.packed_weights", b.packed_weights,
-    "bf16 GEMM onednn: keep the linear weights in oneDNN's packed layout between steps (4 bytes a parameter more; not with ZeRO)",
+    "bf16 GEMM onednn: keep the linear weights in oneDNN's packed layout between steps (4 bytes a parameter more)",
     nullptr);
   f("backend.comm", b.comm, "GPU collectives: NCCL, or MPI over pinned host buffers (ranks may share a GPU)", "auto|nccl|mpi");
 

@@ -24,8 +24,7 @@ cpu::Bf16Gemm bf16_gemm_of(const config::Config* cfg) {
 }
 
 std::unique_ptr<Engine> make_cpu_bf16_engine(const EngineSetup& setup) {
-  // Packed weights need the whole update in one place (not ZeRO's shards).
-  const bool pack = setup.config && setup.config->backend.packed_weights && setup.config->parallel.zero == 0;
+  const bool pack = setup.config && setup.config->backend.packed_weights;
   return std::make_unique<EngineImpl<backend::CpuBf16>>(
       setup, std::make_unique<backend::CpuBf16>(bf16_gemm_of(setup.config), setup.dims.D, pack), EngineComms{});
 }

@@ -163,6 +163,7 @@ void time_layers(const Layout& l, B& be, Rates& r) {
   double t[2];
   for (int k = 0; k < 2; ++k) {
     d.L = k == 0 ? a : b;
+    if constexpr (requires { be.forget_packed_weights(); }) be.forget_packed_weights();  // the last model's
     model::BasicTransformer<B> m(d, l.MB, l.T, {}, {}, &be, l.recompute);
     m.params().initialize(1);
     t[k] = best_seconds(5, [&] { m.forward_backward(ids.data(), ids.data(), l.MB, l.T, 1.0); });
@@ -172,7 +173,8 @@ void time_layers(const Layout& l, B& be, Rates& r) {
   const int64_t n = 1 << 20;
   auto p = random(n, 40), g = random(n, 41), mm = random(n, 42), vv = random(n, 43);
   for (auto& x : vv) x = x * x;
-  // bf16: the update also writes the parameter's bf16 working copy.
+  // bf16: the update also writes the parameter's bf16 working copy, and with packed
+  // weights both packed copies (timed on a 1024 x 1024 linear weight, packed by a product).
   std::vector<typename B::Act> work;
   typename B::Act* w = nullptr;
   if constexpr (std::is_same_v<typename B::Act, float>) {
@@ -180,6 +182,11 @@ void time_layers(const Layout& l, B& be, Rates& r) {
   } else {
     work.resize(static_cast<size_t>(n));
     w = work.data();
+    cpu::narrow(w, p.data(), n);
+    if constexpr (requires { be.forget_packed_weights(); }) be.forget_packed_weights();  // AdamW packs all or none
+    const int64_t rows = int64_t{l.MB} * l.T;
+    std::vector<typename B::Act> x(static_cast<size_t>(rows * 1024)), y(x.size());
+    be.linear(y.data(), x.data(), w, nullptr, rows, 1024, 1024);
   }
   const double s = best_seconds(3, [&] {
     be.adamw({{p.data(), w, g.data(), mm.data(), vv.data(), n, true}}, {1e-3, 0.9, 0.95, 1e-8, 0.1, 1.0, 1});
@@ -204,11 +211,13 @@ Rates measure(const config::Config& cfg, B& be) {
   std::vector<Shape> shapes{{C, W}, {A, C}, {C, F}, {F, C}, {C, V}};
   if (d.llama) shapes.push_back({C, F});
   double flops = 0, secs = 0;
+  // Every shape's weight held to the end: packed weights (CpuBf16) are known by address.
+  std::vector<std::vector<typename B::Act>> weights;
   for (const auto& s : shapes) {
-    auto x = random_act<B>(N * s.in, 1), w = random_act<B>(s.in * s.out, 2), y = random_act<B>(N * s.out, 3),
-         dx = random_act<B>(N * s.in, 5);
+    auto x = random_act<B>(N * s.in, 1), y = random_act<B>(N * s.out, 3), dx = random_act<B>(N * s.in, 5);
+    const auto& w = weights.emplace_back(random_act<B>(s.in * s.out, 2));
     auto dw = random(s.in * s.out, 4);
-    secs += best_seconds(2, [&] {
+    secs += best_seconds(2, [&] {  // the first packs the weight where packed weights are on
       be.linear(y.data(), x.data(), w.data(), nullptr, N, s.in, s.out);
       be.linear_backward(dx.data(), false, dw.data(), false, nullptr, y.data(), x.data(), w.data(), N, s.in, s.out);
     });
@@ -232,14 +241,17 @@ Rates measure(const config::Config& cfg, B& be) {
     r.peak = std::max(r.matmul, 2.0 * n * n * n / s);
   }
   time_layers(l, be, r);
-  // AdamW streams 28 bytes per element, 30 with the bf16 working copy (docs/plan.md).
-  r.memory = (std::is_same_v<typename B::Act, float> ? 28.0 : 30.0) / r.adamw;
+  // AdamW streams 28 bytes per element, 30 with the bf16 working copy, 34 with its two
+  // packed copies too (docs/plan.md).
+  double streamed = 28.0;
+  if constexpr (!std::is_same_v<typename B::Act, float>) streamed = be.packed_weights_on() ? 34.0 : 30.0;
+  r.memory = streamed / r.adamw;
   return r;
 }
 
 Rates measure(const config::Config& cfg) {
   if (cfg.backend.dtype == "bf16") {
-    backend::CpuBf16 be(parallel::bf16_gemm_of(&cfg), layout_of(cfg).dims.D);
+    backend::CpuBf16 be(parallel::bf16_gemm_of(&cfg), layout_of(cfg).dims.D, cfg.backend.packed_weights);
     return measure(cfg, be);
   }
   backend::Cpu<float> be;
@@ -257,7 +269,10 @@ Device measured_cpu(const config::Config& cfg, int threads, const std::string& c
       << " V" << d.V / l.tp << " N" << l.MB << "x" << l.T << " recompute " << model::recompute_name(l.recompute)
       << (d.tied ? " tied" : "");
   // bf16 rates belong to the GEMM that ran them (backend.bf16_gemm: auto picks by CPU).
-  if (cfg.backend.dtype == "bf16") key << " | bf16 " << cpu::bf16_gemm_name(parallel::bf16_gemm_of(&cfg));
+  if (cfg.backend.dtype == "bf16") {
+    key << " | bf16 " << cpu::bf16_gemm_name(parallel::bf16_gemm_of(&cfg));
+    if (cpu_packs_weights(cfg)) key << " packed";
+  }
   namespace fs = std::filesystem;
   const fs::path file = fs::path(cache_dir) / "cpu_rates.json";
   nlohmann::json cache = read_cache(file);

@@ -31,6 +31,9 @@ int cpu_threads(const config::Config& cfg, const Layout& l);
 // micro-batch) at `threads` threads: the largest over the linear layers' GEMMs.
 double onednn_scratchpad(const model::Dims& d, int64_t N, int tp, int threads);
 std::vector<Memory> plan_memory(const config::Config& cfg, const Layout& l);
+// Whether a CPU bf16 run keeps its linear weights packed (backend.packed_weights with
+// oneDNN's GEMM where PackedWeights::supported(): what backend::CpuBf16 decides).
+bool cpu_packs_weights(const config::Config& cfg);
 
 // Work of one micro-batch on one pipeline rank (all its chunks).
 struct Work {

@@ -128,15 +128,13 @@ double cpu_bf16_scratch(const model::Dims& d, int64_t B, int64_t T, int tp, cpu:
   return 4.0 * (slot0 + fp32_result + operand_copies + std::max(dq, kv)) + onednn;
 }
 
-// backend.packed_weights (cpu bf16 with the oneDNN GEMM, ZeRO off): cpu::PackedWeights'
+// backend.packed_weights (cpu bf16 with the oneDNN GEMM): cpu::PackedWeights'
 // two packed bf16 copies of every weight the rank's linears multiply (the blocks' 2-D
 // weights, and the head: the token embedding where tied, on the stage with the head),
 // their sizes asked of oneDNN per shape (padded to its blocks). Cached per shape.
 double packed_weight_bytes(const config::Config& cfg, const std::vector<model::ParameterSpec>& specs,
                            const model::Dims& d, const model::PipelineStage& stage, int64_t N) {
-  if (!cfg.backend.packed_weights || cfg.parallel.zero != 0 ||
-      parallel::bf16_gemm_of(&cfg) != cpu::Bf16Gemm::onednn)
-    return 0;
+  if (!cpu_packs_weights(cfg)) return 0;
   static std::mutex mutex;
   static std::map<std::tuple<int64_t, int64_t, int64_t>, size_t> cache;
   const std::lock_guard<std::mutex> lock(mutex);
@@ -167,6 +165,11 @@ double cuda_workspace(const model::Dims& d, int64_t B, int64_t T, int tp, int64_
 }
 
 }  // namespace
+
+bool cpu_packs_weights(const config::Config& cfg) {
+  return cfg.backend.device == "cpu" && cfg.backend.dtype == "bf16" && cfg.backend.packed_weights &&
+         parallel::bf16_gemm_of(&cfg) == cpu::Bf16Gemm::onednn && cpu::PackedWeights::supported();
+}
 
 int cpu_threads(const config::Config& cfg, const Layout& l) {
   return planned_threads(cfg.backend.threads, static_cast<int>(std::thread::hardware_concurrency()), l.ranks());

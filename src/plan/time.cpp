@@ -192,6 +192,12 @@ StepTime step_time(const config::Config& cfg, const Layout& l, const Cluster& c)
   // With pipeline parallelism the reduction starts after the pipeline step.
   const double overlap = l.pp > 1 ? 0.0 : device ? 0.9 : 0.5;
   s.dp_comm = std::max(0.0, reduce - overlap * tb) + gather;
+  // CPU bf16 with ZeRO-1: after the gather each rank rounds its whole working copy again
+  // from the masters (4 bytes read, 2 written a parameter; packed weights write their
+  // two copies in the same pass, 4 more). The GPU estimate below counts its own.
+  const double refresh = !device && cfg.parallel.zero == 1 && l.dp > 1 && ab == 2.0
+                             ? share * static_cast<double>(P) * (cpu_packs_weights(cfg) ? 10.0 : 6.0) / dev.memory_bw
+                             : 0.0;
   if (l.pp > 1 && l.dims.tied)  // the tied embedding's gradient between the first and last stage
     s.dp_comm += transfer(4.0 * l.dims.V / l.tp * l.dims.C, 1, pp_inter ? dev.inter_bw : dev.intra_bw,
                           pp_inter ? dev.inter_lat : dev.intra_lat);
@@ -200,10 +206,10 @@ StepTime step_time(const config::Config& cfg, const Layout& l, const Cluster& c)
   // CPU backends do not zero: the first weight-gradient GEMM of a step overwrites).
   const double opt_elems = cfg.parallel.zero == 1 ? static_cast<double>(P) / l.dp : static_cast<double>(P);
   const double norm_zero = device ? 8 : 4;
-  s.optimizer = dev.adamw_s > 0
-                    ? share * (opt_elems * dev.adamw_s + static_cast<double>(P) * norm_zero / dev.memory_bw)
-                    : share * (opt_elems * 28 + static_cast<double>(P) * (norm_zero + (ab == 2 ? 6 : 0))) /
-                          dev.memory_bw;
+  s.optimizer = refresh + (dev.adamw_s > 0
+                               ? share * (opt_elems * dev.adamw_s + static_cast<double>(P) * norm_zero / dev.memory_bw)
+                               : share * (opt_elems * 28 + static_cast<double>(P) * (norm_zero + (ab == 2 ? 6 : 0))) /
+                                     dev.memory_bw);
   s.step = s.compute + s.tp_comm + s.bubble + s.pp_comm + s.dp_comm + s.optimizer;
   const double tokens = static_cast<double>(cfg.train.global_batch) * l.T;
   s.tokens_per_s = tokens / s.step;

@@ -51,8 +51,8 @@ class CpuBf16 : public HostOps<bf16, float, float> {
   // head_dim: the model's, for the start-up line's account of attention's tiles.
   // pack_weights: keep the linear weights packed for oneDNN between steps
   // (cpu::PackedWeights; only with gemm = onednn, where PackedWeights::supported()).
-  // The engine asks for it unless ZeRO shards the update or backend.packed_weights =
-  // false; the working copy must then change only through adamw() and refresh_work().
+  // The engine asks for it unless backend.packed_weights = false; the working copy must
+  // then change only through adamw() and refresh_work().
   explicit CpuBf16(cpu::Bf16Gemm gemm = cpu::Bf16Gemm::emulated, int64_t head_dim = 0, bool pack_weights = false)
       : gemm_(gemm), head_dim_(head_dim) {
     if (pack_weights && gemm == cpu::Bf16Gemm::onednn && cpu::PackedWeights::supported())
@@ -60,6 +60,12 @@ class CpuBf16 : public HostOps<bf16, float, float> {
   }
   // Bytes of the packed weight copies held now (0 without them).
   size_t packed_weight_bytes() const { return packed_ ? packed_->bytes() : 0; }
+  bool packed_weights_on() const { return packed_ != nullptr; }
+  // Drops every packed copy, for weights about to be freed (`kumiko plan`'s timing
+  // models, one after another; copies are known by the working copy's address).
+  void forget_packed_weights() {
+    if (packed_) packed_ = std::make_unique<cpu::PackedWeights>();
+  }
   cpu::Bf16Gemm gemm() const { return gemm_; }
 
   template <typename Dims>
@@ -156,8 +162,10 @@ class CpuBf16 : public HostOps<bf16, float, float> {
     if (packed_) packed_->updated();
   }
   void refresh_work(Act* work, const Grad* master, int64_t n) {
-    cpu::narrow(work, master, n);
-    if (packed_) packed_->invalidate();
+    if (packed_)
+      packed_->narrow(work, master, n);  // packs each weight as it rounds it
+    else
+      cpu::narrow(work, master, n);
   }
 
   // Collectives: HostCollectives (bf16 travels as comm::BFloat16, the same type; the

@@ -13,12 +13,12 @@
 // are the same bits (test PackedB.OnednnMultipliesThePackedLayoutToTheSameBits).
 //
 // Costs two more bf16 copies of the linear weights (4 bytes a parameter; `kumiko plan`
-// counts them) and 4 bytes a parameter more of AdamW's memory traffic. Copies go stale
-// when the working copy changes outside AdamW (invalidate(): a checkpoint load, the
-// initial upload) and are packed again at their next use; a weight whose AdamW range
-// covers only part of it (a ZeRO shard; the engine does not enable packing with ZeRO)
-// is dropped for good, and so is one whose product oneDNN declines at the row count
-// its copies were made for.
+// counts them) and 4 bytes a parameter more of AdamW's memory traffic. Where the working
+// copy is rounded again from the masters (narrow(): ZeRO-1's gather after each step, a
+// checkpoint load) the copies are packed in that pass instead; AdamW over a ZeRO shard
+// packs nothing. Copies go stale when the working copy is written some other way
+// (invalidate()) and are packed again at their next use. A weight whose product oneDNN
+// declines at the row count its copies were made for is dropped for good.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -47,13 +47,20 @@ class PackedWeights {
   // dx [N, in] (bf16) (+)= dy [N, out] W, as forward.
   bool input_gradient(bf16* dx, bool accumulate, const bf16* dy, const bf16* w, int64_t N, int64_t in, int64_t out);
 
-  // Before adamw_update over `slices` (fp32 masters, bf16 working copies): the slices
-  // that cover a packed weight whole pack it in their `after`; weights a slice covers in
-  // part are dropped. updated(): after adamw_update, those copies are current.
+  // Before adamw_update over `slices` (fp32 masters, bf16 working copies): where the
+  // slices update every packed weight whole, each weight's slice packs it in its `after`;
+  // otherwise (a ZeRO shard, rounded again and packed by narrow() after the gather)
+  // nothing is packed and every copy is stale. updated(): after adamw_update, the copies
+  // packed are current.
   void attach(std::vector<AdamWSlice<float>>& slices);
   void updated();
   // The working copies changed outside AdamW: every copy is packed again at its next use.
   void invalidate();
+  // work[i] = bf16(master[i]) for i < n (cpu::narrow's bits) when the working copies are
+  // rounded again from the masters (ZeRO's gather, a checkpoint load): each weight lying
+  // wholly inside is packed a piece at a time as it is rounded, as AdamW does; the
+  // others are packed again at their next use.
+  void narrow(bf16* work, const float* master, int64_t n);
 
   // Bytes the packed copies hold now.
   size_t bytes() const;

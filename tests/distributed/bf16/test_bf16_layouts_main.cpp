@@ -51,6 +51,7 @@
 
 #include "kumiko/comm/communicator.h"
 #include "kumiko/ops/matmul_bf16.h"
+#include "kumiko/ops/packed_weights.h"
 #include "kumiko_test_support.h"
 #include "layout_compare.h"
 
@@ -151,6 +152,43 @@ TEST_P(Bf16Layouts, EveryLayoutFollowsOneProcess) {
       }
       EXPECT_NE(got.losses, fp32.losses) << what << ": the same losses as fp32";
     }
+  }
+}
+
+// backend.packed_weights under ZeRO-1: AdamW updates a shard and packs nothing; the
+// gather's narrow() rounds the working copy again and packs every weight in that pass.
+// The products are oneDNN's on the same bits either way, so the run is the very same
+// as without packing (a copy left stale after the gather changes the losses at once);
+// and each weight is packed whole only at its first use, then by the gathers' pieces.
+TEST(Bf16PackedWeights, ZeroOneTrainsTheSameBits) {
+  if (!cpu::PackedWeights::supported())
+    GTEST_SKIP() << "no oneDNN brgemm with a packed bf16 layout here (it needs AVX512-BF16 or AMX and oneDNN)";
+  auto& world = comm::world();
+  ASSERT_EQ(world.size(), 2) << "run under mpirun -np 2";
+  for (const std::string arch : {"gpt2", "llama"}) {
+    testing::LayoutResult runs[2];
+    cpu::PackedWeights::Counts before, after;
+    int64_t layers = 0;
+    for (const bool packed : {false, true}) {
+      auto c = tiny(arch, "onednn", g_root + "/" + arch + "-zero1-packed-" + (packed ? "on" : "off"));
+      c.parallel.dp = 2;
+      c.parallel.zero = 1;
+      c.backend.packed_weights = packed;
+      layers = c.model.n_layers;
+      before = cpu::PackedWeights::counts();
+      runs[packed] = testing::train_on(world, c);
+      after = cpu::PackedWeights::counts();
+    }
+    EXPECT_GT(after.products - before.products, 0) << arch << ": no product ran on packed copies";
+    EXPECT_GT(after.pieces - before.pieces, 0) << arch << ": the gathers packed nothing";
+    EXPECT_GT(after.whole - before.whole, 0) << arch;
+    EXPECT_LE(after.whole - before.whole, 5 * layers + 1) << arch << ": weights packed whole again after gathers";
+    if (world.rank() != 0) continue;
+    ASSERT_EQ(runs[1].losses.size(), 8u) << arch;
+    EXPECT_EQ(runs[1].losses, runs[0].losses) << arch;
+    ASSERT_EQ(runs[1].weights.size(), runs[0].weights.size());
+    for (size_t i = 0; i < runs[0].weights.size(); ++i)
+      EXPECT_TRUE(runs[1].weights[i] == runs[0].weights[i]) << arch << " " << runs[0].names[i];
   }
 }
 

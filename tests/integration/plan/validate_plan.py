@@ -44,6 +44,8 @@ LAYOUTS = [
     ("gpt2 pp2 interleaved", 2, GPT2 + ["--parallel.pp=2", "--parallel.pp_schedule=interleaved",
                                         "--parallel.pp_chunks=2", "--train.micro_batch=2"]),
     ("gpt2 one rank mb8 bf16", 1, GPT2 + ["--train.micro_batch=8", "--backend.dtype=bf16"]),
+    ("gpt2 dp2 zero1 bf16", 2, GPT2 + ["--parallel.dp=2", "--parallel.zero=1", "--train.micro_batch=4",
+                                       "--backend.dtype=bf16"]),
     ("llama one rank mb4", 1, LLAMA + ["--train.micro_batch=4"]),
     ("llama tp2 sp selective", 2, LLAMA + ["--parallel.tp=2", "--parallel.sequence_parallel=true",
                                            "--train.micro_batch=8", "--train.recompute=selective"]),

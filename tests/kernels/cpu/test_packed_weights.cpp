@@ -3,8 +3,8 @@
 // ranges of any alignment (odd K, N not a multiple of the block, every block width); the
 // layout against oneDNN's own by multiplying: oneDNN's brgemm on a packed B must give the
 // same bits as on B as it lies, which it packs itself (any misplaced element changes the
-// products); and PackedWeights' copies kept current by AdamW, dropped for a partial
-// (ZeRO) update, packed again after invalidate().
+// products); and PackedWeights' copies kept current by AdamW, packed again after
+// invalidate(), and, after a partial (ZeRO) update, by narrow() as it rounds.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -17,6 +17,7 @@
 #include "kernels/cpu/packed_b.h"
 #include "kumiko/core/bf16.h"
 #include "kumiko/ops/adamw.h"
+#include "kumiko/ops/bf16.h"
 #include "kumiko/ops/matmul_bf16.h"
 #include "kumiko/ops/packed_weights.h"
 #include "tests/kernels/cpu/test_util.h"
@@ -115,7 +116,7 @@ TEST(PackedB, OnednnMultipliesThePackedLayoutToTheSameBits) {
 }
 
 // The same products as W as it lies, step after step: AdamW repacks, invalidate() makes
-// the next use repack, a partial update drops the weight.
+// the next use repack, narrow() repacks after a partial update.
 TEST(PackedWeights, AdamWKeepsTheCopiesCurrent) {
   if (!cpu::PackedWeights::supported())
     GTEST_SKIP() << "no oneDNN brgemm with a packed bf16 layout here (it needs AVX512-BF16 or AMX and oneDNN)";
@@ -176,17 +177,65 @@ TEST(PackedWeights, AdamWKeepsTheCopiesCurrent) {
     expect_plain_products(shape + "after invalidate()");
     EXPECT_EQ(cpu::PackedWeights::counts().whole - before.whole, 2) << shape;
 
-    // An update of part of it (a ZeRO shard): dropped, W as it is from then on.
+    // An update of part of it (a ZeRO shard): AdamW leaves the copies stale; the
+    // gather's narrow() rounds the whole working copy again and packs it in that pass
+    // (the same bits as cpu::narrow), not at the next use.
     std::vector<cpu::AdamWSlice<float>> half{
         {master.data(), grad.data(), m.data(), v.data(), work.data(), static_cast<int64_t>(master.size() / 2), 0.1}};
     packed.attach(half);
     EXPECT_EQ(half[0].after, nullptr);
     cpu::adamw_update(half.data(), half.size(), 1e-2, 0.9, 0.95, 1e-8, 1.0, 4);
     packed.updated();
-    std::vector<bf16> y(static_cast<size_t>(N * out));
-    EXPECT_FALSE(packed.forward(y.data(), x.data(), work.data(), nullptr, N, in, out));
-    EXPECT_EQ(packed.bytes(), 0u);
+    for (size_t i = master.size() / 2; i < master.size(); ++i) master[i] *= -0.5f;  // the other rank's half
+    std::vector<bf16> rounded(master.size());
+    cpu::narrow(rounded.data(), master.data(), static_cast<int64_t>(master.size()));
+    const auto gathered = cpu::PackedWeights::counts();
+    packed.narrow(work.data(), master.data(), static_cast<int64_t>(master.size()));
+    EXPECT_EQ(bits(work.data(), static_cast<int64_t>(work.size())), bits(rounded.data(), static_cast<int64_t>(rounded.size())));
+    EXPECT_EQ(cpu::PackedWeights::counts().pieces - gathered.pieces, (out + rows - 1) / rows) << shape;
+    expect_plain_products(shape + "after a ZeRO update and narrow()");
+    EXPECT_EQ(cpu::PackedWeights::counts().whole - gathered.whole, 0) << shape << "packed again at use";
+
+    // narrow() over part of the weight (it lies partly outside): packed whole at next use.
+    for (auto& value : master) value *= 1.5f;
+    packed.narrow(work.data(), master.data(), static_cast<int64_t>(master.size() / 2));
+    cpu::narrow(work.data() + master.size() / 2, master.data() + master.size() / 2,
+                static_cast<int64_t>(master.size() - master.size() / 2));
+    expect_plain_products(shape + "after narrow() over half of it");
+    EXPECT_EQ(cpu::PackedWeights::counts().whole - gathered.whole, 1) << shape;
+    EXPECT_EQ(packed.bytes(), cpu::PackedWeights::bytes_for(N, in, out));
   });
+}
+
+// A ZeRO shard's update: slices that leave a packed weight out pack nothing, not even
+// the weight they update whole (the gather's narrow() packs both); an update of every
+// weight packs each.
+TEST(PackedWeights, AShardsUpdatePacksNothing) {
+  if (!cpu::PackedWeights::supported())
+    GTEST_SKIP() << "no oneDNN brgemm with a packed bf16 layout here (it needs AVX512-BF16 or AMX and oneDNN)";
+  const int64_t N = 32, in = 64, out = 96, n = in * out;
+  const auto x = random_bf16(static_cast<size_t>(N * in), 31);
+  auto master = test::random_vec<float>(static_cast<size_t>(2 * n), 32);
+  const auto grad = test::random_vec<float>(master.size(), 33);
+  std::vector<float> m(master.size(), 0.0f), v(master.size(), 0.0f);
+  std::vector<bf16> work(master.size());
+  cpu::narrow(work.data(), master.data(), 2 * n);
+  cpu::PackedWeights packed;
+  std::vector<bf16> y(static_cast<size_t>(N * out));
+  for (int64_t k = 0; k < 2; ++k) ASSERT_TRUE(packed.forward(y.data(), x.data(), work.data() + k * n, nullptr, N, in, out));
+  auto slice = [&](int64_t k) {
+    return cpu::AdamWSlice<float>{master.data() + k * n, grad.data() + k * n, m.data() + k * n, v.data() + k * n,
+                                  work.data() + k * n, n, 0.1};
+  };
+  std::vector<cpu::AdamWSlice<float>> first{slice(0)};
+  packed.attach(first);
+  EXPECT_EQ(first[0].after, nullptr) << "a shard that leaves the second weight out";
+  packed.updated();
+  std::vector<cpu::AdamWSlice<float>> both{slice(0), slice(1)};
+  packed.attach(both);
+  EXPECT_NE(both[0].after, nullptr);
+  EXPECT_NE(both[1].after, nullptr);
+  packed.updated();
 }
 
 }  // namespace
