@@ -13,7 +13,7 @@ namespace kumiko::cpu {
 
 namespace {
 
-constexpr int64_t kPiece = int64_t{1} << 16;  // elements a thread takes at a time (many arrays)
+constexpr int64_t kPiece = kAdamWPiece;  // elements a thread takes at a time (many arrays)
 
 // The step's scalar factors, in T (weight decay's factor is per array).
 template <typename T>

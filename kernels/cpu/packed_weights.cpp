@@ -37,7 +37,7 @@ struct PackedWeights::Entry {
   PackedB fwd, dx;  // B = Wᵀ (forward), B = W (input gradient)
   Buffer fwd_data{nullptr, std::free}, dx_data{nullptr, std::free};
   uint64_t generation = 0;  // of the working copy it was packed from
-  bool dropped = false;     // no packed copies (no layout, or a ZeRO shard)
+  bool dropped = false;     // no packed copies (no layout, or oneDNN declined its rows)
 
   void drop() {
     dropped = true;
@@ -128,27 +128,21 @@ bool counted(bool ran, PackedWeights::Entry& e, int64_t N) {
 void PackedWeights::attach(std::vector<AdamWSlice<float>>& slices) {
   ++generation_;
   pending_.clear();
-  // The slice updating each packed weight whole, if one does.
-  std::vector<std::pair<AdamWSlice<float>*, Entry*>> whole;
+  if (sharded_) return;  // narrow() packs every weight after the gather
   for (auto& s : slices) {
     if (!s.work || s.n <= 0) continue;
     auto it = entries_.find(s.work);
-    if (it != entries_.end() && !it->second->dropped && it->second->in * it->second->out == s.n)
-      whole.emplace_back(&s, it->second.get());
-  }
-  const auto live = std::count_if(entries_.begin(), entries_.end(), [](const auto& kv) { return !kv.second->dropped; });
-  // An update leaving some weight out, or covering it in part, is a ZeRO shard's: the
-  // gather rounds the whole working copy again afterwards, and its narrow() packs every
-  // weight then. AdamW packs nothing here (it would only be done twice).
-  if (static_cast<int64_t>(whole.size()) != live) return;
-  for (auto& [s, e] : whole) {
-    s->align = e->fwd.nb * e->in;
-    s->after = [](void* ctx, int64_t a, int64_t b) {
+    if (it == entries_.end()) continue;
+    Entry* e = it->second.get();
+    // A slice that is not one weight whole leaves it stale: packed again at next use.
+    if (e->dropped || e->in * e->out != s.n) continue;
+    s.align = e->fwd.nb * e->in;
+    s.after = [](void* ctx, int64_t a, int64_t b) {
       auto* en = static_cast<Entry*>(ctx);
       en->pack(a / en->in, b / en->in);
       g_pieces.fetch_add(1, std::memory_order_relaxed);
     };
-    s->ctx = e;
+    s.ctx = e;
     pending_.push_back(e);
   }
 }
@@ -165,7 +159,7 @@ void PackedWeights::narrow(bf16* work, const float* master, int64_t n) {
   // Pieces in address order: each packed weight lying wholly inside in whole nb-row
   // blocks of about kPiece elements (as AdamW's pieces), the stretches between weights
   // in kPiece elements.
-  constexpr int64_t kPiece = int64_t{1} << 16;
+  constexpr int64_t kPiece = kAdamWPiece;
   struct Piece {
     int64_t begin, end;  // elements of work
     Entry* e;            // the weight it is rows of (r = (begin - offset) / in), or none

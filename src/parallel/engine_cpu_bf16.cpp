@@ -25,8 +25,9 @@ cpu::Bf16Gemm bf16_gemm_of(const config::Config* cfg) {
 
 std::unique_ptr<Engine> make_cpu_bf16_engine(const EngineSetup& setup) {
   const bool pack = setup.config && setup.config->backend.packed_weights;
-  return std::make_unique<EngineImpl<backend::CpuBf16>>(
-      setup, std::make_unique<backend::CpuBf16>(bf16_gemm_of(setup.config), setup.dims.D, pack), EngineComms{});
+  auto be = std::make_unique<backend::CpuBf16>(bf16_gemm_of(setup.config), setup.dims.D, pack);
+  be->set_sharded_updates(setup.config && setup.config->parallel.zero == 1);
+  return std::make_unique<EngineImpl<backend::CpuBf16>>(setup, std::move(be), EngineComms{});
 }
 }  // namespace parallel
 

@@ -184,6 +184,7 @@ void time_layers(const Layout& l, B& be, Rates& r) {
     w = work.data();
     cpu::narrow(w, p.data(), n);
     if constexpr (requires { be.forget_packed_weights(); }) be.forget_packed_weights();  // AdamW packs all or none
+    // One product makes its packed copies (oneDNN's layout is asked for these rows).
     const int64_t rows = int64_t{l.MB} * l.T;
     std::vector<typename B::Act> x(static_cast<size_t>(rows * 1024)), y(x.size());
     be.linear(y.data(), x.data(), w, nullptr, rows, 1024, 1024);
@@ -244,7 +245,7 @@ Rates measure(const config::Config& cfg, B& be) {
   // AdamW streams 28 bytes per element, 30 with the bf16 working copy, 34 with its two
   // packed copies too (docs/plan.md).
   double streamed = 28.0;
-  if constexpr (!std::is_same_v<typename B::Act, float>) streamed = be.packed_weights_on() ? 34.0 : 30.0;
+  if constexpr (!std::is_same_v<typename B::Act, float>) streamed = be.packed_weight_bytes() > 0 ? 34.0 : 30.0;
   r.memory = streamed / r.adamw;
   return r;
 }

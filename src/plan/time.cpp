@@ -192,24 +192,27 @@ StepTime step_time(const config::Config& cfg, const Layout& l, const Cluster& c)
   // With pipeline parallelism the reduction starts after the pipeline step.
   const double overlap = l.pp > 1 ? 0.0 : device ? 0.9 : 0.5;
   s.dp_comm = std::max(0.0, reduce - overlap * tb) + gather;
-  // CPU bf16 with ZeRO-1: after the gather each rank rounds its whole working copy again
-  // from the masters (4 bytes read, 2 written a parameter; packed weights write their
-  // two copies in the same pass, 4 more). The GPU estimate below counts its own.
-  const double refresh = !device && cfg.parallel.zero == 1 && l.dp > 1 && ab == 2.0
-                             ? share * static_cast<double>(P) * (cpu_packs_weights(cfg) ? 10.0 : 6.0) / dev.memory_bw
-                             : 0.0;
   if (l.pp > 1 && l.dims.tied)  // the tied embedding's gradient between the first and last stage
     s.dp_comm += transfer(4.0 * l.dims.V / l.tp * l.dims.C, 1, pp_inter ? dev.inter_bw : dev.intra_bw,
                           pp_inter ? dev.inter_lat : dev.intra_lat);
   // AdamW reads parameters, gradients and both moments and writes three of them; the
   // gradient norm reads the gradients once more, and on a GPU zeroing writes them (the
   // CPU backends do not zero: the first weight-gradient GEMM of a step overwrites).
-  const double opt_elems = cfg.parallel.zero == 1 ? static_cast<double>(P) / l.dp : static_cast<double>(P);
+  const bool zero1 = cfg.parallel.zero == 1;
+  const double opt_elems = zero1 ? static_cast<double>(P) / l.dp : static_cast<double>(P);
   const double norm_zero = device ? 8 : 4;
-  s.optimizer = refresh + (dev.adamw_s > 0
-                               ? share * (opt_elems * dev.adamw_s + static_cast<double>(P) * norm_zero / dev.memory_bw)
-                               : share * (opt_elems * 28 + static_cast<double>(P) * (norm_zero + (ab == 2 ? 6 : 0))) /
-                                     dev.memory_bw);
+  if (dev.adamw_s > 0) {
+    // Measured on this CPU per element, with packed weights packing them (34 B an
+    // element). Under ZeRO-1 a shard's AdamW packs nothing (30 B), and in bf16 each rank
+    // rounds its whole working copy again after the gather (4 B read, 2 written a
+    // parameter), packing the weights in that pass (4 B more).
+    const bool packs = cpu_packs_weights(cfg);
+    const double adamw = zero1 && packs ? 30.0 / dev.memory_bw : dev.adamw_s;
+    const double refresh = zero1 && ab == 2.0 ? static_cast<double>(P) * (packs ? 10.0 : 6.0) / dev.memory_bw : 0.0;
+    s.optimizer = share * (opt_elems * adamw + refresh + static_cast<double>(P) * norm_zero / dev.memory_bw);
+  } else {
+    s.optimizer = share * (opt_elems * 28 + static_cast<double>(P) * (norm_zero + (ab == 2 ? 6 : 0))) / dev.memory_bw;
+  }
   s.step = s.compute + s.tp_comm + s.bubble + s.pp_comm + s.dp_comm + s.optimizer;
   const double tokens = static_cast<double>(cfg.train.global_batch) * l.T;
   s.tokens_per_s = tokens / s.step;

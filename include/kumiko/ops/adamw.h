@@ -30,6 +30,9 @@ void adamw_update(float* param, const float* grad, float* m, float* v, bf16* wor
 // multiples of `align` elements (align > 0) and after(ctx, begin, end) runs on the
 // thread that updated elements [begin, end), right after it, while that piece of the
 // working copy is still in cache (CpuBf16 packs its weights for oneDNN there).
+// Elements a thread updates at a time (rounded up to whole `align` units with a hook).
+inline constexpr int64_t kAdamWPiece = int64_t{1} << 16;
+
 template <typename T>
 struct AdamWSlice {
   T* param;

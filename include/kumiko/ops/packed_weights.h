@@ -15,8 +15,8 @@
 // Costs two more bf16 copies of the linear weights (4 bytes a parameter; `kumiko plan`
 // counts them) and 4 bytes a parameter more of AdamW's memory traffic. Where the working
 // copy is rounded again from the masters (narrow(): ZeRO-1's gather after each step, a
-// checkpoint load) the copies are packed in that pass instead; AdamW over a ZeRO shard
-// packs nothing. Copies go stale when the working copy is written some other way
+// checkpoint load) the copies are packed in that pass instead; under ZeRO-1
+// (set_sharded_updates) AdamW packs nothing. Copies go stale when the working copy is written some other way
 // (invalidate()) and are packed again at their next use. A weight whose product oneDNN
 // declines at the row count its copies were made for is dropped for good.
 #include <cstdint>
@@ -47,14 +47,17 @@ class PackedWeights {
   // dx [N, in] (bf16) (+)= dy [N, out] W, as forward.
   bool input_gradient(bf16* dx, bool accumulate, const bf16* dy, const bf16* w, int64_t N, int64_t in, int64_t out);
 
-  // Before adamw_update over `slices` (fp32 masters, bf16 working copies): where the
-  // slices update every packed weight whole, each weight's slice packs it in its `after`;
-  // otherwise (a ZeRO shard, rounded again and packed by narrow() after the gather)
-  // nothing is packed and every copy is stale. updated(): after adamw_update, the copies
-  // packed are current.
+  // Before adamw_update over `slices` (fp32 masters, bf16 working copies): a slice that
+  // is one packed weight whole packs it in its `after`; weights no slice covers whole
+  // are stale (packed again at next use); with sharded updates nothing is packed.
+  // updated(): after adamw_update, the copies packed are current.
   void attach(std::vector<AdamWSlice<float>>& slices);
   void updated();
-  // The working copies changed outside AdamW: every copy is packed again at its next use.
+  // ZeRO-1: each AdamW updates a shard and the working copy is rounded again from the
+  // gathered masters afterwards, so AdamW packs nothing and narrow() packs everything.
+  void set_sharded_updates(bool sharded) { sharded_ = sharded; }
+  // The working copies changed some other way: every copy is packed again at its next
+  // use (tests; the trainer's own rewrites go through narrow()).
   void invalidate();
   // work[i] = bf16(master[i]) for i < n (cpu::narrow's bits) when the working copies are
   // rounded again from the masters (ZeRO's gather, a checkpoint load): each weight lying
@@ -69,8 +72,8 @@ class PackedWeights {
   static size_t bytes_for(int64_t N, int64_t in, int64_t out);
 
   // What happened so far, over every PackedWeights of the process (tests): products run
-  // on packed copies, whole weights packed (first use, after invalidate()), and AdamW
-  // pieces packed in its pass.
+  // on packed copies, whole weights packed (first use, after invalidate()), and pieces
+  // packed in AdamW's or narrow()'s pass.
   struct Counts {
     int64_t products = 0, whole = 0, pieces = 0;
   };
@@ -81,7 +84,8 @@ class PackedWeights {
  private:
   Entry* find(const bf16* w, int64_t N, int64_t in, int64_t out);
   std::map<const bf16*, std::unique_ptr<Entry>> entries_;
-  uint64_t generation_ = 1;  // of the working copies; bumped by attach and invalidate
+  uint64_t generation_ = 1;  // of the working copies; bumped by attach, narrow and invalidate
+  bool sharded_ = false;
   std::vector<Entry*> pending_;  // attached to the running AdamW
 };
 

@@ -166,7 +166,7 @@ TEST(PackedWeights, AdamWKeepsTheCopiesCurrent) {
     // Packed whole once; then only by AdamW's pieces.
     const auto after = cpu::PackedWeights::counts();
     const int64_t nb = cpu::onednn::packed_b(N, out, in, true).nb;
-    const int64_t rows = std::max<int64_t>(1, 65536 / (nb * in)) * nb;  // AdamW's piece (adamw.cpp)
+    const int64_t rows = std::max<int64_t>(1, cpu::kAdamWPiece / (nb * in)) * nb;  // AdamW's piece
     EXPECT_EQ(after.whole - before.whole, 1) << shape;
     EXPECT_EQ(after.products - before.products, 8) << shape;
     EXPECT_EQ(after.pieces - before.pieces, 3 * ((out + rows - 1) / rows)) << shape;
@@ -207,35 +207,84 @@ TEST(PackedWeights, AdamWKeepsTheCopiesCurrent) {
   });
 }
 
-// A ZeRO shard's update: slices that leave a packed weight out pack nothing, not even
-// the weight they update whole (the gather's narrow() packs both); an update of every
-// weight packs each.
-TEST(PackedWeights, AShardsUpdatePacksNothing) {
+// Two weights in one flat array with gaps, [pad | W0 | pad | W1 | tail], as the model's
+// parameters lie. AdamW packs the weights its slices cover whole, and nothing under
+// sharded updates (ZeRO-1); narrow() then rounds the whole array as cpu::narrow does and
+// packs both weights in its pass (products as from W as it lies, no whole packs), and a
+// narrow() over a range that starts inside W0 packs W1 only (W0 at its next use).
+TEST(PackedWeights, NarrowPacksEveryWeightItRoundsWhole) {
   if (!cpu::PackedWeights::supported())
     GTEST_SKIP() << "no oneDNN brgemm with a packed bf16 layout here (it needs AVX512-BF16 or AMX and oneDNN)";
-  const int64_t N = 32, in = 64, out = 96, n = in * out;
-  const auto x = random_bf16(static_cast<size_t>(N * in), 31);
-  auto master = test::random_vec<float>(static_cast<size_t>(2 * n), 32);
-  const auto grad = test::random_vec<float>(master.size(), 33);
-  std::vector<float> m(master.size(), 0.0f), v(master.size(), 0.0f);
-  std::vector<bf16> work(master.size());
-  cpu::narrow(work.data(), master.data(), 2 * n);
-  cpu::PackedWeights packed;
-  std::vector<bf16> y(static_cast<size_t>(N * out));
-  for (int64_t k = 0; k < 2; ++k) ASSERT_TRUE(packed.forward(y.data(), x.data(), work.data() + k * n, nullptr, N, in, out));
-  auto slice = [&](int64_t k) {
-    return cpu::AdamWSlice<float>{master.data() + k * n, grad.data() + k * n, m.data() + k * n, v.data() + k * n,
-                                  work.data() + k * n, n, 0.1};
-  };
-  std::vector<cpu::AdamWSlice<float>> first{slice(0)};
-  packed.attach(first);
-  EXPECT_EQ(first[0].after, nullptr) << "a shard that leaves the second weight out";
-  packed.updated();
-  std::vector<cpu::AdamWSlice<float>> both{slice(0), slice(1)};
-  packed.attach(both);
-  EXPECT_NE(both[0].after, nullptr);
-  EXPECT_NE(both[1].after, nullptr);
-  packed.updated();
+  test::with_threads(2, [&] {
+    const int64_t N = 32, in = 200, out = 700, n = in * out;  // 700 rows: 3 narrow pieces of 320 rows
+    const int64_t at[2] = {37, 37 + n + 101}, total = at[1] + n + 59;
+    const auto x = random_bf16(static_cast<size_t>(N * in), 31);
+    const auto dy = random_bf16(static_cast<size_t>(N * out), 34);
+    auto master = test::random_vec<float>(static_cast<size_t>(total), 32);
+    const auto grad = test::random_vec<float>(master.size(), 33);
+    std::vector<float> moments(2 * master.size(), 0.0f);  // m, then v
+    std::vector<bf16> work(master.size());
+    cpu::narrow(work.data(), master.data(), total);
+    cpu::PackedWeights packed;
+    auto expect_plain_products = [&](int k, const std::string& when) {
+      const bf16* w = work.data() + at[k];
+      std::vector<bf16> y0(static_cast<size_t>(N * out)), y1(y0.size());
+      cpu::matmul_bf16_out(cpu::Bf16Gemm::onednn, false, true, N, out, in, x.data(), in, w, in, nullptr, false,
+                           y0.data(), out);
+      ASSERT_TRUE(packed.forward(y1.data(), x.data(), w, nullptr, N, in, out)) << when;
+      EXPECT_EQ(bits(y1.data(), N * out), bits(y0.data(), N * out)) << "W" << k << " forward, " << when;
+      std::vector<bf16> d0(static_cast<size_t>(N * in)), d1(d0.size());
+      cpu::matmul_bf16_out(cpu::Bf16Gemm::onednn, false, false, N, in, out, dy.data(), out, w, in, nullptr, false,
+                           d0.data(), in);
+      ASSERT_TRUE(packed.input_gradient(d1.data(), false, dy.data(), w, N, in, out)) << when;
+      EXPECT_EQ(bits(d1.data(), N * in), bits(d0.data(), N * in)) << "W" << k << " input gradient, " << when;
+    };
+    for (int k = 0; k < 2; ++k) expect_plain_products(k, "first use");
+    auto slice = [&](int64_t begin, int64_t count) {
+      return cpu::AdamWSlice<float>{master.data() + begin, grad.data() + begin, moments.data() + begin,
+                                    moments.data() + total + begin, work.data() + begin, count, 0.1};
+    };
+    // W0 whole and part of W1: W0 packed by AdamW, W1 stale.
+    std::vector<cpu::AdamWSlice<float>> some{slice(at[0], n), slice(at[1], n / 2)};
+    packed.attach(some);
+    EXPECT_NE(some[0].after, nullptr);
+    EXPECT_EQ(some[1].after, nullptr);
+    cpu::adamw_update(some.data(), some.size(), 1e-2, 0.9, 0.95, 1e-8, 1.0, 1);
+    packed.updated();
+    auto c0 = cpu::PackedWeights::counts();
+    expect_plain_products(0, "after AdamW over W0 whole");
+    expect_plain_products(1, "after AdamW over half of W1");
+    EXPECT_EQ(cpu::PackedWeights::counts().whole - c0.whole, 1) << "W1 packed again at use";
+
+    // Sharded updates: AdamW packs nothing, the gather's narrow() packs both.
+    packed.set_sharded_updates(true);
+    std::vector<cpu::AdamWSlice<float>> shard{slice(0, at[0]), slice(at[0], n), slice(at[1], n / 3)};
+    packed.attach(shard);
+    for (const auto& sl : shard) EXPECT_EQ(sl.after, nullptr) << "AdamW packed a shard's weight";
+    cpu::adamw_update(shard.data(), shard.size(), 1e-2, 0.9, 0.95, 1e-8, 1.0, 2);
+    packed.updated();
+    for (auto it = master.begin() + (at[1] + n / 3); it != master.end(); ++it) *it *= -0.5f;  // the other rank's
+    std::vector<bf16> rounded(master.size());
+    cpu::narrow(rounded.data(), master.data(), total);
+    c0 = cpu::PackedWeights::counts();
+    packed.narrow(work.data(), master.data(), total);
+    const auto c1 = cpu::PackedWeights::counts();
+    EXPECT_EQ(bits(work.data(), total), bits(rounded.data(), total));
+    const int64_t nb = cpu::onednn::packed_b(N, out, in, true).nb;
+    const int64_t rows = std::max<int64_t>(1, cpu::kAdamWPiece / (nb * in)) * nb;
+    EXPECT_EQ(c1.pieces - c0.pieces, 2 * ((out + rows - 1) / rows));
+    for (int k = 0; k < 2; ++k) expect_plain_products(k, "after narrow()");
+    EXPECT_EQ(cpu::PackedWeights::counts().whole - c1.whole, 0) << "packed again at use after narrow()";
+
+    // A range starting inside W0: W1 packed in the pass, W0 at its next use.
+    for (auto& value : master) value *= 1.5f;
+    cpu::narrow(work.data(), master.data(), at[0] + 7);
+    const auto c2 = cpu::PackedWeights::counts();
+    packed.narrow(work.data() + at[0] + 7, master.data() + at[0] + 7, total - at[0] - 7);
+    EXPECT_EQ(cpu::PackedWeights::counts().pieces - c2.pieces, (out + rows - 1) / rows);
+    for (int k = 0; k < 2; ++k) expect_plain_products(k, "after narrow() from inside W0");
+    EXPECT_EQ(cpu::PackedWeights::counts().whole - c2.whole, 1);
+  });
 }
 
 }  // namespace
