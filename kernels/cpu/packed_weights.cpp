@@ -157,16 +157,15 @@ void PackedWeights::invalidate() { ++generation_; }
 void PackedWeights::narrow(bf16* work, const float* master, int64_t n) {
   ++generation_;
   // Pieces in address order: each packed weight lying wholly inside in whole nb-row
-  // blocks of about kPiece elements (as AdamW's pieces), the stretches between weights
-  // in kPiece elements.
-  constexpr int64_t kPiece = kAdamWPiece;
+  // blocks of about kAdamWPiece elements (as AdamW's pieces), the stretches between
+  // weights in kAdamWPiece elements.
   struct Piece {
     int64_t begin, end;  // elements of work
     Entry* e;            // the weight it is rows of (r = (begin - offset) / in), or none
   };
   std::vector<Piece> pieces;
   auto plain = [&](int64_t a, int64_t b) {
-    for (; a < b; a += kPiece) pieces.push_back({a, std::min(b, a + kPiece), nullptr});
+    for (; a < b; a += kAdamWPiece) pieces.push_back({a, std::min(b, a + kAdamWPiece), nullptr});
   };
   int64_t at = 0;
   for (auto it = entries_.lower_bound(work); it != entries_.end() && it->first < work + n; ++it) {
@@ -174,7 +173,7 @@ void PackedWeights::narrow(bf16* work, const float* master, int64_t n) {
     const int64_t begin = e->w - work, size = e->in * e->out;
     if (e->dropped || begin + size > n || begin < at) continue;  // partly outside: packed again at next use
     plain(at, begin);
-    const int64_t piece = std::max<int64_t>(1, kPiece / (e->fwd.nb * e->in)) * e->fwd.nb * e->in;
+    const int64_t piece = std::max<int64_t>(1, kAdamWPiece / (e->fwd.nb * e->in)) * e->fwd.nb * e->in;
     for (int64_t a = 0; a < size; a += piece) pieces.push_back({begin + a, begin + std::min(size, a + piece), e});
     e->generation = generation_;
     at = begin + size;

@@ -183,7 +183,7 @@ void time_layers(const Layout& l, B& be, Rates& r) {
     work.resize(static_cast<size_t>(n));
     w = work.data();
     cpu::narrow(w, p.data(), n);
-    if constexpr (requires { be.forget_packed_weights(); }) be.forget_packed_weights();  // AdamW packs all or none
+    be.forget_packed_weights();  // the timing models' weights, freed
     // One product makes its packed copies (oneDNN's layout is asked for these rows).
     const int64_t rows = int64_t{l.MB} * l.T;
     std::vector<typename B::Act> x(static_cast<size_t>(rows * 1024)), y(x.size());

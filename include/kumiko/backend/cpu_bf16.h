@@ -60,7 +60,6 @@ class CpuBf16 : public HostOps<bf16, float, float> {
   }
   // Bytes of the packed weight copies held now (0 without them).
   size_t packed_weight_bytes() const { return packed_ ? packed_->bytes() : 0; }
-  bool packed_weights_on() const { return packed_ != nullptr; }
   // ZeRO-1: adamw() updates a shard and refresh_work() follows the gather; the packed
   // copies are made in refresh_work()'s pass, not in adamw()'s.
   void set_sharded_updates(bool sharded) {

@@ -16,9 +16,10 @@
 // counts them) and 4 bytes a parameter more of AdamW's memory traffic. Where the working
 // copy is rounded again from the masters (narrow(): ZeRO-1's gather after each step, a
 // checkpoint load) the copies are packed in that pass instead; under ZeRO-1
-// (set_sharded_updates) AdamW packs nothing. Copies go stale when the working copy is written some other way
-// (invalidate()) and are packed again at their next use. A weight whose product oneDNN
-// declines at the row count its copies were made for is dropped for good.
+// (set_sharded_updates) AdamW packs nothing. Copies go stale when the working copy is
+// written some other way (invalidate()) and are packed again at their next use. A
+// weight whose product oneDNN declines at the row count its copies were made for is
+// dropped for good.
 #include <cstdint>
 #include <map>
 #include <memory>
