@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "kernels/cpu/bf16_convert.h"
 #include "kumiko/core/bf16.h"
@@ -123,6 +124,17 @@ inline Chunks make_chunks(int64_t n, int64_t max_chunks = 64, int64_t min_rows =
   const int64_t size = (n + count - 1) / count;
   count = (n + size - 1) / size;
   return {count, size};
+}
+
+// A scratch array of at least n elements for the calling thread, kept for its next call
+// (a fresh allocation this size would be page-faulted in again on every call). Its
+// contents are undefined: every user writes before it reads. One array per type and
+// tag; a caller must be done with it before the same thread asks for it again.
+template <typename T, int kTag = 0>
+T* thread_scratch(size_t n) {
+  thread_local std::vector<T> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
 }
 
 // out[c] += sum over k of partial[k * stride + c], k = 0, 1, ... in order (the chunk

@@ -5,7 +5,6 @@
 #include "kumiko/ops/layernorm.h"
 
 #include <cmath>
-#include <vector>
 
 #include "kernels/cpu/common.h"
 
@@ -41,10 +40,11 @@ void layernorm_backward(S* dx, math_t<S>* dw, math_t<S>* db, const S* dout, cons
   using T = math_t<S>;
   using detail::ld;
   const detail::Chunks chunks = detail::make_chunks(N);
-  std::vector<T> partial(static_cast<size_t>(chunks.count * 2 * C));  // [chunks, 2, C]
+  // [chunks, 2, C], each chunk zeroes its own (no memset of the whole on one thread)
+  T* const partial = detail::thread_scratch<T>(static_cast<size_t>(chunks.count * 2 * C));
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < chunks.count; ++k) {
-    T* pdw = partial.data() + k * 2 * C;  // [C]
+    T* pdw = partial + k * 2 * C;  // [C]
     T* pdb = pdw + C;                     // [C]
     for (int64_t c = 0; c < 2 * C; ++c) pdw[c] = T(0);
     for (int64_t n = chunks.begin(k); n < chunks.end(k, N); ++n) {
@@ -70,8 +70,8 @@ void layernorm_backward(S* dx, math_t<S>* dw, math_t<S>* db, const S* dout, cons
       }
     }
   }
-  detail::add_chunk_sums(dw, partial.data(), chunks.count, 2 * C, C);
-  detail::add_chunk_sums(db, partial.data() + C, chunks.count, 2 * C, C);
+  detail::add_chunk_sums(dw, partial, chunks.count, 2 * C, C);
+  detail::add_chunk_sums(db, partial + C, chunks.count, 2 * C, C);
 }
 
 template void layernorm_forward<float>(float*, float*, float*, const float*, const float*,

@@ -4,7 +4,6 @@
 #include "kumiko/ops/rmsnorm.h"
 
 #include <cmath>
-#include <vector>
 
 #include "kernels/cpu/common.h"
 
@@ -36,10 +35,11 @@ void rmsnorm_backward(S* dx, math_t<S>* dw, const S* dout, const S* x, const S* 
   using T = math_t<S>;
   using detail::ld;
   const detail::Chunks chunks = detail::make_chunks(N);
-  std::vector<T> partial(static_cast<size_t>(chunks.count * C));  // [chunks, C]
+  // [chunks, C], each chunk zeroes its own (no memset of the whole on one thread)
+  T* const partial = detail::thread_scratch<T>(static_cast<size_t>(chunks.count * C));
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < chunks.count; ++k) {
-    T* pdw = partial.data() + k * C;
+    T* pdw = partial + k * C;
     for (int64_t c = 0; c < C; ++c) pdw[c] = T(0);
     for (int64_t n = chunks.begin(k); n < chunks.end(k, N); ++n) {
       const S* xr = x + n * C;
@@ -58,7 +58,7 @@ void rmsnorm_backward(S* dx, math_t<S>* dw, const S* dout, const S* x, const S* 
       }
     }
   }
-  detail::add_chunk_sums(dw, partial.data(), chunks.count, C, C);
+  detail::add_chunk_sums(dw, partial, chunks.count, C, C);
 }
 
 template void rmsnorm_forward<float>(float*, float*, const float*, const float*, int64_t, int64_t,
