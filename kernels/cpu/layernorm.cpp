@@ -45,7 +45,7 @@ void layernorm_backward(S* dx, math_t<S>* dw, math_t<S>* db, const S* dout, cons
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < chunks.count; ++k) {
     T* pdw = partial + k * 2 * C;  // [C]
-    T* pdb = pdw + C;                     // [C]
+    T* pdb = pdw + C;              // [C]
     for (int64_t c = 0; c < 2 * C; ++c) pdw[c] = T(0);
     for (int64_t n = chunks.begin(k); n < chunks.end(k, N); ++n) {
       const S* xr = x + n * C;

@@ -8,8 +8,7 @@
 #                torch:fp32-compiled,kumiko:bf16; the others show as -
 #   --setup      make the PyTorch 2.x virtualenv ($TORCH_VENV, from PyPI) and exit
 #   env: PYTHON (default $TORCH_VENV/bin/python, TORCH_VENV default /opt/torch-venv),
-#        KUMIKO_BIN (default build/bin/kumiko), STEPS_TINY (16, also llama), STEPS_124M (12):
-#        torch.compile's 124M steps were still speeding up at 6 steps (docs/performance.md)
+#        KUMIKO_BIN (default build/bin/kumiko), STEPS_TINY (16, also llama), STEPS_124M (10)
 #
 # Shapes: tiny   gpt2  L=4  H=4       C=256 F=1024 T=256 B=8 V=8192  tied
 #         124m   gpt2  L=12 H=12      C=768 F=3072 T=64  B=4 V=50304 tied (GPT-2-124M-shaped)
@@ -35,7 +34,7 @@ TORCH_VENV="${TORCH_VENV:-/opt/torch-venv}"
 PYTHON="${PYTHON:-$TORCH_VENV/bin/python}"
 KUMIKO_BIN="${KUMIKO_BIN:-$ROOT/build/bin/kumiko}"
 STEPS_TINY="${STEPS_TINY:-16}"
-STEPS_124M="${STEPS_124M:-12}"
+STEPS_124M="${STEPS_124M:-10}"
 RUNS=3
 THREADS=2
 SHAPES_WANTED="tiny,124m,llama"
