@@ -63,6 +63,9 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "--runs expects a positive integer, got '$RUNS'"
 [[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "--threads expects a positive integer, got '$THREADS'"
+for v in STEPS_TINY STEPS_124M; do  # steps 1-2 are warm-up on both sides
+  [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -ge 3 ]] || die "$v expects an integer >= 3 (steps per run, 2 of them warm-up), got '${!v}'"
+done
 
 # --- prerequisites -----------------------------------------------------------------------------
 [[ -x "$PYTHON" ]] || die "$PYTHON not found: run '$0 --setup' (PyTorch 2.x from PyPI into $TORCH_VENV) or set PYTHON"
