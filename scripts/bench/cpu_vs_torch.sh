@@ -17,7 +17,10 @@
 # Configurations, alternating within each run:
 #   kumiko:fp32, kumiko:bf16 (backend.bf16_gemm = auto), torch:fp32 (eager),
 #   torch:fp32-compiled, torch:bf16 (autocast), torch:compiled (bf16 autocast +
-#   torch.compile).
+#   torch.compile), torch:bf16-fused and torch:compiled-fused (the same two with
+#   torch's fused AdamW, `fused=True`, torch >= 2.4; torch's CPU default is a loop
+#   over the parameters). A failed compiled or fused run shows as - with a warning
+#   rather than stopping the table.
 # Each figure is the median tokens/s over a run's steps after warm-up (compiled runs
 # leave out 3 more steps: compilation), then the median over runs. The next-to-last
 # column is kumiko's best configuration over torch's best (of those medians); the last,
@@ -95,17 +98,20 @@ run_torch() {  # name arch L H KV C F T B V tied steps mode(fp32|bf16|compiled|f
   local steps="$1" warmup=2
   case "$2" in
     bf16) args+=(--amp bf16) ;;
+    bf16-fused) args+=(--amp bf16 --fused-adamw) ;;
     compiled) args+=(--amp bf16 --compile); warmup=5; steps=$((steps + 3)) ;;
+    compiled-fused) args+=(--amp bf16 --compile --fused-adamw); warmup=5; steps=$((steps + 3)) ;;
     fp32-compiled) args+=(--compile); warmup=5; steps=$((steps + 3)) ;;
   esac
-  if [[ "$2" == bf16 || "$2" == compiled ]] && [[ $NATIVE_BF16 -eq 0 ]]; then steps=$((warmup + 1)); fi
+  if [[ "$2" == bf16* || "$2" == compiled* ]] && [[ $NATIVE_BF16 -eq 0 ]]; then steps=$((warmup + 1)); fi
   local log="$TMP/torch-$name-$2.log" out
   out="$("$PYTHON" "$ROOT/scripts/bench/torch_train.py" "${args[@]}" --steps "$steps" --warmup "$warmup" \
     2>"$log")" || {
     tail -n 20 "$log" >&2
-    # torch.compile needs a working C++ toolchain for inductor: a failure there costs
-    # one column, not the table.
-    [[ "$2" == *compiled ]] && { echo "warning: torch.compile run failed ($name); log above" >&2; echo "-"; return; }
+    # torch.compile needs a working C++ toolchain for inductor, the fused AdamW torch
+    # >= 2.4: a failure there costs one column, not the table.
+    [[ "$2" == *compiled* || "$2" == *fused ]] &&
+      { echo "warning: torch $2 run failed ($name); log above" >&2; echo "-"; return; }
     die "torch $2 run failed ($name); log above"
   }
   sed -n 's/^tokens_per_s=//p' <<<"$out" | tail -n 1
@@ -151,8 +157,8 @@ for w in "${wanted[@]}"; do
     die "--shapes expects a comma list of tiny, 124m and llama, got '$w' in '$SHAPES_WANTED'"
 done
 [[ ${#SHAPES[@]} -gt 0 ]] || die "--shapes expects a comma list of tiny, 124m and llama, got '$SHAPES_WANTED'"
-ALL_CONFIGS=(kumiko:fp32 kumiko:bf16 torch:fp32 torch:bf16)
-[[ $COMPILE -eq 1 ]] && ALL_CONFIGS+=(torch:fp32-compiled torch:compiled)
+ALL_CONFIGS=(kumiko:fp32 kumiko:bf16 torch:fp32 torch:bf16 torch:bf16-fused)
+[[ $COMPILE -eq 1 ]] && ALL_CONFIGS+=(torch:fp32-compiled torch:compiled torch:compiled-fused)
 CONFIGS=()
 for cfg in "${ALL_CONFIGS[@]}"; do
   [[ -z "$CONFIGS_WANTED" || ",$CONFIGS_WANTED," == *",$cfg,"* ]] && CONFIGS+=("$cfg")
@@ -176,7 +182,7 @@ for shape in "${SHAPES[@]}"; do
     for cfg in "${CONFIGS[@]}"; do
       side="${cfg%%:*}" mode="${cfg#*:}"
       # Without bf16 instructions torch's bf16 runs take minutes a step on 124m: once.
-      if [[ $side == torch && ($mode == bf16 || $mode == compiled) && $NATIVE_BF16 -eq 0 && $r -gt 1 ]]; then
+      if [[ $side == torch && ($mode == bf16* || $mode == compiled*) && $NATIVE_BF16 -eq 0 && $r -gt 1 ]]; then
         continue
       fi
       # shellcheck disable=SC2086
@@ -222,20 +228,21 @@ round_range() {  # name -> "min-max" or "-"
   printf '%s\n' "${ratios[@]}" | sort -g | awk '{a[NR]=$1} END { printf "%.2f-%.2fx", a[1], a[NR] }'
 }
 
-header="| shape | kumiko fp32 | kumiko bf16 | torch fp32 eager | torch fp32 + compile | torch bf16 autocast | torch bf16 + compile | kumiko best / torch best | per-round ratio |"
+header="| shape | kumiko fp32 | kumiko bf16 | torch fp32 eager | torch fp32 + compile | torch bf16 autocast | torch bf16 + compile | torch bf16 + fused AdamW | torch bf16 + compile + fused AdamW | kumiko best / torch best | per-round ratio |"
 {
   echo "$header"
-  echo "|---|---:|---:|---:|---:|---:|---:|---|---|"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
   for shape in "${SHAPES[@]}"; do
     read -r name arch L H KV C F T B V tied _ <<<"$shape"
     read -r kb kl <<<"$(best "$name" kumiko)"
     read -r tb tl <<<"$(best "$name" torch)"
     ratio="$(awk -v k="$kb" -v t="$tb" 'BEGIN { if (k > 0 && t > 0) printf "%.2fx", k / t; else print "-" }')"
     kv=""; [[ "$KV" != "$H" ]] && kv="/$KV"
-    printf '| %s (%s L%s H%s C%s F%s T%s B%s V%s %s) | %s | %s | %s | %s | %s | %s | **%s** (kumiko %s / torch %s) | %s |\n' \
+    printf '| %s (%s L%s H%s C%s F%s T%s B%s V%s %s) | %s | %s | %s | %s | %s | %s | %s | %s | **%s** (kumiko %s / torch %s) | %s |\n' \
       "$name" "$arch" "$L" "$H$kv" "$C" "$F" "$T" "$B" "$V" "$tied" "${MED[$name:kumiko:fp32]:--}" "${MED[$name:kumiko:bf16]:--}" \
       "${MED[$name:torch:fp32]:--}" "${MED[$name:torch:fp32-compiled]:--}" "${MED[$name:torch:bf16]:--}" \
-      "${MED[$name:torch:compiled]:--}" "$ratio" "$kl" "$tl" "$(round_range "$name")"
+      "${MED[$name:torch:compiled]:--}" "${MED[$name:torch:bf16-fused]:--}" "${MED[$name:torch:compiled-fused]:--}" \
+      "$ratio" "$kl" "$tl" "$(round_range "$name")"
   done
   echo
   echo "tokens/s, median of $RUNS run(s), $THREADS thread(s); $CPU_NAME; torch $TORCH_VERSION;" \
