@@ -89,7 +89,7 @@ TMP="$(mktemp -d -t kumiko-bench.XXXXXX)"
 trap 'rm -rf "$TMP"' EXIT
 
 # --- one run of one configuration; prints a tokens/s figure -------------------------------------
-run_torch() {  # name arch L H KV C F T B V tied steps mode(fp32|bf16|compiled|fp32-compiled)
+run_torch() {  # name arch L H KV C F T B V tied steps mode(fp32|fp32-compiled|bf16|bf16-fused|compiled|compiled-fused)
   local name="$1" arch="$2" L="$3" H="$4" KV="$5" C="$6" F="$7" T="$8" B="$9" V="${10}" tied="${11}"
   shift 11
   local args=(--arch "$arch" --layers "$L" --heads "$H" --kv-heads "$KV" --d-model "$C" --d-ff "$F"

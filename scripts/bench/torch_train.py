@@ -11,7 +11,7 @@ per step on stderr and, last on stdout, `tokens_per_s=<median over the steps aft
 oneDNN's bf16 kernels), the peer of kumiko's backend.dtype = bf16; with --device cuda
 always with the fused AdamW. --fused-adamw: torch's fused AdamW kernel on the CPU too
 (fused=True, torch >= 2.4; the CPU default is a loop of tensor ops per parameter: with
-the fused kernel GPT-2 124M's bf16 + compile step ran ~40 % faster on a 2-core Zen 4,
+the fused kernel GPT-2 124M's bf16 + compile step ran ~30-40 % faster on a 2-core Zen 4,
 docs/performance.md). --compile: torch.compile the forward and loss.
 The model is scripts/reference/torch_model.py with torch's fused LayerNorm/GELU/RMSNorm (fast=True);
 attention uses F.scaled_dot_product_attention when this torch has it, else explicit matmuls.
@@ -97,8 +97,9 @@ def main(argv=None):
       opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups],
                               lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, fused=True)
     except (RuntimeError, TypeError) as e:
-      sys.exit(f"torch_train.py: error: --fused-adamw: torch {torch.__version__} has no fused AdamW on {a.device} "
-               f"(torch >= 2.4 has it on the CPU): {e}")
+      hint = "" if cuda else " (torch >= 2.4 has it on the CPU)"
+      sys.exit(f"torch_train.py: error: {'--fused-adamw: ' if a.fused_adamw else ''}torch {torch.__version__} "
+               f"has no fused AdamW on {a.device}{hint}: {e}")
   params = list(p.values())
   gen = torch.Generator().manual_seed(a.seed + 1)
   tokens = a.batch * a.seq

@@ -227,9 +227,9 @@ fi
 # backend's bf16 (issue 17 needs a CPU with AVX512-BF16 / AMX, which the build machine
 # may lack): the bf16 GEMM and CPU-bf16 tests, kumiko bench gemm at 2 and all threads,
 # and scripts/bench/cpu_vs_torch.sh at 2 threads (one run) into cpu_vs_torch.md
-# (CPU_VS_TORCH_ARGS replaces the default "--configs" below, six of the script's eight
-#  configurations within the budget, and adds to its arguments: e.g. "--shapes
-#  tiny,124m,llama" adds the llama row, which the device time left out by default).
+# (six of its eight configurations, within the budget; CPU_VS_TORCH_ARGS adds to its
+#  arguments, the last --configs or --shapes winning: e.g. "--shapes tiny,124m,llama"
+#  adds the llama row, which the device time left out by default).
 if want cpu; then
   echo "== host CPU"
   { lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Socket|NUMA node\(s\))'
@@ -245,7 +245,8 @@ if want cpu; then
   chmod +x /tmp/kumiko-host
   # The benchmark's older, shorter step counts: one run of both shapes within the budget.
   timeout -k 5 "$(step_time 330)" "${PYENV[@]}" KUMIKO_BIN=/tmp/kumiko-host PYTHON="$(command -v python3)" \
-    STEPS_TINY=10 STEPS_124M=6 scripts/bench/cpu_vs_torch.sh --runs 1 --threads 2 --shapes tiny,124m ${CPU_VS_TORCH_ARGS:---configs kumiko:fp32,kumiko:bf16,torch:fp32,torch:bf16,torch:compiled,torch:compiled-fused} --markdown "$OUT/cpu_vs_torch.md" >"$OUT/cpu_vs_torch.log" 2>&1
+    STEPS_TINY=10 STEPS_124M=6 scripts/bench/cpu_vs_torch.sh --runs 1 --threads 2 --shapes tiny,124m \
+    --configs kumiko:fp32,kumiko:bf16,torch:fp32,torch:bf16,torch:compiled,torch:compiled-fused ${CPU_VS_TORCH_ARGS:-} --markdown "$OUT/cpu_vs_torch.md" >"$OUT/cpu_vs_torch.log" 2>&1
   rc=$?
   note "cpu_vs_torch: rc=$rc ($(grep -c 'tok/s' "$OUT/cpu_vs_torch.log") runs; table in cpu_vs_torch.md)"
   pack_logs
