@@ -229,7 +229,8 @@ fi
 # and scripts/bench/cpu_vs_torch.sh at 2 threads (one run) into cpu_vs_torch.md
 # (six of its eight configurations, within the budget; CPU_VS_TORCH_ARGS adds to its
 #  arguments, the last --configs or --shapes winning: e.g. "--shapes tiny,124m,llama"
-#  adds the llama row, which the device time left out by default).
+#  adds the llama row, which the device time left out by default; with --no-compile give
+#  --configs too, as the default names compiled configurations).
 if want cpu; then
   echo "== host CPU"
   { lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Socket|NUMA node\(s\))'
