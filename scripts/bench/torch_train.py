@@ -8,8 +8,8 @@ fp32, AdamW (lr 3e-4, betas 0.9/0.95, wd 0.1 on linear weights), grad clip 1.0, 
 drawn fresh each step. One step = forward + backward + clip + optimizer step. Prints one line
 per step on stderr and, last on stdout, `tokens_per_s=<median over the steps after warmup>`.
 --amp bf16: bf16 autocast (fp32 master weights and AdamW state; on the CPU through
-oneDNN's bf16 kernels), the peer of kumiko's backend.dtype = bf16; with --device cuda
-always with the fused AdamW. --fused-adamw: torch's fused AdamW kernel on the CPU too
+oneDNN's bf16 kernels), the peer of kumiko's backend.dtype = bf16. --device cuda always
+takes torch's fused AdamW. --fused-adamw: torch's fused AdamW kernel on the CPU too
 (fused=True, torch >= 2.4; the CPU default is a loop of tensor ops per parameter: with
 the fused kernel GPT-2 124M's bf16 + compile step ran ~30-40 % faster on a 2-core Zen 4,
 docs/performance.md). --compile: torch.compile the forward and loss.
