@@ -3,7 +3,7 @@
 // element; 28 without the copy) and sum_squares (the gradient norm's pass, 4 bytes),
 // timed on n elements against plain loops that move bytes the same way and do no
 // arithmetic to speak of: a read-modify-write of two arrays plus a read of a third
-// (20 bytes, AdamW's moments), and a copy (8 bytes). Arrays of n elements are far
+// (20 bytes, AdamW's moments), a copy (8 bytes) and a sum (4 bytes). Arrays of n elements are far
 // larger than the caches, as a training step finds the optimizer state. Each line is the
 // best of 6 repetitions and the bytes counted (write-allocate reads not counted). Not
 // part of the build; after scripts/build.sh:
@@ -19,6 +19,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
+
+#include <omp.h>
 
 #include "kumiko/ops/adamw.h"
 #include "kumiko/ops/elementwise.h"
@@ -91,6 +93,23 @@ int main(int argc, char** argv) {
     }
   });
   double sink = 0;
+  report("sum (read 1)", 4, n, [&](int) {
+    // 32 partial sums a thread (two zmm registers' worth) over its whole share, so the
+    // adds need not wait for each other and the loop is limited by the reads alone.
+    constexpr int64_t kLanes = 32;
+    double sum = 0;
+#pragma omp parallel reduction(+ : sum)
+    {
+      const int64_t blocks = n / kLanes, t = omp_get_thread_num(), nt = omp_get_num_threads();
+      float part[kLanes] = {};
+      for (int64_t blk = blocks * t / nt; blk < blocks * (t + 1) / nt; ++blk)
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) part[l] += grad[blk * kLanes + l];
+      for (float x : part) sum += x;
+    }
+    for (int64_t i = n / kLanes * kLanes; i < n; ++i) sum += grad[i];
+    sink += sum;
+  });
   report("kumiko sum_squares (gradient norm)", 4, n, [&](int) { sink += kumiko::cpu::sum_squares(grad, n); });
   report("kumiko adamw_update, no working copy", 28, n, [&](int step) {
     kumiko::cpu::adamw_update(without_copy.data(), without_copy.size(), 1e-3, 0.9, 0.95, 1e-8, 0.5, step);
