@@ -3,10 +3,10 @@
 // element; 28 without the copy) and sum_squares (the gradient norm's pass, 4 bytes),
 // timed on n elements against plain loops that move bytes the same way and do no
 // arithmetic to speak of: a read-modify-write of two arrays plus a read of a third
-// (20 bytes, AdamW's moments), a copy (8 bytes) and a sum (4 bytes). Arrays of n elements are far
-// larger than the caches, as a training step finds the optimizer state. Each line is the
-// best of 6 repetitions and the bytes counted (write-allocate reads not counted). Not
-// part of the build; after scripts/build.sh:
+// (20 bytes, AdamW's moments), a copy (8 bytes) and a sum (4 bytes). Arrays of n
+// elements are far larger than the caches, as a training step finds the optimizer
+// state. Each line is the best of 6 repetitions and the bytes counted (write-allocate
+// reads not counted). Not part of the build; after scripts/build.sh:
 //   g++ -O3 -march=native -fno-math-errno -fopenmp -std=c++20 -Iinclude -I. -o /tmp/adamw_bandwidth
 //       scripts/bench/adamw_bandwidth.cpp build/lib/libkumiko_kernels_cpu.a build/lib/libkumiko_core.a
 //   (one command line)
