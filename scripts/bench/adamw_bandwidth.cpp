@@ -12,7 +12,7 @@
 //   (one command line)
 //   OMP_NUM_THREADS=2 OMP_PROC_BIND=close /tmp/adamw_bandwidth [n [slices]]
 // (default n = 124,000,000, about GPT-2 124M's parameters, in 150 slices, about its
-// number of parameter arrays).
+// number of parameter arrays; 18 bytes an element of memory, 2.2 GB).
 #include <algorithm>
 #include <chrono>
 #include <cstdint>

@@ -6,7 +6,7 @@
 // forward GEMM through the loss to both backward GEMMs, and dW accumulates over the
 // chunks (fp32, oneDNN's sum post-op). The caches are flushed before each repetition,
 // as a training step finds them. Not part of the build:
-//   g++ -O2 -march=native -std=c++20 -fopenmp scripts/bench/head_chunks.cpp -ldnnl -o /tmp/head_chunks
+//   g++ -O2 -march=native -std=c++20 -fopenmp -Iinclude scripts/bench/head_chunks.cpp -ldnnl -o /tmp/head_chunks
 //   OMP_NUM_THREADS=2 /tmp/head_chunks [reps [C [V]]]     (default 5 256 8192: tiny's head)
 // Prints, for chunks of N, 1024, 512, 256 and 128 tokens (N = 2048), the best total of
 // the repetitions and its parts.
@@ -18,8 +18,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <vector>
+
+#include "kumiko/core/bf16.h"
 
 namespace {
 
@@ -52,25 +53,13 @@ struct Gemm {
   }
 };
 
-float widen(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-uint16_t narrow(float f) {  // round to nearest even
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 // The loss's memory traffic, not its arithmetic: every logit read and rewritten.
-void touch_rows(uint16_t* logits, int64_t rows, int64_t V) {
+void touch_rows(kumiko::bf16* logits, int64_t rows, int64_t V) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
-    uint16_t* x = logits + r * V;
+    kumiko::bf16* x = logits + r * V;
 #pragma omp simd
-    for (int64_t v = 0; v < V; ++v) x[v] = narrow(widen(x[v]) * 0.5f - 0.25f);
+    for (int64_t v = 0; v < V; ++v) x[v] = kumiko::to_bf16(kumiko::to_float(x[v]) * 0.5f - 0.25f);
   }
 }
 
@@ -96,10 +85,10 @@ int main(int argc, char** argv) {
   const int64_t N = 2048;
   dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   dnnl::stream stream(engine);
-  std::vector<uint16_t> X(N * C), W(V * C), logits(N * V), dX(N * C);
+  std::vector<kumiko::bf16> X(N * C), W(V * C), logits(N * V), dX(N * C);
   std::vector<float> dW(V * C);
-  for (size_t i = 0; i < X.size(); ++i) X[i] = narrow(std::sin(static_cast<float>(i) * 0.37f) * 0.5f);
-  for (size_t i = 0; i < W.size(); ++i) W[i] = narrow(std::cos(static_cast<float>(i) * 0.11f) * 0.05f);
+  for (size_t i = 0; i < X.size(); ++i) X[i] = kumiko::to_bf16(std::sin(static_cast<float>(i) * 0.37f) * 0.5f);
+  for (size_t i = 0; i < W.size(); ++i) W[i] = kumiko::to_bf16(std::cos(static_cast<float>(i) * 0.11f) * 0.05f);
   std::vector<char> junk(96 << 20);  // larger than the last-level cache
   using ms = std::chrono::duration<double, std::milli>;
   std::printf("N %ld C %ld V %ld, best of %d\n", static_cast<long>(N), static_cast<long>(C),
