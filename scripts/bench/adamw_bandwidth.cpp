@@ -14,6 +14,7 @@
 // (default n = 124,000,000, about GPT-2 124M's parameters, in 150 slices, about its
 // number of parameter arrays; 18 bytes an element of memory, 2.2 GB).
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -51,13 +52,22 @@ T* alloc(int64_t n) {
   return p;
 }
 
+// A whole decimal number (strtoll alone would read "1e8" as 1 and "100M" as 100); -1 if
+// the argument is anything else.
+int64_t whole(const char* arg) {
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(arg, &end, 10);
+  return end == arg || *end != '\0' || errno != 0 ? -1 : static_cast<int64_t>(v);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int64_t n = argc > 1 ? std::atoll(argv[1]) : 124'000'000;
-  const int slices = argc > 2 ? std::atoi(argv[2]) : 150;
-  if (n < 1 || slices < 1 || slices > n) {
-    std::fprintf(stderr, "usage: %s [n >= 1 [slices in 1..n]]\n", argv[0]);
+  const int64_t n = argc > 1 ? whole(argv[1]) : 124'000'000;
+  const int64_t slices = argc > 2 ? whole(argv[2]) : 150;
+  if (argc > 3 || n < 1 || slices < 1 || slices > n) {
+    std::fprintf(stderr, "usage: %s [n >= 1 [slices in 1..n]] (whole numbers)\n", argv[0]);
     return 2;
   }
   float* param = alloc<float>(n);
@@ -75,12 +85,12 @@ int main(int argc, char** argv) {
     v[i] = 0.0f;
   }
   std::vector<kumiko::cpu::AdamWSlice<float>> with_copy, without_copy;
-  for (int k = 0; k < slices; ++k) {
+  for (int64_t k = 0; k < slices; ++k) {
     const int64_t a = n * k / slices, e = n * (k + 1) / slices;
     with_copy.push_back({param + a, grad + a, m + a, v + a, work + a, e - a, 0.1});
     without_copy.push_back({param + a, grad + a, m + a, v + a, nullptr, e - a, 0.1});
   }
-  std::printf("n = %lld elements in %d slices\n", static_cast<long long>(n), slices);
+  std::printf("n = %lld elements in %lld slices\n", static_cast<long long>(n), static_cast<long long>(slices));
   report("copy (read 1, write 1)", 8, n, [&](int) {
 #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i) m[i] = grad[i];
