@@ -9,7 +9,8 @@
 // query heads are owned by one task (no races, no atomics). For each key block j, each
 // query head of the group and each query block i >= j: recompute S, P = exp(S - lse),
 // dV_j += Pᵀ·dO_i, dP = dO_i·V_jᵀ, dS = P∘(dP − Δ_i) with Δ = rowsum(dO∘O),
-// dQ_i += scale·dS·K_j, dK_j += scale·dSᵀ·Q_i (GEMMs accumulating straight into dqkv).
+// dQ_i += scale·dS·K_j, dK_j += scale·dSᵀ·Q_i (GEMMs accumulating straight into dqkv;
+// to overwrite it, each task first zeroes the slices it owns).
 // The GEMMs read Q/V/dO in place inside the packed qkv rows (leading dimension = row).
 // OpenBLAS (OpenMP build) runs single-threaded inside the parallel region. Every task's
 // arithmetic is independent of the thread that runs it, so results are bitwise identical
@@ -139,13 +140,13 @@ void attention_forward(S* out, math_t<S>* lse, const S* qkv, int64_t B, int64_t 
 
 template <typename S>
 void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, const math_t<S>* lse,
-                        int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D) {
+                        int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D, bool overwrite) {
   using T = math_t<S>;
   constexpr bool kWiden = !std::is_same_v<S, T>;  // bf16: tiles widened, gradients summed in fp32
   check_heads<T>(Hq, Hkv, D);
   if constexpr (kWiden) {
     if (detail::kHaveDpbf16 && D % 2 == 0)
-      return detail::attention_backward_dpbf16(dqkv, dout, qkv, out, lse, B, T_, Hq, Hkv, D);
+      return detail::attention_backward_dpbf16(dqkv, dout, qkv, out, lse, B, T_, Hq, Hkv, D, overwrite);
   }
   const Layout L{T_, Hq, Hkv, D};
   const int64_t row = L.row(), group = Hq / Hkv, orow = Hq * D;
@@ -172,10 +173,17 @@ void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, cons
         S* dbase = dqkv + b * T_ * row;
         const S* obase = out + b * T_ * orow;
         const S* dobase = dout + b * T_ * orow;
+        if constexpr (!kWiden)  // float, double: the GEMMs accumulate in place
+          if (overwrite) detail::zero_task_slices(dbase, L, g, group);
         for (int64_t hh = 0; hh < group; ++hh) {
           const int64_t h = g * group + hh;
           detail::row_dots(delta.data() + hh * T_, obase + h * D, dobase + h * D, orow, T_, D);
-          if constexpr (kWiden) detail::load_tile(dqacc.data() + hh * T_ * D, dbase + L.q_off(h), row, T_, D);
+          if constexpr (kWiden) {
+            if (overwrite)
+              std::fill_n(dqacc.data() + hh * T_ * D, T_ * D, T(0));
+            else
+              detail::load_tile(dqacc.data() + hh * T_ * D, dbase + L.q_off(h), row, T_, D);
+          }
         }
         for (int64_t j0 = 0; j0 < T_; j0 += kBlock) {
           const int64_t nk = std::min(kBlock, T_ - j0);
@@ -190,8 +198,13 @@ void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, cons
           T* dk = nullptr;
           T* dv = nullptr;
           if constexpr (kWiden) {
-            detail::load_tile(dkacc.data(), dks, row, nk, D);
-            detail::load_tile(dvacc.data(), dvs, row, nk, D);
+            if (overwrite) {
+              std::fill_n(dkacc.data(), nk * D, T(0));
+              std::fill_n(dvacc.data(), nk * D, T(0));
+            } else {
+              detail::load_tile(dkacc.data(), dks, row, nk, D);
+              detail::load_tile(dvacc.data(), dvs, row, nk, D);
+            }
             dk = dkacc.data();
             dv = dvacc.data();
             lddkv = D;
@@ -251,12 +264,13 @@ template void attention_forward<float>(float*, float*, const float*, int64_t, in
 template void attention_forward<double>(double*, double*, const double*, int64_t, int64_t, int64_t,
                                         int64_t, int64_t);
 template void attention_backward<float>(float*, const float*, const float*, const float*,
-                                        const float*, int64_t, int64_t, int64_t, int64_t, int64_t);
+                                        const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                        bool);
 template void attention_backward<double>(double*, const double*, const double*, const double*,
                                          const double*, int64_t, int64_t, int64_t, int64_t,
-                                         int64_t);
+                                         int64_t, bool);
 template void attention_forward<bf16>(bf16*, float*, const bf16*, int64_t, int64_t, int64_t, int64_t, int64_t);
 template void attention_backward<bf16>(bf16*, const bf16*, const bf16*, const bf16*, const float*, int64_t,
-                                       int64_t, int64_t, int64_t, int64_t);
+                                       int64_t, int64_t, int64_t, int64_t, bool);
 
 }  // namespace kumiko::cpu

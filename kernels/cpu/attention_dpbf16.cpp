@@ -140,7 +140,7 @@ void attention_forward_dpbf16(bf16* out, float* lse, const bf16* qkv, int64_t B,
 
 void attention_backward_dpbf16(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                                const float* lse, int64_t B, int64_t T, int64_t Hq, int64_t Hkv,
-                               int64_t D) {
+                               int64_t D, bool overwrite) {
   const AttnLayout L{T, Hq, Hkv, D};
   const int64_t row = L.row(), group = Hq / Hkv, orow = Hq * D;
   const int64_t K2 = D / 2, ldd = round16(D);
@@ -175,7 +175,10 @@ void attention_backward_dpbf16(bf16* dqkv, const bf16* dout, const bf16* qkv, co
         for (int64_t hh = 0; hh < group; ++hh) {
           const int64_t h = g * group + hh;
           row_dots(delta.data() + hh * T, obase + h * D, dobase + h * D, orow, T, D);
-          load_tile(dqacc.data() + hh * T * D, dbase + L.q_off(h), row, T, D);
+          if (overwrite)
+            std::fill_n(dqacc.data() + hh * T * D, T * D, 0.0f);
+          else
+            load_tile(dqacc.data() + hh * T * D, dbase + L.q_off(h), row, T, D);
           pack_dup(qd.data() + hh * T * ldd, ldd, base + L.q_off(h), row, T, D);
           pack_dup(dod.data() + hh * T * ldd, ldd, dobase + h * D, orow, T, D);
         }
@@ -187,8 +190,13 @@ void attention_backward_dpbf16(bf16* dqkv, const bf16* dout, const bf16* qkv, co
           pack_transposed(kt.data(), kBlock, ks, row, nk, K2);
           pack_transposed(vt.data(), kBlock, base + j0 * row + L.v_off(g), row, nk, K2);
           pack_dup(kd.data(), ldd, ks, row, nk, D);
-          load_tile(dkacc.data(), dks, row, nk, D);
-          load_tile(dvacc.data(), dvs, row, nk, D);
+          if (overwrite) {
+            std::fill_n(dkacc.data(), nk * D, 0.0f);
+            std::fill_n(dvacc.data(), nk * D, 0.0f);
+          } else {
+            load_tile(dkacc.data(), dks, row, nk, D);
+            load_tile(dvacc.data(), dvs, row, nk, D);
+          }
           for (int64_t hh = 0; hh < group; ++hh) {
             const int64_t h = g * group + hh;
             const float* lse_h = lse + (b * Hq + h) * T;

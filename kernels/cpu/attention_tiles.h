@@ -108,12 +108,24 @@ void store_tile(S* dst, int64_t ld, const T* acc, int64_t rows, int64_t D) {
     for (int64_t d = 0; d < D; ++d) dst[r * ld + d] = detail::st<S>(acc[r * D + d]);
 }
 
+// Zeroes what one backward task (batch row dbase, kv head g) owns of dqkv: its group's
+// query heads and its key and value head, at every token. The tasks' slices tile dqkv.
+template <typename S>
+void zero_task_slices(S* dbase, const AttnLayout& L, int64_t g, int64_t group) {
+  for (int64_t t = 0; t < L.T; ++t) {
+    S* r = dbase + t * L.row();
+    std::fill_n(r + L.q_off(g * group), group * L.D, S(0));
+    std::fill_n(r + L.k_off(g), L.D, S(0));
+    std::fill_n(r + L.v_off(g), L.D, S(0));
+  }
+}
+
 // attention_forward / attention_backward on bf16 storage with every tile product on
 // vdpbf16ps (attention_dpbf16.cpp). D must be even (a row's pairs are whole words).
 void attention_forward_dpbf16(bf16* out, float* lse, const bf16* qkv, int64_t B, int64_t T,
                               int64_t Hq, int64_t Hkv, int64_t D);
 void attention_backward_dpbf16(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                                const float* lse, int64_t B, int64_t T, int64_t Hq, int64_t Hkv,
-                               int64_t D);
+                               int64_t D, bool overwrite);
 
 }  // namespace kumiko::cpu::detail

@@ -14,7 +14,6 @@
 // (default n = 124,000,000, about GPT-2 124M's parameters, in 150 slices, about its
 // number of parameter arrays; 18 bytes an element of memory, 2.2 GB).
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -23,6 +22,7 @@
 
 #include <omp.h>
 
+#include "bench_args.h"
 #include "kumiko/ops/adamw.h"
 #include "kumiko/ops/elementwise.h"
 
@@ -52,20 +52,11 @@ T* alloc(int64_t n) {
   return p;
 }
 
-// A whole decimal number (strtoll alone would read "1e8" as 1 and "100M" as 100); -1 if
-// the argument is anything else.
-int64_t whole(const char* arg) {
-  char* end = nullptr;
-  errno = 0;
-  const long long v = std::strtoll(arg, &end, 10);
-  return end == arg || *end != '\0' || errno != 0 ? -1 : static_cast<int64_t>(v);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int64_t n = argc > 1 ? whole(argv[1]) : 124'000'000;
-  const int64_t slices = argc > 2 ? whole(argv[2]) : 150;
+  const int64_t n = argc > 1 ? bench::whole(argv[1]) : 124'000'000;
+  const int64_t slices = argc > 2 ? bench::whole(argv[2]) : 150;
   if (argc > 3 || n < 1 || slices < 1 || slices > n) {
     std::fprintf(stderr, "usage: %s [n >= 1 [slices in 1..n]] (whole numbers)\n", argv[0]);
     return 2;

@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "bench_args.h"
 #include "kumiko/core/bf16.h"
 #include "kumiko/ops/attention.h"
 
@@ -45,10 +46,9 @@ static void run(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int re
     const auto t0 = clock::now();
     kumiko::cpu::attention_forward<S>(out.data(), lse.data(), qkv.data(), B, T, Hq, Hkv, D);
     const auto t1 = clock::now();
-    // The backward accumulates into dqkv; the backends zero it first (HostOps), timed here too.
-    std::fill(dqkv.begin(), dqkv.end(), from_float<S>(0.f));
+    // Overwriting dqkv, as the backends call it (HostOps).
     kumiko::cpu::attention_backward<S>(dqkv.data(), dout.data(), qkv.data(), out.data(),
-                                       lse.data(), B, T, Hq, Hkv, D);
+                                       lse.data(), B, T, Hq, Hkv, D, /*overwrite=*/true);
     const auto t2 = clock::now();
     if (r < 2) continue;  // warm-up
     best_f = std::min(best_f, ms(t1 - t0));
@@ -73,23 +73,23 @@ static void run(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int re
 int main(int argc, char** argv) {
   int64_t B = 8, T = 256, Hq = 4, Hkv = 4, D = 64;
   int reps = 20;
-  if (argc != 1 && argc < 6) {
+  if ((argc != 1 && argc < 6) || argc > 8) {
     std::fprintf(stderr, "usage: %s [B T Hq Hkv D [reps [fp32|bf16]]]\n", argv[0]);
     return 2;
   }
   if (argc >= 6) {
-    B = std::atoll(argv[1]), T = std::atoll(argv[2]), Hq = std::atoll(argv[3]);
-    Hkv = std::atoll(argv[4]), D = std::atoll(argv[5]);
-    if (B < 1 || T < 1 || Hq < 1 || Hkv < 1 || D < 1 || Hq % Hkv != 0) {
-      std::fprintf(stderr, "error: B T Hq Hkv D must be positive integers with Hq a multiple of Hkv\n");
+    const int64_t max = 1 << 20;
+    B = bench::positive("attention_bench", argv[1], "B", max);
+    T = bench::positive("attention_bench", argv[2], "T", max);
+    Hq = bench::positive("attention_bench", argv[3], "Hq", max);
+    Hkv = bench::positive("attention_bench", argv[4], "Hkv", max);
+    D = bench::positive("attention_bench", argv[5], "D", max);
+    if (Hq % Hkv != 0) {
+      std::fprintf(stderr, "attention_bench: error: Hq (%ld) must be a multiple of Hkv (%ld)\n", Hq, Hkv);
       return 2;
     }
   }
-  if (argc >= 7) reps = std::atoi(argv[6]);
-  if (reps < 1) {
-    std::fprintf(stderr, "error: reps must be at least 1, not '%s'\n", argv[6]);
-    return 2;
-  }
+  if (argc >= 7) reps = static_cast<int>(bench::positive("attention_bench", argv[6], "reps", 1 << 20));
   const std::string dtype = argc >= 8 ? argv[7] : "fp32";
   if (dtype == "bf16") run<kumiko::bf16>(B, T, Hq, Hkv, D, reps);
   else if (dtype == "fp32") run<float>(B, T, Hq, Hkv, D, reps);

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "bench_args.h"
 #include "kumiko/core/bf16.h"
 
 namespace {
@@ -63,15 +64,6 @@ void touch_rows(kumiko::bf16* logits, int64_t rows, int64_t V) {
   }
 }
 
-int positive(const char* arg, const char* what) {
-  char* end = nullptr;
-  const long v = std::strtol(arg, &end, 10);
-  if (end == arg || *end != '\0' || v < 1 || v > (1 << 20)) {
-    std::fprintf(stderr, "head_chunks: error: %s must be a positive integer, got '%s'\n", what, arg);
-    std::exit(2);
-  }
-  return static_cast<int>(v);
-}
 
 }  // namespace
 
@@ -80,8 +72,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: head_chunks [reps [C [V]]]\n");
     return 2;
   }
-  const int reps = argc > 1 ? positive(argv[1], "reps") : 5;
-  const int64_t C = argc > 2 ? positive(argv[2], "C") : 256, V = argc > 3 ? positive(argv[3], "V") : 8192;
+  auto arg = [&](int i, const char* what, int64_t fallback) {
+    return argc > i ? bench::positive("head_chunks", argv[i], what, 1 << 20) : fallback;
+  };
+  const int reps = static_cast<int>(arg(1, "reps", 5));
+  const int64_t C = arg(2, "C", 256), V = arg(3, "V", 8192);
   const int64_t N = 2048;
   dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   dnnl::stream stream(engine);

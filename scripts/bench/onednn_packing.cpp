@@ -18,6 +18,8 @@
 #include <random>
 #include <vector>
 
+#include "bench_args.h"
+
 namespace {
 
 using dt = dnnl::memory::data_type;
@@ -38,11 +40,11 @@ struct Shape {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int reps = argc > 1 ? std::atoi(argv[1]) : 20;
-  if (reps < 1) {
-    std::fprintf(stderr, "onednn_packing: error: reps must be a positive integer, got '%s'\n", argv[1]);
+  if (argc > 2) {
+    std::fprintf(stderr, "usage: onednn_packing [reps]\n");
     return 2;
   }
+  const int reps = argc > 1 ? static_cast<int>(bench::positive("onednn_packing", argv[1], "reps", 1 << 20)) : 20;
   dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   dnnl::stream stream(engine);
   // Forward X W^T (B transposed), input gradient dY W (B plain), weight gradient

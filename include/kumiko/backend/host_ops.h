@@ -136,8 +136,7 @@ class HostOps : public HostCollectives {
   // dqkv overwritten (bf16: summed in fp32, rounded once).
   void attention_backward(A* dqkv, const A* dy, const A* qkv, const A* out, const S* lse, int64_t B, int64_t Tn,
                           int64_t Hq, int64_t Hkv, int64_t D) {
-    zero(dqkv, B * Tn * (Hq + 2 * Hkv) * D);
-    cpu::attention_backward(dqkv, dy, qkv, out, lse, B, Tn, Hq, Hkv, D);
+    cpu::attention_backward(dqkv, dy, qkv, out, lse, B, Tn, Hq, Hkv, D, /*overwrite=*/true);
   }
   // x[rows, C] += pos[(first + i) % Tn] for row i; dpos[t] += the rows at position t.
   void add_positions(A* x, const A* pos, int64_t first, int64_t rows, int64_t Tn, int64_t C) {

@@ -14,11 +14,12 @@ template <typename T>
 void attention_forward(T* out, math_t<T>* lse, const T* qkv, int64_t B, int64_t T_, int64_t Hq,
                        int64_t Hkv, int64_t D);
 
-// dqkv [B, T, (Hq + 2*Hkv) * D] += gradient w.r.t. qkv. Recomputes the probabilities
+// dqkv [B, T, (Hq + 2*Hkv) * D] += gradient w.r.t. qkv; with overwrite, dqkv = the
+// gradient (dqkv is not read, so it may hold anything). Recomputes the probabilities
 // from lse (flash-attention-2 backward, D_i = rowsum(dout * out)).
 template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const math_t<T>* lse,
-                        int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D);
+                        int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D, bool overwrite);
 
 // How attention multiplies its tiles on bf16 storage in this build for head dim D:
 // "vdpbf16ps" (AVX512-BF16, even D) or "fp32..." (widened, OpenBLAS).

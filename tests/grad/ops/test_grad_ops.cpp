@@ -198,7 +198,7 @@ void check_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, u
   Vec out(nout), lse(nlse), dqkv = zeros(nqkv);
   attention_forward<double>(out.data(), lse.data(), qkv.data(), B, T, Hq, Hkv, D);
   attention_backward<double>(dqkv.data(), r.data(), qkv.data(), out.data(), lse.data(), B, T, Hq,
-                             Hkv, D);
+                             Hkv, D, /*overwrite=*/false);
   check_grad([&] {
     Vec o(nout), l(nlse);
     attention_forward<double>(o.data(), l.data(), qkv.data(), B, T, Hq, Hkv, D);

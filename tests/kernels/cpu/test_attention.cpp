@@ -57,7 +57,7 @@ void run_attention(Shape s, uint32_t seed) {
   auto dqkv = random_vec(s.qkv(), seed + 2);  // accumulates onto existing values
   auto dqkvr = cast_vec<double>(dqkv);
   attention_backward<float>(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
-                            s.Hq, s.Hkv, s.D);
+                            s.Hq, s.Hkv, s.D, /*overwrite=*/false);
   reference::attention_backward<double>(dqkvr.data(), cast_vec<double>(dout).data(), qkvd.data(),
                                         outr.data(), lser.data(), s.B, s.T, s.Hq, s.Hkv, s.D);
   expect_close(dqkv, dqkvr, 1e-5, "attention dqkv" + tag);
@@ -86,7 +86,7 @@ TEST(Attention, DeterministicAcrossCallsAndThreads) {
     std::vector<float> out(s.out()), lse(s.lse()), dqkv(s.qkv(), 0.f);
     attention_forward<float>(out.data(), lse.data(), qkv.data(), s.B, s.T, s.Hq, s.Hkv, s.D);
     attention_backward<float>(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B,
-                              s.T, s.Hq, s.Hkv, s.D);
+                              s.T, s.Hq, s.Hkv, s.D, /*overwrite=*/false);
     auto r = qkv;
     rope_forward<float>(r.data(), s.B, s.T, s.Hq, s.Hkv, s.D, 500000.0);
     out.insert(out.end(), lse.begin(), lse.end());
@@ -105,7 +105,7 @@ TEST(Attention, BitwiseEqualAcrossThreadCounts) {
     std::vector<float> out(s.out()), lse(s.lse()), dqkv = random_vec(s.qkv(), 97);
     attention_forward<float>(out.data(), lse.data(), qkv.data(), s.B, s.T, s.Hq, s.Hkv, s.D);
     attention_backward<float>(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B,
-                              s.T, s.Hq, s.Hkv, s.D);
+                              s.T, s.Hq, s.Hkv, s.D, /*overwrite=*/false);
     out.insert(out.end(), lse.begin(), lse.end());
     out.insert(out.end(), dqkv.begin(), dqkv.end());
     return out;
@@ -114,6 +114,31 @@ TEST(Attention, BitwiseEqualAcrossThreadCounts) {
   test::with_threads(1, [&] { one = run(); });
   test::with_threads(2, [&] { two = run(); });
   test::expect_bitwise_equal(one, two, "attention 1 vs 2 threads");
+}
+
+// With overwrite the backward never reads dqkv: from NaN it gives bitwise what
+// accumulating onto zeros gives, so every task zeroes all of its slices and only its own
+// (a slice left out keeps its NaN; a neighbour's zeroed after its sums loses them).
+template <typename T>
+void check_overwrite(Shape s, uint32_t seed) {
+  const auto qkv = cast_vec<T>(random_vec(s.qkv(), seed, 1.5));
+  const auto dout = cast_vec<T>(random_vec(s.out(), seed + 1));
+  std::vector<T> out(s.out()), lse(s.lse());
+  attention_forward<T>(out.data(), lse.data(), qkv.data(), s.B, s.T, s.Hq, s.Hkv, s.D);
+  std::vector<T> acc(s.qkv(), T(0));
+  auto over = test::poisoned<T>(s.qkv());
+  attention_backward<T>(acc.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T, s.Hq,
+                        s.Hkv, s.D, /*overwrite=*/false);
+  attention_backward<T>(over.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
+                        s.Hq, s.Hkv, s.D, /*overwrite=*/true);
+  test::expect_bitwise_equal(over, acc, "attention dqkv overwritten vs accumulated onto zeros");
+}
+
+TEST(Attention, OverwriteNeverReadsDqkv) {
+  for (Shape s : {Shape{2, 70, 4, 2, 8}, Shape{1, 64, 6, 1, 16}, Shape{3, 13, 2, 2, 8}}) {
+    check_overwrite<float>(s, 120);
+    check_overwrite<double>(s, 121);
+  }
 }
 
 }  // namespace

@@ -219,7 +219,7 @@ TEST(Bf16Storage, RopeBiasesPositionsAndEmbeddings) {
 using AttnForward = void (*)(bf16*, float*, const bf16*, int64_t, int64_t, int64_t, int64_t,
                              int64_t);
 using AttnBackward = void (*)(bf16*, const bf16*, const bf16*, const bf16*, const float*, int64_t,
-                              int64_t, int64_t, int64_t, int64_t);
+                              int64_t, int64_t, int64_t, int64_t, bool);
 
 void check_attention(AttnForward forward, AttnBackward backward, int64_t D = 16) {
   SCOPED_TRACE("D = " + std::to_string(D));
@@ -237,10 +237,15 @@ void check_attention(AttnForward forward, AttnBackward backward, int64_t D = 16)
   auto dqkv = random_bf16(sz(nq), 33);
   auto dqkvf = wide(dqkv);
   const auto outw = wide(out);
-  backward(dqkv.data(), dy.data(), qkv.data(), out.data(), lse.data(), B, T, Hq, Hkv, D);
+  backward(dqkv.data(), dy.data(), qkv.data(), out.data(), lse.data(), B, T, Hq, Hkv, D, false);
   attention_backward(dqkvf.data(), dyf.data(), qkvf.data(), outw.data(), lse.data(), B, T, Hq, Hkv,
-                     D);
+                     D, false);
   expect_bf16_near(dqkv, dqkvf, "attention dqkv");
+  // Overwriting never reads dqkv: from NaN, bitwise what accumulating onto zeros gives.
+  std::vector<bf16> acc(sz(nq), to_bf16(0.0f)), over(sz(nq), to_bf16(std::nanf("")));
+  backward(acc.data(), dy.data(), qkv.data(), out.data(), lse.data(), B, T, Hq, Hkv, D, false);
+  backward(over.data(), dy.data(), qkv.data(), out.data(), lse.data(), B, T, Hq, Hkv, D, true);
+  test::expect_bitwise_equal(over, acc, "attention dqkv overwritten vs accumulated onto zeros");
 }
 
 // An odd D takes the widened tiles on every CPU.

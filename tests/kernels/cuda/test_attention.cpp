@@ -67,7 +67,8 @@ Case make_case(const Shape& s, uint32_t seed) {
   c.dqkv_ref.assign(s.qkv(), 0.0);
   cpu::attention_backward<double>(c.dqkv_ref.data(), cast_vec<double>(c.dout).data(), qkvd.data(),
                                   cast_vec<double>(c.out_in).data(),
-                                  cast_vec<double>(c.lse_in).data(), s.B, s.T, s.Hq, s.Hkv, s.D);
+                                  cast_vec<double>(c.lse_in).data(), s.B, s.T, s.Hq, s.Hkv, s.D,
+                                  /*overwrite=*/true);
   return c;
 }
 
