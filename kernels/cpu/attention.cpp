@@ -146,7 +146,8 @@ void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, cons
   check_heads<T>(Hq, Hkv, D);
   if constexpr (kWiden) {
     if (detail::kHaveDpbf16 && D % 2 == 0)
-      return detail::attention_backward_dpbf16(dqkv, dout, qkv, out, lse, B, T_, Hq, Hkv, D, overwrite);
+      return detail::attention_backward_dpbf16(dqkv, dout, qkv, out, lse, B, T_, Hq, Hkv, D,
+                                               overwrite);
   }
   const Layout L{T_, Hq, Hkv, D};
   const int64_t row = L.row(), group = Hq / Hkv, orow = Hq * D;

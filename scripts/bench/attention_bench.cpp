@@ -85,11 +85,13 @@ int main(int argc, char** argv) {
     Hkv = bench::positive("attention_bench", argv[4], "Hkv", max);
     D = bench::positive("attention_bench", argv[5], "D", max);
     if (Hq % Hkv != 0) {
-      std::fprintf(stderr, "attention_bench: error: Hq (%ld) must be a multiple of Hkv (%ld)\n", Hq, Hkv);
+      std::fprintf(stderr, "attention_bench: error: Hq (%ld) must be a multiple of Hkv (%ld)\n", Hq,
+                   Hkv);
       return 2;
     }
   }
-  if (argc >= 7) reps = static_cast<int>(bench::positive("attention_bench", argv[6], "reps", 1 << 20));
+  if (argc >= 7)
+    reps = static_cast<int>(bench::positive("attention_bench", argv[6], "reps", 1 << 20));
   const std::string dtype = argc >= 8 ? argv[7] : "fp32";
   if (dtype == "bf16") run<kumiko::bf16>(B, T, Hq, Hkv, D, reps);
   else if (dtype == "fp32") run<float>(B, T, Hq, Hkv, D, reps);

@@ -44,7 +44,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: onednn_packing [reps]\n");
     return 2;
   }
-  const int reps = argc > 1 ? static_cast<int>(bench::positive("onednn_packing", argv[1], "reps", 1 << 20)) : 20;
+  const int reps =
+      argc > 1 ? static_cast<int>(bench::positive("onednn_packing", argv[1], "reps", 1 << 20)) : 20;
   dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   dnnl::stream stream(engine);
   // Forward X W^T (B transposed), input gradient dY W (B plain), weight gradient
