@@ -3,7 +3,10 @@
 //   g++ -O3 -march=native -fopenmp -std=c++20 -I include -I . scripts/bench/attention_bench.cpp \
 //     build/lib/libkumiko_kernels_cpu.a build/lib/libkumiko_core.a \
 //     -lopenblas -lspdlog -lfmt -o /tmp/attention_bench
-//   OMP_NUM_THREADS=2 /tmp/attention_bench [B T Hq Hkv D] [reps] [fp32|bf16]
+//   OMP_NUM_THREADS=2 /tmp/attention_bench [B T Hq Hkv D] [reps] [fp32|bf16] [overwrite|zeroed]
+// overwrite (default): the backward overwrites dqkv, as the backends call it; zeroed: dqkv
+// zeroed first and the backward accumulating into it (how the backends called it before
+// the twenty-second session), both timed.
 // scripts/bench/attention_vs_torch.sh builds it this way and runs it beside PyTorch.
 // FLOPs count the causal half: fwd 2*T*T*D per (b, q head), bwd 2.5x fwd (the bf16
 // kernels' (hi, lo) pairs for P and dS are not counted: the rate is the fp32 math's).
@@ -29,7 +32,7 @@ static S from_float(float x) {
 }
 
 template <typename S>
-static void run(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int reps) {
+static void run(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int reps, bool zeroed) {
   using M = kumiko::math_t<S>;
   const int64_t row = (Hq + 2 * Hkv) * D;
   std::mt19937 gen(1);
@@ -46,9 +49,9 @@ static void run(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int re
     const auto t0 = clock::now();
     kumiko::cpu::attention_forward<S>(out.data(), lse.data(), qkv.data(), B, T, Hq, Hkv, D);
     const auto t1 = clock::now();
-    // Overwriting dqkv, as the backends call it (HostOps).
+    if (zeroed) std::fill(dqkv.begin(), dqkv.end(), from_float<S>(0.f));
     kumiko::cpu::attention_backward<S>(dqkv.data(), dout.data(), qkv.data(), out.data(),
-                                       lse.data(), B, T, Hq, Hkv, D, /*overwrite=*/true);
+                                       lse.data(), B, T, Hq, Hkv, D, /*overwrite=*/!zeroed);
     const auto t2 = clock::now();
     if (r < 2) continue;  // warm-up
     best_f = std::min(best_f, ms(t1 - t0));
@@ -58,8 +61,9 @@ static void run(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int re
     sum_b += ms(t2 - t1);
   }
   const double fwd = 2.0 * T * T * D * B * Hq, bwd = 2.5 * fwd;
-  std::printf("B=%ld T=%ld Hq=%ld Hkv=%ld D=%ld threads=%d %s\n", B, T, Hq, Hkv, D,
-              omp_get_max_threads(), std::is_same_v<S, float> ? "fp32" : "bf16");
+  std::printf("B=%ld T=%ld Hq=%ld Hkv=%ld D=%ld threads=%d %s %s\n", B, T, Hq, Hkv, D,
+              omp_get_max_threads(), std::is_same_v<S, float> ? "fp32" : "bf16",
+              zeroed ? "zeroed" : "overwrite");
   std::printf("fwd  best %.2f ms (%.1f GFLOP/s)  mean %.2f ms\n", best_f, fwd / best_f * 1e-6,
               sum_f / reps);
   std::printf("bwd  best %.2f ms (%.1f GFLOP/s)  mean %.2f ms\n", best_b, bwd / best_b * 1e-6,
@@ -73,8 +77,9 @@ static void run(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int re
 int main(int argc, char** argv) {
   int64_t B = 8, T = 256, Hq = 4, Hkv = 4, D = 64;
   int reps = 20;
-  if ((argc != 1 && argc < 6) || argc > 8) {
-    std::fprintf(stderr, "usage: %s [B T Hq Hkv D [reps [fp32|bf16]]]\n", argv[0]);
+  if ((argc != 1 && argc < 6) || argc > 9) {
+    std::fprintf(stderr, "usage: %s [B T Hq Hkv D [reps [fp32|bf16 [overwrite|zeroed]]]]\n",
+                 argv[0]);
     return 2;
   }
   if (argc >= 6) {
@@ -93,10 +98,19 @@ int main(int argc, char** argv) {
   if (argc >= 7)
     reps = static_cast<int>(bench::positive("attention_bench", argv[6], "reps", 1 << 20));
   const std::string dtype = argc >= 8 ? argv[7] : "fp32";
-  if (dtype == "bf16") run<kumiko::bf16>(B, T, Hq, Hkv, D, reps);
-  else if (dtype == "fp32") run<float>(B, T, Hq, Hkv, D, reps);
+  const std::string form = argc >= 9 ? argv[8] : "overwrite";
+  if (form != "overwrite" && form != "zeroed") {
+    std::fprintf(stderr,
+                 "attention_bench: error: the backward's form must be overwrite or zeroed, not '%s'\n",
+                 form.c_str());
+    return 2;
+  }
+  const bool zeroed = form == "zeroed";
+  if (dtype == "bf16") run<kumiko::bf16>(B, T, Hq, Hkv, D, reps, zeroed);
+  else if (dtype == "fp32") run<float>(B, T, Hq, Hkv, D, reps, zeroed);
   else {
-    std::fprintf(stderr, "error: dtype must be fp32 or bf16, not '%s'\n", dtype.c_str());
+    std::fprintf(stderr, "attention_bench: error: dtype must be fp32 or bf16, not '%s'\n",
+                 dtype.c_str());
     return 2;
   }
   return 0;
