@@ -29,3 +29,17 @@ message(STATUS "kumiko: CPU kernels for ${CMAKE_SYSTEM_PROCESSOR} ${_kumiko_isa_
 add_library(kumiko_numeric_flags INTERFACE)
 target_compile_options(kumiko_numeric_flags INTERFACE
   $<$<COMPILE_LANGUAGE:CXX>:-O3 -fno-math-errno ${_kumiko_isa_flag}>)
+
+# Sanitizers for a debugging build of the CPU code (scripts/testing/sanitize.sh):
+# -DKUMIKO_SANITIZE=address,undefined instruments every C/C++ object kumiko builds,
+# its tests included; a finding aborts the test instead of printing and going on.
+# CUDA objects are left uninstrumented (nvcc's host compiler flags are not touched).
+set(KUMIKO_SANITIZE "" CACHE STRING
+    "Comma-separated -fsanitize= list for kumiko's C/C++ code (e.g. address,undefined); empty = off")
+if(KUMIKO_SANITIZE)
+  message(STATUS "kumiko: sanitizers ${KUMIKO_SANITIZE}")
+  add_compile_options($<$<COMPILE_LANGUAGE:C,CXX>:-fsanitize=${KUMIKO_SANITIZE}>
+                      $<$<COMPILE_LANGUAGE:C,CXX>:-fno-sanitize-recover=all>
+                      $<$<COMPILE_LANGUAGE:C,CXX>:-fno-omit-frame-pointer>)
+  add_link_options(-fsanitize=${KUMIKO_SANITIZE})
+endif()

@@ -158,7 +158,7 @@ if [ ! -e "$BINFMT/qemu-aarch64" ]; then
 fi
 
 # ---- tests under qemu -----------------------------------------------------------------
-labels=(-LE "gpu|multinode|plan|io|slow")
+labels=(-LE "gpu|multinode|plan|^io$|slow")  # regular expressions: "io" alone matches "integration"
 [ "$all" = 1 ] && labels=(-LE gpu)
 export QEMU_LD_PREFIX="$SYSROOT"          # qemu's loader and library prefix for binfmt starts
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
