@@ -25,6 +25,11 @@ function(kumiko_add_test)
   if(NOT T_TIMEOUT)
     set(T_TIMEOUT 300)
   endif()
+  # An instrumented build (KUMIKO_SANITIZE) runs several times slower: its limits are
+  # scaled, since every test sets its own and ctest --timeout only fills in missing ones.
+  if(KUMIKO_SANITIZE)
+    math(EXPR T_TIMEOUT "${T_TIMEOUT} * 4")
+  endif()
   if(T_SCRIPT)
     add_test(NAME ${T_NAME} COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/${T_SCRIPT} ${T_ARGS})
     set_tests_properties(${T_NAME} PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT}
@@ -65,7 +70,8 @@ function(kumiko_add_test)
     # calls GTEST_SKIP (no GPU here) is reported by ctest as skipped, not passed.
     # gtest_discover_tests (CMake 3.25) splits a list-valued property, so several labels
     # travel as one joined label, "unit-grad": ctest -L takes a regular expression, so
-    # -L unit and -L grad both select these cases.
+    # -L unit and -L grad both select these cases (an anchored -LE '^io$' would miss a
+    # one-process test labelled "mpi io": it carries "mpi-io").
     string(JOIN "-" _label ${T_LABELS})
     gtest_discover_tests(${T_NAME} TEST_PREFIX "${T_NAME}." EXTRA_ARGS ${T_ARGS}
       DISCOVERY_MODE PRE_TEST DISCOVERY_TIMEOUT 60 NO_PRETTY_VALUES

@@ -76,18 +76,38 @@ std::string read_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+// The children of `parent`, from each of its threads' `children` list (Linux >= 3.5;
+// empty when the kernel keeps none). Not by listing /proc: under qemu-user (the aarch64
+// tests) a directory that large lists as empty.
+std::vector<pid_t> children_of(pid_t parent, bool* have_lists = nullptr) {
+  std::vector<pid_t> pids;
+  const fs::path tasks = fs::path("/proc") / std::to_string(parent) / "task";
+  std::error_code ec;
+  for (auto it = fs::directory_iterator(tasks, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    std::ifstream list(it->path() / "children");
+    if (!list) continue;
+    if (have_lists) *have_lists = true;
+    for (pid_t pid = 0; list >> pid;) pids.push_back(pid);
+  }
+  return pids;
+}
+
 // Ends a started run that a failed assertion would otherwise leave training (the runs
-// here ask for 1000 steps or more): SIGTERM (mpirun passes it to its ranks), SIGKILL after 10 s.
-// Nothing to do once the test has waited for the process itself.
+// here ask for 1000 steps or more): SIGTERM (mpirun passes it to its ranks, which save
+// and exit), then after 30 s SIGKILL to the process and to its children (mpirun's
+// ranks, which a SIGKILL of mpirun alone would orphan). Nothing to do once the test has
+// waited for the process itself.
 class EndOnScopeExit {
  public:
   explicit EndOnScopeExit(pid_t pid) : pid_(pid) {}
   EndOnScopeExit(const EndOnScopeExit&) = delete;
   EndOnScopeExit& operator=(const EndOnScopeExit&) = delete;
   ~EndOnScopeExit() {
+    if (pid_ <= 0) return;                              // fork failed: never kill(-1)
     if (waitpid(pid_, nullptr, WNOHANG) != 0) return;  // reaped already, or exited now
     kill(pid_, SIGTERM);
-    if (!wait_for([&] { return waitpid(pid_, nullptr, WNOHANG) != 0; }, 10)) {
+    if (!wait_for([&] { return waitpid(pid_, nullptr, WNOHANG) != 0; }, 30)) {
+      for (const pid_t child : children_of(pid_)) kill(child, SIGKILL);
       kill(pid_, SIGKILL);
       waitpid(pid_, nullptr, 0);
     }
@@ -152,21 +172,11 @@ pid_t start_mpi(const config::Config& c, int np) {
   return pid;
 }
 
-// The processes whose parent is `parent` and whose command line names the kumiko binary.
-// Read from each of the parent's threads' `children` lists (Linux >= 3.5), not by
-// listing /proc: under qemu-user (the aarch64 tests) a directory that large lists as
-// empty. The /proc scan is the fallback for kernels built without those lists.
+// The processes whose parent is `parent` and whose command line names the kumiko binary:
+// from children_of(), or, for a kernel that keeps no children lists, by a /proc scan.
 std::vector<pid_t> kumiko_children(pid_t parent) {
-  std::vector<pid_t> pids;
-  const fs::path tasks = fs::path("/proc") / std::to_string(parent) / "task";
-  std::error_code ec;
   bool have_lists = false;
-  for (auto it = fs::directory_iterator(tasks, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
-    std::ifstream list(it->path() / "children");
-    if (!list) continue;
-    have_lists = true;
-    for (pid_t pid = 0; list >> pid;) pids.push_back(pid);
-  }
+  std::vector<pid_t> pids = children_of(parent, &have_lists);
   if (!have_lists) {
     for (const auto& e : fs::directory_iterator("/proc")) {
       const std::string name = e.path().filename().string();

@@ -282,7 +282,7 @@ void adamw_slices_match_one_by_one(bool with_work) {
     });
     for (size_t k = 0; k < sizes.size(); ++k) {
       SCOPED_TRACE("slice " + std::to_string(k) + ", " + std::to_string(threads) + " thread(s)");
-      // Bytes compared as vectors: an empty slice's data() may be null, and memcmp's may not.
+      // Bytes compared as vectors: an empty slice's data() may be null, and memcmp's arguments may not.
       EXPECT_TRUE(same_bytes(got[k].p, want[k].p));
       EXPECT_TRUE(same_bytes(got[k].m, want[k].m));
       EXPECT_TRUE(same_bytes(got[k].v, want[k].v));
